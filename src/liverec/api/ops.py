@@ -1,0 +1,47 @@
+"""Health and Prometheus metrics."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ..service import Service
+from .deps import get_service
+
+router = APIRouter(tags=["ops"])
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """One registry per app instance (tests create many apps in one process)."""
+
+    def __init__(self, service: Service):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("liverec_http_requests", "HTTP requests", ["route", "method", "status"], registry=self.registry)
+        self.latency = Histogram(
+            "liverec_http_request_seconds", "HTTP request latency", ["route", "method"], buckets=LATENCY_BUCKETS, registry=self.registry
+        )
+        counters = service.counters
+        Gauge("liverec_events_accepted", "Events stored since start", registry=self.registry).set_function(lambda: counters.events_accepted)
+        Gauge("liverec_events_duplicate", "Duplicate events ignored since start", registry=self.registry).set_function(lambda: counters.events_duplicate)
+        Gauge("liverec_events_rejected", "Events rejected by validation since start", registry=self.registry).set_function(lambda: counters.events_rejected)
+        Gauge("liverec_users", "Users with online state", registry=self.registry).set_function(lambda: service.state.count())
+
+
+@router.get("/v1/health")
+def health(service: Service = Depends(get_service)) -> dict:
+    """200 once the state is rebuilt and the service answers."""
+    return {
+        "status": "ok" if service.ready else "starting",
+        "uptime_s": round(time.time() - service.started_at, 3),
+        "scorer": service.pipeline.scorer.name,
+        "events": service.counters.events_accepted,
+    }
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

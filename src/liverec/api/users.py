@@ -1,0 +1,46 @@
+"""User endpoints: recommendations, state, deletion."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+
+from ..service import Service
+from .deps import get_app_id, get_service
+
+router = APIRouter(prefix="/v1", tags=["users"])
+
+
+def _split(values: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for value in values or []:
+        out.extend(v for v in value.split(",") if v)
+    return out
+
+
+@router.get("/users/{user_id}/recommendations")
+def recommendations(
+    user_id: str,
+    n: int = Query(10, ge=1, le=1000, description="How many items"),
+    exclude: list[str] | None = Query(None, description="Item ids to leave out (repeat or comma-separate)"),
+    category: list[str] | None = Query(None, description="Only items in one of these categories"),
+    include_consumed: bool = Query(False, description="Allow items the user already consumed"),
+    app: str = Depends(get_app_id),
+    service: Service = Depends(get_service),
+) -> dict:
+    """Ranked items for the user as they are now (reflects every acknowledged event)."""
+    return service.recommend(app, user_id, n, _split(exclude), _split(category), include_consumed)
+
+
+@router.get("/users/{user_id}")
+def get_user(user_id: str, app: str = Depends(get_app_id), service: Service = Depends(get_service)) -> dict:
+    """The user's recent history and blocks (404 for a user without events)."""
+    user = service.user(app, user_id)
+    if user is None:
+        raise HTTPException(404, detail={"errors": [{"field": "user_id", "value": user_id, "expected": f"a user with events in app '{app}'"}]})
+    return user
+
+
+@router.delete("/users/{user_id}")
+def delete_user(user_id: str, app: str = Depends(get_app_id), service: Service = Depends(get_service)) -> dict:
+    """Delete the user's events and state in this app; returns a receipt with counts."""
+    return service.delete_user(app, user_id)

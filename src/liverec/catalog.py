@@ -1,0 +1,89 @@
+"""Item records: validation of raw input and the in-memory catalog index the request path reads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Iterable, Mapping
+
+from .events import MAX_ID_LEN, MAX_TEXT_LEN, EventValidationError, FieldError
+from .store.base import Item
+
+
+def parse_item(raw: Any, *, app: str, prefix: str = "", item_id: str | None = None, now: float | None = None) -> Item:
+    """Validate one raw item object. ``item_id`` (from the URL) overrides/must match the body."""
+    errors: list[FieldError] = []
+    if not isinstance(raw, Mapping):
+        raise EventValidationError([FieldError(prefix.rstrip(".") or "body", raw, "a JSON object (an item)")])
+    known = ("item_id", "title", "text", "categories", "attributes")
+    for key in raw:
+        if key not in known:
+            errors.append(FieldError(prefix + str(key), raw[key], f"no such field; known: {', '.join(known)}"))
+    body_id = raw.get("item_id")
+    if item_id is not None and body_id is not None and str(body_id) != item_id:
+        errors.append(FieldError(prefix + "item_id", body_id, f"'{item_id}' (the id in the URL) or absent"))
+    the_id = item_id if item_id is not None else body_id
+    if isinstance(the_id, bool) or not isinstance(the_id, (str, int)) or not str(the_id) or len(str(the_id)) > MAX_ID_LEN:
+        errors.append(FieldError(prefix + "item_id", the_id, f"a string id of 1 to {MAX_ID_LEN} characters"))
+    title = raw.get("title", "")
+    if not isinstance(title, str) or len(title) > 1000:
+        errors.append(FieldError(prefix + "title", title, "a string of at most 1000 characters"))
+    text = raw.get("text", "")
+    if not isinstance(text, str) or len(text) > MAX_TEXT_LEN:
+        errors.append(FieldError(prefix + "text", text, f"a string of at most {MAX_TEXT_LEN} characters"))
+    categories = raw.get("categories", [])
+    if not isinstance(categories, list) or not all(isinstance(c, str) and c for c in categories):
+        errors.append(FieldError(prefix + "categories", categories, "a list of non-empty strings"))
+    attributes = raw.get("attributes", {})
+    if not isinstance(attributes, Mapping):
+        errors.append(FieldError(prefix + "attributes", attributes, "a JSON object"))
+    if errors:
+        raise EventValidationError(errors)
+    return Item(app, str(the_id), title, text, tuple(dict.fromkeys(categories)), dict(attributes), now or time.time())
+
+
+def parse_items(raws: Iterable[Any], *, app: str) -> list[Item]:
+    """All-or-nothing validation of a batch of items."""
+    items: list[Item] = []
+    errors: list[FieldError] = []
+    for i, raw in enumerate(raws):
+        try:
+            items.append(parse_item(raw, app=app, prefix=f"items[{i}]."))
+        except EventValidationError as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise EventValidationError(errors[:100])
+    return items
+
+
+class CatalogIndex:
+    """All apps' items in memory (the request path never waits on storage)."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, dict[str, Item]] = {}
+        self._lock = threading.Lock()
+
+    def load(self, items: Iterable[Item]) -> None:
+        for item in items:
+            self.put(item)
+
+    def put(self, item: Item) -> None:
+        with self._lock:
+            self._items.setdefault(item.app, {})[item.item_id] = item
+
+    def get(self, app: str, item_id: str) -> Item | None:
+        items = self._items.get(app)
+        return items.get(item_id) if items is not None else None
+
+    def items(self, app: str) -> list[Item]:
+        return list(self._items.get(app, {}).values())
+
+    def count(self, app: str) -> int:
+        return len(self._items.get(app, {}))
+
+    def categories(self, app: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for item in self._items.get(app, {}).values():
+            for c in item.categories:
+                counts[c] = counts.get(c, 0) + 1
+        return counts

@@ -1,0 +1,197 @@
+"""Ragged per-user event sequences as numpy arrays, and the fixed-length windows the model reads.
+
+A :class:`Sequences` holds every user's events flat, in time order, with ``offsets`` delimiting
+users (CSR layout). Items are 1-based indices into the model's item vocabulary (0 = no item,
+e.g. a search event). Windows are **left-padded** to a fixed length ``T``: the most recent event
+is always at index ``T - 1``, so position embeddings count back from the newest event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from liverec.model.features import gap_bucket, gaps_from_timestamps, is_target_type, value_bucket
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Every user's event sequence, flat (CSR). Arrays share the event axis ``E``.
+
+    Attributes:
+        offsets: (U+1,) int64, user ``u`` owns events ``offsets[u]:offsets[u+1]``.
+        items: (E,) int32 1-based item index, 0 for events without an item.
+        types: (E,) int8 type id (see :mod:`liverec.model.features`).
+        values: (E,) float32 feedback value, NaN when none.
+        timestamps: (E,) float64 epoch seconds.
+        text_ids: (E,) int32 row of an event-text vector table (search/review text), -1 when none.
+    """
+
+    offsets: np.ndarray
+    items: np.ndarray
+    types: np.ndarray
+    values: np.ndarray
+    timestamps: np.ndarray
+    text_ids: np.ndarray
+
+    @property
+    def n_users(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_events(self) -> int:
+        return int(self.offsets[-1])
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def fingerprint(self) -> str:
+        """A short content hash (sha256) of the arrays, for manifests."""
+        h = hashlib.sha256()
+        for arr in (self.offsets, self.items, self.types, self.values, self.timestamps, self.text_ids):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()[:16]
+
+    def truncate_last(self, k: int) -> Sequences:
+        """Drop each user's last ``k`` events (users with fewer keep nothing)."""
+        lengths = np.maximum(self.lengths() - k, 0)
+        keep = np.zeros(self.n_events, dtype=bool)
+        for u in range(self.n_users):
+            s = self.offsets[u]
+            keep[s:s + lengths[u]] = True
+        offsets = np.zeros(self.n_users + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return Sequences(
+            offsets, self.items[keep], self.types[keep], self.values[keep],
+            self.timestamps[keep], self.text_ids[keep],
+        )
+
+    @staticmethod
+    def from_lists(
+        items: list[list[int]],
+        types: list[list[int]] | None = None,
+        values: list[list[float]] | None = None,
+        timestamps: list[list[float]] | None = None,
+    ) -> Sequences:
+        """Build from per-user python lists (tests, small data). Missing parts get defaults:
+        type ``rating``-free ``view`` (id 1), no value, one event per second."""
+        lengths = np.array([len(s) for s in items], dtype=np.int64)
+        offsets = np.zeros(len(items) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = lambda xs, dt, default: (  # noqa: E731
+            np.concatenate([np.asarray(x, dtype=dt) for x in xs]) if xs is not None and len(xs)
+            else np.full(int(offsets[-1]), default, dtype=dt)
+        )
+        ts = (
+            flat(timestamps, np.float64, 0.0) if timestamps is not None
+            else np.concatenate([np.arange(n, dtype=np.float64) for n in lengths]) if len(items) else np.zeros(0)
+        )
+        return Sequences(
+            offsets=offsets,
+            items=flat(items, np.int32, 0),
+            types=flat(types, np.int8, 1) if types is not None else np.ones(int(offsets[-1]), np.int8),
+            values=flat(values, np.float32, np.nan) if values is not None else np.full(int(offsets[-1]), np.nan, np.float32),
+            timestamps=ts,
+            text_ids=np.full(int(offsets[-1]), -1, dtype=np.int32),
+        )
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Left-padded fixed-length model inputs. All arrays are (N, T).
+
+    ``targets[n, t]`` is the item to predict after reading positions ``..t`` (0 = no target).
+    """
+
+    items: np.ndarray  # (N, T) int64
+    types: np.ndarray  # (N, T) int64
+    values: np.ndarray  # (N, T) int64 value buckets
+    gaps: np.ndarray  # (N, T) int64 gap buckets
+    text_ids: np.ndarray  # (N, T) int64, -1 = none
+    targets: np.ndarray  # (N, T) int64
+
+    def __len__(self) -> int:
+        return self.items.shape[0]
+
+    def select(self, idx: np.ndarray) -> Windows:
+        return Windows(*(getattr(self, f)[idx] for f in ("items", "types", "values", "gaps", "text_ids", "targets")))
+
+
+def _encoded(seqs: Sequences) -> tuple[np.ndarray, np.ndarray]:
+    """Flat value and gap buckets for all events."""
+    return value_bucket(seqs.values), gap_bucket(gaps_from_timestamps(seqs.timestamps, seqs.offsets))
+
+
+def input_windows(seqs: Sequences, max_len: int, users: np.ndarray | None = None) -> Windows:
+    """The last ``max_len`` events of each user as one left-padded window (no targets).
+
+    This is what the model reads to recommend *after* the user's last event.
+    """
+    users = np.arange(seqs.n_users) if users is None else np.asarray(users)
+    vb, gb = _encoded(seqs)
+    n = len(users)
+    out = {k: np.zeros((n, max_len), dtype=np.int64) for k in ("items", "types", "values", "gaps", "targets")}
+    text = np.full((n, max_len), -1, dtype=np.int64)
+    for row, u in enumerate(users):
+        s, e = int(seqs.offsets[u]), int(seqs.offsets[u + 1])
+        s = max(s, e - max_len)
+        k = e - s
+        if k == 0:
+            continue
+        out["items"][row, -k:] = seqs.items[s:e]
+        out["types"][row, -k:] = seqs.types[s:e]
+        out["values"][row, -k:] = vb[s:e]
+        out["gaps"][row, -k:] = gb[s:e]
+        text[row, -k:] = seqs.text_ids[s:e]
+    return Windows(out["items"], out["types"], out["values"], out["gaps"], text, out["targets"])
+
+
+def training_windows(seqs: Sequences, max_len: int, stride: int | None = None) -> Windows:
+    """Next-event training windows: inputs are events ``j..j+T-1``, targets events ``j+1..j+T``.
+
+    Only target-type events with an item are targets (negative feedback and search are input
+    only). With ``stride=None`` each user gives one window (the most recent ``max_len`` + 1
+    events); with a stride, earlier parts of long histories give extra windows ending every
+    ``stride`` events, so no training event is left unused.
+    """
+    vb, gb = _encoded(seqs)
+    tgt_ok = is_target_type(seqs.types) & (seqs.items > 0)
+    # (start, end) of each window's input events; its targets are events start+1 .. end.
+    # A user's windows are listed newest first; ``first_new`` is the first input index whose
+    # target no newer window of the same user has used already (overlaps count once).
+    spans: list[tuple[int, int, int]] = []
+    for u in range(seqs.n_users):
+        s, e = int(seqs.offsets[u]), int(seqs.offsets[u + 1])
+        if e - s < 2:
+            continue
+        end = e - 1
+        covered = end
+        while True:
+            start = max(s, end - max_len)
+            spans.append((start, end, min(covered, end)))
+            covered = start
+            if stride is None or start == s:
+                break
+            end -= stride
+            if end - s < 1:
+                break
+    n = len(spans)
+    items = np.zeros((n, max_len), dtype=np.int64)
+    types = np.zeros_like(items)
+    values = np.zeros_like(items)
+    gaps = np.zeros_like(items)
+    text = np.full_like(items, -1)
+    targets = np.zeros_like(items)
+    for row, (start, end, covered) in enumerate(spans):
+        k = end - start
+        items[row, -k:] = seqs.items[start:end]
+        types[row, -k:] = seqs.types[start:end]
+        values[row, -k:] = vb[start:end]
+        gaps[row, -k:] = gb[start:end]
+        text[row, -k:] = seqs.text_ids[start:end]
+        t = seqs.items[start + 1:end + 1].astype(np.int64) * tgt_ok[start + 1:end + 1]
+        t[covered - start:] = 0
+        targets[row, -k:] = t
+    return Windows(items, types, values, gaps, text, targets)

@@ -1,0 +1,280 @@
+"""Training loop: next-event full-softmax cross-entropy with early stopping on validation.
+
+:func:`train` takes numpy sequences (see :mod:`liverec.model.data`), trains a
+:class:`~liverec.model.transformer.FeedbackTransformer` and keeps the weights of the epoch with the
+best validation NDCG@10 (full ranking over all items, seen items included: the headline metric).
+All randomness (initialisation, dropout, batch order) comes from ``TrainConfig.seed``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from liverec.evaluation.metrics import RankingAccumulator
+from liverec.model.data import Sequences, Windows, input_windows, training_windows
+from liverec.model.losses import full_softmax_ce
+from liverec.model.transformer import FeedbackTransformer, ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (stored in the artifact manifest)."""
+
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    schedule: str = "constant"  # "constant" or "cosine" (over ``epochs``)
+    min_lr_ratio: float = 0.05
+    label_smoothing: float = 0.0
+    patience: int = 10  # validation checks without improvement before stopping
+    eval_every: int = 1  # epochs between validation checks
+    time_budget_s: float | None = None  # stop (keeping the best weights) after this much time
+    stride: int | None = None  # extra windows over long histories (None: newest window only)
+    bf16: bool = False  # bf16 logits matmuls (AMX / AVX512-bf16 on CPU, tensor cores on GPU)
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ValidationSet:
+    """Inputs (left-padded windows) and 1-based target items for model selection."""
+
+    windows: Windows
+    targets: np.ndarray  # (U,) int64, 1-based item index
+
+
+@dataclass
+class TrainResult:
+    model: FeedbackTransformer
+    best_epoch: int
+    best_metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    epochs_run: int = 0
+
+
+def _tensors(w: Windows, device: str) -> dict[str, torch.Tensor]:
+    cols = np.nonzero((w.types > 0).any(0))[0]
+    start = int(cols[0]) if len(cols) else w.items.shape[1] - 1  # trim all-padding columns
+    return {
+        k: torch.from_numpy(np.ascontiguousarray(getattr(w, k)[:, start:])).to(device)
+        for k in ("items", "types", "values", "gaps", "text_ids", "targets")
+    }
+
+
+def _event_text(t: dict[str, torch.Tensor], table: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, T, text_dim) event text vectors (zeros where none) or None."""
+    if table is None:
+        return None
+    ids = t["text_ids"]
+    if not bool((ids >= 0).any()):
+        return None
+    return table[ids.clamp(min=-1)]  # row -1 of the table is the all-zero row
+
+
+def batch_loss(
+    model: FeedbackTransformer,
+    t: dict[str, torch.Tensor],
+    label_smoothing: float,
+    bf16: bool,
+    event_text_table: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean next-event cross-entropy of one batch of training windows."""
+    items, types, values = t["items"], t["types"], t["values"]
+    e = model.item_vectors()  # (N+1, D)
+    h = model.encode(items, types, values, t["gaps"], _event_text(t, event_text_table), e)  # (B, T, D)
+    tmask = t["targets"] > 0  # (B, T)
+    hm = h[tmask]  # (M, D)
+    tgt = t["targets"][tmask] - 1  # (M,)
+    b, tt = items.shape
+    if model.cfg.repeat_term:
+        nxt = model.latest_occurrence_mask(items)  # (B, T): prefix item s is active for s <= t < nxt[s]
+        q = torch.arange(tt, device=items.device)
+        active = (q[None, None, :] <= q[None, :, None]) & (q[None, :, None] < nxt[:, None, :])  # (B, Tq, Ts)
+        active &= (items > 0)[:, None, :]
+        src = model.repeat_values(types, values)[:, None, :] * active  # (B, Tq, Ts)
+        rep_src = src[tmask]  # (M, T)
+        rep_idx = (items - 1).clamp(min=0)[:, None, :].expand(b, tt, tt)[tmask]  # (M, T)
+    else:
+        rep_src = torch.zeros(hm.shape[0], 1, device=hm.device)
+        rep_idx = torch.zeros(hm.shape[0], 1, dtype=torch.int64, device=hm.device)
+    return full_softmax_ce(hm, e[1:], model.bias(), rep_idx, rep_src, tgt, label_smoothing, bf16)
+
+
+@torch.no_grad()
+def score_windows(
+    model: FeedbackTransformer,
+    windows: Windows,
+    batch_size: int = 256,
+    device: str = "cpu",
+    event_text_table: torch.Tensor | None = None,
+) -> Any:
+    """Yield (row slice, (B, N) scores) for consecutive batches of windows (eval mode)."""
+    model.eval()
+    for s in range(0, len(windows), batch_size):
+        sl = slice(s, min(s + batch_size, len(windows)))
+        t = _tensors(windows.select(np.arange(sl.start, sl.stop)), device)
+        scores = model.score_last(t["items"], t["types"], t["values"], t["gaps"], _event_text(t, event_text_table))
+        yield sl, scores
+
+
+def evaluate_windows(
+    model: FeedbackTransformer,
+    windows: Windows,
+    targets: np.ndarray,
+    filter_seen: bool = False,
+    batch_size: int = 256,
+    device: str = "cpu",
+    event_text_table: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Full-ranking metrics of 1-based ``targets`` after each window."""
+    acc = RankingAccumulator(model.cfg.n_items)
+    for sl, scores in score_windows(model, windows, batch_size, device, event_text_table):
+        if filter_seen:
+            seen = torch.from_numpy(windows.items[sl]).to(scores.device)
+            scores = mask_seen(scores, seen)
+        acc.add(scores, torch.from_numpy(targets[sl] - 1).to(scores.device))
+    return acc.summary()
+
+
+def mask_seen(scores: torch.Tensor, seen_items: torch.Tensor) -> torch.Tensor:
+    """Set the scores of items in ``seen_items`` (B, T) 1-based (0 = none) to -inf."""
+    idx = (seen_items - 1).clamp(min=0)
+    fill = torch.where(seen_items > 0, float("-inf"), 0.0).to(scores.dtype)
+    return scores.scatter_add(1, idx, fill)
+
+
+def _lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+    if cfg.schedule == "cosine" and total > 0:
+        prog = min(1.0, step / total)
+        return warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * prog)))
+    return warm
+
+
+def _batches(windows: Windows, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of similar length (less padding): shuffle, sort chunks of 32 batches
+    by length, cut into batches, shuffle the batch order."""
+    n = len(windows)
+    order = rng.permutation(n)
+    lengths = (windows.types > 0).sum(1)
+    chunk = batch_size * 32
+    batches: list[np.ndarray] = []
+    for s in range(0, n, chunk):
+        part = order[s:s + chunk]
+        part = part[np.argsort(-lengths[part], kind="stable")]
+        batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
+    rng.shuffle(batches)  # type: ignore[arg-type]
+    return batches
+
+
+def train(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    train_seqs: Sequences,
+    valid: ValidationSet | None = None,
+    item_text: np.ndarray | None = None,
+    event_text: np.ndarray | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train a model on ``train_seqs`` (every target-type event after the first is a target).
+
+    ``valid`` (optional) drives early stopping and best-epoch selection by NDCG@10;
+    ``item_text`` is an (N+1, text_dim) matrix of item text vectors (row 0 and text-less items
+    zero); ``event_text`` a (K, text_dim) matrix indexed by ``Sequences.text_ids``.
+    """
+    if train_cfg.threads:
+        torch.set_num_threads(train_cfg.threads)
+    torch.manual_seed(train_cfg.seed)
+    rng = np.random.default_rng(train_cfg.seed)
+    device = train_cfg.device
+    model = FeedbackTransformer(model_cfg).to(device)
+    if item_text is not None and model_cfg.text_dim > 0:
+        model.set_item_text(torch.from_numpy(np.asarray(item_text, dtype=np.float32)).to(device))
+    ev_table = None
+    if event_text is not None and model_cfg.text_dim > 0 and len(event_text):
+        et = np.concatenate([np.asarray(event_text, np.float32), np.zeros((1, model_cfg.text_dim), np.float32)])
+        ev_table = torch.from_numpy(et).to(device)
+    windows = training_windows(train_seqs, model_cfg.max_len, train_cfg.stride)
+    if len(windows) == 0:
+        raise ValueError("no training windows: every user has fewer than 2 events")
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "emb" not in name else no_decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": train_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=train_cfg.lr, betas=(0.9, 0.98),
+    )
+    steps_per_epoch = math.ceil(len(windows) / train_cfg.batch_size)
+    total_steps = steps_per_epoch * train_cfg.epochs
+    best_state: dict[str, torch.Tensor] | None = None
+    best_score, best_epoch, best_metrics = -1.0, 0, {}
+    history: list[dict[str, float]] = []
+    bad_checks, step = 0, 0
+    t0 = time.perf_counter()
+    say = log or (lambda s: None)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=train_cfg.epochs, desc="train", unit="epoch", dynamic_ncols=True)
+    epoch = 0
+    for epoch in range(1, train_cfg.epochs + 1):
+        model.train()
+        total, count = 0.0, 0
+        for idx in _batches(windows, train_cfg.batch_size, rng):
+            for g in opt.param_groups:
+                g["lr"] = train_cfg.lr * _lr_factor(step, total_steps, train_cfg)
+            t = _tensors(windows.select(idx), device)
+            loss = batch_loss(model, t, train_cfg.label_smoothing, train_cfg.bf16, ev_table)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            total += float(loss)
+            count += 1
+        rec: dict[str, float] = {"epoch": epoch, "loss": total / max(count, 1), "seconds": time.perf_counter() - t0}
+        out_of_time = train_cfg.time_budget_s is not None and time.perf_counter() - t0 >= train_cfg.time_budget_s
+        if valid is not None and (epoch % train_cfg.eval_every == 0 or epoch == train_cfg.epochs or out_of_time):
+            m = evaluate_windows(model, valid.windows, valid.targets, device=device, event_text_table=ev_table)
+            rec.update({f"val_{k}": v for k, v in m.items() if k in ("NDCG@10", "HR@10")})
+            if m["NDCG@10"] > best_score:
+                best_score, best_epoch, best_metrics, bad_checks = m["NDCG@10"], epoch, m, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad_checks += 1
+        history.append(rec)
+        msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items())
+        say(msg)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({k: round(v, 4) for k, v in rec.items() if k != "epoch"})
+        if valid is not None and bad_checks >= train_cfg.patience:
+            say(f"early stop at epoch {epoch} (best {best_epoch}: NDCG@10={best_score:.4f})")
+            break
+        if out_of_time:
+            say(f"time budget reached at epoch {epoch}")
+            break
+    if bar is not None:
+        bar.close()
+    train_seconds = time.perf_counter() - t0
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = epoch
+    model.eval()
+    return TrainResult(model, best_epoch, best_metrics, history, train_seconds, epoch)

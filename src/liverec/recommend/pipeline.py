@@ -1,0 +1,113 @@
+"""The request path as named stages: history -> candidates/scorer -> policy -> ranker.
+
+Each stage is a plain object with one method, so any of them can be replaced:
+
+- history: the user's online state (:class:`liverec.state.StateStore`), read as it is now;
+- candidates + scorer: a :class:`~liverec.recommend.scoring.Scorer` returns scores for its
+  candidate set (all items for the Transformer; neighbours + popular items for the baseline);
+  a fallback scorer (popularity) is used when the main one has nothing for this app;
+- policy: hard filters (blocks by any scope, consumed items unless asked, ``exclude``, category
+  filter) — see :class:`Policy`;
+- ranker: the top ``n`` by score, ties kept in the scorer's candidate order (deterministic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from ..state import UserState
+from ..store.base import Item
+from .scoring import Scored, Scorer
+
+
+@dataclass(frozen=True)
+class RecommendRequest:
+    app: str
+    user_id: str | None
+    n: int = 10
+    exclude: frozenset[str] = frozenset()
+    categories: frozenset[str] = frozenset()
+    include_consumed: bool = False
+
+
+@dataclass
+class Recommendation:
+    item_id: str
+    score: float
+    because: list[dict] = field(default_factory=list)
+
+
+class Policy:
+    """Hard filters applied after scoring. ``items`` looks up catalog records (may be absent)."""
+
+    def __init__(self, items: Callable[[str, str], Item | None]):
+        self._items = items
+
+    def allows(self, request: RecommendRequest, state: UserState | None, item_id: str) -> bool:
+        if item_id in request.exclude:
+            return False
+        if state is not None and not request.include_consumed and item_id in state.consumed:
+            return False
+        scoped_blocks = state is not None and any(scope != "item" for scope in state.blocked)
+        item = self._items(request.app, item_id) if (request.categories or scoped_blocks) else None
+        if request.categories and (item is None or request.categories.isdisjoint(item.categories)):
+            return False
+        if state is not None and state.blocked:
+            return not state.is_blocked(item_id, item.attribute_values() if item is not None else None)
+        return True
+
+
+class Ranker:
+    """Top-n by score; walks the candidates best-first and keeps those the policy allows."""
+
+    def rank(self, scored: Scored, n: int, allow: Callable[[str], bool]) -> list[Recommendation]:
+        if len(scored.item_ids) == 0 or n <= 0:
+            return []
+        # Score descending; ties keep the scorer's candidate order (deterministic).
+        order = np.argsort(-scored.scores, kind="stable")
+        out: list[Recommendation] = []
+        for k in order:
+            item_id = scored.item_ids[k]
+            if allow(item_id):
+                out.append(Recommendation(item_id, float(scored.scores[k])))
+                if len(out) >= n:
+                    break
+        return out
+
+
+class Pipeline:
+    """history -> scorer (with fallback) -> policy -> ranker."""
+
+    def __init__(
+        self,
+        history: Callable[[str, str], UserState | None],
+        scorer: Scorer,
+        policy: Policy,
+        ranker: Ranker | None = None,
+        fallback: Scorer | None = None,
+    ):
+        self.history = history
+        self.scorer = scorer
+        self.fallback = fallback
+        self.policy = policy
+        self.ranker = ranker or Ranker()
+
+    def recommend(self, request: RecommendRequest) -> tuple[list[Recommendation], str]:
+        """Ranked items and the name of the scorer that produced them."""
+        state = self.history(request.app, request.user_id) if request.user_id is not None else None
+        # Ask for enough candidates to survive the filters.
+        want = request.n + (len(state.consumed) if state is not None else 0) + len(request.exclude)
+        scorer = self.scorer
+        scored = scorer.score(request.app, state, want)
+        if len(scored.item_ids) == 0 and self.fallback is not None:
+            scorer = self.fallback
+            scored = scorer.score(request.app, state, want)
+        recs = self.ranker.rank(scored, request.n, lambda item: self.policy.allows(request, state, item))
+        return recs, scorer.name
+
+    def set_scorer(self, scorer: Scorer) -> None:
+        """Swap the main scorer (one attribute assignment: requests in flight keep the old one)."""
+        self.scorer = scorer

@@ -1,0 +1,104 @@
+"""Storage by role, behind small protocols.
+
+Each role has its own protocol so a backend can serve some roles and not others:
+
+- :class:`EventLog` — the append-only, idempotent event log (the source of truth);
+- :class:`Catalog` — item records (title, text, categories, attributes);
+- :class:`Snapshots` — opaque blobs for derived state and models (online-state snapshots,
+  cached vectors), keyed by (app, name).
+
+A backend is chosen by URL (see :func:`liverec.store.open_store`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol, Sequence
+
+from ..events import Event
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A catalog item. ``categories`` are also reachable as the ``category`` attribute."""
+
+    app: str
+    item_id: str
+    title: str = ""
+    text: str = ""
+    categories: tuple[str, ...] = ()
+    attributes: dict[str, Any] = field(default_factory=dict)
+    updated_at: float = 0.0
+
+    def attribute_values(self) -> dict[str, set[str]]:
+        """Scope name -> this item's values, for scoped feedback (``category``, ``creator``...)."""
+        values: dict[str, set[str]] = {"category": set(self.categories)}
+        for key, value in self.attributes.items():
+            if isinstance(value, (list, tuple, set)):
+                values[key] = {str(v) for v in value}
+            elif value is not None:
+                values[key] = {str(value)}
+        return values
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "item_id": self.item_id,
+            "title": self.title,
+            "text": self.text,
+            "categories": list(self.categories),
+            "attributes": dict(self.attributes),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What an append stored: the new events in log order, and how many were duplicates."""
+
+    accepted: list[Event]
+    duplicates: int
+
+
+class EventLog(Protocol):
+    def append(self, events: Sequence[Event]) -> AppendResult:
+        """Store events durably (committed before returning); duplicates by (app, event_id) are
+        ignored and counted. All-or-nothing: on error nothing of the batch is stored."""
+
+    def scan(self, app: str | None = None, after_seq: int = 0) -> Iterator[tuple[int, Event]]:
+        """All events (of one app, or all apps) in log order, with their sequence numbers."""
+
+    def user_events(self, app: str, user_id: str) -> list[Event]:
+        """One user's events in log order."""
+
+    def delete_user(self, app: str, user_id: str) -> int:
+        """Delete the user's events; returns how many were deleted."""
+
+    def count(self, app: str | None = None) -> int: ...
+
+    def apps(self) -> list[str]: ...
+
+
+class Catalog(Protocol):
+    def upsert(self, items: Sequence[Item]) -> int:
+        """Insert or replace items; returns how many were written."""
+
+    def get(self, app: str, item_id: str) -> Item | None: ...
+
+    def scan(self, app: str | None = None) -> Iterator[Item]: ...
+
+    def count(self, app: str | None = None) -> int: ...
+
+
+class Snapshots(Protocol):
+    def put(self, app: str, name: str, blob: bytes) -> None: ...
+
+    def get(self, app: str, name: str) -> bytes | None: ...
+
+
+class Store(Protocol):
+    """A backend serving all three roles."""
+
+    events: EventLog
+    catalog: Catalog
+    snapshots: Snapshots
+
+    def close(self) -> None: ...
