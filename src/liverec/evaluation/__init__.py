@@ -1,0 +1,1 @@
+"""Offline evaluation: the leave-one-out protocol, metrics, baselines and reports."""

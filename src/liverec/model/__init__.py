@@ -1,0 +1,1 @@
+"""The feedback-aware sequence model: features, Transformer, training, text vectors, artifacts, registry, scorer."""
