@@ -289,17 +289,19 @@ def parse_batch(
     rules: EventRules | None = None,
     now: float | None = None,
     max_errors: int = 100,
+    positions: bool = True,
 ) -> list[Event]:
     """Validate a batch; all-or-nothing: raise with the errors of every bad event.
 
-    Field names carry the position, e.g. ``events[3].type``.
+    Field names carry the position, e.g. ``events[3].type`` (``positions=False``: plain field
+    names, for a request that sent a single event).
     """
     now = time.time() if now is None else now
     events: list[Event] = []
     errors: list[FieldError] = []
     for i, raw in enumerate(raws):
         try:
-            events.append(parse_event(raw, app=app, rules=rules, now=now, prefix=f"events[{i}]."))
+            events.append(parse_event(raw, app=app, rules=rules, now=now, prefix=f"events[{i}]." if positions else ""))
         except EventValidationError as exc:
             errors.extend(exc.errors)
             if len(errors) >= max_errors:

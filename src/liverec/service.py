@@ -87,13 +87,16 @@ class Service:
         self.ready = True
 
     # ---- event path -------------------------------------------------------------------------
-    def ingest(self, app: str, raws: list[Any]) -> dict[str, int]:
-        """Validate and store a batch (all-or-nothing); returns accepted / duplicate counts."""
+    def ingest(self, app: str, raws: list[Any], single: bool = False) -> dict[str, int]:
+        """Validate and store a batch (all-or-nothing); returns accepted / duplicate counts.
+
+        ``single``: the request sent one event object (errors then name plain fields).
+        """
         if len(raws) > self.settings.max_batch:
             self.counters.events_rejected += len(raws)
             raise BatchTooLarge(len(raws), self.settings.max_batch)
         try:
-            events = parse_batch(raws, app=app, rules=self.rules)
+            events = parse_batch(raws, app=app, rules=self.rules, positions=not single)
         except EventValidationError:
             self.counters.events_rejected += len(raws)
             raise

@@ -28,6 +28,7 @@ async def post_events(
     rejected whole (422, with every field error); duplicates by `event_id` are counted, not stored.
     """
     body: Any = await json_body(request)
+    single = False
     if isinstance(body, dict) and "events" in body:
         extra = sorted(set(body) - {"events"})
         if extra:
@@ -37,10 +38,11 @@ async def post_events(
             raise validation_error([{"field": "events", "value": str(raws)[:80], "expected": "a list of event objects"}])
     elif isinstance(body, dict):
         raws = [body]
+        single = True
     else:
         raise validation_error([{"field": "body", "value": str(body)[:80], "expected": "an event object or {\"events\": [...]}"}])
     try:
-        return await run_in_threadpool(service.ingest, app, raws)
+        return await run_in_threadpool(service.ingest, app, raws, single)
     except BatchTooLarge as exc:
         raise validation_error(field_errors(exc), status=413) from None
     except EventValidationError as exc:
