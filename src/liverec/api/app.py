@@ -14,6 +14,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..config import Settings
 from ..service import Service
 from . import events, items, ops, users
+from . import stats
+from .telemetry import Telemetry
+from .. import ui
 from .ops import Metrics
 
 
@@ -44,6 +47,9 @@ def create_app(settings: Settings | None = None, service: Service | None = None,
     app.state.metrics = Metrics(app.state.service)
     app.state.on_start = []
     app.state.on_stop = []
+    app.state.telemetry = Telemetry(app.state.service.counters)
+    app.state.on_start.append(app.state.telemetry.start)
+    app.state.on_stop.append(app.state.telemetry.stop)
 
     @app.middleware("http")
     async def observe(request: Request, call_next):
@@ -54,6 +60,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None,
         metrics: Metrics = request.app.state.metrics
         metrics.requests.labels(path, request.method, str(response.status_code)).inc()
         metrics.latency.labels(path, request.method).observe(time.perf_counter() - start)
+        request.app.state.telemetry.record(path, time.perf_counter() - start)
         return response
 
     @app.exception_handler(StarletteHTTPException)
@@ -76,4 +83,6 @@ def create_app(settings: Settings | None = None, service: Service | None = None,
 
     for router in (events.router, items.router, users.router, ops.router):
         app.include_router(router)
+    app.include_router(stats.router)
+    app.include_router(ui.router)
     return app

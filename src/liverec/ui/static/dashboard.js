@@ -1,0 +1,172 @@
+/* The operations dashboard: polls GET /v1/stats every interval and redraws figures and plots.
+   While the server is away it keeps polling and shows "reconnecting"; the last figures stay. */
+"use strict";
+
+(() => {
+  const { api, Unreachable, el, clockTime } = Liverec;
+  const $ = (id) => document.getElementById(id);
+  const connection = Liverec.connectionMonitor($("connection"), $("banner"));
+
+  let app = new URLSearchParams(location.search).get("app") || "default";
+  let interval = 2000;
+  let timer = null;
+
+  // ---- formatting ------------------------------------------------------------------------------
+  const num = (v, digits = 1) => (v === null || v === undefined ? "—" : Number(v).toFixed(digits));
+  const pct = (v) => (v === null || v === undefined ? "—" : `${(100 * v).toFixed(1)}%`);
+  const ms = (v) => (v === null || v === undefined ? "—" : v < 10 ? `${v.toFixed(2)} ms` : `${v.toFixed(1)} ms`);
+  const count = (v) => (v === null || v === undefined ? "—" : Number(v).toLocaleString("en-US"));
+
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined) return "—";
+    if (seconds < 120) return `${Number(seconds).toFixed(1)} s`;
+    if (seconds < 7200) return `${(seconds / 60).toFixed(1)} min`;
+    return `${(seconds / 3600).toFixed(1)} h`;
+  }
+
+  function setValue(id, text, unit) {
+    const node = $(id);
+    node.replaceChildren(text);
+    if (unit && text !== "—") node.append(el("span", { class: "unit" }, unit));
+  }
+
+  function definitions(target, pairs) {
+    target.replaceChildren(...pairs.flatMap(([k, v, id]) => [el("dt", {}, k), el("dd", id ? { id } : {}, v)]));
+  }
+
+  function shortValue(v) {
+    if (typeof v === "number") return Number.isInteger(v) ? count(v) : v.toFixed(4);
+    if (v === null || v === undefined) return "—";
+    if (typeof v === "object") return JSON.stringify(v).slice(0, 80);
+    return String(v);
+  }
+
+  // ---- rendering ------------------------------------------------------------------------------
+  function render(stats) {
+    const series = stats.series || [];
+    const pick = (key) => series.map((s) => s[key]);
+    interval = Math.max(500, (stats.interval_s || 2) * 1000);
+    $("interval").textContent = String(stats.interval_s);
+    $("span").textContent = series.length > 1 ? ((series[series.length - 1].t - series[0].t) / 60).toFixed(1) : "0";
+    $("updated").textContent = clockTime();
+
+    const t = stats.throughput;
+    setValue("events-rate", num(t.events_per_s), "/s");
+    $("events-total").textContent = `${count(stats.totals.events_accepted)} accepted since start · ${count(stats.totals.events_rejected)} rejected`;
+    setValue("recs-rate", num(t.recommendations_per_s), "/s");
+    $("recs-total").textContent = `${count(stats.totals.recommendations)} served since start`;
+    const lat = stats.latency_ms.recommendations;
+    setValue("latency", lat.p50 === null ? "—" : `${num(lat.p50, lat.p50 < 10 ? 2 : 1)} / ${num(lat.p99, lat.p99 < 10 ? 2 : 1)}`, "ms");
+    $("latency-note").textContent = lat.count ? `of ${lat.count} recommendation requests, last ${stats.latency_ms.window_s} s` : "no recommendation requests yet";
+
+    const f = stats.feedback;
+    const types = f.by_type || {};
+    setValue("ctr", pct(f.ctr));
+    $("ctr-note").textContent = `${count(types.click || 0)} clicks / ${count(types.impression || 0)} impressions, last ${f.window_s} s`;
+    setValue("like-rate", pct(f.like_rate));
+    $("like-note").textContent = `${count((types.like || 0) + (types.favorite || 0))} likes / ${count(types.impression || 0)} impressions, last ${f.window_s} s`;
+    setValue("negative", pct(f.negative_share));
+    $("negative-note").textContent = `skips, dislikes and blocks among feedback, last ${f.window_s} s`;
+
+    Sparkline.draw($("spark-events"), [{ values: pick("events_per_s") }], (v) => `${num(v)}/s`);
+    Sparkline.draw($("spark-recs"), [{ values: pick("recommendations_per_s") }], (v) => `${num(v)}/s`);
+    Sparkline.draw($("spark-latency"), [{ values: pick("p50_ms") }, { values: pick("p99_ms"), cls: "second" }], ms);
+    Sparkline.draw($("spark-ctr"), [{ values: pick("ctr") }], pct);
+    Sparkline.draw($("spark-like"), [{ values: pick("like_rate") }], pct);
+    Sparkline.draw($("spark-negative"), [{ values: pick("negative_share") }], pct);
+
+    renderModel(stats.model);
+    renderLearner(stats.learner);
+    const c = stats.catalog;
+    definitions($("totals"), [
+      ["Items", count(c.items), "catalog-items"],
+      ["Users", count(c.users), "catalog-users"],
+      ["Events accepted", count(stats.totals.events_accepted), "total-events"],
+      ["Duplicates ignored", count(stats.totals.events_duplicate)],
+      ["Recommendations", count(stats.totals.recommendations), "total-recs"],
+      ["Uptime", duration(stats.uptime_s)],
+    ]);
+    const byType = Object.entries(stats.totals.by_type || {}).sort((a, b) => b[1] - a[1]);
+    $("by-type").replaceChildren(...(byType.length
+      ? byType.map(([type, n]) => el("li", {}, el("span", { class: "muted" }, type), " ", count(n)))
+      : [el("li", { class: "muted" }, "no events since start")]));
+
+    renderItems($("popular"), c.popular, (i) => el("span", { class: "bar", style: `width:${Math.max(4, Math.round(60 * i.popularity))}px`, title: `relative popularity ${i.popularity}` }),
+      "No positive interactions yet.");
+    renderItems($("newest"), c.newest, (i) => el("span", { class: "muted" }, i.updated_at ? new Date(i.updated_at * 1000).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" }) : ""),
+      "The catalog is empty.");
+  }
+
+  function renderModel(model) {
+    const pairs = [["Scorer", model.scorer, "model-scorer"]];
+    if (model.version !== undefined) pairs.push(["Version", shortValue(model.version), "model-version"]);
+    for (const key of ["trained_at", "created_at"]) {
+      if (typeof model[key] === "number") pairs.push([key.replace("_", " "), new Date(model[key] * 1000).toLocaleString()]);
+    }
+    if (model.fallback) pairs.push(["Fallback", model.fallback]);
+    const metrics = Object.entries(model.metrics || {});
+    for (const [k, v] of metrics) pairs.push([k, shortValue(v)]);
+    if (!metrics.length) pairs.push(["Metrics", "none reported by this scorer"]);
+    definitions($("model"), pairs);
+  }
+
+  function renderLearner(learner) {
+    if (!learner) {
+      definitions($("learner"), [["Status", "no online learner running", "learner-status"]]);
+      return;
+    }
+    const pairs = [["Learner", learner.name], ["Staleness", duration(learner.staleness_s), "learner-staleness"]];
+    for (const [k, v] of Object.entries(learner)) {
+      if (k !== "name" && k !== "staleness_s") pairs.push([k.replaceAll("_", " "), shortValue(v)]);
+    }
+    definitions($("learner"), pairs.slice(0, 12));
+  }
+
+  function renderItems(target, items, extra, emptyText) {
+    if (!items || !items.length) {
+      target.replaceChildren(el("li", { class: "muted" }, emptyText));
+      return;
+    }
+    target.replaceChildren(...items.map((i) => el("li", { dataset: { itemId: i.item_id } },
+      el("span", { class: "name", title: `${i.item_id} · ${(i.categories || []).join(", ")}` }, i.title || i.item_id),
+      extra(i))));
+  }
+
+  // ---- polling ----------------------------------------------------------------------------------
+  async function poll() {
+    try {
+      const stats = await api("GET", "/v1/stats", { app });
+      connection.ok();
+      render(stats);
+    } catch (err) {
+      if (err instanceof Unreachable) {
+        // Keep the last figures; the banner says they are stale until the server answers.
+        $("connection").dataset.state = "reconnecting";
+        connection.lost(() => api("GET", "/v1/health"));
+      } else {
+        $("updated").textContent = `failed (${err.message})`;
+      }
+    }
+    timer = setTimeout(poll, interval);
+  }
+
+  async function loadApps() {
+    try {
+      const data = await api("GET", "/v1/apps");
+      const names = data.apps.map((a) => a.app);
+      if (!names.includes(app)) names.push(app);
+      $("app-select").replaceChildren(...names.map((n) => el("option", { value: n, selected: n === app }, n)));
+    } catch (err) {
+      $("app-select").replaceChildren(el("option", { value: app }, app));
+    }
+  }
+
+  $("app-select").addEventListener("change", (e) => {
+    app = e.target.value;
+    history.replaceState(null, "", app === "default" ? "/dashboard" : `/dashboard?app=${encodeURIComponent(app)}`);
+    if (timer !== null) clearTimeout(timer);
+    poll();
+  });
+
+  loadApps().then(poll);
+})();
