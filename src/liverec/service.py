@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .catalog import CatalogIndex, parse_item, parse_items
@@ -58,8 +59,17 @@ class Service:
             policy=Policy(self.catalog.get),
             fallback=self.baseline,
         )
+        # Ranking stages after the hard filters: feedback policy, diversity, exploration, `because`.
+        from .ranking import build_ranking
+
+        url = self.settings.store_url_resolved()
+        impressions = None if url.endswith(":memory:") else Path(settings.data_dir) / "impressions.db"
+        self.ranking = build_ranking(
+            self.catalog, lambda: self.pipeline.scorer, self._similar_pairs, self.rules.types, impressions,
+        )
+        self.pipeline.ranking = self.ranking
         self.counters = Counters()
-        self.listeners: list[Callable[[list[Event]], None]] = []
+        self.listeners: list[Callable[[list[Event]], None]] = [self.ranking.observe]
         self._write = threading.Lock()
         self.started_at = time.time()
         self.ready = False
@@ -158,8 +168,12 @@ class Service:
         exclude: Iterable[str] = (),
         categories: Iterable[str] = (),
         include_consumed: bool = False,
+        diversity: float | None = None,
+        explore: bool | None = None,
     ) -> dict[str, Any]:
-        request = RecommendRequest(app, user_id, n, frozenset(exclude), frozenset(categories), include_consumed)
+        request = RecommendRequest(
+            app, user_id, n, frozenset(exclude), frozenset(categories), include_consumed, diversity, explore
+        )
         with self.state.lock:  # a consistent view of this user's state while scoring
             recs, scorer_name = self.pipeline.recommend(request)
         self.counters.recommendations += 1
@@ -170,10 +184,22 @@ class Service:
             if item is not None:
                 entry["title"] = item.title
                 entry["categories"] = list(item.categories)
-            if rec.because:
-                entry["because"] = rec.because
+            entry["because"] = rec.because
+            if rec.explored:
+                entry["explored"] = True
+                entry["propensity"] = round(rec.propensity, 6)
             items.append(entry)
-        return {"user_id": user_id, "app": app, "scorer": scorer_name, "items": items}
+        out = {"user_id": user_id, "app": app, "scorer": scorer_name, "items": items}
+        if recs and recs[0].request_id is not None:
+            out["request_id"] = recs[0].request_id
+        return out
+
+    def _similar_pairs(self, app: str, item_id: str, n: int) -> list[tuple[str, float]]:
+        """The scorer's similar items, else the baseline's (the ranking stages' last resort)."""
+        pairs = self.pipeline.scorer.similar(app, item_id, n)
+        if not pairs and self.pipeline.scorer is not self.baseline:
+            pairs = self.baseline.similar(app, item_id, n)
+        return pairs
 
     def similar(self, app: str, item_id: str, n: int = 10) -> dict[str, Any]:
         pairs = self.pipeline.scorer.similar(app, item_id, n)
@@ -213,6 +239,7 @@ class Service:
         return {"user_id": user_id, "app": app, "n_events": state.n_events, "history": history, "blocked": blocked}
 
     def close(self) -> None:
+        self.ranking.impressions.close()
         self.store.close()
 
 

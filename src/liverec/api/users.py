@@ -24,11 +24,18 @@ def recommendations(
     exclude: list[str] | None = Query(None, description="Item ids to leave out (repeat or comma-separate)"),
     category: list[str] | None = Query(None, description="Only items in one of these categories"),
     include_consumed: bool = Query(False, description="Allow items the user already consumed"),
+    diversity: float | None = Query(None, ge=0.0, le=1.0, description="MMR trade-off: 0 = relevance only, 1 = most diverse (default: the app's setting)"),
+    explore: bool | None = Query(None, description="Let the bandit fill its exploration slots (default: the app's setting)"),
     app: str = Depends(get_app_id),
     service: Service = Depends(get_service),
 ) -> dict:
-    """Ranked items for the user as they are now (reflects every acknowledged event)."""
-    return service.recommend(app, user_id, n, _split(exclude), _split(category), include_consumed)
+    """Ranked items for the user as they are now (reflects every acknowledged event).
+
+    Every item carries `because`: the user's own events that support it most (item id, event type)
+    and the feedback-policy adjustments that applied; items placed by exploration carry
+    `explored` and the `propensity` with which they were chosen.
+    """
+    return service.recommend(app, user_id, n, _split(exclude), _split(category), include_consumed, diversity, explore)
 
 
 @router.get("/users/{user_id}")

@@ -8,13 +8,16 @@ Each stage is a plain object with one method, so any of them can be replaced:
   a fallback scorer (popularity) is used when the main one has nothing for this app;
 - policy: hard filters (blocks by any scope, consumed items unless asked, ``exclude``, category
   filter) — see :class:`Policy`;
-- ranker: the top ``n`` by score, ties kept in the scorer's candidate order (deterministic).
+- ranker: the top ``n`` by score, ties kept in the scorer's candidate order (deterministic);
+- ranking stages (optional, :class:`liverec.ranking.stages.RankingStages`): when set they replace
+  the plain ranker: feedback policy, diversity, exploration and explanations, always on the
+  candidates the policy allows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -31,6 +34,9 @@ class RecommendRequest:
     exclude: frozenset[str] = frozenset()
     categories: frozenset[str] = frozenset()
     include_consumed: bool = False
+    diversity: float | None = None  # MMR trade-off 0..1 (None: the app's configured default)
+    explore: bool | None = None  # exploration slots on/off (None: the app's configured default)
+    now: float | None = None  # reference time of feedback decay (None: the user's latest event)
 
 
 @dataclass
@@ -38,6 +44,19 @@ class Recommendation:
     item_id: str
     score: float
     because: list[dict] = field(default_factory=list)
+    propensity: float = 1.0  # probability the logging policy placed this item here
+    explored: bool = False
+    request_id: str | None = None
+
+
+class RankingStage(Protocol):
+    """Stages after the hard filters (see :mod:`liverec.ranking.stages`)."""
+
+    def candidates_wanted(self, request: RecommendRequest) -> int:
+        """How many scored candidates the stage would like to see."""
+
+    def rank(self, request: RecommendRequest, state: UserState | None, scored: Scored, allow: Callable[[str], bool]) -> list[Recommendation]:
+        """The final slate; every item in it must pass ``allow``."""
 
 
 class Policy:
@@ -88,24 +107,31 @@ class Pipeline:
         policy: Policy,
         ranker: Ranker | None = None,
         fallback: Scorer | None = None,
+        ranking: RankingStage | None = None,
     ):
         self.history = history
         self.scorer = scorer
         self.fallback = fallback
         self.policy = policy
         self.ranker = ranker or Ranker()
+        self.ranking = ranking
 
     def recommend(self, request: RecommendRequest) -> tuple[list[Recommendation], str]:
         """Ranked items and the name of the scorer that produced them."""
         state = self.history(request.app, request.user_id) if request.user_id is not None else None
         # Ask for enough candidates to survive the filters.
         want = request.n + (len(state.consumed) if state is not None else 0) + len(request.exclude)
+        if self.ranking is not None:
+            want += self.ranking.candidates_wanted(request)
         scorer = self.scorer
         scored = scorer.score(request.app, state, want)
         if len(scored.item_ids) == 0 and self.fallback is not None:
             scorer = self.fallback
             scored = scorer.score(request.app, state, want)
-        recs = self.ranker.rank(scored, request.n, lambda item: self.policy.allows(request, state, item))
+        allow = lambda item: self.policy.allows(request, state, item)  # noqa: E731
+        if self.ranking is not None:
+            return self.ranking.rank(request, state, scored, allow), scorer.name
+        recs = self.ranker.rank(scored, request.n, allow)
         return recs, scorer.name
 
     def set_scorer(self, scorer: Scorer) -> None:

@@ -1,0 +1,103 @@
+"""Per-app configuration of the ranking policy (feedback, diversity, exploration).
+
+One :class:`RankingConfig` holds every knob of the stages after the model. A
+:class:`RankingSettings` maps apps to configs (``default`` for apps without their own), so a shop
+and a news app on the same service can decay feedback at different speeds.
+
+>>> s = RankingSettings(apps={"news": RankingConfig(half_life_s=3600.0)})
+>>> s.for_app("news").half_life_s, s.for_app("shop").half_life_s
+(3600.0, 604800.0)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class RankingConfig:
+    """Knobs of the feedback policy, the diversity reranker and the bandit stage.
+
+    Adjustments are in units of the min-max normalised model score of the candidate pool (the
+    best candidate has 1, the worst 0), so ``dislike_item=2`` sends a disliked item below every
+    other candidate regardless of the scorer's scale.
+    """
+
+    # ---- feedback policy ---------------------------------------------------------------------
+    half_life_s: float = 7 * 86400.0  # feedback effects halve every half-life (event time)
+    dislike_item: float = 2.0  # the disliked item itself
+    dislike_neighbour: float = 0.6  # its neighbours, times similarity
+    skip_item: float = 0.5
+    skip_neighbour: float = 0.15
+    scoped_dislike: float = 1.0  # items with a disliked category/attribute value
+    scoped_skip: float = 0.4  # items with a skipped category/attribute value
+    like_boost: float = 0.5  # neighbours of liked/favorited/shared/purchased items, times similarity
+    category_repeat: int = 2  # negative items in one category before the category is demoted
+    category_demote: float = 0.8  # full demotion of such a category
+    skip_mass: float = 1.0  # weight of one skip in the category count (a dislike counts dislike_mass)
+    dislike_mass: float = 1.5
+    min_similarity: float = 0.3  # cosine below this is "not a neighbour"
+    max_signals: int = 40  # most recent feedback items considered per request
+    pool: int = 200  # candidates (after hard filters) the rerankers work on
+    neighbour_candidates: int = 30  # neighbours of each recent liked item added to the pool
+    # ---- diversity ---------------------------------------------------------------------------
+    diversity: float = 0.0  # default MMR trade-off (0 = relevance only, 1 = diversity only)
+    # ---- exploration -------------------------------------------------------------------------
+    explore: bool = True  # the bandit decides ``explore_slots`` positions
+    explore_slots: tuple[int, ...] = (4, 9)  # 0-based slate positions the bandit fills
+    explore_pool: int = 20  # candidates the bandit chooses among for one slot
+    explore_draws: int = 256  # Thompson draws that give each slot's selection distribution
+    explore_epsilon: float = 0.05  # uniform mixing: every pool item keeps propensity >= eps / pool
+    prior_strength: float = 4.0  # Beta prior pseudo-counts, centred on the model's rank prior
+    reward_window_s: float = 1800.0  # no feedback within this window after an impression = 0.5
+    # ---- explanations ------------------------------------------------------------------------
+    because_events: int = 3  # history events listed per item
+
+    def __post_init__(self) -> None:
+        if not (self.half_life_s > 0 and math.isfinite(self.half_life_s)):
+            raise ValueError(f"half_life_s={self.half_life_s!r}: expected a positive number of seconds")
+        if not 0.0 <= self.diversity <= 1.0:
+            raise ValueError(f"diversity={self.diversity!r}: expected a number in [0, 1]")
+        if not 0.0 <= self.explore_epsilon <= 1.0:
+            raise ValueError(f"explore_epsilon={self.explore_epsilon!r}: expected a number in [0, 1]")
+        if self.pool < 1 or self.explore_pool < 1 or self.explore_draws < 1:
+            raise ValueError("pool, explore_pool and explore_draws must be >= 1")
+        if any(p < 0 for p in self.explore_slots):
+            raise ValueError(f"explore_slots={self.explore_slots!r}: expected 0-based positions")
+
+    def decay(self, age_s: float) -> float:
+        """Weight of a feedback event ``age_s`` seconds old: ``0.5 ** (age / half_life)``."""
+        return 0.5 ** (max(age_s, 0.0) / self.half_life_s)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RankingConfig":
+        """Build from a plain mapping, naming any unknown key."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ranking settings {unknown}; expected some of {sorted(known)}")
+        values = dict(data)
+        if "explore_slots" in values:
+            values["explore_slots"] = tuple(int(p) for p in values["explore_slots"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class RankingSettings:
+    """The config per app; ``default`` serves apps without an entry."""
+
+    default: RankingConfig = field(default_factory=RankingConfig)
+    apps: Mapping[str, RankingConfig] = field(default_factory=dict)
+
+    def for_app(self, app: str) -> RankingConfig:
+        return self.apps.get(app, self.default)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RankingSettings":
+        """``{"default": {...}, "apps": {"news": {...}}}``; app entries override the default."""
+        base = dict(data.get("default", {}))
+        default = RankingConfig.from_dict(base)
+        apps = {name: RankingConfig.from_dict({**base, **dict(over)}) for name, over in dict(data.get("apps", {})).items()}
+        return cls(default, apps)

@@ -1,0 +1,191 @@
+"""Impressions (what was shown, where, with what probability) and their rewards.
+
+Every recommendation response logs one :class:`Impression` per item shown. Items placed by the
+bandit carry their selection probability (``propensity``) and the candidate pool with each
+candidate's probability and model score, which is what off-policy evaluation
+(:mod:`liverec.evaluation.ope`) needs to score other policies on the same traffic. Items placed by
+the deterministic ranking have propensity 1.
+
+Reward of an impression (the scheme of this system): **1** if the user gives positive feedback on
+the item within ``window_s`` after it was shown, **0** for negative feedback, **0.5** for no
+feedback within the window. :func:`assign_rewards` computes it from the event log; the live
+:class:`RewardTracker` does the same incrementally from committed events.
+
+Storage by role: :class:`ImpressionLog` is a small protocol; :class:`SQLiteImpressionLog` keeps a
+separate SQLite file beside the event log (the request path never waits on the event log's writer),
+:class:`MemoryImpressionLog` serves tests.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Protocol, Sequence
+
+from ..events import DEFAULT_TYPES, Event, TypeSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Impression:
+    """One item shown to one user in one response."""
+
+    impression_id: str
+    request_id: str
+    app: str
+    user_id: str
+    item_id: str
+    position: int
+    timestamp: float
+    propensity: float  # P(this item at this position | context) under the logging policy
+    explored: bool
+    policy: str  # "rank" (deterministic) or "thompson"
+    # For explored slots: the candidates the bandit chose among, their probabilities and scores.
+    pool: list[str] = field(default_factory=list)
+    pool_propensities: list[float] = field(default_factory=list)
+    pool_scores: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(data: Mapping) -> "Impression":
+        return Impression(**{k: data[k] for k in Impression.__dataclass_fields__ if k in data})
+
+
+class ImpressionLog(Protocol):
+    def append(self, impressions: Sequence[Impression]) -> None:
+        """Store impressions (in the order shown)."""
+
+    def scan(self, app: str | None = None) -> Iterator[Impression]:
+        """All impressions (of one app, or all) in log order."""
+
+    def count(self, app: str | None = None) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class MemoryImpressionLog:
+    """Impressions in a list (tests, in-process evaluation)."""
+
+    def __init__(self) -> None:
+        self._rows: list[Impression] = []
+        self._lock = threading.Lock()
+
+    def append(self, impressions: Sequence[Impression]) -> None:
+        with self._lock:
+            self._rows.extend(impressions)
+
+    def scan(self, app: str | None = None) -> Iterator[Impression]:
+        rows = list(self._rows)
+        return iter([r for r in rows if app is None or r.app == app])
+
+    def count(self, app: str | None = None) -> int:
+        return sum(1 for _ in self.scan(app))
+
+    def close(self) -> None:
+        pass
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS impressions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    app TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS impressions_app ON impressions (app, seq);
+"""
+
+
+class SQLiteImpressionLog:
+    """Impressions in their own SQLite file (WAL, ``synchronous=NORMAL``: an impression lost in a
+    machine crash costs one OPE sample, never an acknowledged event)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.executescript(_SCHEMA)
+
+    def append(self, impressions: Sequence[Impression]) -> None:
+        if not impressions:
+            return
+        rows = [(i.app, i.user_id, i.item_id, i.timestamp, json.dumps(i.to_dict(), separators=(",", ":"))) for i in impressions]
+        with self._lock:
+            self._conn.execute("BEGIN")
+            self._conn.executemany("INSERT INTO impressions (app, user_id, item_id, ts, record) VALUES (?,?,?,?,?)", rows)
+            self._conn.execute("COMMIT")
+
+    def scan(self, app: str | None = None) -> Iterator[Impression]:
+        with self._lock:
+            if app is None:
+                rows = self._conn.execute("SELECT record FROM impressions ORDER BY seq").fetchall()
+            else:
+                rows = self._conn.execute("SELECT record FROM impressions WHERE app = ? ORDER BY seq", (app,)).fetchall()
+        return iter([Impression.from_dict(json.loads(r[0])) for r in rows])
+
+    def count(self, app: str | None = None) -> int:
+        with self._lock:
+            if app is None:
+                return int(self._conn.execute("SELECT COUNT(*) FROM impressions").fetchone()[0])
+            return int(self._conn.execute("SELECT COUNT(*) FROM impressions WHERE app = ?", (app,)).fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def feedback_reward(event: Event, types: Mapping[str, TypeSpec] = DEFAULT_TYPES) -> float | None:
+    """1 for a positive event, 0 for a negative one, ``None`` for neutral (impression, undo...)."""
+    spec = types.get(event.type)
+    if spec is None or event.item_id is None:
+        return None
+    if spec.polarity == "positive":
+        return 1.0
+    if spec.polarity == "negative":
+        return 0.0
+    return None
+
+
+def assign_rewards(
+    impressions: Iterable[Impression],
+    events: Iterable[Event],
+    window_s: float,
+    types: Mapping[str, TypeSpec] = DEFAULT_TYPES,
+    now: float | None = None,
+) -> list[tuple[Impression, float]]:
+    """Each impression with its reward: the first feedback on (user, item) in ``[t, t + window]``.
+
+    Impressions whose window has not closed yet (``t + window > now``) and that have no feedback
+    are left out (their reward is not known yet).
+    """
+    by_key: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+    for e in events:
+        r = feedback_reward(e, types)
+        if r is not None:
+            by_key.setdefault((e.app, e.user_id, e.item_id), []).append((e.timestamp, r))  # type: ignore[arg-type]
+    for fb in by_key.values():
+        fb.sort(key=lambda x: x[0])
+    out: list[tuple[Impression, float]] = []
+    for imp in impressions:
+        reward: float | None = None
+        for t, r in by_key.get((imp.app, imp.user_id, imp.item_id), ()):
+            if imp.timestamp <= t <= imp.timestamp + window_s:
+                reward = r
+                break
+        if reward is None:
+            if now is not None and imp.timestamp + window_s > now:
+                continue
+            reward = 0.5
+        out.append((imp, reward))
+    return out

@@ -1,0 +1,249 @@
+"""The ranking stages after the model, in order, for one request.
+
+    scored candidates
+      -> hard filters (blocks of any scope, consumed, exclude, category)   [pipeline.Policy]
+      -> pool: the best ``pool`` allowed candidates + neighbours of recent likes
+      -> feedback policy (demote / boost with time decay)                 [feedback.adjust]
+      -> diversity (MMR, per-request ``diversity``)                       [diversity.mmr]
+      -> exploration (Thompson sampling on ``explore_slots``)              [bandit.ThompsonBandit]
+      -> hard filters again on the final slate (blocks are the last word)
+      -> explanations (``because``) and impressions with propensities
+
+Every candidate any stage can place comes from the allowed pool, and the final slate is checked
+once more, so no boost, neighbour expansion or exploration can bring back a blocked item.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+
+from ..events import DEFAULT_TYPES, TypeSpec
+from ..recommend.pipeline import Recommendation, RecommendRequest
+from ..recommend.scoring import Scored
+from ..state import UserState
+from ..store.base import Item
+from .bandit import RewardTracker, ThompsonBandit
+from .config import RankingConfig, RankingSettings
+from .diversity import mmr
+from .feedback import adjust
+from .impressions import Impression, ImpressionLog
+from .vectors import ItemSpace
+
+
+@dataclass
+class RankStats:
+    """Counters of the ranking stage (for benchmarks and /metrics)."""
+
+    requests: int = 0
+    explored: int = 0
+    late_filtered: int = 0  # items dropped by the final hard-filter check (must stay 0)
+
+
+def explain_history(
+    app: str,
+    state: UserState | None,
+    slate: list[str],
+    space: ItemSpace,
+    types: Mapping[str, TypeSpec],
+    limit: int,
+    recent: int = 50,
+) -> list[list[dict]]:
+    """Per slate item, the user's own positive events that most support it.
+
+    Support of history event ``h`` for item ``i`` = ``sim(i, item_h) x weight(type_h) x 0.95**k``
+    (``k`` = how many positive events back); events with support below 0.05 are left out.
+    """
+    out: list[list[dict]] = [[] for _ in slate]
+    if state is None or not slate:
+        return out
+    hist: list[tuple[str, str, str | None, float]] = []  # (item, type, event_id, weight)
+    seen: set[str] = set()
+    for inter in reversed(state.sequence):
+        spec = types.get(inter.type)
+        if inter.item_id is None or spec is None or spec.polarity != "positive" or inter.item_id in seen:
+            continue
+        seen.add(inter.item_id)
+        w = max(spec.weight, 1.0) / 5.0 * (0.95 ** len(hist))
+        if inter.type == "rating" and inter.value is not None:
+            w *= inter.value / 5.0
+        hist.append((inter.item_id, inter.type, inter.event_id, w))
+        if len(hist) >= recent:
+            break
+    if not hist:
+        return out
+    sims = space.similarity(app, slate, [h[0] for h in hist])  # (n, H)
+    support = np.clip(sims, 0.0, 1.0) * np.array([h[3] for h in hist])[None, :]  # (n, H)
+    for r in range(len(slate)):
+        top = np.argsort(-support[r], kind="stable")[:limit]
+        for h in top.tolist():
+            if support[r, h] < 0.05:
+                break
+            item, etype, eid, _ = hist[h]
+            entry = {"kind": "event", "item_id": item, "type": etype, "weight": round(float(support[r, h]), 4)}
+            if eid:
+                entry["event_id"] = eid
+            out[r].append(entry)
+    return out
+
+
+class RankingStages:
+    """Feedback policy, diversity, exploration and explanations (one instance per service)."""
+
+    def __init__(
+        self,
+        settings: RankingSettings,
+        space: ItemSpace,
+        items: Callable[[str, str], Item | None],
+        bandit: ThompsonBandit | None = None,
+        impressions: ImpressionLog | None = None,
+        types: Mapping[str, TypeSpec] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.space = space
+        self.items = items
+        self.bandit = bandit or ThompsonBandit(0)
+        self.impressions = impressions
+        self.types = dict(types or DEFAULT_TYPES)
+        self.clock = clock
+        self.rewards = RewardTracker(self.bandit, settings.default.reward_window_s, self.types)
+        self.stats = RankStats()
+        self._lock = threading.Lock()
+
+    def candidates_wanted(self, request: RecommendRequest) -> int:
+        """The pool size of the request's app (the pipeline adds it to what it asks the scorer)."""
+        return self.settings.for_app(request.app).pool
+
+    def observe(self, events: list) -> None:
+        """Service listener: committed events close pending impressions with their reward."""
+        self.rewards.observe(events)
+
+    # ------------------------------------------------------------------------------ pool
+    def _pool(self, request: RecommendRequest, state: UserState | None, scored: Scored, allow: Callable[[str], bool], cfg: RankingConfig, now: float) -> tuple[list[str], np.ndarray]:
+        """The best ``cfg.pool`` allowed candidates, plus allowed neighbours of recent likes."""
+        order = np.argsort(-scored.scores, kind="stable")
+        ids: list[str] = []
+        scores: list[float] = []
+        taken: set[str] = set()
+        for k in order:
+            item_id = scored.item_ids[k]
+            if allow(item_id):
+                ids.append(item_id)
+                scores.append(float(scored.scores[k]))
+                taken.add(item_id)
+                if len(ids) >= max(cfg.pool, request.n):
+                    break
+        if state is not None and state.liked and cfg.neighbour_candidates > 0 and ids:
+            floor = min(scores)
+            recent = sorted(state.liked.items(), key=lambda kv: -kv[1])[:5]
+            lookup: dict[str, float] | None = None
+            for liked, t in recent:
+                if cfg.decay(now - t) < 0.05:
+                    continue
+                for other, _ in self.space.neighbours(request.app, liked, cfg.neighbour_candidates, cfg.min_similarity):
+                    if other in taken or not allow(other):
+                        continue
+                    if lookup is None:
+                        lookup = {str(i): float(s) for i, s in zip(scored.item_ids, scored.scores)}
+                    ids.append(other)
+                    scores.append(lookup.get(other, floor))
+                    taken.add(other)
+        return ids, np.asarray(scores, dtype=np.float64)
+
+    # ------------------------------------------------------------------------------ rank
+    def rank(self, request: RecommendRequest, state: UserState | None, scored: Scored, allow: Callable[[str], bool]) -> list[Recommendation]:
+        """The slate for ``request`` with ``because``, propensities, and impressions logged."""
+        cfg = self.settings.for_app(request.app)
+        now = request.now if request.now is not None else (state.last_timestamp if state is not None else 0.0)
+        ids, raw = self._pool(request, state, scored, allow, cfg, now)
+        if not ids:
+            return []
+        span = raw.max() - raw.min()
+        rel = (raw - raw.min()) / span if span > 0 else np.ones(len(raw))  # (K,) in [0, 1]
+        adj = adjust(request.app, state, ids, now, cfg, self.space, self.items)
+        final = rel + adj.total  # (K,)
+        order = np.argsort(-final, kind="stable")
+        n = min(request.n, len(ids))
+        diversity = cfg.diversity if request.diversity is None else request.diversity
+        diversified: set[int] = set()
+        if diversity > 0 and n > 1:
+            head = order[: min(len(order), max(4 * n, n + 10))]
+            table = self.space.table(request.app)
+            head_ids = [ids[k] for k in head]
+            sim = self.space.similarity(request.app, head_ids, head_ids, table)  # (M, M)
+            picks = mmr(final[head], sim, n, diversity)
+            relevance_top = set(head[:n].tolist())
+            chosen = [int(head[p]) for p in picks]
+            diversified = {k for k in chosen if k not in relevance_top}
+            rest = [int(k) for k in order if int(k) not in set(chosen)]
+            order = np.asarray(chosen + rest, dtype=np.int64)
+        # ---- slate with exploration slots -----------------------------------------------------
+        explore = (cfg.explore if request.explore is None else request.explore) and request.user_id is not None
+        slots = set(p for p in cfg.explore_slots if p < n) if explore else set()
+        used = np.zeros(len(ids), dtype=bool)
+        queue = [int(k) for k in order]
+        slate: list[tuple[int, float, dict | None]] = []  # (pool index, propensity, exploration info)
+        qpos = 0
+        for p in range(n):
+            if p in slots:
+                remaining = [k for k in queue if not used[k]][: cfg.explore_pool]
+                if len(remaining) >= 2:
+                    pool_ids = [ids[k] for k in remaining]
+                    choice, dist = self.bandit.choose(request.app, pool_ids, final[remaining], cfg)
+                    k = remaining[choice]
+                    used[k] = True
+                    slate.append((k, float(dist[choice]), {"pool": pool_ids, "p": dist.tolist(), "s": final[remaining].tolist()}))
+                    continue
+            while qpos < len(queue) and used[queue[qpos]]:
+                qpos += 1
+            if qpos >= len(queue):
+                break
+            k = queue[qpos]
+            used[k] = True
+            slate.append((k, 1.0, None))
+        # ---- blocks are the last word ---------------------------------------------------------
+        kept = [(k, prop, info) for k, prop, info in slate if allow(ids[k])]
+        if len(kept) != len(slate):
+            with self._lock:
+                self.stats.late_filtered += len(slate) - len(kept)
+        slate_ids = [ids[k] for k, _, _ in kept]
+        history = explain_history(request.app, state, slate_ids, self.space, self.types, cfg.because_events)
+        recs: list[Recommendation] = []
+        request_id = uuid.uuid4().hex
+        shown_at = self.clock() if request.now is None else request.now
+        impressions: list[Impression] = []
+        for pos, ((k, prop, info), hist) in enumerate(zip(kept, history)):
+            because = list(hist)
+            because.extend(adj.explain(k))
+            if k in diversified:
+                because.append({"kind": "policy", "adjustment": "diversity", "diversity": round(diversity, 3)})
+            if info is not None:
+                because.append({"kind": "exploration", "policy": "thompson", "propensity": round(prop, 6)})
+            if not because:
+                because.append({"kind": "model", "reason": "model score" if state is not None and state.sequence else "popular"})
+            recs.append(Recommendation(ids[k], float(final[k]), because, propensity=prop, explored=info is not None))
+            if request.user_id is not None:
+                impressions.append(Impression(
+                    impression_id=f"{request_id}:{pos}", request_id=request_id, app=request.app,
+                    user_id=request.user_id, item_id=ids[k], position=pos, timestamp=shown_at,
+                    propensity=prop, explored=info is not None, policy="thompson" if info is not None else "rank",
+                    pool=info["pool"] if info else [], pool_propensities=info["p"] if info else [],
+                    pool_scores=info["s"] if info else [],
+                ))
+        with self._lock:
+            self.stats.requests += 1
+            self.stats.explored += sum(1 for r in recs if r.explored)
+        if impressions:
+            self.rewards.expire(shown_at)
+            self.rewards.shown(impressions)
+            if self.impressions is not None:
+                self.impressions.append(impressions)
+        for r in recs:
+            r.request_id = request_id
+        return recs

@@ -1,0 +1,184 @@
+"""Item vectors and neighbours for the ranking stages.
+
+The feedback policy needs "neighbours of an item" and the diversity reranker "how alike two items
+are". Both read one :class:`ItemSpace`, which takes its vectors from the best source available:
+
+1. the model's item embeddings, when the scorer offers ``item_embeddings(app)`` (the Transformer's
+   output vectors: items the model treats alike);
+2. text vectors of the catalog: a category one-hot block plus hashed title/text tokens
+   (:class:`liverec.model.text.HashingEncoder`), so a new item has neighbours from its first second;
+3. the scorer's own ``similar`` lists (co-occurrence) for items that have no vector at all.
+
+Vectors are L2-normalised, so a dot product is a cosine similarity.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from ..catalog import CatalogIndex
+from ..model.text import HashingEncoder
+
+
+class VectorTable:
+    """Row ``index[item_id]`` of ``matrix`` (N, D) float32 is the item's unit vector."""
+
+    __slots__ = ("index", "matrix", "source", "ids")
+
+    def __init__(self, index: dict[str, int], matrix: np.ndarray, source: str) -> None:
+        if len(index) != matrix.shape[0]:
+            raise ValueError(f"{len(index)} item ids for {matrix.shape[0]} vector rows")
+        self.index = index
+        self.matrix = matrix  # (N, D) float32, rows L2-normalised
+        self.source = source
+        self.ids: list[str] = [""] * len(index)  # item ids in row order
+        for item, r in index.items():
+            self.ids[r] = item
+
+    def rows(self, item_ids: list[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions that have a vector, their rows) for ``item_ids``."""
+        pos, rows = [], []
+        for k, item in enumerate(item_ids):
+            r = self.index.get(item)
+            if r is not None:
+                pos.append(k)
+                rows.append(r)
+        return np.asarray(pos, dtype=np.int64), np.asarray(rows, dtype=np.int64)
+
+
+class VectorSource(Protocol):
+    def table(self, app: str) -> VectorTable | None:
+        """The app's item vectors, or ``None`` when this source has none."""
+
+
+def _normalise(m: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(m, axis=1, keepdims=True)
+    return (m / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class CatalogTextVectors:
+    """Category one-hot (weight ``category_weight``) + hashed title/text tokens, per app.
+
+    Rebuilt when the app's catalog size changes (items are rarely edited in place; a changed item
+    takes effect with the next new item or restart).
+    """
+
+    def __init__(self, catalog: CatalogIndex, text_dim: int = 64, category_weight: float = 1.0) -> None:
+        self.catalog = catalog
+        self.encoder = HashingEncoder(text_dim)
+        self.category_weight = category_weight
+        self._cache: dict[str, tuple[int, VectorTable]] = {}
+        self._lock = threading.Lock()
+
+    def table(self, app: str) -> VectorTable | None:
+        count = self.catalog.count(app)
+        if count == 0:
+            return None
+        hit = self._cache.get(app)
+        if hit is not None and hit[0] == count:
+            return hit[1]
+        with self._lock:
+            items = self.catalog.items(app)
+            cats = sorted({c for it in items for c in it.categories})
+            cat_index = {c: k for k, c in enumerate(cats)}
+            onehot = np.zeros((len(items), len(cats)), dtype=np.float32)  # (N, C)
+            for r, it in enumerate(items):
+                for c in it.categories:
+                    onehot[r, cat_index[c]] = 1.0
+            onehot = _normalise(onehot) * self.category_weight if len(cats) else onehot
+            text = self.encoder.encode([f"{it.title} {it.text}" for it in items])  # (N, text_dim)
+            matrix = _normalise(np.concatenate([onehot, text], axis=1))  # (N, C + text_dim)
+            table = VectorTable({it.item_id: r for r, it in enumerate(items)}, matrix, "text")
+            self._cache[app] = (count, table)
+            return table
+
+
+class ScorerEmbeddings:
+    """The model's item embeddings, when the current scorer offers ``item_embeddings(app)``.
+
+    ``item_embeddings`` returns (item ids (N,), vectors (N, D)) or ``None``; the table is cached
+    per (app, array identity), so a newly published model version is picked up at once.
+    """
+
+    def __init__(self, scorer: Callable[[], Any]) -> None:
+        self._scorer = scorer
+        self._cache: dict[str, tuple[int, int, VectorTable]] = {}
+
+    def table(self, app: str) -> VectorTable | None:
+        scorer = self._scorer()
+        fn = getattr(scorer, "item_embeddings", None)
+        if fn is None:
+            return None
+        got = fn(app)
+        if got is None:
+            return None
+        ids, vecs = got
+        hit = self._cache.get(app)
+        if hit is not None and hit[0] == id(scorer) and hit[1] == id(vecs):
+            return hit[2]
+        table = VectorTable({str(i): r for r, i in enumerate(ids)}, _normalise(np.asarray(vecs, dtype=np.float32)), "model")
+        self._cache[app] = (id(scorer), id(vecs), table)
+        return table
+
+
+class ItemSpace:
+    """Similarities between items from the first source that knows them (model, text, scorer).
+
+    ``similar`` is the scorer's ``similar(app, item, n)`` (co-occurrence), the last resort.
+    """
+
+    def __init__(self, sources: list[VectorSource], similar: Callable[[str, str, int], list[tuple[str, float]]] | None = None) -> None:
+        self.sources = sources
+        self._similar = similar
+
+    def table(self, app: str) -> VectorTable | None:
+        for source in self.sources:
+            t = source.table(app)
+            if t is not None:
+                return t
+        return None
+
+    def similarity(self, app: str, rows_ids: list[str], cols_ids: list[str], table: VectorTable | None = None) -> np.ndarray:
+        """(len(rows_ids), len(cols_ids)) cosine similarities; 0 where unknown.
+
+        Pairs without vectors fall back to the scorer's ``similar`` list of the column item.
+        """
+        out = np.zeros((len(rows_ids), len(cols_ids)), dtype=np.float32)
+        if not rows_ids or not cols_ids:
+            return out
+        table = table if table is not None else self.table(app)
+        known = np.zeros((len(rows_ids), len(cols_ids)), dtype=bool)  # (R, C) pairs with vectors
+        if table is not None:
+            rp, rr = table.rows(rows_ids)
+            cp, cr = table.rows(cols_ids)
+            if len(rp) and len(cp):
+                out[np.ix_(rp, cp)] = table.matrix[rr] @ table.matrix[cr].T  # (R', C')
+                known[np.ix_(rp, cp)] = True
+        if self._similar is not None and not known.all():
+            row_pos = {item: k for k, item in enumerate(rows_ids)}
+            for k in np.flatnonzero(~known.all(axis=0)):
+                for other, sim in self._similar(app, cols_ids[k], 50):
+                    r = row_pos.get(other)
+                    if r is not None and not known[r, k]:
+                        out[r, k] = min(float(sim), 1.0)
+        return out
+
+    def neighbours(self, app: str, item_id: str, k: int, min_similarity: float = 0.0) -> list[tuple[str, float]]:
+        """The ``k`` items most similar to ``item_id`` (not itself), best first."""
+        table = self.table(app)
+        if table is not None and item_id in table.index:
+            sims = table.matrix @ table.matrix[table.index[item_id]]  # (N,)
+            sims[table.index[item_id]] = -np.inf
+            k = min(k, len(sims) - 1)
+            if k <= 0:
+                return []
+            top = np.argpartition(-sims, k - 1)[:k]
+            top = top[np.argsort(-sims[top], kind="stable")]
+            ids = table.ids
+            return [(ids[int(t)], float(sims[t])) for t in top if sims[t] >= min_similarity]
+        if self._similar is not None:
+            return [(i, s) for i, s in self._similar(app, item_id, k) if s >= min_similarity]
+        return []
