@@ -64,6 +64,7 @@ EVENT_FIELDS = (
     "event_id", "user_id", "item_id", "type", "timestamp", "value", "text", "scope", "target",
     "context", "app",
 )
+_FIELD_SET = frozenset(EVENT_FIELDS)
 MAX_ID_LEN = 256
 MAX_TEXT_LEN = 10_000
 
@@ -189,9 +190,8 @@ def parse_event(
     errors: list[FieldError] = []
     if not isinstance(raw, Mapping):
         raise EventValidationError([FieldError(prefix.rstrip(".") or "body", raw, "a JSON object (an event)")])
-    for key in raw:
-        if key not in EVENT_FIELDS:
-            errors.append(FieldError(prefix + str(key), raw[key], f"no such field; known: {', '.join(EVENT_FIELDS)}"))
+    for key in sorted(raw.keys() - _FIELD_SET, key=str):
+        errors.append(FieldError(prefix + str(key), raw[key], f"no such field; known: {', '.join(EVENT_FIELDS)}"))
 
     body_app = raw.get("app")
     if body_app is not None and body_app != app:

@@ -166,22 +166,43 @@ class CooccurrenceScorer:
             if abs(model.pop[i]) < 1e-9:
                 model.pop[i] = 0.0
             recents = (model.recent if recent is None else recent).setdefault(event.user_id, deque(maxlen=cfg.window))
+            # Inlined cell updates: this loop is the hot part of ingestion.
+            delta, total = model.delta, model.total
+            row_i = delta.get(i)
+            if row_i is None:
+                row_i = delta[i] = {}
+            added_i = 0.0
+            new_cells = 0
             for d, (j, _) in enumerate(reversed(recents), start=1):
-                if j != i:
-                    self._add(model, j, i, sign * w / d)
-                    self._add(model, i, j, sign * cfg.symmetric * w / d)
+                if j == i:
+                    continue
+                forward = sign * w / d
+                backward = cfg.symmetric * forward
+                row_j = delta.get(j)
+                if row_j is None:
+                    row_j = delta[j] = {}
+                old = row_j.get(i)
+                if old is None:
+                    new_cells += 1
+                    row_j[i] = forward
+                else:
+                    row_j[i] = old + forward
+                old = row_i.get(j)
+                if old is None:
+                    new_cells += 1
+                    row_i[j] = backward
+                else:
+                    row_i[j] = old + backward
+                t = total[j] + forward
+                total[j] = t if t > 1e-9 else 0.0
+                added_i += backward
+            if added_i:
+                t = total[i] + added_i
+                total[i] = t if t > 1e-9 else 0.0
+            model.delta_cells += new_cells
             recents.append((i, w))
             if model.delta_cells > cfg.merge_every:
                 model.merge()
-
-    @staticmethod
-    def _add(model: _AppModel, row: int, col: int, w: float) -> None:
-        cells = model.delta.setdefault(row, {})
-        if col not in cells:
-            model.delta_cells += 1
-        cells[col] = cells.get(col, 0.0) + w
-        total = model.total[row] + w
-        model.total[row] = total if total > 1e-9 else 0.0
 
     def rebuild(self, events: Iterable[Event]) -> None:
         """Recompute everything from the log (vectorised); equal to ``observe`` on each event."""
