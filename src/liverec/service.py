@@ -40,6 +40,7 @@ class Counters:
     events_duplicate: int = 0
     events_rejected: int = 0
     recommendations: int = 0
+    impressions: int = 0  # items returned in recommendation responses (each logged as an impression)
     by_type: dict[str, int] = field(default_factory=dict)
 
 
@@ -177,6 +178,8 @@ class Service:
         with self.state.lock:  # a consistent view of this user's state while scoring
             recs, scorer_name = self.pipeline.recommend(request)
         self.counters.recommendations += 1
+        if user_id is not None:
+            self.counters.impressions += len(recs)
         items = []
         for rec in recs:
             item = self.catalog.get(app, rec.item_id)
