@@ -28,7 +28,15 @@ def _open_sqlite(url: str) -> Store:
     return SQLiteStore(path or ":memory:")
 
 
+def _open_postgres(url: str) -> Store:
+    from .postgres import PostgresStore
+
+    return PostgresStore(url)
+
+
 register_backend("sqlite", _open_sqlite)
+register_backend("postgresql", _open_postgres)
+register_backend("postgres", _open_postgres)
 
 
 def default_url(data_dir: str | Path) -> str:
@@ -37,7 +45,8 @@ def default_url(data_dir: str | Path) -> str:
 
 
 def open_store(url: str) -> Store:
-    """Open the backend registered for the URL's scheme (``sqlite:///path``)."""
+    """Open the backend registered for the URL's scheme (``sqlite:///path``,
+    ``postgresql://user@host/db?schema=name``)."""
     scheme = urlparse(url).scheme.split("+")[0]
     opener = _BACKENDS.get(scheme)
     if opener is None:

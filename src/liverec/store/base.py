@@ -66,6 +66,9 @@ class EventLog(Protocol):
     def scan(self, app: str | None = None, after_seq: int = 0) -> Iterator[tuple[int, Event]]:
         """All events (of one app, or all apps) in log order, with their sequence numbers."""
 
+    def last_seq(self) -> int:
+        """The highest sequence number stored (0 for an empty log)."""
+
     def user_events(self, app: str, user_id: str) -> list[Event]:
         """One user's events in log order."""
 

@@ -155,6 +155,10 @@ class _EventLog:
                 yield row[0], _row_event(row[1:])
             last = rows[-1][0]
 
+    def last_seq(self) -> int:
+        with self._s._lock:
+            return self._s._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+
     def user_events(self, app: str, user_id: str) -> list[Event]:
         with self._s._lock:
             rows = self._s._conn.execute(
@@ -192,8 +196,9 @@ class _Catalog:
         ]
         with self._s.transaction() as conn:
             conn.executemany(
-                "INSERT OR REPLACE INTO items (app, item_id, title, text, categories, attributes, updated_at) "
-                "VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO items (app, item_id, title, text, categories, attributes, updated_at) VALUES (?,?,?,?,?,?,?) "
+                "ON CONFLICT (app, item_id) DO UPDATE SET title = excluded.title, text = excluded.text, "
+                "categories = excluded.categories, attributes = excluded.attributes, updated_at = excluded.updated_at",
                 rows,
             )
         return len(rows)
