@@ -66,7 +66,7 @@ class CatalogTextVectors:
     takes effect with the next new item or restart).
     """
 
-    def __init__(self, catalog: CatalogIndex, text_dim: int = 64, category_weight: float = 1.0) -> None:
+    def __init__(self, catalog: CatalogIndex, text_dim: int = 64, category_weight: float = 1.5) -> None:
         self.catalog = catalog
         self.encoder = HashingEncoder(text_dim)
         self.category_weight = category_weight

@@ -1,0 +1,172 @@
+"""Feedback policy through the HTTP API: demotion, boosts, scope, repeated skips, decay, undo,
+unblock, explanations and diversity."""
+
+from __future__ import annotations
+
+import pytest
+
+from liverec.ranking.config import RankingConfig, RankingSettings
+from liverec.ranking.feedback import adjust
+from liverec.state import UserState
+from liverec.events import DEFAULT_TYPES, Event
+
+GENRES = {"c": "Comedy", "d": "Drama", "h": "Horror", "s": "SciFi"}
+CATALOG = {"items": [
+    {"item_id": f"{g}{k}", "title": f"{name} film {k}", "categories": [name], "attributes": {"creator": f"{g}-studio-{k % 2}"}}
+    for g, name in GENRES.items() for k in range(8)
+]}
+
+
+def seed(client) -> None:
+    """Catalog + background users who watch within one genre (co-occurrence inside genres)."""
+    assert client.post("/v1/items", json=CATALOG).status_code == 200
+    events = []
+    for u in range(16):
+        g = "cdhs"[u % 4]
+        for k in range(8):
+            events.append({"user_id": f"bg{u}", "item_id": f"{g}{(k + u) % 8}", "type": "view", "timestamp": 1000 + k, "event_id": f"bg{u}-{k}"})
+    assert client.post("/v1/events", json={"events": events}).json()["accepted"] == len(events)
+
+
+def post(client, **event) -> None:
+    r = client.post("/v1/events", json=event)
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+
+
+def recs(client, user: str, **params) -> list[dict]:
+    r = client.get(f"/v1/users/{user}/recommendations", params={"n": 10, "explore": "false", **params})
+    assert r.status_code == 200, r.text
+    return r.json()["items"]
+
+
+def ids(items: list[dict]) -> list[str]:
+    return [i["item_id"] for i in items]
+
+
+def rank_of(items: list[dict], item: str) -> int:
+    order = ids(items)
+    return order.index(item) if item in order else len(order) + 100
+
+
+@pytest.fixture
+def seeded(client):
+    seed(client)
+    # the user watched a mix of genres
+    for k, item in enumerate(["c0", "d0", "h0", "s0"]):
+        post(client, user_id="u", item_id=item, type="view", timestamp=2000 + k, event_id=f"u-{k}")
+    return client
+
+
+def test_every_item_carries_because_with_own_events(seeded):
+    items = recs(seeded, "u")
+    assert items and all(i["because"] for i in items)
+    events = [b for i in items for b in i["because"] if b["kind"] == "event"]
+    assert events, "no history event explains any item"
+    assert {b["item_id"] for b in events} <= {"c0", "d0", "h0", "s0"}
+    assert all(b["type"] == "view" and "event_id" in b for b in events)
+
+
+def test_dislike_demotes_item_and_neighbours(seeded):
+    before = recs(seeded, "u", n=30)
+    post(seeded, user_id="u", item_id="d1", type="dislike", timestamp=2010, event_id="dis-1")
+    after = recs(seeded, "u", n=30)
+    assert rank_of(after, "d1") > rank_of(before, "d1")
+    drama_before = sum(rank_of(before, f"d{k}") for k in range(2, 8))
+    drama_after = sum(rank_of(after, f"d{k}") for k in range(2, 8))
+    assert drama_after > drama_before  # neighbours (same genre) moved down
+    d2 = next(i for i in after if i["item_id"] == "d2")
+    assert any(b.get("adjustment") == "dislike_demote" and b["item_id"] == "d1" and b["event_id"] == "dis-1" for b in d2["because"])
+
+
+def test_like_boosts_neighbours(seeded):
+    before = recs(seeded, "u", n=30)
+    post(seeded, user_id="u", item_id="h1", type="like", timestamp=2010)
+    after = recs(seeded, "u", n=30)
+    horror_before = sum(rank_of(before, f"h{k}") for k in range(2, 8))
+    horror_after = sum(rank_of(after, f"h{k}") for k in range(2, 8))
+    assert horror_after < horror_before
+    assert ids(after)[0].startswith("h")
+    top = after[0]
+    assert any(b.get("adjustment") == "like_boost" and b["item_id"] == "h1" for b in top["because"])
+
+
+def test_scoped_dislike_demotes_the_whole_category(seeded):
+    post(seeded, user_id="u", type="dislike", scope="category", target="SciFi", timestamp=2010)
+    after = recs(seeded, "u", n=10)
+    assert not any(i["item_id"].startswith("s") for i in after[:6])
+    scifi = [i for i in recs(seeded, "u", n=40) if i["item_id"].startswith("s")]
+    assert scifi and all(any(b.get("adjustment") == "dislike_category" for b in i["because"]) for i in scifi)
+
+
+def test_repeated_skips_demote_the_category(seeded):
+    post(seeded, user_id="u", item_id="c1", type="skip", timestamp=2010)
+    one = recs(seeded, "u", n=40)
+    assert not any(b.get("adjustment") == "category_demote" for i in one for b in i["because"])
+    post(seeded, user_id="u", item_id="c2", type="skip", timestamp=2011)
+    two = recs(seeded, "u", n=40)
+    comedy = [i for i in two if i["item_id"] in {f"c{k}" for k in range(3, 8)}]
+    assert comedy and all(any(b.get("adjustment") == "category_demote" and b["target"] == "Comedy" for b in i["because"]) for i in comedy)
+    score = lambda items: sum(i["score"] for i in items if i["item_id"] in {f"c{k}" for k in range(3, 8)})  # noqa: E731
+    assert score(two) < score(one) - 0.5
+
+
+def test_undo_reverts_a_dislike_exactly(seeded):
+    before = ids(recs(seeded, "u", n=20))
+    post(seeded, user_id="u", item_id="d1", type="dislike", timestamp=2010, event_id="to-undo")
+    assert ids(recs(seeded, "u", n=20)) != before
+    post(seeded, user_id="u", type="undo", target="to-undo", timestamp=2011)
+    assert ids(recs(seeded, "u", n=20)) == before
+
+
+def test_block_by_creator_and_unblock(seeded):
+    post(seeded, user_id="u", type="block", scope="creator", target="h-studio-1", timestamp=2010)
+    blocked = {f"h{k}" for k in (1, 3, 5, 7)}
+    assert not blocked & set(ids(recs(seeded, "u", n=40)))
+    post(seeded, user_id="u", type="unblock", scope="creator", target="h-studio-1", timestamp=2011)
+    assert blocked <= set(ids(recs(seeded, "u", n=40)))
+
+
+def test_block_survives_likes_of_neighbours_and_exploration(seeded):
+    post(seeded, user_id="u", item_id="d3", type="block", timestamp=2010)
+    for k, item in enumerate(["d4", "d5", "d6"]):
+        post(seeded, user_id="u", item_id=item, type="like", timestamp=2011 + k)
+    for _ in range(30):
+        r = seeded.get("/v1/users/u/recommendations", params={"n": 30, "explore": "true", "diversity": 0.5})
+        assert "d3" not in ids(r.json()["items"])
+
+
+def test_diversity_knob_spreads_categories(seeded):
+    post(seeded, user_id="u", item_id="c1", type="like", timestamp=2010)
+    post(seeded, user_id="u", item_id="c2", type="like", timestamp=2011)
+    plain = recs(seeded, "u", n=6, diversity=0.0)
+    diverse = recs(seeded, "u", n=6, diversity=0.8)
+    cats = lambda items: len({i["categories"][0] for i in items})  # noqa: E731
+    assert cats(diverse) > cats(plain)
+    assert any(b.get("adjustment") == "diversity" for i in diverse for b in i["because"])
+    assert seeded.get("/v1/users/u/recommendations", params={"diversity": 1.5}).status_code == 422
+
+
+def test_decay_halves_the_effect_per_half_life(client):
+    seed(client)
+    service = client.app.state.service
+    cfg = RankingConfig(half_life_s=100.0)
+    state = UserState()
+    ev = Event(app="default", event_id="x", user_id="u", type="dislike", timestamp=1000.0, item_id="d1")
+    state.apply(ev, DEFAULT_TYPES["dislike"])
+    pool = ["d1", "d2", "c1"]
+    space, items = service.ranking.space, service.catalog.get
+    fresh = adjust("default", state, pool, 1000.0, cfg, space, items).total
+    aged = adjust("default", state, pool, 1100.0, cfg, space, items).total
+    old = adjust("default", state, pool, 1000.0 + 100.0 * 30, cfg, space, items).total
+    assert fresh[0] == pytest.approx(-cfg.dislike_item)
+    assert fresh[1] < 0 and fresh[2] == 0.0  # a neighbour (same genre) yes, another genre no
+    assert aged == pytest.approx(fresh / 2)
+    assert abs(old).max() < 1e-6
+
+
+def test_per_app_settings():
+    s = RankingSettings.from_dict({"default": {"half_life_s": 10}, "apps": {"news": {"diversity": 0.3}}})
+    assert s.for_app("news").half_life_s == 10 and s.for_app("news").diversity == 0.3
+    assert s.for_app("shop").diversity == 0.0
+    with pytest.raises(ValueError, match="unknown ranking settings"):
+        RankingSettings.from_dict({"default": {"half_lfe": 1}})
