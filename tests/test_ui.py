@@ -103,12 +103,16 @@ def test_stats_reflect_events_and_requests(seeded: TestClient):
     assert totals["recommendations"] == 1
     assert totals["by_type"]["impression"] == 4
     feedback = stats["feedback"]
-    # Everything falls in the ratio window: 2 clicks and 2 likes (seed and carol) on 4 impressions;
-    # 6 positive and 2 negative feedback events.
-    assert feedback["ctr"] == pytest.approx(2 / 4)
-    assert feedback["like_rate"] == pytest.approx(2 / 4)
+    # Everything falls in the ratio window: 2 clicks and 2 likes (seed and carol) on 4 impression
+    # events plus 3 items served; 6 positive and 2 negative feedback events.
+    assert feedback["ctr"] == pytest.approx(2 / 7, abs=1e-4)
+    assert feedback["like_rate"] == pytest.approx(2 / 7, abs=1e-4)
     assert feedback["negative_share"] == pytest.approx(2 / 8)
     assert stats["latency_ms"]["recommendations"]["count"] == 1
+    # Items returned by the recommendation request are impressions too (the service logs them).
+    served = totals["impressions"]
+    assert served == 3
+    assert stats["feedback"]["impressions"] == 4 + served
     assert stats["latency_ms"]["recommendations"]["p50"] > 0
     assert stats["latency_ms"]["events"]["count"] == 2
 

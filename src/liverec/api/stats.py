@@ -159,6 +159,7 @@ def stats(
             "events_duplicate": counters.events_duplicate,
             "events_rejected": counters.events_rejected,
             "recommendations": counters.recommendations,
+            "impressions": getattr(counters, "impressions", 0),
             "by_type": dict(counters.by_type),
         },
         "feedback": {**telemetry.feedback(), "window_s": telemetry.ratio_window},

@@ -30,6 +30,7 @@ EVENTS_ROUTE = "/v1/events"
 IGNORED_PREFIXES = ("/ui/", "/v1/stats", "/v1/apps", "/metrics", "/docs", "/openapi.json", "/redoc")
 IGNORED_PATHS = ("/", "/dashboard", "/v1/users", "/v1/health", "unmatched")
 
+SERVED = "__served__"  # key of the served-impressions count inside counter snapshots
 NEGATIVE_TYPES = ("skip", "dislike", "block")
 CLICK_TYPES = ("click",)
 LIKE_TYPES = ("like", "favorite")
@@ -39,7 +40,11 @@ FEEDBACK_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "like", 
 
 
 class CounterSource(Protocol):
-    """What telemetry reads from the service (``liverec.service.Counters`` fits)."""
+    """What telemetry reads from the service (``liverec.service.Counters`` fits).
+
+    ``impressions`` (items returned in recommendation responses) is read when present; clients
+    that render their own lists may also send ``impression`` events, and both count.
+    """
 
     events_accepted: int
     recommendations: int
@@ -102,7 +107,8 @@ class Telemetry:
         self.started_at = clock()
         self._timings: deque[tuple[float, str, float]] = deque(maxlen=max_timings)
         self._series: deque[Sample] = deque(maxlen=max(2, int(history / interval) + 1))
-        # Counter snapshots taken with each sample: (t, events, recommendations, by_type copy).
+        # Counter snapshots taken with each sample: (t, events, recommendations, by_type copy),
+        # where the by_type copy also holds the served impressions under SERVED.
         self._snapshots: deque[tuple[float, int, int, dict[str, int]]] = deque(
             maxlen=max(2, int(max(history, ratio_window) / interval) + 2)
         )
@@ -122,9 +128,15 @@ class Telemetry:
         if self.observed(path):
             self._timings.append((self.clock() if now is None else now, path, seconds))
 
+    def _counts(self) -> dict[str, int]:
+        """Counts by event type, plus the impressions served with recommendations."""
+        counts = dict(self.counters.by_type)
+        counts[SERVED] = getattr(self.counters, "impressions", 0)
+        return counts
+
     def _snapshot(self, now: float) -> None:
         c = self.counters
-        self._snapshots.append((now, c.events_accepted, c.recommendations, dict(c.by_type)))
+        self._snapshots.append((now, c.events_accepted, c.recommendations, self._counts()))
 
     # ---- reading ------------------------------------------------------------------------------
     def latency_ms(self, window: float | None = None, route: str | None = None, now: float | None = None) -> dict[str, Any]:
@@ -166,15 +178,16 @@ class Telemetry:
         """Counts by type over the last ``window`` seconds and the ratios computed from them."""
         now = self.clock() if now is None else now
         _, _, _, before = self._since(self.ratio_window if window is None else window, now)
-        current = dict(self.counters.by_type)
+        current = self._counts()
         delta = {k: v - before.get(k, 0) for k, v in current.items() if v - before.get(k, 0) > 0}
-        impressions = delta.get("impression", 0)
+        impressions = delta.pop(SERVED, 0) + delta.get("impression", 0)
         feedback = sum(delta.get(k, 0) for k in FEEDBACK_TYPES)
         ctr = _ratio(sum(delta.get(k, 0) for k in CLICK_TYPES), impressions)
         like_rate = _ratio(sum(delta.get(k, 0) for k in LIKE_TYPES), impressions)
         negative = _ratio(sum(delta.get(k, 0) for k in NEGATIVE_TYPES), feedback)
         return {
             "by_type": delta,
+            "impressions": impressions,
             "ctr": None if ctr is None else round(ctr, 4),
             "like_rate": None if like_rate is None else round(like_rate, 4),
             "negative_share": None if negative is None else round(negative, 4),

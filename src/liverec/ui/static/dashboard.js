@@ -62,9 +62,9 @@
     const f = stats.feedback;
     const types = f.by_type || {};
     setValue("ctr", pct(f.ctr));
-    $("ctr-note").textContent = `${count(types.click || 0)} clicks / ${count(types.impression || 0)} impressions, last ${f.window_s} s`;
+    $("ctr-note").textContent = `${count(types.click || 0)} clicks / ${count(f.impressions)} impressions, last ${f.window_s} s`;
     setValue("like-rate", pct(f.like_rate));
-    $("like-note").textContent = `${count((types.like || 0) + (types.favorite || 0))} likes / ${count(types.impression || 0)} impressions, last ${f.window_s} s`;
+    $("like-note").textContent = `${count((types.like || 0) + (types.favorite || 0))} likes / ${count(f.impressions)} impressions, last ${f.window_s} s`;
     setValue("negative", pct(f.negative_share));
     $("negative-note").textContent = `skips, dislikes and blocks among feedback, last ${f.window_s} s`;
 
@@ -84,6 +84,7 @@
       ["Events accepted", count(stats.totals.events_accepted), "total-events"],
       ["Duplicates ignored", count(stats.totals.events_duplicate)],
       ["Recommendations", count(stats.totals.recommendations), "total-recs"],
+      ["Impressions", count(stats.totals.impressions), "total-impressions"],
       ["Uptime", duration(stats.uptime_s)],
     ]);
     const byType = Object.entries(stats.totals.by_type || {}).sort((a, b) => b[1] - a[1]);

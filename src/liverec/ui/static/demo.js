@@ -9,6 +9,8 @@
   const { api, ApiError, Unreachable, el, newEventId, timeAgo, clockTime } = Liverec;
 
   const LIST_SIZE = 12;
+  // Policy adjustments smaller than this (in normalised score units) are not worth a mention.
+  const MINOR_ADJUSTMENT = 0.1;
   const POSITIVE = new Set(["view", "click", "add_to_cart", "purchase", "rating", "like", "favorite", "share", "review"]);
   const NEGATIVE = new Set(["skip", "dislike", "block"]);
   const VERBS = {
@@ -134,9 +136,8 @@
       if (user !== state.user) return; // the user changed while loading
       connection.ok();
       if (recs.items.length === 0) await loadApps().catch(() => {});
+      renderHistory(profile); // first: it fills the titles the explanations name
       renderRecs(recs);
-      renderHistory(profile);
-      await logImpressions(recs.items);
     } catch (err) {
       if (err instanceof Unreachable) {
         connection.lost(refresh);
@@ -146,18 +147,43 @@
     }
   }
 
+  /** One `because` entry as a short phrase, or null when it says nothing readable. */
+  function reason(b) {
+    if (typeof b === "string") return b;
+    if (!b || typeof b !== "object") return null;
+    const text = b.text || b.message || b.explanation;
+    if (typeof text === "string") return text;
+    const what = b.title || (b.item_id ? `“${titleOf(b.item_id)}”` : null);
+    const verb = VERBS[b.type] || b.type;
+    if (b.kind === "event" && what) return `you ${verb || "interacted with"} ${what}`;
+    if (b.kind === "policy") {
+      if (b.adjustment === "diversity") return "picked for variety";
+      if (b.adjustment === "like_boost" && what) return `similar to ${what} you ${verb || "liked"}`;
+      if (b.adjustment === "category_demote") return `lowered: repeated skips/dislikes in ${b.target}`;
+      if (b.scope && b.scope !== "item" && b.target) return `lowered: you ${verb || "disliked"} ${b.scope} ${b.target}`;
+      if (what) return `lowered: near ${what} you ${verb || "disliked"}`;
+      return b.adjustment ? String(b.adjustment).replaceAll("_", " ") : null;
+    }
+    if (b.kind === "exploration") {
+      return typeof b.propensity === "number" ? `exploring (chosen with p = ${b.propensity.toFixed(2)})` : "exploring";
+    }
+    if (b.kind === "model") return b.reason === "popular" ? "popular now" : b.reason || "model score";
+    if (typeof b.reason === "string") return b.reason;
+    if (what) return `you ${verb || "interacted with"} ${what}`;
+    return null;
+  }
+
+  /** The `because` list as one line: at most three phrases, no item named twice. */
   function explain(because) {
     if (!Array.isArray(because) || because.length === 0) return null;
-    const parts = because.slice(0, 3).map((b) => {
-      if (typeof b === "string") return b;
-      if (!b || typeof b !== "object") return null;
-      const text = b.text || b.reason || b.explanation || b.message;
-      if (typeof text === "string") return text;
-      const what = b.title || (b.item_id ? titleOf(b.item_id) : null) || b.target || b.query;
-      if (!what) return null;
-      const verb = VERBS[b.type] || (b.type ? String(b.type) : "interacted with");
-      return `you ${verb} “${what}”`;
-    }).filter(Boolean);
+    const named = new Set(because.filter((b) => b && b.kind === "event" && b.item_id).map((b) => b.item_id));
+    const minor = (b) => b && b.kind === "policy" && typeof b.delta === "number" && Math.abs(b.delta) < MINOR_ADJUSTMENT;
+    const entries = because.filter((b) => !minor(b)
+      && !(b && b.kind === "policy" && b.adjustment === "like_boost" && named.has(b.item_id)));
+    // Exploration and clear demotions explain a change best, so they come before supporting events.
+    const first = entries.filter((b) => b && (b.kind === "exploration" || (b.kind === "policy" && b.delta < 0)));
+    const rest = entries.filter((b) => !first.includes(b));
+    const parts = [...new Set([...first, ...rest].map(reason).filter(Boolean))].slice(0, 3);
     return parts.length ? `Because ${parts.join(" · ")}` : null;
   }
 
@@ -198,9 +224,9 @@
       }
       const because = explain(r.because);
       const actions = el("div", { class: "actions" },
-        actionButton("Like", `Like “${title}”`, "good", () => feedback("like", r)),
+        actionButton("Like", `Like “${title}”`, "good", () => feedback("like", r), "like"),
         actionButton("Dislike", `Dislike “${title}”`, "bad", () => feedback("dislike", r), "dislike"),
-        actionButton("Skip", `Skip “${title}”`, "", () => feedback("skip", r)),
+        actionButton("Skip", `Skip “${title}”`, "", () => feedback("skip", r), "skip"),
         actionButton("Block item", `Block “${title}”`, "bad", () => feedback("block", r), "block"),
         categories.length
           ? actionButton(`Block ${categories[0]}`, `Block the category ${categories[0]}`, "bad", () => feedback("block", r, "category", categories[0]), "block-category")
@@ -208,7 +234,8 @@
       return el("li", { class: cls, dataset: { itemId: r.item_id, categories: categories.join("|") } },
         el("div", { class: "rank", "aria-hidden": "true" }, String(rank + 1)),
         el("div", {},
-          el("div", { class: "head" }, el("h3", {}, title), change),
+          el("div", { class: "head" }, el("h3", {}, title), change,
+            r.explored ? el("span", { class: "badge explore", title: "placed by exploration" }, "explore") : null),
           el("div", { class: "meta" },
             categories.map((c) => el("span", { class: "chip" }, c)),
             el("span", { class: "score" }, `score ${Number(r.score).toFixed(3)}`),
@@ -226,7 +253,7 @@
   }
 
   function actionButton(text, label, cls, onclick, role) {
-    return el("button", { type: "button", class: cls || null, "aria-label": label, dataset: role ? { action: role } : {}, onclick: () => run(onclick()) }, text);
+    return el("button", { type: "button", class: cls || null, "aria-label": label, dataset: { action: role }, onclick: () => run(onclick()) }, text);
   }
 
   function renderHistory(profile) {
@@ -239,8 +266,8 @@
       notice.append(el("p", { class: "notice", id: "no-history" },
         `No history yet for ${state.user}: the list shows what is popular. Every click here starts the history.`));
     }
+    for (const h of history) if (h.item_id && h.title) state.titles.set(h.item_id, h.title);
     list.replaceChildren(...history.slice(0, 25).map((h) => {
-      if (h.item_id && h.title) state.titles.set(h.item_id, h.title);
       const kind = POSITIVE.has(h.type) ? "positive" : NEGATIVE.has(h.type) ? "negative" : "";
       const what = h.type === "search" ? `“${h.text || ""}”` : h.title || h.item_id || h.text || "";
       return el("li", {},
@@ -261,21 +288,6 @@
         el("span", {}, label),
         el("button", { type: "button", class: "link", "aria-label": `Unblock ${label}`, onclick: () => run(unblock(scope, target, label)) }, "Unblock"));
     }));
-  }
-
-  /** Tell the service what was shown (impression events), so CTR and like rate can be read. */
-  async function logImpressions(items) {
-    if (!items.length || !state.user) return;
-    const events = items.map((r, rank) => ({
-      event_id: newEventId(), user_id: state.user, type: "impression", item_id: r.item_id,
-      context: { surface: "demo", rank },
-    }));
-    try {
-      await api("POST", "/v1/events", { app: state.app, body: { events } });
-      state.known = true;
-    } catch (err) {
-      if (err instanceof Unreachable) connection.lost(refresh);
-    }
   }
 
   // ---- actions ---------------------------------------------------------------------------------
