@@ -10,18 +10,49 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import ui
 from ..config import Settings
 from ..service import Service
-from . import events, items, ops, users
-from . import stats
-from .telemetry import Telemetry
-from .. import ui
+from . import events, items, ops, stats, users
 from .ops import Metrics
+from .telemetry import Telemetry
 
 
 def _summary(errors: list[dict[str, Any]]) -> str:
     return "; ".join(f"{e['field']}={e['value']!r}: expected {e['expected']}" for e in errors[:5])
+
+
+class ObserveRequests:
+    """Request counts and latency for /metrics and the dashboard (plain ASGI: no per-request
+    task or body copying, unlike function middleware)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            elapsed = time.perf_counter() - start
+            path = getattr(scope.get("route"), "path", "unmatched")  # the router fills in scope["route"]
+            state = scope["app"].state
+            state.metrics.requests.labels(path, scope["method"], str(status)).inc()
+            state.metrics.latency.labels(path, scope["method"]).observe(elapsed)
+            state.telemetry.record(path, elapsed)
 
 
 def create_app(settings: Settings | None = None, service: Service | None = None, progress: bool = False) -> FastAPI:
@@ -51,17 +82,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None,
     app.state.on_start.append(app.state.telemetry.start)
     app.state.on_stop.append(app.state.telemetry.stop)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics: Metrics = request.app.state.metrics
-        metrics.requests.labels(path, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(path, request.method).observe(time.perf_counter() - start)
-        request.app.state.telemetry.record(path, time.perf_counter() - start)
-        return response
+    app.add_middleware(ObserveRequests)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
