@@ -176,3 +176,12 @@ def test_health_and_metrics(client):
     assert 'liverec_http_request_seconds_bucket{le="0.005",method="POST",route="/v1/events"}' in text
     assert client.get("/docs").status_code == 200
     assert "/v1/events" in client.get("/openapi.json").json()["paths"]
+
+
+def test_non_finite_rating_literals_are_rejected(client):
+    for literal in (b"NaN", b"Infinity", b"-Infinity", b"1e999"):
+        body = b'{"user_id": "u", "item_id": "i", "type": "rating", "value": ' + literal + b"}"
+        r = client.post("/v1/events", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422, literal
+        assert r.json()["errors"][0]["field"] == "value"
+    assert client.get("/v1/users/u").status_code == 404
