@@ -146,6 +146,12 @@ def rec_categories(page) -> list[list[str]]:
     return page.eval_on_selector_all("#recs .rec", "nodes => nodes.map(n => n.dataset.categories.split('|'))")
 
 
+def latest_history(page) -> tuple[str, str]:
+    """(type, what) of the newest entry of the history panel."""
+    first = page.locator("#history li").first
+    return first.locator(".type").inner_text(), first.locator(".what").inner_text()
+
+
 def wait_until(check: Callable[[], bool], what: str, timeout: float = WAIT_MS / 1000) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -189,20 +195,22 @@ def test_feedback_changes_the_list_and_blocks_hold(server: Server, page):
     assert tab.get_attribute("#connection", "data-state") == "online"
     before = rec_ids(tab)
     assert len(before) == 12
+    history_before = latest_history(tab)
 
     # Dislike the top item: it goes down the list or leaves it, and the history shows it.
     disliked = before[0]
+    title = tab.locator(f'#recs .rec[data-item-id="{disliked}"] h3').inner_text()
     act(tab, disliked, "dislike")
     after = rec_ids(tab)
     assert disliked not in after or after.index(disliked) > 0, (disliked, after)
-    assert tab.locator("#history li").first.locator(".type").inner_text() == "dislike"
+    assert latest_history(tab) == ("dislike", title)
     assert tab.locator("#message").inner_text().startswith("Disliked")
 
-    # Undo reverts it: the dislike leaves the history.
+    # Undo reverts it: the history is as it was before the dislike.
     tab.locator("#undo").click()
     tab.wait_for_function("document.getElementById('message').textContent.startsWith('Undid')")
     wait_for_list(tab, user)
-    assert tab.locator("#history li").first.locator(".type").inner_text() != "dislike"
+    assert latest_history(tab) == history_before
     assert tab.locator("#undo").is_hidden()
 
     # Block an item: it leaves at once and never comes back, across reloads.

@@ -30,6 +30,7 @@
     lastFeedback: null, // {eventId, label} of the last action that undo reverts
     catalogItems: null,
     titles: new Map(), // item id -> title, for labels of blocks and removed items
+    listed: new Set(), // user ids of the last users listing (known to have events)
     busy: false,
   };
 
@@ -86,6 +87,7 @@
     }
     select.replaceChildren(...options);
     select.value = state.user || "";
+    state.listed = new Set(data.users.map((u) => u.user_id));
     return data.users;
   }
 
@@ -106,7 +108,7 @@
     select.value = userId;
     updateUrl();
     try {
-      state.known = await userExists(userId);
+      state.known = state.listed.has(userId) || await userExists(userId);
     } catch (err) {
       if (err instanceof Unreachable) return connection.lost(() => selectUser(userId));
       throw err;
