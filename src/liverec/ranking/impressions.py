@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Protocol, Sequence
 
@@ -48,11 +48,15 @@ class Impression:
     pool_scores: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # Explicit (dataclasses.asdict deep-copies recursively: too slow for the request path).
+        return {f: getattr(self, f) for f in _FIELDS}
 
     @staticmethod
     def from_dict(data: Mapping) -> "Impression":
         return Impression(**{k: data[k] for k in Impression.__dataclass_fields__ if k in data})
+
+
+_FIELDS = tuple(Impression.__dataclass_fields__)
 
 
 class ImpressionLog(Protocol):
@@ -104,7 +108,11 @@ CREATE INDEX IF NOT EXISTS impressions_app ON impressions (app, seq);
 
 class SQLiteImpressionLog:
     """Impressions in their own SQLite file (WAL, ``synchronous=NORMAL``: an impression lost in a
-    machine crash costs one OPE sample, never an acknowledged event)."""
+    machine crash costs one OPE sample, never an acknowledged event).
+
+    ``append`` only queues: a writer thread commits queued impressions in batches, so the request
+    path never waits on the disk. ``flush`` (and every read) waits until the queue is written.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
@@ -116,17 +124,53 @@ class SQLiteImpressionLog:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
+        self._queue: list[Impression] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._writing = False
+        self._writer = threading.Thread(target=self._run, name="impression-writer", daemon=True)
+        self._writer.start()
 
     def append(self, impressions: Sequence[Impression]) -> None:
         if not impressions:
             return
+        with self._cond:
+            if self._closed:
+                raise RuntimeError(f"impression log {self.path} is closed")
+            self._queue.extend(impressions)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue and self._closed:
+                    return
+                batch, self._queue = self._queue, []
+                self._writing = True
+            try:
+                self._write(batch)
+            finally:
+                with self._cond:
+                    self._writing = False
+                    self._cond.notify_all()
+
+    def _write(self, impressions: list[Impression]) -> None:
         rows = [(i.app, i.user_id, i.item_id, i.timestamp, json.dumps(i.to_dict(), separators=(",", ":"))) for i in impressions]
         with self._lock:
             self._conn.execute("BEGIN")
             self._conn.executemany("INSERT INTO impressions (app, user_id, item_id, ts, record) VALUES (?,?,?,?,?)", rows)
             self._conn.execute("COMMIT")
 
+    def flush(self) -> None:
+        """Wait until every queued impression is committed."""
+        with self._cond:
+            while self._queue or self._writing:
+                self._cond.wait(timeout=0.1)
+
     def scan(self, app: str | None = None) -> Iterator[Impression]:
+        self.flush()
         with self._lock:
             if app is None:
                 rows = self._conn.execute("SELECT record FROM impressions ORDER BY seq").fetchall()
@@ -135,12 +179,17 @@ class SQLiteImpressionLog:
         return iter([Impression.from_dict(json.loads(r[0])) for r in rows])
 
     def count(self, app: str | None = None) -> int:
+        self.flush()
         with self._lock:
             if app is None:
                 return int(self._conn.execute("SELECT COUNT(*) FROM impressions").fetchone()[0])
             return int(self._conn.execute("SELECT COUNT(*) FROM impressions WHERE app = ?", (app,)).fetchone()[0])
 
     def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._writer.join(timeout=30)
         with self._lock:
             self._conn.close()
 

@@ -1,0 +1,70 @@
+"""CLI commands of the real-time feedback loop: ``ope``, ``simulate``, ``replay``, ``learn``.
+
+Registered on the main ``liverec`` app by :func:`register` (``liverec.cli`` finds this module).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+DataDirOpt = typer.Option(Path("data"), "--data-dir", help="Data directory of the service (store, impressions, models).")
+
+
+def _write(out: Optional[Path], result: dict) -> None:
+    text = json.dumps(result, indent=2)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    typer.echo(text)
+
+
+def ope(
+    data_dir: Path = DataDirOpt,
+    app_id: str = typer.Option("default", "--app", help="App (tenant) id."),
+    policies: str = typer.Option("logging,greedy,uniform,softmax:0.1", help="Comma-separated target policies: logging, greedy, uniform, softmax:T."),
+    window: Optional[float] = typer.Option(None, help="Reward window in seconds (default: the app's reward_window_s)."),
+    log: Optional[Path] = typer.Option(None, "--log", exists=True, dir_okay=False, help="Evaluate an exported decision log (JSON lines) instead of the data dir."),
+    bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the confidence intervals."),
+    alpha: float = typer.Option(0.05, help="1 - confidence level."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON result here too."),
+) -> None:
+    """Off-policy evaluation (IPS, SNIPS with bootstrap CIs) of exploration-slot policies."""
+    from .config import Settings
+    from .evaluation.ope import decisions_from_log, evaluate, read_decisions_jsonl
+    from .ranking import SQLiteImpressionLog, load_settings
+    from .store import open_store
+
+    if log is not None:
+        decisions = read_decisions_jsonl(log)
+    else:
+        settings = Settings(data_dir=data_dir)
+        path = Path(data_dir) / "impressions.db"
+        if not path.exists():
+            typer.echo(f"no impression log at {path}: serve recommendations with exploration first", err=True)
+            raise typer.Exit(2)
+        window_s = window if window is not None else load_settings().for_app(app_id).reward_window_s
+        imp_log = SQLiteImpressionLog(path)
+        store = open_store(settings.store_url_resolved())
+        try:
+            impressions = list(imp_log.scan(app_id))
+            events = [e for _, e in store.events.scan(app_id)]
+            decisions = decisions_from_log(impressions, events, window_s, now=time.time(), types=settings.types())
+        finally:
+            imp_log.close()
+            store.close()
+    if not decisions:
+        typer.echo("no logged exploration decisions with a known reward yet", err=True)
+        raise typer.Exit(2)
+    result = evaluate(decisions, [p.strip() for p in policies.split(",") if p.strip()], bootstrap, alpha, seed)
+    _write(out, result)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the ``liverec`` CLI."""
+    app.command("ope")(ope)
