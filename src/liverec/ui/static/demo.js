@@ -271,7 +271,8 @@
     for (const h of history) if (h.item_id && h.title) state.titles.set(h.item_id, h.title);
     list.replaceChildren(...history.slice(0, 25).map((h) => {
       const kind = POSITIVE.has(h.type) ? "positive" : NEGATIVE.has(h.type) ? "negative" : "";
-      const what = h.type === "search" ? `“${h.text || ""}”` : h.title || h.item_id || h.text || "";
+      // Scoped feedback (a whole category or creator) has no item; its target is listed under Blocks.
+      const what = h.type === "search" ? `“${h.text || ""}”` : h.title || h.item_id || h.text || "a category or attribute";
       return el("li", {},
         el("span", { class: `type ${kind}` }, h.type),
         el("span", { class: "what", title: what }, what),
