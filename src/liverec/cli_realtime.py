@@ -65,6 +65,34 @@ def ope(
     _write(out, result)
 
 
+def simulate(
+    url: str = typer.Option(..., "--url", help="Base URL of a running `liverec serve`, e.g. http://127.0.0.1:8000"),
+    out: Path = typer.Option(Path("sim.json"), "--out", help="Where to write the JSON report."),
+    data: Optional[Path] = typer.Option(None, "--data", exists=True, file_okay=False, help="ML-1M folder: catalog, fitted tastes and background history (default: a synthetic catalog)."),
+    history_events: int = typer.Option(100_000, help="ML-1M ratings (first by time) posted as background history."),
+    users: int = typer.Option(60, help="Simulated users per cohort (exploration on / off)."),
+    steps: int = typer.Option(24, help="Slates each user reacts to."),
+    shift_at: int = typer.Option(12, help="Step at which tastes shift."),
+    seed: int = typer.Option(0, help="Seed of tastes, aversions and behaviour."),
+    app_id: Optional[str] = typer.Option(None, "--app", help="App to simulate in (default: a fresh sim-<seed>-<time> app)."),
+    timeout: float = typer.Option(30.0, help="HTTP timeout in seconds."),
+) -> None:
+    """Simulated users with hidden tastes click, like, skip, dislike and block over HTTP."""
+    import httpx
+
+    from .evaluation.simulate import SimConfig, run, synthetic_world, world_from_movielens
+
+    world = world_from_movielens(data, history_events, seed) if data else synthetic_world(seed=seed)
+    cfg = SimConfig(users=users, steps=steps, shift_at=shift_at, seed=seed)
+    app_name = app_id or f"sim-{seed}-{int(time.time())}"
+    with httpx.Client(base_url=url, timeout=timeout) as client:
+        report = run(client, world, cfg, app_name)
+    report["world"] = "ml-1m" if data else "synthetic"
+    report["url"] = url
+    _write(out, report)
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the ``liverec`` CLI."""
     app.command("ope")(ope)
+    app.command("simulate")(simulate)

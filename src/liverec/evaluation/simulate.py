@@ -1,0 +1,330 @@
+"""Simulated users against a running service, over HTTP.
+
+Each simulated user has a hidden taste: an affinity per category, fitted on real data (ML-1M:
+``a[g] = log P(g | user) - log P(g)`` from the genres of the user's ratings, smoothed), or drawn
+from a Dirichlet on a synthetic catalog, plus one or two random category **aversions** (chosen
+among the categories of the user's first slate, so that the effect can be measured). The utility
+of an item is the mean affinity of its categories plus a popularity term and fixed per-(user, item)
+noise. At each step the user asks for 10 recommendations and reads them top-down:
+
+* an item of an averse category: ``dislike`` (60%), ``skip`` (30%) or ``block`` (10%; after the
+  second block the user blocks the whole category instead);
+* otherwise a click with probability ``sigmoid(2 (u - threshold))``; a click on an item with high
+  utility is also a ``like``; reading stops at the first click;
+* an item read and not clicked whose utility is below zero gets a ``skip``.
+
+Half-way the user's taste shifts (the affinities of the favourite and the least liked non-averse
+categories swap places).
+
+Reported: the share of recommended items in averse categories in the first slate vs the slates
+after the user's 3rd negative event; how often a blocked item (or an item of a blocked category)
+came back; how many feedback events after the taste shift until NDCG@10 (graded by the new
+hidden utility over the allowed, unconsumed catalog) is back at 90% of its steady state before
+the shift; CTR per step, with exploration on and off (two cohorts with the same tastes).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class HTTP(Protocol):
+    """What the simulator needs of an HTTP client (``httpx.Client`` and FastAPI's TestClient)."""
+
+    def get(self, url: str, **kwargs: Any) -> Any: ...
+
+    def post(self, url: str, **kwargs: Any) -> Any: ...
+
+
+@dataclass
+class World:
+    """The catalog and the taste model the simulated users are drawn from."""
+
+    item_ids: list[str]
+    titles: list[str]
+    categories: list[list[str]]
+    names: list[str]  # category names
+    item_cats: np.ndarray  # (N, G) float32 0/1
+    popularity: np.ndarray  # (N,) standardised log popularity
+    tastes: np.ndarray  # (U, G) fitted affinities of real users (or drawn)
+    history: list[dict] = field(default_factory=list)  # background events posted before users start
+
+
+def world_from_movielens(path: str | Path, history_events: int = 100_000, seed: int = 0) -> World:
+    """ML-1M: movies as items, genre affinities fitted per real user, the first ratings as history."""
+    root = Path(path)
+    item_ids, titles, cats = [], [], []
+    with open(root / "movies.dat", encoding="latin-1") as f:
+        for line in f:
+            mid, title, genres = line.rstrip("\n").split("::")
+            item_ids.append(mid)
+            titles.append(title)
+            cats.append(genres.split("|"))
+    names = sorted({g for c in cats for g in c})
+    gi = {g: k for k, g in enumerate(names)}
+    item_cats = np.zeros((len(item_ids), len(names)), dtype=np.float32)
+    for r, c in enumerate(cats):
+        for g in c:
+            item_cats[r, gi[g]] = 1.0
+    index = {m: r for r, m in enumerate(item_ids)}
+    users, items, ts = [], [], []
+    with open(root / "ratings.dat") as f:
+        for line in f:
+            u, i, _, t = line.split("::")
+            users.append(int(u))
+            items.append(index[i])
+            ts.append(int(t))
+    users_a, items_a, ts_a = np.array(users), np.array(items), np.array(ts)
+    counts = np.bincount(items_a, minlength=len(item_ids)).astype(np.float64)
+    pop = np.log1p(counts)
+    popularity = ((pop - pop.mean()) / max(pop.std(), 1e-9)).astype(np.float32)
+    # Fit: per-user genre distribution vs the global one (smoothed log ratio).
+    uniq, u_codes = np.unique(users_a, return_inverse=True)
+    per_user = np.zeros((len(uniq), len(names)))  # (U, G)
+    np.add.at(per_user, u_codes, item_cats[items_a])
+    glob = per_user.sum(0) / per_user.sum()
+    p_user = (per_user + 5.0 * glob) / (per_user.sum(1, keepdims=True) + 5.0)
+    tastes = np.log(p_user) - np.log(glob)[None, :]
+    order = np.argsort(ts_a, kind="stable")[:history_events]
+    history = [{"user_id": f"bg{users_a[k]}", "item_id": item_ids[items_a[k]], "type": "view",
+                "timestamp": float(ts_a[k]), "event_id": f"bg-{k}"} for k in order]
+    return World(item_ids, titles, cats, names, item_cats, popularity, tastes.astype(np.float32), history)
+
+
+def synthetic_world(n_categories: int = 8, per_category: int = 25, n_background: int = 120, seed: int = 0) -> World:
+    """A small catalog (one or two categories per item), Dirichlet tastes, background viewers."""
+    rng = np.random.default_rng(seed)
+    names = [f"cat{g}" for g in range(n_categories)]
+    item_ids, titles, cats = [], [], []
+    for g in range(n_categories):
+        for k in range(per_category):
+            c = [names[g]] + ([names[(g + 1 + k) % n_categories]] if k % 5 == 0 else [])
+            item_ids.append(f"{names[g]}-{k}")
+            titles.append(f"{names[g]} item {k}")
+            cats.append(c)
+    item_cats = np.zeros((len(item_ids), n_categories), dtype=np.float32)
+    for r, c in enumerate(cats):
+        for g in c:
+            item_cats[r, names.index(g)] = 1.0
+    popularity = rng.standard_normal(len(item_ids)).astype(np.float32)
+    tastes = np.log(rng.dirichlet(np.full(n_categories, 0.5), size=200) + 1e-3) + math.log(n_categories)
+    history = []
+    t = 1_000_000.0
+    for u in range(n_background):
+        favs = rng.choice(n_categories, size=2, replace=False)
+        pool = np.flatnonzero(item_cats[:, favs].sum(1) > 0)
+        for r in rng.choice(pool, size=12, replace=False):
+            t += 1.0
+            history.append({"user_id": f"bg{u}", "item_id": item_ids[r], "type": "view", "timestamp": t, "event_id": f"bg-{u}-{r}"})
+    return World(item_ids, titles, cats, names, item_cats, popularity, tastes.astype(np.float32), history)
+
+
+@dataclass
+class SimConfig:
+    users: int = 60  # per cohort (exploration on / off)
+    steps: int = 24
+    shift_at: int = 12  # the step at which tastes shift
+    n: int = 10
+    click_threshold: float = 0.8
+    like_threshold: float = 1.2
+    noise: float = 0.3
+    pop_weight: float = 0.2
+    seed: int = 0
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def ndcg_at(slate_util: np.ndarray, ideal_util: np.ndarray, k: int = 10) -> float:
+    """NDCG@k with gains ``max(utility, 0)`` (graded by the hidden utility)."""
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    gains = np.maximum(slate_util[:k], 0.0)
+    ideal = np.maximum(np.sort(ideal_util)[::-1][:k], 0.0)
+    idcg = float((ideal * disc[: len(ideal)]).sum())
+    return float((gains * disc[: len(gains)]).sum() / idcg) if idcg > 0 else 0.0
+
+
+class SimUser:
+    """One simulated user with a hidden taste (and its shifted version)."""
+
+    def __init__(self, world: World, uid: str, taste: np.ndarray, rng: np.random.Generator, cfg: SimConfig) -> None:
+        self.world, self.uid, self.cfg, self.rng = world, uid, cfg, rng
+        self.taste = taste.astype(np.float64).copy()
+        self.noise = rng.standard_normal(len(world.item_ids)) * cfg.noise  # (N,) fixed per item
+        self.averse: set[str] = set()
+        self.blocked_items: set[str] = set()
+        self.blocked_cats: set[str] = set()
+        self.consumed: set[str] = set()
+        self.negatives = 0
+        self.feedback_events = 0
+        self.index = {m: r for r, m in enumerate(world.item_ids)}
+
+    def utility(self, rows: np.ndarray) -> np.ndarray:
+        cats = self.world.item_cats[rows]  # (K, G)
+        aff = (cats @ self.taste) / np.maximum(cats.sum(1), 1.0)
+        return aff + self.cfg.pop_weight * self.world.popularity[rows] + self.noise[rows]
+
+    def is_averse(self, row: int) -> bool:
+        return any(c in self.averse for c in self.world.categories[row])
+
+    def shift(self) -> None:
+        """Swap the favourite and the least liked non-averse category."""
+        ok = [g for g, name in enumerate(self.world.names) if name not in self.averse]
+        fav = max(ok, key=lambda g: self.taste[g])
+        low = min(ok, key=lambda g: self.taste[g])
+        self.taste[fav], self.taste[low] = self.taste[low], self.taste[fav]
+
+    def allowed_rows(self) -> np.ndarray:
+        keep = [r for r, m in enumerate(self.world.item_ids)
+                if m not in self.consumed and m not in self.blocked_items
+                and not any(c in self.blocked_cats for c in self.world.categories[r])]
+        return np.asarray(keep, dtype=np.int64)
+
+    def react(self, slate: list[str], now_step: int) -> list[dict]:
+        """Events for one slate (read top-down, stop at the first click)."""
+        events: list[dict] = []
+        for item in slate:
+            r = self.index.get(item)
+            if r is None:
+                continue
+            if self.is_averse(r):
+                x = self.rng.random()
+                if x < 0.1:
+                    cats = [c for c in self.world.categories[r] if c in self.averse]
+                    if len(self.blocked_items) >= 2 and cats:
+                        events.append({"type": "block", "scope": "category", "target": cats[0]})
+                        self.blocked_cats.add(cats[0])
+                    else:
+                        events.append({"type": "block", "item_id": item})
+                        self.blocked_items.add(item)
+                elif x < 0.7:
+                    events.append({"type": "dislike", "item_id": item})
+                else:
+                    events.append({"type": "skip", "item_id": item})
+                self.negatives += 1
+                continue
+            u = float(self.utility(np.array([r]))[0])
+            if self.rng.random() < _sigmoid(2.0 * (u - self.cfg.click_threshold)):
+                events.append({"type": "click", "item_id": item})
+                self.consumed.add(item)
+                if u > self.cfg.like_threshold:
+                    events.append({"type": "like", "item_id": item})
+                break
+            if u < 0.0:
+                events.append({"type": "skip", "item_id": item})
+        self.feedback_events += len(events)
+        return events
+
+
+def _check(resp: Any, what: str) -> Any:
+    if resp.status_code != 200:
+        raise RuntimeError(f"{what}: HTTP {resp.status_code}: {resp.text[:300]}")
+    return resp.json()
+
+
+def setup_app(client: HTTP, world: World, app: str, batch: int = 5000) -> None:
+    """Post the catalog and the background history into ``app``."""
+    headers = {"X-Liverec-App": app}
+    items = [{"item_id": m, "title": t, "categories": c} for m, t, c in zip(world.item_ids, world.titles, world.categories)]
+    for s in range(0, len(items), 1000):
+        _check(client.post("/v1/items", json={"items": items[s:s + 1000]}, headers=headers), "POST /v1/items")
+    for s in range(0, len(world.history), batch):
+        _check(client.post("/v1/events", json={"events": world.history[s:s + batch]}, headers=headers), "POST /v1/events")
+
+
+def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True, progress: bool = False) -> dict[str, Any]:
+    """Run both cohorts (exploration on / off) and return the report."""
+    if setup:
+        setup_app(client, world, app)
+    headers = {"X-Liverec-App": app}
+    rng = np.random.default_rng(cfg.seed)
+    taste_rows = rng.choice(len(world.tastes), size=cfg.users, replace=len(world.tastes) < cfg.users)
+    user_seeds = rng.integers(0, 2**31, size=cfg.users)
+    report: dict[str, Any] = {"app": app, "config": cfg.__dict__.copy(), "cohorts": {}}
+    t0 = time.perf_counter()
+    requests = 0
+    for cohort, explore in (("explore", True), ("no_explore", False)):
+        ctr = np.zeros(cfg.steps)
+        before_share, after_share, after_n = [], [], []
+        recurrences, blocked_total = 0, 0
+        recovery: list[float] = []
+        not_recovered = 0
+        for k in range(cfg.users):
+            user = SimUser(world, f"{cohort}-u{k}", world.tastes[taste_rows[k]], np.random.default_rng(int(user_seeds[k])), cfg)
+            steady: list[float] = []
+            shift_events: int | None = None
+            recovered_after: int | None = None
+            first_share: float | None = None
+            shares_after: list[float] = []
+            for step in range(cfg.steps):
+                if step == cfg.shift_at:
+                    user.shift()
+                    shift_events = user.feedback_events
+                body = _check(client.get(f"/v1/users/{user.uid}/recommendations",
+                                         params={"n": cfg.n, "explore": str(explore).lower()}, headers=headers), "GET recommendations")
+                requests += 1
+                slate = [i["item_id"] for i in body["items"]]
+                rows = np.array([user.index[i] for i in slate if i in user.index], dtype=np.int64)
+                if step == 0:
+                    # aversions: 1-2 random categories among those of the first slate
+                    present = sorted({c for r in rows for c in world.categories[r]})
+                    if present:
+                        pick = user.rng.choice(len(present), size=min(len(present), 1 + int(user.rng.random() < 0.5)), replace=False)
+                        user.averse = {present[p] for p in pick}
+                # blocked recurrence: anything shown that the user has blocked
+                for r in rows:
+                    if world.item_ids[r] in user.blocked_items or any(c in user.blocked_cats for c in world.categories[r]):
+                        recurrences += 1
+                share = float(np.mean([user.is_averse(r) for r in rows])) if len(rows) else 0.0
+                if step == 0:
+                    first_share = share
+                elif user.negatives >= 3:
+                    shares_after.append(share)
+                allowed = user.allowed_rows()
+                nd = ndcg_at(user.utility(rows), user.utility(allowed)) if len(rows) else 0.0
+                if step < cfg.shift_at and step >= cfg.shift_at - 4:
+                    steady.append(nd)
+                if step >= cfg.shift_at and recovered_after is None and steady and nd >= 0.9 * float(np.mean(steady)):
+                    recovered_after = user.feedback_events - (shift_events or 0)
+                events = user.react(slate, step)
+                clicked = any(e["type"] == "click" for e in events)
+                ctr[step] += clicked
+                if events:
+                    batch = [{"user_id": user.uid, **e} for e in events]
+                    _check(client.post("/v1/events", json={"events": batch}, headers=headers), "POST /v1/events")
+            blocked_total += len(user.blocked_items) + len(user.blocked_cats)
+            if first_share is not None and first_share > 0 and shares_after:
+                before_share.append(first_share)
+                after_share.append(float(np.mean(shares_after)))
+                after_n.append(len(shares_after))
+            if recovered_after is None:
+                not_recovered += 1
+            else:
+                recovery.append(recovered_after)
+            if progress:
+                print(f"{cohort} user {k + 1}/{cfg.users}", flush=True)
+        b, a = float(np.mean(before_share)) if before_share else float("nan"), float(np.mean(after_share)) if after_share else float("nan")
+        report["cohorts"][cohort] = {
+            "averse_share_before": b,
+            "averse_share_after_3_negatives": a,
+            "averse_share_reduction": 1.0 - a / b if b and b == b and a == a else float("nan"),
+            "users_measured_for_aversion": len(before_share),
+            "blocks": blocked_total,
+            "blocked_recurrences": recurrences,
+            "recovery_events_median": float(np.median(recovery)) if recovery else float("nan"),
+            "recovery_events_mean": float(np.mean(recovery)) if recovery else float("nan"),
+            "recovered_users": len(recovery),
+            "not_recovered_users": not_recovered,
+            "ctr_per_step": (ctr / cfg.users).round(4).tolist(),
+            "ctr": float(ctr.sum() / (cfg.users * cfg.steps)),
+        }
+    report["requests"] = requests
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    return report
