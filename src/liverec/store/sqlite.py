@@ -64,11 +64,9 @@ def _event_row(e: Event) -> tuple:
 
 def _row_event(row: Sequence[Any]) -> Event:
     app, event_id, user_id, item_id, type_, ts, value, text, scope, target, context = row
-    return Event(
-        app=app, event_id=event_id, user_id=user_id, type=type_, timestamp=ts, item_id=item_id,
-        value=value, text=text, scope=scope, target=target,
-        context=json.loads(context) if context is not None else None,
-    )
+    # Positional construction: this runs once per stored event at start-up.
+    return Event(app, event_id, user_id, type_, ts, item_id, value, text, scope, target,
+                 json.loads(context) if context is not None else None)
 
 
 class SQLiteStore:
