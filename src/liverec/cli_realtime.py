@@ -92,7 +92,43 @@ def simulate(
     _write(out, report)
 
 
+replay_app = typer.Typer(help="Prequential replay of a dataset: online learning vs frozen vs rtrec.", no_args_is_help=True)
+
+
+@replay_app.command("movielens")
+def replay_movielens(
+    path: Path = typer.Argument(..., exists=True, file_okay=False, help="ML-1M folder (ratings.dat, movies.dat)."),
+    out: Path = typer.Option(Path("replay.json"), "--out", help="JSON summary; the plot is written beside it (.png)."),
+    max_events: Optional[int] = typer.Option(None, help="Replay only the first N window events (documented in the output)."),
+    user_stride: int = typer.Option(1, help="Replay only the window events of every k-th user."),
+    cadence: int = typer.Option(5000, help="Window events between online updates."),
+    steps: int = typer.Option(60, help="Fine-tuning steps per online update."),
+    epochs: int = typer.Option(30, help="Most epochs of training-period training."),
+    train_budget: float = typer.Option(600.0, help="Time budget (s) of training-period training."),
+    model: Optional[Path] = typer.Option(None, "--model", exists=True, dir_okay=False, help="Start from this training-period model (safetensors) instead of training."),
+    save_model: Optional[Path] = typer.Option(None, "--save-model", help="Write the trained training-period model here."),
+    rtrec: bool = typer.Option(True, "--rtrec/--no-rtrec", help="Run the rtrec (online SLIM) baseline."),
+    device: str = typer.Option("cpu", help="Torch device (cpu, cuda)."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train on the first 80% of events by time, replay the last 20% prequentially."""
+    from .evaluation.replay import ReplayConfig, run_replay, write
+    from .learning.finetune import FineTuneConfig
+
+    cfg = ReplayConfig(max_events=max_events, user_stride=user_stride, cadence=cadence, epochs=epochs,
+                       train_budget_s=train_budget, rtrec=rtrec, device=device, seed=seed,
+                       finetune=FineTuneConfig(steps=steps, lr=5e-4, replay_ratio=0.5))
+    summary = run_replay(path, cfg, out.parent, log=lambda m: typer.echo(m, err=True), model_path=model, save_to=save_model)
+    plot = out.with_suffix(".png")
+    if summary.get("plot") and Path(summary["plot"]) != plot:
+        Path(summary["plot"]).replace(plot)
+        summary["plot"] = str(plot)
+    write(summary, out)
+    typer.echo(json.dumps({k: summary[k] for k in ("online", "frozen", "rtrec", "events", "events_per_second", "online_vs_frozen") if k in summary}, indent=2))
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the ``liverec`` CLI."""
     app.command("ope")(ope)
     app.command("simulate")(simulate)
+    app.add_typer(replay_app, name="replay")

@@ -1,0 +1,131 @@
+"""Incremental updates of the Transformer: fine-tuning with replay, new items, a guard rail.
+
+:class:`FineTuner` keeps one optimizer across updates. Each update takes ``steps`` minibatches,
+each mixing windows from *recent* sequences (the users who just acted) with windows *replayed*
+from older data (so the model does not forget what it knew: the replay share is
+``replay_ratio``), and is guarded: the validation metric is measured before and after, and an
+update that lowers it by more than ``tolerance`` (relative) is rolled back, optimizer state
+included.
+
+:func:`init_new_items` gives items the model has never trained on a starting vector from their
+text: the mean ID embedding of the ``k`` trained items nearest in text space (and, when the model
+has text features, the item's own projected text vector is part of its vector already).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..model.data import Windows
+from ..model.train import _tensors, batch_loss
+from ..model.transformer import FeedbackTransformer
+
+
+@dataclass
+class FineTuneConfig:
+    """Settings of one incremental update."""
+
+    steps: int = 40
+    batch_size: int = 128
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    replay_ratio: float = 0.5  # share of each batch drawn from older data
+    tolerance: float = 0.05  # relative validation drop that blocks promotion
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass
+class UpdateResult:
+    """What one guarded update did."""
+
+    accepted: bool
+    before: float
+    after: float
+    loss: float
+    steps: int
+    recent_windows: int
+    replay_windows: int
+
+
+class FineTuner:
+    """Fine-tunes ``model`` in place; one instance per model lineage (keeps the optimizer)."""
+
+    def __init__(self, model: FeedbackTransformer, cfg: FineTuneConfig | None = None) -> None:
+        self.model = model
+        self.cfg = cfg or FineTuneConfig()
+        self.rng = np.random.default_rng(self.cfg.seed)
+        torch.manual_seed(self.cfg.seed)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, betas=(0.9, 0.98))
+
+    def _batch(self, recent: Windows, replay: Windows | None) -> Windows:
+        b = self.cfg.batch_size
+        n_replay = int(round(b * self.cfg.replay_ratio)) if replay is not None and len(replay) else 0
+        n_recent = b - n_replay
+        parts = [recent.select(self.rng.integers(0, len(recent), size=n_recent))]
+        if n_replay:
+            parts.append(replay.select(self.rng.integers(0, len(replay), size=n_replay)))  # type: ignore[union-attr]
+        fields = ("items", "types", "values", "gaps", "text_ids", "targets")
+        return Windows(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
+
+    def train_steps(self, recent: Windows, replay: Windows | None, steps: int | None = None) -> float:
+        """``steps`` AdamW steps on mixed minibatches; returns the mean loss."""
+        steps = self.cfg.steps if steps is None else steps
+        if len(recent) == 0 or steps <= 0:
+            return float("nan")
+        self.model.train()
+        total = 0.0
+        for _ in range(steps):
+            t = _tensors(self._batch(recent, replay), self.cfg.device)
+            if not bool((t["targets"] > 0).any()):
+                continue
+            loss = batch_loss(self.model, t, 0.0, False)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            total += float(loss)
+        self.model.eval()
+        return total / steps
+
+    def guarded_update(self, recent: Windows, replay: Windows | None, validate: Callable[[FeedbackTransformer], float]) -> UpdateResult:
+        """Train, validate, and roll back if the metric fell by more than ``tolerance``."""
+        before = validate(self.model)
+        weights = copy.deepcopy(self.model.state_dict())
+        opt_state = copy.deepcopy(self.opt.state_dict())
+        loss = self.train_steps(recent, replay)
+        after = validate(self.model)
+        accepted = not (after < before * (1.0 - self.cfg.tolerance))
+        if not accepted:
+            self.model.load_state_dict(weights)
+            self.opt.load_state_dict(opt_state)
+        return UpdateResult(accepted, before, after, loss, self.cfg.steps, len(recent), len(replay) if replay is not None else 0)
+
+
+@torch.no_grad()
+def init_new_items(model: FeedbackTransformer, new_items: np.ndarray, known_items: np.ndarray, text: np.ndarray, k: int = 5) -> int:
+    """Set the ID embeddings of ``new_items`` (1-based) from their text neighbours among ``known_items``.
+
+    ``text`` is (N+1, D_t), L2-normalised rows (zero rows: no text, left as they are). Returns how
+    many items were initialised.
+    """
+    new_items = np.asarray(new_items, dtype=np.int64)
+    known_items = np.asarray(known_items, dtype=np.int64)
+    if len(new_items) == 0 or len(known_items) == 0:
+        return 0
+    t_new = text[new_items]  # (M, D_t)
+    t_known = text[known_items]  # (K, D_t)
+    has_text = np.linalg.norm(t_new, axis=1) > 0
+    if not has_text.any():
+        return 0
+    sims = t_new[has_text] @ t_known.T  # (M', K)
+    k = min(k, len(known_items))
+    nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # (M', k)
+    emb = model.item_emb.weight  # (N+1, D)
+    rows = torch.from_numpy(known_items[nearest]).to(emb.device)  # (M', k)
+    emb[torch.from_numpy(new_items[has_text]).to(emb.device)] = emb[rows].mean(1)
+    return int(has_text.sum())
