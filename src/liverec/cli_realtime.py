@@ -127,8 +127,68 @@ def replay_movielens(
     typer.echo(json.dumps({k: summary[k] for k in ("online", "frozen", "rtrec", "events", "events_per_second", "online_vs_frozen") if k in summary}, indent=2))
 
 
+def learn(
+    data_dir: Path = DataDirOpt,
+    app_id: str = typer.Option("default", "--app", help="App (tenant) id."),
+    init: Optional[Path] = typer.Option(None, "--init", exists=True, dir_okay=False, help="Publish this model (safetensors from `replay --save-model`) as the first version if none exists."),
+    interval: float = typer.Option(10.0, help="Seconds between update attempts."),
+    min_events: int = typer.Option(50, help="Events since the last update before one is tried."),
+    steps: int = typer.Option(20, help="Fine-tuning steps per update."),
+    once: bool = typer.Option(False, "--once", help="Catch up with the log, try one update and exit."),
+) -> None:
+    """Tail the event log and publish fine-tuned model versions (a process beside `liverec serve`)."""
+    from .config import Settings
+    from .evaluation.replay import load_model
+    from .learning import DirectoryVersions, LearnedScorer, LearnerConfig, OnlineLearner, Vocabulary, versions_dir
+    from .learning.finetune import FineTuneConfig
+    from .catalog import CatalogIndex
+    from .state import StateStore
+    from .store import open_store
+
+    settings = Settings(data_dir=data_dir)
+    versions = DirectoryVersions(versions_dir(data_dir))
+    if versions.latest(app_id) is None:
+        if init is None:
+            typer.echo(f"no published model for app {app_id!r} under {versions.root}; pass --init MODEL.safetensors", err=True)
+            raise typer.Exit(2)
+        from safetensors import safe_open
+
+        with safe_open(str(init), framework="pt") as f:
+            meta = json.loads(f.metadata().get("meta", "{}"))
+        if "item_ids" not in meta:
+            raise typer.BadParameter(f"{init}: no item_ids in its metadata (write it with `liverec replay ... --save-model`)")
+        versions.publish(app_id, load_model(init), Vocabulary(meta["item_ids"]), {"source": str(init)})
+    store = open_store(settings.store_url_resolved())
+    catalog = CatalogIndex()
+    catalog.load(store.catalog.scan(app_id))
+    state = StateStore(settings.types(), settings.sequence_length, user_events=store.events.user_events)
+    model, vocab, version = versions.load(app_id)
+    holder = {"scorer": LearnedScorer(app_id, model, vocab, version)}
+    cfg = LearnerConfig(interval_s=interval, min_events=min_events, finetune=FineTuneConfig(steps=steps, batch_size=64, lr=3e-4))
+    learner = OnlineLearner(app_id, state, lambda: holder["scorer"], lambda s: holder.__setitem__("scorer", s), versions, catalog.get, cfg)
+    last_seq = 0
+    try:
+        while True:
+            batch = []
+            for seq, event in store.events.scan(app_id, after_seq=last_seq):
+                state.apply(event)
+                batch.append(event)
+                last_seq = seq
+            if batch:
+                learner.observe(batch)
+            result = learner.step()
+            if result is not None:
+                typer.echo(json.dumps(result))
+            if once:
+                break
+            time.sleep(interval)
+    finally:
+        store.close()
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the ``liverec`` CLI."""
     app.command("ope")(ope)
     app.command("simulate")(simulate)
     app.add_typer(replay_app, name="replay")
+    app.command("learn")(learn)

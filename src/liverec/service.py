@@ -95,6 +95,10 @@ class Service:
             bar.close()
         self.baseline.rebuild(events)
         self.state.rebuild(events)
+        # In-process online learners for the apps LIVEREC_LEARNER names (none by default).
+        from .learning import attach_from_env
+
+        self.learners = attach_from_env(self)
         self.ready = True
 
     # ---- event path -------------------------------------------------------------------------
@@ -242,6 +246,8 @@ class Service:
         return {"user_id": user_id, "app": app, "n_events": state.n_events, "history": history, "blocked": blocked}
 
     def close(self) -> None:
+        for learner in getattr(self, "learners", []):
+            learner.stop()
         self.ranking.impressions.close()
         self.store.close()
 

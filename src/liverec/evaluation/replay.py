@@ -281,7 +281,8 @@ def run_replay(
     else:
         frozen = train_frozen(s, cfg, log).to(cfg.device)
         if save_to is not None:
-            save_model(frozen, save_to, {"train_frac": cfg.train_frac, "source": s.log.source_fingerprint})
+            save_model(frozen, save_to, {"train_frac": cfg.train_frac, "source": s.log.source_fingerprint,
+                                         "item_ids": [str(i) for i in mlog.item_ids]})
     online = FeedbackTransformer(frozen.cfg).to(cfg.device)
     online.load_state_dict(frozen.state_dict())
     tuner = FineTuner(online, FineTuneConfig(**{**asdict(cfg.finetune), "device": cfg.device, "seed": cfg.seed}))

@@ -88,7 +88,7 @@ class FineTuner:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
-            total += float(loss)
+            total += float(loss.detach())
         self.model.eval()
         return total / steps
 
