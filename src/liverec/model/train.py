@@ -245,7 +245,7 @@ def train(
             loss.backward()
             opt.step()
             step += 1
-            total += float(loss)
+            total += float(loss.detach())
             count += 1
         rec: dict[str, float] = {"epoch": epoch, "loss": total / max(count, 1), "seconds": time.perf_counter() - t0}
         out_of_time = train_cfg.time_budget_s is not None and time.perf_counter() - t0 >= train_cfg.time_budget_s
