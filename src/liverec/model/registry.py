@@ -1,0 +1,173 @@
+"""Versioned model registry: ``<data_dir>/models/<app>/versions/<version>/`` + a promotion pointer.
+
+Each version is an artifact directory (:mod:`liverec.model.artifacts`). ``PROMOTED`` (JSON:
+``{"version": ..., "previous": [...]}``) names the served version and the versions promoted
+before it, newest last, for rollback. Promotion writes the pointer to a temporary file and
+renames it over the old one, so a reader sees either the old or the new pointer, never a partial
+one. A server watching the pointer (:class:`PromotionWatcher`) swaps its scorer by one attribute
+assignment: requests in flight finish on the old model, later ones use the new one.
+
+>>> import tempfile
+>>> reg = ModelRegistry(tempfile.mkdtemp())
+>>> reg.list(), reg.promoted()
+([], None)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from liverec.model.artifacts import Artifact, load_artifact, save_artifact
+from liverec.model.transformer import FeedbackTransformer
+
+_VERSION = re.compile(r"^v(\d{6})$")
+
+
+class ModelRegistry:
+    """Versions of one app's model under ``root`` (``<data_dir>/models/<app>``)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+        self.pointer = self.root / "PROMOTED"
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_data_dir(cls, data_dir: str | Path, app: str = "default") -> ModelRegistry:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", app):
+            raise ValueError(f"app {app!r}: expected 1-64 letters, digits, '_', '.', '-'")
+        return cls(Path(data_dir) / "models" / app)
+
+    # ------------------------------------------------------------------ versions
+    def versions(self) -> list[str]:
+        """Version names, oldest first."""
+        if not self.versions_dir.exists():
+            return []
+        return sorted(p.name for p in self.versions_dir.iterdir() if p.is_dir() and _VERSION.match(p.name))
+
+    def register(self, model: FeedbackTransformer, item_ids: list[str], manifest: dict[str, Any] | None = None) -> str:
+        """Save a new version (not promoted) and return its name."""
+        with self._lock:
+            while True:
+                existing = self.versions()
+                n = int(_VERSION.match(existing[-1]).group(1)) + 1 if existing else 1  # type: ignore[union-attr]
+                name = f"v{n:06d}"
+                try:
+                    save_artifact(self.versions_dir / name, model, item_ids, {**(manifest or {}), "version": name})
+                    return name
+                except FileExistsError:  # another process took this number: take the next one
+                    continue
+
+    def manifest(self, version: str) -> dict[str, Any]:
+        path = self.versions_dir / version / "manifest.json"
+        if not path.exists():
+            raise KeyError(f"no model version {version!r} in {self.versions_dir} (have: {', '.join(self.versions()) or 'none'})")
+        return json.loads(path.read_text())
+
+    def load(self, version: str | None = None, device: str = "cpu") -> Artifact:
+        """Load ``version`` (default: the promoted one)."""
+        v = version or self.promoted()
+        if v is None:
+            raise FileNotFoundError(f"no promoted model version in {self.root}")
+        self.manifest(v)  # clear error for unknown versions
+        return load_artifact(self.versions_dir / v, device)
+
+    # ------------------------------------------------------------------ promotion
+    def _read_pointer(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.pointer.read_text())
+        except FileNotFoundError:
+            return {"version": None, "previous": []}
+
+    def _write_pointer(self, doc: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".PROMOTED.tmp-{os.getpid()}-{threading.get_ident()}"
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.pointer)  # atomic on POSIX
+
+    def promoted(self) -> str | None:
+        return self._read_pointer().get("version")
+
+    def promote(self, version: str) -> None:
+        """Serve ``version`` from now on."""
+        self.manifest(version)
+        with self._lock:
+            doc = self._read_pointer()
+            current = doc.get("version")
+            if current == version:
+                return
+            previous = list(doc.get("previous", []))
+            if current is not None:
+                previous.append(current)
+            self._write_pointer({"version": version, "previous": previous[-100:]})
+
+    def rollback(self) -> str:
+        """Re-promote the version promoted before the current one; returns it."""
+        with self._lock:
+            doc = self._read_pointer()
+            previous = list(doc.get("previous", []))
+            if not previous:
+                raise LookupError(f"nothing to roll back to in {self.root} (promoted: {doc.get('version')})")
+            version = previous.pop()
+            self._write_pointer({"version": version, "previous": previous})
+            return version
+
+    def list(self) -> list[dict[str, Any]]:
+        """One row per version: name, promoted flag, creation time, validation metrics, data size."""
+        current = self.promoted()
+        rows = []
+        for v in self.versions():
+            m = self.manifest(v)
+            rows.append({
+                "version": v,
+                "promoted": v == current,
+                "created": m.get("created_iso", ""),
+                "metrics": m.get("validation", {}),
+                "test_metrics": m.get("metrics", {}),
+                "events": m.get("data", {}).get("events", ""),
+                "items": m.get("model_config", {}).get("n_items", ""),
+                "data_fingerprint": m.get("data_fingerprint", ""),
+            })
+        return rows
+
+
+class PromotionWatcher:
+    """Polls a registry's pointer and calls ``on_change(version)`` when the promoted version changes."""
+
+    def __init__(self, registry: ModelRegistry, on_change: Callable[[str], None], interval_s: float = 2.0) -> None:
+        self.registry = registry
+        self.on_change = on_change
+        self.interval_s = interval_s
+        self.current = registry.promoted()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> bool:
+        """One poll; returns True when a new version was handed to ``on_change``."""
+        v = self.registry.promoted()
+        if v is not None and v != self.current:
+            self.on_change(v)
+            self.current = v
+            return True
+        return False
+
+    def start(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    self.check()
+                except Exception:  # a broken version must not kill the watcher; keep serving the old one
+                    continue
+
+        self._thread = threading.Thread(target=loop, name="liverec-model-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

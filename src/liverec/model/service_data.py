@@ -1,0 +1,118 @@
+"""Training on what the service holds: its event log and catalog -> a registered model version.
+
+The served model learns from every event; the user's **last** target event is the validation
+position (early stopping, the metrics stored with the version), everything before it is training
+data. Catalog items with text but no events are added as text-only items (cold start), so the
+served version knows the whole catalog.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from liverec.evaluation.offline import DEFAULT_RECIPE, split_overrides
+from liverec.evaluation.protocol import InteractionLog, build_log, leave_one_out
+from liverec.model.registry import ModelRegistry
+from liverec.model.text import MiniLMEncoder, TextEncoder, text_matrix
+from liverec.model.train import TrainConfig, ValidationSet, train
+from liverec.model.transformer import ModelConfig
+
+
+def log_from_store(data_dir: str | Path, app: str, store_url: str | None = None) -> tuple[InteractionLog, dict[str, str]]:
+    """The app's events (log order) as an :class:`InteractionLog`, and every catalog item's text."""
+    from liverec.config import Settings
+    from liverec.store import open_store
+
+    settings = Settings(data_dir=Path(data_dir), store_url=store_url)
+    store = open_store(settings.store_url_resolved())
+    try:
+        users, items, ts, types, values, texts = [], [], [], [], [], []
+        for _, e in store.events.scan(app):
+            if e.scope != "item":  # scoped feedback (a whole category, a creator) is policy input
+                continue
+            users.append(e.user_id)
+            items.append(e.item_id)
+            ts.append(e.timestamp)
+            types.append(e.type)
+            values.append(np.nan if e.value is None else e.value)
+            texts.append(e.text)
+        catalog: dict[str, str] = {}
+        for it in store.catalog.scan(app):
+            parts = [p for p in (it.title, it.text) if p]
+            text = ". ".join(parts)
+            if it.categories:
+                text = f"{text} ({', '.join(it.categories)})" if text else ", ".join(it.categories)
+            catalog[it.item_id] = text
+    finally:
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()
+    if not users:
+        raise ValueError(f"app {app!r} in {data_dir}: no events to train on")
+    log = build_log(app, np.asarray(users, dtype=object), np.asarray(items, dtype=object), np.asarray(ts),
+                    types=np.asarray(types, dtype=object), values=np.asarray(values, dtype=np.float64),
+                    event_texts=np.asarray(texts, dtype=object), item_text=catalog)
+    return log, catalog
+
+
+def train_from_service(
+    data_dir: str | Path,
+    app: str,
+    recipe: dict[str, Any] | None = None,
+    seed: int = 0,
+    text_encoder: TextEncoder | None = None,
+    log_fn: Callable[[str], None] | None = None,
+    progress: bool = True,
+) -> str:
+    """Train on the app's events, register the model; returns the new version name."""
+    say = log_fn or (lambda s: None)
+    log, catalog = log_from_store(data_dir, app)
+    recipe = {**DEFAULT_RECIPE, "time_budget_s": None, **(recipe or {})}
+    mo, to, use_text = split_overrides(recipe)
+    split = leave_one_out(log, max_len=mo.get("max_len", 200))
+    if len(split.eval_users) == 0:
+        raise ValueError(f"app {app!r}: no user has 3 positive events; nothing to validate on")
+    enc = None
+    item_text = event_text = None
+    text_dim = 0
+    if use_text and (any(log.item_texts) or log.event_texts):
+        enc = text_encoder or MiniLMEncoder()
+        cache = Path(data_dir) / "text_cache"
+        item_text = text_matrix(log.item_texts, enc, cache)
+        if log.event_texts:
+            event_text = text_matrix(log.event_texts, enc, cache)[1:]
+        text_dim = enc.dim
+    mc = ModelConfig(n_items=log.n_items, text_dim=text_dim, **mo)
+    tc = TrainConfig(seed=seed, **to)
+    # Serve-time split: train on everything before each user's last target, validate on it.
+    res = train(mc, tc, split.test_prefix, ValidationSet(split.test_windows, split.test_targets),
+                item_text=item_text, event_text=event_text, progress=progress, log=say)
+    model, item_ids = res.model, [str(i) for i in log.item_ids]
+    cold = [i for i in catalog if i not in set(item_ids) and catalog[i]]
+    if cold and enc is not None and text_dim:
+        from liverec.model.scorer import TransformerScorer
+
+        extended = TransformerScorer(app, model, item_ids, text_encoder=enc).add_items(cold, [catalog[i] for i in cold])
+        model, item_ids = extended.model, [str(i) for i in extended.item_ids]
+        say(f"added {len(cold)} catalog items with text only (cold start)")
+    reg = ModelRegistry.for_data_dir(data_dir, app)
+    version = reg.register(model, item_ids, {
+        "app": app,
+        "created_iso": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "data_fingerprint": log.source_fingerprint,
+        "data": {"events": log.seqs.n_events, "users": log.seqs.n_users, "items_with_events": log.n_items,
+                 "text_only_items": len(item_ids) - log.n_items},
+        "validation": res.best_metrics,
+        "train_config": tc.to_dict(),
+        "train_seconds": round(res.train_seconds, 1),
+        "best_epoch": res.best_epoch,
+        "text_encoder": enc.name if enc is not None else None,
+        "trained_at": time.time(),
+    })
+    say(f"version {version}: validation NDCG@10 {res.best_metrics.get('NDCG@10', float('nan')):.4f}")
+    return version

@@ -1,0 +1,129 @@
+"""The Transformer behind the service seam: batched == single, all items scored, fresh state
+changes the output, save -> load identical, cold-start items scorable and retrievable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from liverec.events import DEFAULT_TYPES, Event
+from liverec.model.artifacts import load_artifact, save_artifact, weights_equal
+from liverec.model.registry import ModelRegistry
+from liverec.model.scorer import TransformerScorer
+from liverec.model.text import HashingEncoder
+from liverec.model.transformer import FeedbackTransformer, ModelConfig
+from liverec.state import UserState
+
+torch.set_num_threads(1)
+
+N_ITEMS = 25
+ITEMS = [f"i{k}" for k in range(N_ITEMS)]
+
+
+def _model(seed: int = 0, text_dim: int = 16) -> FeedbackTransformer:
+    torch.manual_seed(seed)
+    m = FeedbackTransformer(ModelConfig(n_items=N_ITEMS, d_model=16, n_blocks=1, max_len=12, text_dim=text_dim, dropout=0.0))
+    with torch.no_grad():  # non-trivial repeat term and bias, as after training
+        m.rep_type.normal_()
+        m.rep_value.normal_()
+        m.out_bias.normal_()
+    if text_dim:
+        enc = HashingEncoder(text_dim)
+        vecs = np.zeros((N_ITEMS + 1, text_dim), np.float32)
+        vecs[1:] = enc.encode([f"item {k} group {k % 3}" for k in range(N_ITEMS)])
+        m.set_item_text(torch.from_numpy(vecs))
+    return m.eval()
+
+
+def _state(items: list[str], t0: float = 100.0, types: list[str] | None = None) -> UserState:
+    s = UserState(12)
+    for k, item in enumerate(items):
+        typ = types[k] if types else "rating"
+        e = Event(app="a", event_id=f"e{k}", user_id="u", type=typ, timestamp=t0 + 30 * k, item_id=item,
+                  value=4.0 if typ == "rating" else None)
+        s.apply(e, DEFAULT_TYPES[typ])
+    return s
+
+
+def test_scores_cover_every_item() -> None:
+    sc = TransformerScorer("a", _model(), ITEMS, text_encoder=HashingEncoder(16))
+    out = sc.score("a", _state(["i1", "i2", "i3"]), 5)
+    assert sorted(out.item_ids.tolist()) == sorted(ITEMS)  # nothing excluded by accident
+    assert out.scores.shape == (N_ITEMS,) and np.isfinite(out.scores).all()
+    assert sc.score("other-app", _state(["i1"]), 5).item_ids.size == 0
+
+
+def test_batched_equals_single() -> None:
+    sc = TransformerScorer("a", _model(), ITEMS)
+    states = [_state(["i1", "i2", "i3"]), _state(["i5"]), None, _state([f"i{k}" for k in range(15)]),
+              _state(["i4", "i9"], types=["click", "dislike"])]
+    batch = sc.score_many(states)
+    for r, s in enumerate(states):
+        single = sc.score("a", s, 5).scores
+        np.testing.assert_allclose(batch[r], single, rtol=1e-5, atol=1e-5)
+
+
+def test_event_a_moment_ago_changes_the_output_through_the_model() -> None:
+    sc = TransformerScorer("a", _model(), ITEMS)
+    before = sc.score("a", _state(["i1", "i2"]), 5).scores
+    after = sc.score("a", _state(["i1", "i2", "i7"]), 5).scores
+    others = [k for k in range(N_ITEMS) if k not in (1, 2, 7)]  # not only the repeat term: every item moves
+    assert np.abs(after[others] - before[others]).max() > 1e-4
+
+
+def test_save_load_identical_scores(tmp_path) -> None:
+    m = _model()
+    save_artifact(tmp_path / "art", m, ITEMS, {"metrics": {"NDCG@10": 0.5}})
+    art = load_artifact(tmp_path / "art")
+    assert weights_equal(m, art.model) and art.item_ids == ITEMS
+    s = _state(["i3", "i4", "i5"])
+    a = TransformerScorer("a", m, ITEMS).score("a", s, 5).scores
+    b = TransformerScorer("a", art.model, art.item_ids).score("a", s, 5).scores
+    assert np.array_equal(a, b)
+    with pytest.raises(FileExistsError):
+        save_artifact(tmp_path / "art", m, ITEMS)
+
+
+def test_cold_start_item_scored_and_similar() -> None:
+    enc = HashingEncoder(16)
+    sc = TransformerScorer("a", _model(), ITEMS, text_encoder=enc)
+    # text-only item sharing its text with i4: same projected text vector, no interactions at all
+    sc2 = sc.add_items(["new-item"], ["item 4 group 1"])
+    out = sc2.score("a", _state(["i1", "i2"]), 5)
+    assert "new-item" in out.item_ids.tolist()
+    assert np.isfinite(out.scores[out.item_ids.tolist().index("new-item")])
+    sims = dict(sc2.similar("a", "new-item", 5))
+    assert sims, "a text-only item must have similar items"
+    assert sc.score("a", None, 5).item_ids.size == N_ITEMS  # the original scorer is unchanged
+    with pytest.raises(ValueError):
+        TransformerScorer("a", _model(text_dim=0), ITEMS, text_encoder=enc).add_items(["x"], ["t"])
+
+
+def test_registry_promote_rollback(tmp_path) -> None:
+    reg = ModelRegistry.for_data_dir(tmp_path, "shop")
+    v1 = reg.register(_model(0), ITEMS, {"validation": {"NDCG@10": 0.1}})
+    v2 = reg.register(_model(1), ITEMS, {"validation": {"NDCG@10": 0.2}})
+    assert (v1, v2) == ("v000001", "v000002") and reg.promoted() is None
+    reg.promote(v1)
+    reg.promote(v2)
+    assert reg.promoted() == v2
+    rows = {r["version"]: r for r in reg.list()}
+    assert rows[v2]["promoted"] and rows[v1]["metrics"]["NDCG@10"] == 0.1
+    assert reg.rollback() == v1 and reg.promoted() == v1
+    assert weights_equal(reg.load().model, _model(0))
+    with pytest.raises(LookupError):
+        reg.rollback()
+    with pytest.raises(KeyError):
+        reg.promote("v000099")
+    assert not list(reg.root.glob(".PROMOTED.tmp*"))  # the pointer is replaced by rename
+
+
+def test_minilm_package_loads_offline() -> None:
+    """The real sentence encoder (bundled weights, no hub access) gives 384-d unit vectors."""
+    from liverec.model.text import MiniLMEncoder
+
+    v = MiniLMEncoder().encode(["a comedy about toys", "an animated film about toys", "tax law"])
+    assert v.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
+    assert v[0] @ v[1] > v[0] @ v[2]
