@@ -69,11 +69,11 @@ def als_scores(split: Split, n_items: int, factors: int = 64, iterations: int = 
     mat = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
                         shape=(split.test_prefix.n_users, n_items))
     mat.data[:] = 1.0  # duplicates (repeat interactions) count once
-    model = AlternatingLeastSquares(factors=factors, iterations=iterations, regularization=regularization,
-                                    alpha=alpha, random_state=seed, num_threads=1)
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1, "blas"):  # implicit's own loop is the parallel part
+        model = AlternatingLeastSquares(factors=factors, iterations=iterations, regularization=regularization,
+                                        alpha=alpha, random_state=seed, num_threads=1)
         model.fit(mat, show_progress=False)
     uf = np.asarray(model.user_factors, dtype=np.float32)
     itf = np.asarray(model.item_factors, dtype=np.float32)

@@ -63,6 +63,8 @@ class ReplayConfig:
     # online updates
     finetune: FineTuneConfig = field(default_factory=lambda: FineTuneConfig(steps=60, lr=5e-4, replay_ratio=0.5))
     val_share: float = 0.1  # newest share of each cadence's events held out by the guard rail
+    recent: str = "events"  # "events": one example per new event; "windows": the users' newest windows
+    passes: float = 1.0  # with recent="events": passes over the new events per update (sets the steps)
     # rtrec
     rtrec: bool = True
     rtrec_batch: int = 1000
@@ -112,6 +114,15 @@ def prefix_windows(s: Stream, events: np.ndarray, max_len: int) -> Windows:
         np.full_like(safe, -1),
         z.copy(),
     )
+
+
+def event_examples(s: Stream, events: np.ndarray, max_len: int) -> Windows:
+    """One training example per event: the user's prefix as input, the event's item as the target
+    after the last position (so each new event is learned from once, nothing older is re-taught)."""
+    w = prefix_windows(s, events, max_len)
+    targets = np.zeros_like(w.items)
+    targets[:, -1] = s.log.seqs.items[np.asarray(events, dtype=np.int64)]
+    return Windows(w.items, w.types, w.values, w.gaps, w.text_ids, targets)
 
 
 def subset_sequences(s: Stream, keep: np.ndarray, users: np.ndarray | None = None) -> Sequences:
@@ -335,8 +346,13 @@ def run_replay(
         happened = np.zeros(seqs.n_events, dtype=bool)
         happened[s.order[:now_pos]] = True
         happened[val_events] = False  # held out from this update's training
-        users = np.unique(s.user_of[block[:-n_val]]) if len(block) > n_val else np.unique(s.user_of[block])
-        recent = training_windows(subset_sequences(s, happened, users), cfg.max_len)
+        learn_events = block[:-n_val] if len(block) > n_val else block
+        if cfg.recent == "events":
+            recent = event_examples(s, learn_events, cfg.max_len)
+            share_new = 1.0 - cfg.finetune.replay_ratio
+            tuner.cfg.steps = max(1, int(round(cfg.passes * len(learn_events) / max(cfg.finetune.batch_size * share_new, 1.0))))
+        else:
+            recent = training_windows(subset_sequences(s, happened, np.unique(s.user_of[learn_events])), cfg.max_len)
         new_items = np.flatnonzero(~trained_items & np.isin(np.arange(mlog.n_items + 1), seqs.items[block]))
         n_new = init_new_items(online, new_items, np.flatnonzero(trained_items), text) if len(new_items) else 0
         trained_items[new_items] = True

@@ -131,8 +131,8 @@ class SimConfig:
     steps: int = 24
     shift_at: int = 12  # the step at which tastes shift
     n: int = 10
-    click_threshold: float = 0.8
-    like_threshold: float = 1.2
+    click_threshold: float = 1.5
+    like_threshold: float = 1.8
     noise: float = 0.3
     pop_weight: float = 0.2
     seed: int = 0
@@ -255,10 +255,12 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
         before_share, after_share, after_n = [], [], []
         recurrences, blocked_total = 0, 0
         recovery: list[float] = []
-        not_recovered = 0
+        recovery_dropped: list[float] = []
+        not_recovered = dropped_users = 0
         for k in range(cfg.users):
             user = SimUser(world, f"{cohort}-u{k}", world.tastes[taste_rows[k]], np.random.default_rng(int(user_seeds[k])), cfg)
             steady: list[float] = []
+            dropped = False  # NDCG fell below 90% of steady state at the shift
             shift_events: int | None = None
             recovered_after: int | None = None
             first_share: float | None = None
@@ -291,6 +293,8 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
                 nd = ndcg_at(user.utility(rows), user.utility(allowed)) if len(rows) else 0.0
                 if step < cfg.shift_at and step >= cfg.shift_at - 4:
                     steady.append(nd)
+                if step == cfg.shift_at and steady and nd < 0.9 * float(np.mean(steady)):
+                    dropped = True
                 if step >= cfg.shift_at and recovered_after is None and steady and nd >= 0.9 * float(np.mean(steady)):
                     recovered_after = user.feedback_events - (shift_events or 0)
                 events = user.react(slate, step)
@@ -308,6 +312,9 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
                 not_recovered += 1
             else:
                 recovery.append(recovered_after)
+                if dropped:
+                    recovery_dropped.append(recovered_after)
+            dropped_users += int(dropped)
             if progress:
                 print(f"{cohort} user {k + 1}/{cfg.users}", flush=True)
         b, a = float(np.mean(before_share)) if before_share else float("nan"), float(np.mean(after_share)) if after_share else float("nan")
@@ -321,6 +328,8 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
             "recovery_events_median": float(np.median(recovery)) if recovery else float("nan"),
             "recovery_events_mean": float(np.mean(recovery)) if recovery else float("nan"),
             "recovered_users": len(recovery),
+            "users_whose_ndcg_dropped_at_shift": dropped_users,
+            "recovery_events_median_dropped": float(np.median(recovery_dropped)) if recovery_dropped else float("nan"),
             "not_recovered_users": not_recovered,
             "ctr_per_step": (ctr / cfg.users).round(4).tolist(),
             "ctr": float(ctr.sum() / (cfg.users * cfg.steps)),

@@ -157,10 +157,15 @@ def mask_seen(scores: torch.Tensor, seen_items: torch.Tensor) -> torch.Tensor:
     return scores.scatter_add(1, idx, fill)
 
 
-def _lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+def _lr_factor(step: int, total: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
+    """Warmup, then constant or cosine decay. With a time budget the cosine runs on whichever is
+    further along, steps or time, so a slow machine still finishes its decay inside the budget
+    (runs are then only as deterministic as the machine's speed; without a budget they are exact)."""
     warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
     if cfg.schedule == "cosine" and total > 0:
         prog = min(1.0, step / total)
+        if cfg.time_budget_s:
+            prog = max(prog, min(1.0, elapsed / cfg.time_budget_s))
         return warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * prog)))
     return warm
 
@@ -238,7 +243,7 @@ def train(
         total, count = 0.0, 0
         for idx in _batches(windows, train_cfg.batch_size, rng):
             for g in opt.param_groups:
-                g["lr"] = train_cfg.lr * _lr_factor(step, total_steps, train_cfg)
+                g["lr"] = train_cfg.lr * _lr_factor(step, total_steps, train_cfg, time.perf_counter() - t0)
             t = _tensors(windows.select(idx), device)
             loss = batch_loss(model, t, train_cfg.label_smoothing, train_cfg.bf16, ev_table)
             opt.zero_grad(set_to_none=True)
