@@ -95,6 +95,12 @@ class Service:
             bar.close()
         self.baseline.rebuild(events)
         self.state.rebuild(events)
+        # The promoted Transformer of each app (liverec train / liverec models promote), if any;
+        # newly promoted versions are swapped in while serving.
+        if self.settings.scorer in ("auto", "transformer"):
+            from .model.serving import attach_promoted
+
+            attach_promoted(self)
         # In-process online learners for the apps LIVEREC_LEARNER names (none by default).
         from .learning import attach_from_env
 
@@ -248,6 +254,8 @@ class Service:
     def close(self) -> None:
         for learner in getattr(self, "learners", []):
             learner.stop()
+        for watcher in getattr(self, "model_watchers", []):
+            watcher.stop()
         self.ranking.impressions.close()
         self.store.close()
 
