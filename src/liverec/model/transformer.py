@@ -75,14 +75,14 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.attn_dropout = dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, D); mask: (B, 1, T, T) bool, True = may attend."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """x: (B, T, D); mask: (B, 1, T, T) bool, True = may attend; None = plain causal (no padding)."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.n_heads, d // self.n_heads).unbind(2)
         # (B, H, T, Dh) each
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         a = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0, is_causal=mask is None
         )  # (B, H, T, Dh)
         x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, t, d)))
         x = x + self.drop(self.ff2(self.drop(F.gelu(self.ff1(self.ln2(x))))))
@@ -177,9 +177,11 @@ class FeedbackTransformer(nn.Module):
         if event_text is not None and self.event_text_proj is not None:
             x = x + self.event_text_proj(event_text)
         x = self.emb_drop(x) * valid[..., None]
-        causal = torch.ones(t, t, dtype=torch.bool, device=items.device).tril()
-        eye = torch.eye(t, dtype=torch.bool, device=items.device)
-        mask = ((causal[None] & valid[:, None, :]) | eye[None])[:, None]  # (B, 1, T, T)
+        mask: torch.Tensor | None = None  # no padding (e.g. one user at request time): fast causal path
+        if not bool(valid.all()):
+            causal = torch.ones(t, t, dtype=torch.bool, device=items.device).tril()
+            eye = torch.eye(t, dtype=torch.bool, device=items.device)
+            mask = ((causal[None] & valid[:, None, :]) | eye[None])[:, None]  # (B, 1, T, T)
         for blk in self.blocks:
             x = blk(x, mask)
         return self.final_ln(x)
