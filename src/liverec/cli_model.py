@@ -6,7 +6,6 @@ Registered on the main CLI by :func:`register`.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -92,9 +91,7 @@ def register(app: typer.Typer) -> None:
         if not path.exists():
             raise typer.BadParameter(f"{path}: no such file or directory")
         log = load_movielens(path)
-        cache = text_cache or (path if path.is_dir() else path.parent) / ".liverec-text-cache"
-        if not os.access(cache.parent, os.W_OK):
-            cache = Path(out).parent / ".liverec-text-cache"
+        cache = text_cache or Path(out).parent / ".liverec-text-cache"
         _run_evaluation(log, out, seed, _recipe(recipe, epochs), baselines, cache, model_out, no_text)
 
     @evaluate_app.command("events")
