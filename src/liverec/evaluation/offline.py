@@ -17,6 +17,7 @@ import numpy as np
 from liverec.evaluation.baselines import run_baselines
 from liverec.evaluation.protocol import PROTOCOL, InteractionLog, leave_one_out
 from liverec.evaluation.report import PUBLISHED_REFERENCES, machine, now_iso
+from liverec.model.features import TYPE_IDS
 from liverec.model.text import MINILM_DIM, HashingEncoder, MiniLMEncoder, TextEncoder, text_matrix
 from liverec.model.train import TrainConfig, ValidationSet, evaluate_windows, train
 from liverec.model.transformer import ModelConfig
@@ -118,7 +119,7 @@ def evaluate_log(
     }
     if res.model.cfg.repeat_term:
         report["learned_repeat_offsets"] = {
-            "rating": float(res.model.rep_type[5].detach()),
+            "rating": float(res.model.rep_type[TYPE_IDS["rating"]].detach()),
             "by_value": [round(float(x), 3) for x in res.model.rep_value.detach()],
         }
     if baselines:
