@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--id-dropout", type=float, default=0.0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     full = load_movielens(args.data)
@@ -51,7 +52,7 @@ def main() -> None:
     split = leave_one_out(log)
     enc = MiniLMEncoder()
     item_text = text_matrix(log.item_texts, enc, args.text_cache)
-    mc = ModelConfig(n_items=log.n_items, text_dim=MINILM_DIM)
+    mc = ModelConfig(n_items=log.n_items, text_dim=MINILM_DIM, id_dropout=args.id_dropout)
     tc = TrainConfig(epochs=args.epochs, batch_size=64, lr=2e-3, schedule="cosine", stride=100, eval_every=3,
                      patience=5, bf16=True, seed=args.seed, device=args.device)
     t0 = time.time()
@@ -96,12 +97,12 @@ def main() -> None:
         "cold_HR@10": m["HR@10"], "cold_HR@50": m["HR@50"], "cold_NDCG@10": m["NDCG@10"],
         "random_HR@10": 10 / n, "random_HR@50": 50 / n,
         "warm_test_all_items": {k: warm[k] for k in ("HR@10", "NDCG@10")},
-        "train_seconds": round(res.train_seconds, 1), "best_epoch": res.best_epoch, "device": args.device,
+        "id_dropout": args.id_dropout, "train_seconds": round(res.train_seconds, 1), "best_epoch": res.best_epoch, "device": args.device,
         "wall_seconds": round(time.time() - t0, 1),
     }
     print(json.dumps(out, indent=1))
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
+    with open(args.out, "a") as f:
+        f.write(json.dumps(out) + "\n")
 
 
 if __name__ == "__main__":

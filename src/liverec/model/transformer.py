@@ -50,6 +50,7 @@ class ModelConfig:
     text_dim: int = 0  # 0 = no item/event text features
     repeat_term: bool = True
     item_bias: bool = True
+    id_dropout: float = 0.0  # training only: share of items whose ID embedding is dropped per step (text carries them)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,6 +133,11 @@ class FeedbackTransformer(nn.Module):
         """(N+1, D) item vectors: ID embedding + projected text (row 0 = padding)."""
         e = self.item_emb.weight
         if self.text_proj is not None:
+            if self.training and self.cfg.id_dropout > 0:
+                # Items seen only through their text in this step: teaches the text projection to
+                # stand on its own, which is what a new (cold-start) item has.
+                keep = torch.rand(e.shape[0], 1, device=e.device) >= self.cfg.id_dropout
+                e = e * keep
             e = e + self.text_proj(self.item_text)
         return e
 
