@@ -99,3 +99,13 @@ def test_evaluate_log_report_shape() -> None:
         assert 0.0 <= res["all_items"]["HR@10"] <= 1.0
     assert report["train_seconds"] > 0 and report["protocol"]
     assert report["dataset"]["evaluated_users"] == 60
+
+
+def test_seen_filter_covers_history_beyond_the_window() -> None:
+    n = 30
+    log = build_log("t", np.array(["u"] * n, dtype=object), np.array([f"i{k}" for k in range(n)], dtype=object),
+                    np.arange(n, dtype=float))
+    split = leave_one_out(log, max_len=5)
+    seen = split.seen_items()
+    assert sorted(seen[0][seen[0] > 0].tolist()) == sorted(log.seqs.items[:n - 1].tolist())
+    assert (split.test_windows.items[0] > 0).sum() == 5

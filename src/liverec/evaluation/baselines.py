@@ -42,12 +42,13 @@ def evaluate_scores(
     """Both variants (all items / seen filtered) of a baseline's (B, N) user scores."""
     accs = {"all_items": RankingAccumulator(n_items), "seen_filtered": RankingAccumulator(n_items)}
     users = split.eval_users
+    seen_all = split.seen_items()
     for s in range(0, len(users), batch_size):
         rows = np.arange(s, min(s + batch_size, len(users)))
         scores = torch.from_numpy(np.array(score_fn(users[rows]), dtype=np.float32))  # a writable copy
         targets = torch.from_numpy(split.test_targets[rows] - 1)
         accs["all_items"].add(scores, targets)
-        seen = torch.from_numpy(split.test_windows.items[rows])
+        seen = torch.from_numpy(seen_all[rows].astype(np.int64))  # the whole history before the test position
         accs["seen_filtered"].add(mask_seen(scores, seen), targets)
     return {k: a.summary() for k, a in accs.items()}
 

@@ -91,9 +91,10 @@ def evaluate_log(
     ev_table = None
     if event_text is not None:
         ev_table = torch.from_numpy(np.concatenate([event_text, np.zeros((1, text_dim), np.float32)]))
+    seen = split.seen_items()
     variants = {
         name: evaluate_windows(res.model, split.test_windows, split.test_targets, filter_seen=filt,
-                               event_text_table=ev_table)
+                               event_text_table=ev_table, seen=seen)
         for name, filt in (("all_items", False), ("seen_filtered", True))
     }
     say(f"test all_items NDCG@10={variants['all_items']['NDCG@10']:.4f} HR@10={variants['all_items']['HR@10']:.4f}")

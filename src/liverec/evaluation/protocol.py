@@ -66,6 +66,17 @@ class Split:
     test_targets: np.ndarray  # (V,) 1-based items
     test_prefix: Sequences  # every user's events before the test position (for baselines)
 
+    def seen_items(self) -> np.ndarray:
+        """(V, L) every item each evaluated user interacted with before the test position
+        (1-based, 0 = padding): what the ``seen_filtered`` variant removes from the ranking."""
+        p = self.test_prefix
+        lengths = p.lengths()[self.eval_users]
+        out = np.zeros((len(self.eval_users), max(int(lengths.max(initial=0)), 1)), dtype=np.int32)
+        for r, u in enumerate(self.eval_users):
+            items = p.items[p.offsets[u]:p.offsets[u + 1]]
+            out[r, :len(items)] = items
+        return out
+
 
 def _file_hash(path: Path) -> str:
     h = hashlib.sha256()

@@ -139,13 +139,18 @@ def evaluate_windows(
     batch_size: int = 256,
     device: str = "cpu",
     event_text_table: torch.Tensor | None = None,
+    seen: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Full-ranking metrics of 1-based ``targets`` after each window."""
+    """Full-ranking metrics of 1-based ``targets`` after each window.
+
+    ``filter_seen`` removes the user's seen items from the ranking: those of ``seen`` ((U, L)
+    1-based, 0 = padding: the whole history) when given, else the items in the window.
+    """
     acc = RankingAccumulator(model.cfg.n_items)
     for sl, scores in score_windows(model, windows, batch_size, device, event_text_table):
         if filter_seen:
-            seen = torch.from_numpy(windows.items[sl]).to(scores.device)
-            scores = mask_seen(scores, seen)
+            rows = seen[sl] if seen is not None else windows.items[sl]
+            scores = mask_seen(scores, torch.from_numpy(rows.astype(np.int64)).to(scores.device))
         acc.add(scores, torch.from_numpy(targets[sl] - 1).to(scores.device))
     return acc.summary()
 
