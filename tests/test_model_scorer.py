@@ -127,3 +127,18 @@ def test_minilm_package_loads_offline() -> None:
     assert v.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
     assert v[0] @ v[1] > v[0] @ v[2]
+
+
+def test_last_position_fast_path_equals_full_forward() -> None:
+    """Inference computes the last block for the newest position only; it must equal the full pass."""
+    m = _model()
+    g = torch.Generator().manual_seed(5)
+    items = torch.randint(1, N_ITEMS + 1, (4, 9), generator=g)
+    items[1, :3] = 0  # left padding
+    types = torch.where(items > 0, 5, 0)
+    values = torch.where(items > 0, 9, 0)
+    gaps = torch.where(items > 0, 3, 0)
+    with torch.inference_mode():
+        full = m.encode(items, types, values, gaps)[:, -1]
+        fast = m.encode(items, types, values, gaps, last_only=True)[:, -1]
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)

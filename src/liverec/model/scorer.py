@@ -106,7 +106,7 @@ class TransformerScorer:
         with torch.inference_mode():
             ti, tt, tv = torch.from_numpy(items), torch.from_numpy(types), torch.from_numpy(values)
             et = torch.from_numpy(ev_text) if any_text and ev_text is not None else None
-            h = self.model.encode(ti, tt, tv, torch.from_numpy(gaps), et, self._vecs)[:, -1]  # (B, D)
+            h = self.model.encode(ti, tt, tv, torch.from_numpy(gaps), et, self._vecs, last_only=True)[:, -1]  # (B, D)
             scores = h @ self._vecs[1:].T + self._bias  # (B, N)
             if self.model.cfg.repeat_term:
                 idx, src = self.model.repeat_sparse_last(ti, tt, tv)

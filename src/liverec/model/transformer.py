@@ -89,6 +89,23 @@ class Block(nn.Module):
         x = x + self.drop(self.ff2(self.drop(F.gelu(self.ff1(self.ln2(x))))))
         return x
 
+    def forward_last(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The block's output at the last position only (inference): x (B, T, D) -> (B, 1, D).
+
+        The last query may attend to every real event, so no causal mask is needed; this skips
+        the other T-1 queries and feed-forward rows (tested equal to ``forward(...)[:, -1:]``).
+        """
+        b, t, d = x.shape
+        hd = d // self.n_heads
+        h = self.ln1(x)
+        k, v = F.linear(h, self.qkv.weight[d:], self.qkv.bias[d:]).view(b, t, 2, self.n_heads, hd).unbind(2)
+        q = F.linear(h[:, -1:], self.qkv.weight[:d], self.qkv.bias[:d]).view(b, 1, self.n_heads, hd)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, 1|T, Dh)
+        mask = None if bool(valid.all()) else (valid | (torch.arange(t, device=x.device) == t - 1))[:, None, None, :]
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, 1, Dh)
+        y = x[:, -1:] + self.proj(a.transpose(1, 2).reshape(b, 1, d))
+        return y + self.ff2(F.gelu(self.ff1(self.ln2(y))))
+
 
 class FeedbackTransformer(nn.Module):
     """Sequence encoder + full-catalog scorer. Items are 1-based (0 = padding / no item)."""
@@ -165,9 +182,11 @@ class FeedbackTransformer(nn.Module):
         gaps: torch.Tensor,  # (B, T)
         event_text: torch.Tensor | None = None,  # (B, T, text_dim) or None
         item_vecs: torch.Tensor | None = None,  # (N+1, D) precomputed
+        last_only: bool = False,
     ) -> torch.Tensor:
         """Hidden state after every position: (B, T, D). Windows are left-padded and their
-        last column is the newest event; T may be shorter than ``max_len``."""
+        last column is the newest event; T may be shorter than ``max_len``. With ``last_only``
+        (eval mode) only the newest position is computed in the last block: (B, 1, D)."""
         b, t = items.shape
         e = self.item_vectors() if item_vecs is None else item_vecs
         valid = types > 0  # (B, T) a real event (search events have item 0 but a type)
@@ -188,7 +207,12 @@ class FeedbackTransformer(nn.Module):
             causal = torch.ones(t, t, dtype=torch.bool, device=items.device).tril()
             eye = torch.eye(t, dtype=torch.bool, device=items.device)
             mask = ((causal[None] & valid[:, None, :]) | eye[None])[:, None]  # (B, 1, T, T)
-        for blk in self.blocks:
+        blocks = list(self.blocks)
+        if last_only and not self.training and blocks:
+            for blk in blocks[:-1]:
+                x = blk(x, mask)
+            return self.final_ln(blocks[-1].forward_last(x, valid))  # (B, 1, D)
+        for blk in blocks:
             x = blk(x, mask)
         return self.final_ln(x)
 
@@ -233,7 +257,7 @@ class FeedbackTransformer(nn.Module):
     ) -> torch.Tensor:
         """(B, N) scores of every item after each window's newest event (item i at column i-1)."""
         e = self.item_vectors()
-        h = self.encode(items, types, values, gaps, event_text, e)[:, -1]  # (B, D)
+        h = self.encode(items, types, values, gaps, event_text, e, last_only=True)[:, -1]  # (B, D)
         scores = h @ e[1:].T + self.bias()  # (B, N)
         if self.cfg.repeat_term:
             idx, src = self.repeat_sparse_last(items, types, values)
