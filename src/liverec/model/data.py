@@ -75,26 +75,34 @@ class Sequences:
         values: list[list[float]] | None = None,
         timestamps: list[list[float]] | None = None,
     ) -> Sequences:
-        """Build from per-user python lists (tests, small data). Missing parts get defaults:
-        type ``rating``-free ``view`` (id 1), no value, one event per second."""
+        """Build from per-user python lists (tests, small data).
+
+        Defaults: type id 1 (``view``), no value, one event per second.
+
+        >>> Sequences.from_lists([[3, 1], [2]]).offsets.tolist()
+        [0, 2, 3]
+        """
         lengths = np.array([len(s) for s in items], dtype=np.int64)
         offsets = np.zeros(len(items) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        flat = lambda xs, dt, default: (  # noqa: E731
-            np.concatenate([np.asarray(x, dtype=dt) for x in xs]) if xs is not None and len(xs)
-            else np.full(int(offsets[-1]), default, dtype=dt)
-        )
-        ts = (
-            flat(timestamps, np.float64, 0.0) if timestamps is not None
-            else np.concatenate([np.arange(n, dtype=np.float64) for n in lengths]) if len(items) else np.zeros(0)
-        )
+        n = int(offsets[-1])
+
+        def flat(parts: list[list] | None, dtype: type, default: float) -> np.ndarray:
+            if parts is None or n == 0:
+                return np.full(n, default, dtype=dtype)
+            return np.concatenate([np.asarray(p, dtype=dtype) for p in parts])
+
+        if timestamps is None:
+            ts = np.concatenate([np.arange(k, dtype=np.float64) for k in lengths]) if n else np.zeros(0)
+        else:
+            ts = flat(timestamps, np.float64, 0.0)
         return Sequences(
             offsets=offsets,
             items=flat(items, np.int32, 0),
-            types=flat(types, np.int8, 1) if types is not None else np.ones(int(offsets[-1]), np.int8),
-            values=flat(values, np.float32, np.nan) if values is not None else np.full(int(offsets[-1]), np.nan, np.float32),
+            types=flat(types, np.int8, 1),
+            values=flat(values, np.float32, np.nan),
             timestamps=ts,
-            text_ids=np.full(int(offsets[-1]), -1, dtype=np.int32),
+            text_ids=np.full(n, -1, dtype=np.int32),
         )
 
 
