@@ -29,6 +29,9 @@ def main() -> None:
     ap.add_argument("--train-budget", type=float, default=600.0)
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--save-model", type=Path, default=None)
+    ap.add_argument("--replay-ratio", type=float, default=0.5)
+    ap.add_argument("--recent", choices=["events", "windows"], default="events")
+    ap.add_argument("--passes", type=float, default=1.0)
     ap.add_argument("--no-rtrec", action="store_true")
     ap.add_argument("--rtrec-parallel", action="store_true")
     ap.add_argument("--device", default="cpu")
@@ -37,7 +40,8 @@ def main() -> None:
     cfg = ReplayConfig(max_events=args.max_events, user_stride=args.user_stride, cadence=args.cadence,
                        epochs=args.epochs, train_budget_s=args.train_budget, rtrec=not args.no_rtrec,
                        rtrec_parallel=args.rtrec_parallel, device=args.device, seed=args.seed,
-                       finetune=FineTuneConfig(steps=args.steps, lr=args.lr, replay_ratio=0.5))
+                       recent=args.recent, passes=args.passes,
+                       finetune=FineTuneConfig(steps=args.steps, lr=args.lr, replay_ratio=args.replay_ratio))
     summary = run_replay(args.data, cfg, args.out.parent, log=lambda m: print(m, flush=True),
                          model_path=args.model, save_to=args.save_model)
     write(summary, args.out)

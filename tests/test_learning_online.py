@@ -11,7 +11,9 @@ import torch
 
 from liverec.config import Settings
 from liverec.events import Event
-from liverec.learning import DirectoryVersions, FineTuneConfig, LearnedScorer, LearnerConfig, Vocabulary, attach, versions_dir
+from liverec.learning import FineTuneConfig, LearnerConfig, attach
+from liverec.model.registry import ModelRegistry
+from liverec.model.scorer import TransformerScorer
 from liverec.model.transformer import FeedbackTransformer, ModelConfig
 from liverec.service import Service
 from liverec.store.base import Item
@@ -28,7 +30,8 @@ def service(tmp_path):
         svc.catalog.put(Item("default", f"m{k}", f"Movie {k}", "", (f"g{k % 3}",)))
     torch.manual_seed(0)
     model = FeedbackTransformer(ModelConfig(n_items=N_ITEMS, max_len=16, d_model=16, n_blocks=1, dropout=0.0))
-    DirectoryVersions(versions_dir(svc.settings.data_dir)).publish("default", model, Vocabulary([f"m{k}" for k in range(N_ITEMS)]), {"note": "initial"})
+    reg = ModelRegistry.for_data_dir(svc.settings.data_dir, "default")
+    reg.promote(reg.register(model, [f"m{k}" for k in range(N_ITEMS)], {"note": "initial"}))
     yield svc
     svc.close()
 
@@ -47,8 +50,9 @@ def _stream(svc: Service, users: int, start_ts: float, extra_item: str | None = 
 def test_update_publishes_a_version_and_serving_swaps(service):
     cfg = LearnerConfig(min_events=10, replay_users=8, finetune=FineTuneConfig(steps=5, batch_size=8, lr=1e-3, tolerance=1.0))
     learner = attach(service, "default", cfg, start=False)
-    first = service.pipeline.scorer
-    assert isinstance(first, LearnedScorer) and first.version == "v000001"
+    router = service.pipeline.scorer
+    first = router.by_app["default"]
+    assert isinstance(first, TransformerScorer) and first.version == "v000001"
     assert learner.step() is None  # nothing learned yet
     _stream(service, users=12, start_ts=1000.0)
     errors: list[Exception] = []
@@ -71,9 +75,11 @@ def test_update_publishes_a_version_and_serving_swaps(service):
         t.join()
     assert errors == []
     assert out is not None and out["accepted"] and out["version"] == "v000002"
-    served = service.pipeline.scorer
-    assert isinstance(served, LearnedScorer) and served is not first and served.version == "v000002"
-    assert DirectoryVersions(versions_dir(service.settings.data_dir)).list("default") == ["v000001", "v000002"]
+    served = router.by_app["default"]
+    assert isinstance(served, TransformerScorer) and served is not first and served.version == "v000002"
+    reg = ModelRegistry.for_data_dir(service.settings.data_dir, "default")
+    assert reg.versions() == ["v000001", "v000002"] and reg.promoted() == "v000002"
+    assert reg.rollback() == "v000001"  # the last good version stays available
     assert out["staleness_s"] < 60
     # the weights changed, the old served object was left untouched
     assert not torch.equal(served.model.item_emb.weight, first.model.item_emb.weight)
@@ -84,27 +90,51 @@ def test_guard_rail_blocks_a_harmful_update(service):
     # lr 5.0 wrecks the model; zero tolerance: the update must not be served
     cfg = LearnerConfig(min_events=10, replay_users=8, finetune=FineTuneConfig(steps=10, batch_size=8, lr=5.0, tolerance=0.0))
     learner = attach(service, "default", cfg, start=False)
-    before = service.pipeline.scorer
+    before = service.pipeline.scorer.by_app["default"]
     _stream(service, users=12, start_ts=1000.0)
     out = learner.step()
     assert out is not None and not out["accepted"] and out["val_after"] < out["val_before"]
-    assert service.pipeline.scorer is before
-    assert DirectoryVersions(versions_dir(service.settings.data_dir)).list("default") == ["v000001"]
+    assert service.pipeline.scorer.by_app["default"] is before
+    reg = ModelRegistry.for_data_dir(service.settings.data_dir, "default")
+    assert reg.versions() == ["v000001"] and reg.promoted() == "v000001"
 
 
 def test_new_item_gets_a_row_from_its_text_neighbours(service):
     cfg = LearnerConfig(min_events=10, replay_users=4, finetune=FineTuneConfig(steps=0, tolerance=1.0))
     learner = attach(service, "default", cfg, start=False)
-    old = service.pipeline.scorer
+    old = service.pipeline.scorer.by_app["default"]
     _stream(service, users=6, start_ts=1000.0, extra_item=f"m{N_ITEMS}")  # m30 is not in the vocabulary
     out = learner.step()
     assert out["new_items"] == 1 and out["accepted"]
-    served = service.pipeline.scorer
-    assert served.vocab.get(f"m{N_ITEMS}") == N_ITEMS + 1
+    served = service.pipeline.scorer.by_app["default"]
+    assert served.index[f"m{N_ITEMS}"] == N_ITEMS + 1
     new_row = served.model.item_emb.weight[N_ITEMS + 1]
     assert torch.linalg.norm(new_row) > 0
     # equal to the mean of some known rows (text neighbours), not a random initialisation
     known = old.model.item_emb.weight[1:].detach()
     sims = torch.nn.functional.cosine_similarity(known, new_row[None].detach(), dim=1)
     assert float(sims.max()) > 0.3
-    assert np.isfinite(service.pipeline.scorer.score("default", service.state.get("default", "u0"), 5).scores).all()
+    assert np.isfinite(served.score("default", service.state.get("default", "u0"), 5).scores).all()
+
+
+def test_learn_command_tails_the_log_and_publishes(tmp_path):
+    from typer.testing import CliRunner
+
+    from liverec.cli import app
+    from liverec.evaluation.replay import save_model
+    from liverec.store import open_store
+
+    data = tmp_path / "data"
+    store = open_store(Settings(data_dir=data).store_url_resolved())
+    store.catalog.upsert([Item("default", f"m{k}", f"Movie {k}", "", (f"g{k % 3}",)) for k in range(N_ITEMS)])
+    store.events.append([Event("default", f"e{u}-{k}", f"u{u}", "view", 1000.0 + 10 * u + k, f"m{(u + k) % N_ITEMS}")
+                         for u in range(10) for k in range(8)])
+    store.close()
+    torch.manual_seed(0)
+    model = FeedbackTransformer(ModelConfig(n_items=N_ITEMS, max_len=16, d_model=16, n_blocks=1, dropout=0.0))
+    save_model(model, tmp_path / "init.safetensors", {"item_ids": [f"m{k}" for k in range(N_ITEMS)]})
+    result = CliRunner().invoke(app, ["learn", "--data-dir", str(data), "--init", str(tmp_path / "init.safetensors"),
+                                      "--once", "--min-events", "20", "--steps", "3"])
+    assert result.exit_code == 0, result.output
+    assert ModelRegistry.for_data_dir(data, "default").versions() == ["v000001", "v000002"]
+    assert '"accepted": true' in result.output

@@ -130,42 +130,45 @@ def replay_movielens(
 def learn(
     data_dir: Path = DataDirOpt,
     app_id: str = typer.Option("default", "--app", help="App (tenant) id."),
-    init: Optional[Path] = typer.Option(None, "--init", exists=True, dir_okay=False, help="Publish this model (safetensors from `replay --save-model`) as the first version if none exists."),
+    init: Optional[Path] = typer.Option(None, "--init", exists=True, dir_okay=False, help="Register and promote this model (safetensors from `replay --save-model`) if the app has no promoted model."),
     interval: float = typer.Option(10.0, help="Seconds between update attempts."),
     min_events: int = typer.Option(50, help="Events since the last update before one is tried."),
     steps: int = typer.Option(20, help="Fine-tuning steps per update."),
     once: bool = typer.Option(False, "--once", help="Catch up with the log, try one update and exit."),
 ) -> None:
-    """Tail the event log and publish fine-tuned model versions (a process beside `liverec serve`)."""
+    """Tail the event log and promote fine-tuned versions (a process beside `liverec serve`, whose
+    promotion watcher swaps them in)."""
+    from .catalog import CatalogIndex
     from .config import Settings
     from .evaluation.replay import load_model
-    from .learning import DirectoryVersions, LearnedScorer, LearnerConfig, OnlineLearner, Vocabulary, versions_dir
+    from .learning import LearnerConfig, OnlineLearner
     from .learning.finetune import FineTuneConfig
-    from .catalog import CatalogIndex
+    from .model.registry import ModelRegistry
+    from .model.serving import load_scorer
     from .state import StateStore
     from .store import open_store
 
     settings = Settings(data_dir=data_dir)
-    versions = DirectoryVersions(versions_dir(data_dir))
-    if versions.latest(app_id) is None:
+    registry = ModelRegistry.for_data_dir(data_dir, app_id)
+    if registry.promoted() is None:
         if init is None:
-            typer.echo(f"no published model for app {app_id!r} under {versions.root}; pass --init MODEL.safetensors", err=True)
+            typer.echo(f"no promoted model for app {app_id!r} in {registry.root}; train one or pass --init MODEL.safetensors", err=True)
             raise typer.Exit(2)
         from safetensors import safe_open
 
         with safe_open(str(init), framework="pt") as f:
-            meta = json.loads(f.metadata().get("meta", "{}"))
+            meta = json.loads((f.metadata() or {}).get("meta", "{}"))
         if "item_ids" not in meta:
             raise typer.BadParameter(f"{init}: no item_ids in its metadata (write it with `liverec replay ... --save-model`)")
-        versions.publish(app_id, load_model(init), Vocabulary(meta["item_ids"]), {"source": str(init)})
+        registry.promote(registry.register(load_model(init), meta["item_ids"], {"source": str(init)}))
     store = open_store(settings.store_url_resolved())
     catalog = CatalogIndex()
     catalog.load(store.catalog.scan(app_id))
     state = StateStore(settings.types(), settings.sequence_length, user_events=store.events.user_events)
-    model, vocab, version = versions.load(app_id)
-    holder = {"scorer": LearnedScorer(app_id, model, vocab, version)}
+    holder = {"scorer": load_scorer(registry, app_id)}
     cfg = LearnerConfig(interval_s=interval, min_events=min_events, finetune=FineTuneConfig(steps=steps, batch_size=64, lr=3e-4))
-    learner = OnlineLearner(app_id, state, lambda: holder["scorer"], lambda s: holder.__setitem__("scorer", s), versions, catalog.get, cfg)
+    learner = OnlineLearner(app_id, state, lambda: holder["scorer"], lambda sc: holder.__setitem__("scorer", sc),
+                            registry, catalog.get, cfg)
     last_seq = 0
     try:
         while True:

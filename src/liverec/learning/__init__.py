@@ -1,20 +1,19 @@
 """The online learner and model hot-swap (see :mod:`liverec.learning.online`).
 
 In-process with ``liverec serve``: set ``LIVEREC_LEARNER`` to a comma-separated list of apps; each
-app with a published version under ``<data_dir>/online_models/<app>`` is served by it and learns
-from its committed events (``LIVEREC_LEARNER_INTERVAL`` seconds between updates, default 10).
-As a separate process: ``liverec learn`` tails the event log and publishes versions.
+app with a promoted model in its registry (``<data_dir>/models/<app>``) learns from its committed
+events (``LIVEREC_LEARNER_INTERVAL`` seconds between updates, default 10) and serves every
+version that passes the guard rail. As a separate process: ``liverec learn`` tails the event log
+and promotes versions; the server's promotion watcher swaps them in.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .finetune import FineTuneConfig, FineTuner, UpdateResult, init_new_items
 from .online import LearnerConfig, LearnerStats, OnlineLearner
-from .serving import DirectoryVersions, LearnedScorer, Vocabulary
 
 if TYPE_CHECKING:
     from ..service import Service
@@ -23,23 +22,20 @@ ENV_APPS = "LIVEREC_LEARNER"
 ENV_INTERVAL = "LIVEREC_LEARNER_INTERVAL"
 
 
-def versions_dir(data_dir: str | Path) -> Path:
-    return Path(data_dir) / "online_models"
-
-
 def attach(service: "Service", app: str, cfg: LearnerConfig | None = None, start: bool = True) -> OnlineLearner:
-    """Serve ``app``'s latest published version and learn from its committed events."""
-    versions = DirectoryVersions(versions_dir(service.settings.data_dir))
-    model, vocab, version = versions.load(app)
-    service.pipeline.set_scorer(LearnedScorer(app, model, vocab, version))
+    """Learn from ``app``'s committed events and serve each promoted update (needs a promoted model)."""
+    from ..model.registry import ModelRegistry
+    from ..model.serving import PromotedModels, load_scorer
 
-    def serving() -> LearnedScorer:
-        scorer = service.pipeline.scorer
-        if not isinstance(scorer, LearnedScorer):
-            raise RuntimeError(f"the served scorer is {type(scorer).__name__}, not the learner's")
-        return scorer
-
-    learner = OnlineLearner(app, service.state, serving, service.pipeline.set_scorer, versions, service.catalog.get, cfg)
+    registry = ModelRegistry.for_data_dir(service.settings.data_dir, app)
+    router = service.pipeline.scorer
+    if not isinstance(router, PromotedModels):
+        router = PromotedModels()  # apps without a model get nothing from it: the baseline answers
+        service.pipeline.set_scorer(router)
+    if app not in router.by_app:
+        router.set(app, load_scorer(registry, app))  # FileNotFoundError when nothing is promoted
+    learner = OnlineLearner(app, service.state, lambda: router.by_app[app], lambda sc: router.set(app, sc),
+                            registry, service.catalog.get, cfg)
     service.listeners.append(learner.observe)
     if start:
         learner.start()
@@ -63,5 +59,5 @@ def attach_from_env(service: "Service") -> list[OnlineLearner]:
 
 __all__ = [
     "FineTuneConfig", "FineTuner", "UpdateResult", "init_new_items", "LearnerConfig", "LearnerStats",
-    "OnlineLearner", "DirectoryVersions", "LearnedScorer", "Vocabulary", "attach", "attach_from_env", "versions_dir",
+    "OnlineLearner", "attach", "attach_from_env",
 ]

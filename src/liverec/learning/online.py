@@ -10,8 +10,9 @@ remembers which users acted, and on each :meth:`OnlineLearner.step` (every ``int
 3. fine-tunes on the acting users' sequences (each user's newest event held out) mixed with
    sequences of other users replayed from the state (``replay_users``), guarded: if NDCG@10 on
    the held-out events drops by more than ``tolerance`` the update is rolled back and not served;
-4. publishes the new version (:class:`~liverec.learning.serving.DirectoryVersions`) and swaps the
-   serving scorer in one assignment.
+4. registers the new version in the app's :class:`~liverec.model.registry.ModelRegistry`,
+   promotes it (the registry keeps the previous ones for rollback) and swaps the serving
+   :class:`~liverec.model.scorer.TransformerScorer` in one assignment.
 
 ``staleness_s`` of a served version is the time from the oldest event it learned from to the
 moment it was served (the target: within 60 s under a steady stream).
@@ -31,13 +32,14 @@ import torch
 from ..events import Event
 from ..model.data import Sequences, input_windows, training_windows
 from ..model.features import type_id
+from ..model.registry import ModelRegistry
+from ..model.scorer import TransformerScorer
 from ..model.text import HashingEncoder
 from ..model.train import mask_seen
 from ..model.transformer import FeedbackTransformer
 from ..state import StateStore
 from ..store.base import Item
 from .finetune import FineTuneConfig, FineTuner, init_new_items
-from .serving import DirectoryVersions, LearnedScorer, Vocabulary
 
 
 @dataclass
@@ -61,12 +63,12 @@ class LearnerStats:
     last_val_after: float | None = None
 
 
-def _sequences(states: list, vocab: Vocabulary, max_len: int) -> Sequences:
-    """Sequences of the given users' states (items mapped through ``vocab``; unknown -> 0)."""
+def _sequences(states: list, index: dict[str, int], max_len: int) -> Sequences:
+    """Sequences of the given users' states (items mapped through ``index``; unknown -> 0)."""
     items, types, values, ts = [], [], [], []
     for st in states:
         seq = list(st.sequence)[-(max_len + 1):]
-        items.append([vocab.get(i.item_id) for i in seq])
+        items.append([index.get(i.item_id, 0) if i.item_id is not None else 0 for i in seq])
         types.append([type_id(i.type) for i in seq])
         values.append([np.nan if i.value is None else i.value for i in seq])
         ts.append([i.timestamp for i in seq])
@@ -80,9 +82,9 @@ class OnlineLearner:
         self,
         app: str,
         state: StateStore,
-        serving: Callable[[], LearnedScorer],
-        swap: Callable[[LearnedScorer], None],
-        versions: DirectoryVersions,
+        serving: Callable[[], TransformerScorer],
+        swap: Callable[[TransformerScorer], None],
+        registry: ModelRegistry,
         items: Callable[[str, str], Item | None],
         cfg: LearnerConfig | None = None,
     ) -> None:
@@ -90,7 +92,7 @@ class OnlineLearner:
         self.state = state
         self.serving = serving
         self.swap = swap
-        self.versions = versions
+        self.registry = registry
         self.items = items
         self.cfg = cfg or LearnerConfig()
         self.stats = LearnerStats()
@@ -113,32 +115,41 @@ class OnlineLearner:
                     self._count += 1
 
     # ---- learning side --------------------------------------------------------------------------
-    def _grow(self, model: FeedbackTransformer, vocab: Vocabulary, new_ids: list[str]) -> tuple[FeedbackTransformer, Vocabulary, int]:
-        """A model with rows for ``new_ids``, initialised from their text neighbours."""
+    def _text(self, item_id: str) -> str:
+        it = self.items(self.app, item_id)
+        return f"{it.title} {it.text} {' '.join(it.categories)}".strip() if it is not None else ""
+
+    def _grow(self, current: TransformerScorer, model: FeedbackTransformer, new_ids: list[str]) -> tuple[FeedbackTransformer, list[str], int]:
+        """A model (copy) with rows for ``new_ids``.
+
+        With text features and an encoder, the scorer's own cold-start path is used (zero ID
+        embedding + the item's projected text vector); otherwise the ID embedding is the mean of
+        the item's nearest known items in text space (hashed title/text/categories).
+        """
+        item_ids = [str(i) for i in current.item_ids]
         if not new_ids:
-            return model, vocab, 0
-        bigger_vocab = vocab.extended(new_ids)
+            return model, item_ids, 0
+        if model.cfg.text_dim and current.text_encoder is not None:
+            grown = TransformerScorer(self.app, model, item_ids, current.version, current.text_encoder).add_items(
+                new_ids, [self._text(i) or i for i in new_ids])
+            return grown.model, [str(i) for i in grown.item_ids], len(new_ids)
         cfg = copy.deepcopy(model.cfg)
-        cfg.n_items = len(bigger_vocab)
+        cfg.n_items = len(item_ids) + len(new_ids)
         bigger = FeedbackTransformer(cfg)
-        old = model.state_dict()
-        new = bigger.state_dict()
-        for k, v in old.items():
-            if new[k].shape == v.shape:
-                new[k] = v
-            else:  # item-sized tensors: copy the known rows, keep fresh ones for new items
-                sl = tuple(slice(0, s) for s in v.shape)
-                new[k][sl] = v
-        bigger.load_state_dict(new)
-        enc = HashingEncoder(64)
-        texts = []
-        for item_id in bigger_vocab.ids:
-            it = self.items(self.app, item_id)
-            texts.append(f"{it.title} {it.text} {' '.join(it.categories)}" if it is not None else "")
-        text = np.zeros((len(bigger_vocab) + 1, 64), dtype=np.float32)
-        text[1:] = enc.encode(texts)
-        n = init_new_items(bigger, np.arange(len(vocab) + 1, len(bigger_vocab) + 1), np.arange(1, len(vocab) + 1), text)
-        return bigger, bigger_vocab, n
+        state = bigger.state_dict()
+        for k, v in model.state_dict().items():
+            if state[k].shape == v.shape:
+                state[k] = v
+            else:  # item-sized tensors: known rows copied, new rows below
+                state[k][tuple(slice(0, n) for n in v.shape)] = v
+                if k == "out_bias":
+                    state[k][v.shape[0]:] = v.mean()
+        bigger.load_state_dict(state)
+        all_ids = item_ids + list(new_ids)
+        text = np.zeros((len(all_ids) + 1, 64), dtype=np.float32)
+        text[1:] = HashingEncoder(64).encode([self._text(i) for i in all_ids])
+        n = init_new_items(bigger, np.arange(len(item_ids) + 1, len(all_ids) + 1), np.arange(1, len(item_ids) + 1), text)
+        return bigger, all_ids, n
 
     def step(self) -> dict | None:
         """One guarded update if enough events arrived; returns what happened (or ``None``)."""
@@ -158,9 +169,10 @@ class OnlineLearner:
         if not acting:
             return None
         model = copy.deepcopy(current.model)
-        new_ids = sorted({i.item_id for s in acting for i in s.sequence if i.item_id and current.vocab.get(i.item_id) == 0})
-        model, vocab, n_new = self._grow(model, current.vocab, new_ids)
-        seqs = _sequences(acting, vocab, max_len)
+        new_ids = sorted({i.item_id for s in acting for i in s.sequence if i.item_id and i.item_id not in current.index})
+        model, item_ids, n_new = self._grow(current, model, new_ids)
+        index = {item: k + 1 for k, item in enumerate(item_ids)}
+        seqs = _sequences(acting, index, max_len)
         held = seqs.truncate_last(1)  # training: everything but each user's newest event
         targets = np.array([seqs.items[seqs.offsets[u + 1] - 1] for u in range(seqs.n_users)], dtype=np.int64)
         ok = targets > 0
@@ -178,7 +190,7 @@ class OnlineLearner:
             return float(np.mean(np.where(rank < 10, 1.0 / np.log2(rank + 2.0), 0.0)))
 
         recent = training_windows(held, max_len)
-        replay_w = training_windows(_sequences(replay, vocab, max_len), max_len) if replay else None
+        replay_w = training_windows(_sequences(replay, index, max_len), max_len) if replay else None
         self._tuner = FineTuner(model, self.cfg.finetune)  # the copy gets its own optimizer
         result = self._tuner.guarded_update(recent, replay_w, validate) if len(recent) else None
         self.stats.updates += 1
@@ -189,16 +201,19 @@ class OnlineLearner:
             if result is not None:
                 out.update(val_before=result.before, val_after=result.after)
             return out
-        version = self.versions.publish(self.app, model, vocab, {"val_ndcg10_before": result.before, "val_ndcg10_after": result.after,
-                                                                 "users": len(acting), "new_items": n_new})
-        scorer = LearnedScorer(self.app, model, vocab, version.version)
-        self.swap(scorer)
+        metrics = {"NDCG@10": result.after, "NDCG@10_before": result.before}
+        version = self.registry.register(model, item_ids, {
+            "source": "online", "parent": current.version, "validation": metrics,
+            "data": {"events": sum(len(s.sequence) for s in acting), "users": len(acting)}, "new_items": n_new,
+        })
+        self.registry.promote(version)
+        self.swap(TransformerScorer(self.app, model, item_ids, version, current.text_encoder, metrics))
         served_at = time.time()
         self.stats.accepted += 1
-        self.stats.last_version = version.version
+        self.stats.last_version = version
         self.stats.last_staleness_s = served_at - min(users.values())
         self.stats.last_val_before, self.stats.last_val_after = result.before, result.after
-        out.update(version=version.version, val_before=result.before, val_after=result.after, staleness_s=self.stats.last_staleness_s)
+        out.update(version=version, val_before=result.before, val_after=result.after, staleness_s=self.stats.last_staleness_s)
         return out
 
     # ---- background thread ----------------------------------------------------------------------

@@ -97,30 +97,48 @@ class CatalogTextVectors:
 
 
 class ScorerEmbeddings:
-    """The model's item embeddings, when the current scorer offers ``item_embeddings(app)``.
+    """The model's item vectors, when the served scorer has them.
 
-    ``item_embeddings`` returns (item ids (N,), vectors (N, D)) or ``None``; the table is cached
-    per (app, array identity), so a newly published model version is picked up at once.
+    Accepted shapes: a scorer with ``item_embeddings(app) -> (ids, (N, D))``; a Transformer
+    scorer (``model`` + ``item_ids``: the model's output item vectors); or a per-app router with
+    ``by_app`` holding such scorers. Cached per scorer object, so a newly served model version is
+    picked up at once.
     """
 
     def __init__(self, scorer: Callable[[], Any]) -> None:
         self._scorer = scorer
-        self._cache: dict[str, tuple[int, int, VectorTable]] = {}
+        self._cache: dict[str, tuple[int, VectorTable]] = {}
+
+    @staticmethod
+    def _vectors(scorer: Any, app: str) -> tuple[list[str], np.ndarray] | None:
+        fn = getattr(scorer, "item_embeddings", None)
+        if fn is not None:
+            return fn(app)
+        model, ids = getattr(scorer, "model", None), getattr(scorer, "item_ids", None)
+        if model is None or ids is None or getattr(scorer, "app", app) != app:
+            return None
+        import torch
+
+        with torch.no_grad():
+            vecs = model.item_vectors()[1:].detach().cpu().numpy()  # (N, D)
+        return [str(i) for i in ids], vecs
 
     def table(self, app: str) -> VectorTable | None:
         scorer = self._scorer()
-        fn = getattr(scorer, "item_embeddings", None)
-        if fn is None:
-            return None
-        got = fn(app)
+        by_app = getattr(scorer, "by_app", None)
+        if isinstance(by_app, dict):
+            scorer = by_app.get(app)
+            if scorer is None:
+                return None
+        hit = self._cache.get(app)
+        if hit is not None and hit[0] == id(scorer):
+            return hit[1]
+        got = self._vectors(scorer, app)
         if got is None:
             return None
         ids, vecs = got
-        hit = self._cache.get(app)
-        if hit is not None and hit[0] == id(scorer) and hit[1] == id(vecs):
-            return hit[2]
         table = VectorTable({str(i): r for r, i in enumerate(ids)}, _normalise(np.asarray(vecs, dtype=np.float32)), "model")
-        self._cache[app] = (id(scorer), id(vecs), table)
+        self._cache[app] = (id(scorer), table)
         return table
 
 
