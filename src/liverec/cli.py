@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import typer
 from rich.console import Console
 
 from .config import Settings
+
+if TYPE_CHECKING:
+    from .store import Store
 
 app = typer.Typer(help="liverec: real-time, feedback-aware recommendations.", no_args_is_help=True, add_completion=False)
 import_app = typer.Typer(help="Import data into a data dir (while no server runs on it).", no_args_is_help=True)
@@ -20,6 +24,7 @@ console = Console(stderr=True)
 
 DataDir = typer.Option(Path("data"), "--data-dir", help="Data directory (embedded store, models, caches).")
 AppOpt = typer.Option("default", "--app", help="App (tenant) id.")
+StoreOpt = typer.Option(None, "--store", help="Store URL (default sqlite:///DATA_DIR/liverec.db).")
 
 
 def _settings(data_dir: Path, store: Optional[str] = None, **extra) -> Settings:
@@ -43,7 +48,7 @@ def serve(
     data_dir: Path = DataDir,
     host: str = typer.Option("127.0.0.1", help="Bind address."),
     port: int = typer.Option(8000, help="Port."),
-    store: Optional[str] = typer.Option(None, "--store", help="Store URL (default sqlite:///DATA_DIR/liverec.db)."),
+    store: Optional[str] = StoreOpt,
 ) -> None:
     """Run the HTTP service (API at /v1, docs at /docs)."""
     settings = _settings(data_dir, store, host=host, port=port)
@@ -51,23 +56,35 @@ def serve(
     _serve(settings)
 
 
+@contextmanager
+def _import_into(data_dir: Path, store: Optional[str]) -> Iterator[tuple[Settings, "Store"]]:
+    """The store an import writes to; validation failures exit with code 2 and the field errors."""
+    from .events import EventValidationError
+    from .store import open_store
+
+    settings = _settings(data_dir, store)
+    opened = open_store(settings.store_url_resolved())
+    try:
+        yield settings, opened
+    except EventValidationError as exc:
+        console.print(f"[red]rejected:[/red] {exc}")
+        raise typer.Exit(2) from None
+    finally:
+        opened.close()
+
+
 @import_app.command("movielens")
 def import_movielens_cmd(
     path: Path = typer.Argument(..., exists=True, file_okay=False, help="MovieLens folder (ML-1M/10M or ML-latest/20M/25M layout)."),
     data_dir: Path = DataDir,
     app_id: str = AppOpt,
-    store: Optional[str] = typer.Option(None, "--store"),
+    store: Optional[str] = StoreOpt,
 ) -> None:
     """Import MovieLens ratings (and tags) as events, movies as items."""
     from .importers import import_movielens
-    from .store import open_store
 
-    settings = _settings(data_dir, store)
-    s = open_store(settings.store_url_resolved())
-    try:
-        report = import_movielens(s, path, app=app_id)
-    finally:
-        s.close()
+    with _import_into(data_dir, store) as (_, target):
+        report = import_movielens(target, path, app=app_id)
     typer.echo(json.dumps(report.to_dict()))
 
 
@@ -76,22 +93,13 @@ def import_events_cmd(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Events as .jsonl or .csv (optionally .gz)."),
     data_dir: Path = DataDir,
     app_id: str = AppOpt,
-    store: Optional[str] = typer.Option(None, "--store"),
+    store: Optional[str] = StoreOpt,
 ) -> None:
     """Import generic events (every row validated; a bad row aborts with its line number)."""
-    from .events import EventValidationError
     from .importers import import_events
-    from .store import open_store
 
-    settings = _settings(data_dir, store)
-    s = open_store(settings.store_url_resolved())
-    try:
-        report = import_events(s, file, app=app_id, rules=settings.event_rules())
-    except EventValidationError as exc:
-        console.print(f"[red]rejected:[/red] {exc}")
-        raise typer.Exit(2) from None
-    finally:
-        s.close()
+    with _import_into(data_dir, store) as (settings, target):
+        report = import_events(target, file, app=app_id, rules=settings.event_rules())
     typer.echo(json.dumps(report.to_dict()))
 
 
@@ -100,22 +108,13 @@ def import_items_cmd(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Items as .jsonl or .csv (optionally .gz)."),
     data_dir: Path = DataDir,
     app_id: str = AppOpt,
-    store: Optional[str] = typer.Option(None, "--store"),
+    store: Optional[str] = StoreOpt,
 ) -> None:
     """Import generic items (item_id, title, text, categories, attributes)."""
-    from .events import EventValidationError
     from .importers import import_items
-    from .store import open_store
 
-    settings = _settings(data_dir, store)
-    s = open_store(settings.store_url_resolved())
-    try:
-        report = import_items(s, file, app=app_id)
-    except EventValidationError as exc:
-        console.print(f"[red]rejected:[/red] {exc}")
-        raise typer.Exit(2) from None
-    finally:
-        s.close()
+    with _import_into(data_dir, store) as (_, target):
+        report = import_items(target, file, app=app_id)
     typer.echo(json.dumps(report.to_dict()))
 
 
