@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any, Iterator, Sequence
+from typing import Sequence
 from urllib.parse import parse_qs, urlparse, urlunparse
 
 import psycopg
 
 from ..events import Event
 from .base import AppendResult, Item
+from .sql import EVENT_COLUMNS, SqlCatalogReads, SqlEventReads, SqlSnapshotReads, accepted_events
 
 APPEND_LOCK = 0x6C69766572  # advisory lock key ("liver")
 
@@ -61,17 +62,14 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 """
 
-_COLUMNS = "app, event_id, user_id, item_id, type, ts, value, text, scope, target, context"
-
-
-def _row_event(row: Sequence[Any]) -> Event:
-    app, event_id, user_id, item_id, type_, ts, value, text, scope, target, context = row
-    return Event(app=app, event_id=event_id, user_id=user_id, type=type_, timestamp=ts, item_id=item_id,
-                 value=value, text=text, scope=scope, target=target, context=context)
 
 
 class PostgresStore:
     """Event log, catalog and snapshots in one PostgreSQL schema."""
+
+    placeholder = "%s"
+    item_order = "ord"
+    decode_json = staticmethod(lambda value: value)  # psycopg decodes jsonb itself
 
     def __init__(self, url: str):
         parsed = urlparse(url)
@@ -101,9 +99,8 @@ class PostgresStore:
             self._conn.close()
 
 
-class _EventLog:
-    def __init__(self, store: PostgresStore):
-        self._s = store
+class _EventLog(SqlEventReads):
+    _s: PostgresStore
 
     def append(self, events: Sequence[Event]) -> AppendResult:
         if not events:
@@ -118,7 +115,7 @@ class _EventLog:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
             # WITH ORDINALITY keeps batch order, so the first of in-batch duplicates is the one stored.
             rows = conn.execute(
-                f"""INSERT INTO events ({_COLUMNS})
+                f"""INSERT INTO events ({EVENT_COLUMNS})
                 SELECT a, e, u, i, t, ts, v, x, s, g, c::jsonb FROM unnest(
                     %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[],
                     %s::text[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY AS b(a, e, u, i, t, ts, v, x, s, g, c, n)
@@ -127,61 +124,16 @@ class _EventLog:
                 RETURNING seq, app, event_id""",
                 [list(c) for c in columns],
             ).fetchall()
-        first: dict[tuple[str, str], Event] = {}
-        for e in events:
-            first.setdefault((e.app, e.event_id), e)
-        accepted = [first[(app, event_id)] for _, app, event_id in sorted(rows)]
+        accepted = accepted_events(events, [(app, event_id) for _, app, event_id in sorted(rows)])
         return AppendResult(accepted, len(events) - len(accepted))
-
-    def scan(self, app: str | None = None, after_seq: int = 0, batch: int = 20_000) -> Iterator[tuple[int, Event]]:
-        last = after_seq
-        while True:
-            with self._s._lock:
-                if app is None:
-                    rows = self._s._conn.execute(
-                        f"SELECT seq, {_COLUMNS} FROM events WHERE seq > %s ORDER BY seq LIMIT %s", (last, batch)
-                    ).fetchall()
-                else:
-                    rows = self._s._conn.execute(
-                        f"SELECT seq, {_COLUMNS} FROM events WHERE app = %s AND seq > %s ORDER BY seq LIMIT %s",
-                        (app, last, batch),
-                    ).fetchall()
-            if not rows:
-                return
-            for row in rows:
-                yield row[0], _row_event(row[1:])
-            last = rows[-1][0]
-
-    def last_seq(self) -> int:
-        with self._s._lock:
-            return self._s._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-
-    def user_events(self, app: str, user_id: str) -> list[Event]:
-        with self._s._lock:
-            rows = self._s._conn.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE app = %s AND user_id = %s ORDER BY seq", (app, user_id)
-            ).fetchall()
-        return [_row_event(r) for r in rows]
 
     def delete_user(self, app: str, user_id: str) -> int:
         with self._s._lock, self._s._conn.transaction():
             return self._s._conn.execute("DELETE FROM events WHERE app = %s AND user_id = %s", (app, user_id)).rowcount
 
-    def count(self, app: str | None = None) -> int:
-        with self._s._lock:
-            if app is None:
-                return self._s._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-            return self._s._conn.execute("SELECT COUNT(*) FROM events WHERE app = %s", (app,)).fetchone()[0]
 
-    def apps(self) -> list[str]:
-        with self._s._lock:
-            rows = self._s._conn.execute("SELECT DISTINCT app FROM events UNION SELECT DISTINCT app FROM items").fetchall()
-        return sorted(r[0] for r in rows)
-
-
-class _Catalog:
-    def __init__(self, store: PostgresStore):
-        self._s = store
+class _Catalog(SqlCatalogReads):
+    _s: PostgresStore
 
     def upsert(self, items: Sequence[Item]) -> int:
         now = time.time()
@@ -198,37 +150,9 @@ class _Catalog:
                 )
         return len(rows)
 
-    @staticmethod
-    def _item(row: Sequence[Any]) -> Item:
-        app, item_id, title, text, categories, attributes, updated_at = row
-        return Item(app, item_id, title, text, tuple(categories), dict(attributes), updated_at)
 
-    def get(self, app: str, item_id: str) -> Item | None:
-        with self._s._lock:
-            row = self._s._conn.execute(
-                "SELECT app, item_id, title, text, categories, attributes, updated_at FROM items WHERE app = %s AND item_id = %s",
-                (app, item_id),
-            ).fetchone()
-        return self._item(row) if row else None
-
-    def scan(self, app: str | None = None) -> Iterator[Item]:
-        query = "SELECT app, item_id, title, text, categories, attributes, updated_at FROM items"
-        with self._s._lock:
-            rows = (self._s._conn.execute(query + " ORDER BY app, ord").fetchall() if app is None
-                    else self._s._conn.execute(query + " WHERE app = %s ORDER BY ord", (app,)).fetchall())
-        for row in rows:
-            yield self._item(row)
-
-    def count(self, app: str | None = None) -> int:
-        with self._s._lock:
-            if app is None:
-                return self._s._conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-            return self._s._conn.execute("SELECT COUNT(*) FROM items WHERE app = %s", (app,)).fetchone()[0]
-
-
-class _Snapshots:
-    def __init__(self, store: PostgresStore):
-        self._s = store
+class _Snapshots(SqlSnapshotReads):
+    _s: PostgresStore
 
     def put(self, app: str, name: str, blob: bytes) -> None:
         with self._s._lock, self._s._conn.transaction():
@@ -237,8 +161,3 @@ class _Snapshots:
                 ON CONFLICT (app, name) DO UPDATE SET blob = EXCLUDED.blob, updated_at = EXCLUDED.updated_at""",
                 (app, name, blob, time.time()),
             )
-
-    def get(self, app: str, name: str) -> bytes | None:
-        with self._s._lock:
-            row = self._s._conn.execute("SELECT blob FROM snapshots WHERE app = %s AND name = %s", (app, name)).fetchone()
-        return bytes(row[0]) if row else None

@@ -13,10 +13,11 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Sequence
 
 from ..events import Event
 from .base import AppendResult, Item
+from .sql import EVENT_COLUMNS, SqlCatalogReads, SqlEventReads, SqlSnapshotReads, accepted_events
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -54,7 +55,6 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 """
 
-_EVENT_COLUMNS = "app, event_id, user_id, item_id, type, ts, value, text, scope, target, context"
 
 
 def _event_row(e: Event) -> tuple:
@@ -62,15 +62,12 @@ def _event_row(e: Event) -> tuple:
     return (e.app, e.event_id, e.user_id, e.item_id, e.type, e.timestamp, e.value, e.text, e.scope, e.target, context)
 
 
-def _row_event(row: Sequence[Any]) -> Event:
-    app, event_id, user_id, item_id, type_, ts, value, text, scope, target, context = row
-    # Positional construction: this runs once per stored event at start-up.
-    return Event(app, event_id, user_id, type_, ts, item_id, value, text, scope, target,
-                 json.loads(context) if context is not None else None)
-
-
 class SQLiteStore:
     """Event log, catalog and snapshots in one SQLite database file."""
+
+    placeholder = "?"
+    item_order = "rowid"
+    decode_json = staticmethod(json.loads)
 
     def __init__(self, path: str | Path):
         self.path = str(path)
@@ -111,9 +108,8 @@ class _Transaction:
             self.store._lock.release()
 
 
-class _EventLog:
-    def __init__(self, store: SQLiteStore):
-        self._s = store
+class _EventLog(SqlEventReads):
+    _s: SQLiteStore
 
     def append(self, events: Sequence[Event]) -> AppendResult:
         if not events:
@@ -123,68 +119,20 @@ class _EventLog:
             # AUTOINCREMENT keeps seq growing even past deleted rows, so the new rows are seq > before.
             before = max(before, conn.execute("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name='events'), 0)").fetchone()[0])
             conn.executemany(
-                f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [_event_row(e) for e in events],
             )
             inserted = conn.execute("SELECT app, event_id FROM events WHERE seq > ? ORDER BY seq", (before,)).fetchall()
-        # The first occurrence of an (app, event_id) in the batch is the one stored.
-        first: dict[tuple[str, str], Event] = {}
-        for e in events:
-            first.setdefault((e.app, e.event_id), e)
-        accepted = [first[(app, event_id)] for app, event_id in inserted]
+        accepted = accepted_events(events, inserted)
         return AppendResult(accepted, len(events) - len(accepted))
-
-    def scan(self, app: str | None = None, after_seq: int = 0, batch: int = 20_000) -> Iterator[tuple[int, Event]]:
-        last = after_seq
-        while True:
-            with self._s._lock:
-                if app is None:
-                    rows = self._s._conn.execute(
-                        f"SELECT seq, {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (last, batch)
-                    ).fetchall()
-                else:
-                    rows = self._s._conn.execute(
-                        f"SELECT seq, {_EVENT_COLUMNS} FROM events WHERE app = ? AND seq > ? ORDER BY seq LIMIT ?",
-                        (app, last, batch),
-                    ).fetchall()
-            if not rows:
-                return
-            for row in rows:
-                yield row[0], _row_event(row[1:])
-            last = rows[-1][0]
-
-    def last_seq(self) -> int:
-        with self._s._lock:
-            return self._s._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-
-    def user_events(self, app: str, user_id: str) -> list[Event]:
-        with self._s._lock:
-            rows = self._s._conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE app = ? AND user_id = ? ORDER BY seq", (app, user_id)
-            ).fetchall()
-        return [_row_event(r) for r in rows]
 
     def delete_user(self, app: str, user_id: str) -> int:
         with self._s.transaction() as conn:
             return conn.execute("DELETE FROM events WHERE app = ? AND user_id = ?", (app, user_id)).rowcount
 
-    def count(self, app: str | None = None) -> int:
-        with self._s._lock:
-            if app is None:
-                return self._s._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-            return self._s._conn.execute("SELECT COUNT(*) FROM events WHERE app = ?", (app,)).fetchone()[0]
 
-    def apps(self) -> list[str]:
-        with self._s._lock:
-            rows = self._s._conn.execute(
-                "SELECT DISTINCT app FROM events UNION SELECT DISTINCT app FROM items"
-            ).fetchall()
-        return sorted(r[0] for r in rows)
-
-
-class _Catalog:
-    def __init__(self, store: SQLiteStore):
-        self._s = store
+class _Catalog(SqlCatalogReads):
+    _s: SQLiteStore
 
     def upsert(self, items: Sequence[Item]) -> int:
         now = time.time()
@@ -201,40 +149,9 @@ class _Catalog:
             )
         return len(rows)
 
-    @staticmethod
-    def _item(row: Sequence[Any]) -> Item:
-        app, item_id, title, text, categories, attributes, updated_at = row
-        return Item(app, item_id, title, text, tuple(json.loads(categories)), json.loads(attributes), updated_at)
 
-    def get(self, app: str, item_id: str) -> Item | None:
-        with self._s._lock:
-            row = self._s._conn.execute(
-                "SELECT app, item_id, title, text, categories, attributes, updated_at FROM items WHERE app = ? AND item_id = ?",
-                (app, item_id),
-            ).fetchone()
-        return self._item(row) if row else None
-
-    def scan(self, app: str | None = None) -> Iterator[Item]:
-        query = "SELECT app, item_id, title, text, categories, attributes, updated_at FROM items"
-        with self._s._lock:
-            rows = (
-                self._s._conn.execute(query + " ORDER BY app, rowid").fetchall()
-                if app is None
-                else self._s._conn.execute(query + " WHERE app = ? ORDER BY rowid", (app,)).fetchall()
-            )
-        for row in rows:
-            yield self._item(row)
-
-    def count(self, app: str | None = None) -> int:
-        with self._s._lock:
-            if app is None:
-                return self._s._conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-            return self._s._conn.execute("SELECT COUNT(*) FROM items WHERE app = ?", (app,)).fetchone()[0]
-
-
-class _Snapshots:
-    def __init__(self, store: SQLiteStore):
-        self._s = store
+class _Snapshots(SqlSnapshotReads):
+    _s: SQLiteStore
 
     def put(self, app: str, name: str, blob: bytes) -> None:
         with self._s.transaction() as conn:
@@ -242,8 +159,3 @@ class _Snapshots:
                 "INSERT OR REPLACE INTO snapshots (app, name, blob, updated_at) VALUES (?,?,?,?)",
                 (app, name, blob, time.time()),
             )
-
-    def get(self, app: str, name: str) -> bytes | None:
-        with self._s._lock:
-            row = self._s._conn.execute("SELECT blob FROM snapshots WHERE app = ? AND name = ?", (app, name)).fetchone()
-        return row[0] if row else None

@@ -1,0 +1,122 @@
+"""Read queries shared by the SQL backends (SQLite, PostgreSQL).
+
+Queries are written once with ``?`` placeholders; a backend names its own placeholder, how its
+driver returns JSON columns, and the column that keeps catalog insertion order. Writes differ
+(transactions, upserts, batch inserts) and stay in each backend.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+from ..events import Event
+from .base import Item
+
+EVENT_COLUMNS = "app, event_id, user_id, item_id, type, ts, value, text, scope, target, context"
+ITEM_COLUMNS = "app, item_id, title, text, categories, attributes, updated_at"
+
+
+class SqlBackend(Protocol):
+    _conn: Any
+    _lock: threading.RLock
+    placeholder: str  # "?" or "%s"
+    item_order: str  # column that keeps insertion order of items
+    decode_json: Callable[[Any], Any]  # a JSON column as the driver returns it -> Python value
+
+
+def run(store: SqlBackend, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    """Execute ``sql`` (written with ``?``) under the store's lock and fetch every row."""
+    if store.placeholder != "?":
+        sql = sql.replace("?", store.placeholder)
+    with store._lock:
+        return store._conn.execute(sql, params).fetchall()
+
+
+def accepted_events(events: Sequence[Event], inserted: Sequence[tuple[str, str]]) -> list[Event]:
+    """The batch's events that were stored, in log order, given the (app, event_id) keys of the
+    inserted rows in ``seq`` order; of duplicates within the batch the first is the one stored."""
+    first: dict[tuple[str, str], Event] = {}
+    for e in events:
+        first.setdefault((e.app, e.event_id), e)
+    return [first[key] for key in inserted]
+
+
+class SqlEventReads:
+    """The read half of :class:`~liverec.store.base.EventLog`."""
+
+    def __init__(self, store: SqlBackend):
+        self._s = store
+
+    def _event(self, row: Sequence[Any]) -> Event:
+        app, event_id, user_id, item_id, type_, ts, value, text, scope, target, context = row
+        # Positional construction: this runs once per stored event at start-up.
+        return Event(app, event_id, user_id, type_, ts, item_id, value, text, scope, target,
+                     self._s.decode_json(context) if context is not None else None)
+
+    def scan(self, app: str | None = None, after_seq: int = 0, batch: int = 20_000) -> Iterator[tuple[int, Event]]:
+        last = after_seq
+        while True:
+            if app is None:
+                rows = run(self._s, f"SELECT seq, {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (last, batch))
+            else:
+                rows = run(self._s, f"SELECT seq, {EVENT_COLUMNS} FROM events WHERE app = ? AND seq > ? ORDER BY seq LIMIT ?",
+                           (app, last, batch))
+            if not rows:
+                return
+            for row in rows:
+                yield row[0], self._event(row[1:])
+            last = rows[-1][0]
+
+    def last_seq(self) -> int:
+        return run(self._s, "SELECT COALESCE(MAX(seq), 0) FROM events")[0][0]
+
+    def user_events(self, app: str, user_id: str) -> list[Event]:
+        rows = run(self._s, f"SELECT {EVENT_COLUMNS} FROM events WHERE app = ? AND user_id = ? ORDER BY seq", (app, user_id))
+        return [self._event(r) for r in rows]
+
+    def count(self, app: str | None = None) -> int:
+        if app is None:
+            return run(self._s, "SELECT COUNT(*) FROM events")[0][0]
+        return run(self._s, "SELECT COUNT(*) FROM events WHERE app = ?", (app,))[0][0]
+
+    def apps(self) -> list[str]:
+        rows = run(self._s, "SELECT DISTINCT app FROM events UNION SELECT DISTINCT app FROM items")
+        return sorted(r[0] for r in rows)
+
+
+class SqlCatalogReads:
+    """The read half of :class:`~liverec.store.base.Catalog`."""
+
+    def __init__(self, store: SqlBackend):
+        self._s = store
+
+    def _item(self, row: Sequence[Any]) -> Item:
+        app, item_id, title, text, categories, attributes, updated_at = row
+        decode = self._s.decode_json
+        return Item(app, item_id, title, text, tuple(decode(categories)), dict(decode(attributes)), updated_at)
+
+    def get(self, app: str, item_id: str) -> Item | None:
+        rows = run(self._s, f"SELECT {ITEM_COLUMNS} FROM items WHERE app = ? AND item_id = ?", (app, item_id))
+        return self._item(rows[0]) if rows else None
+
+    def scan(self, app: str | None = None) -> Iterator[Item]:
+        order = self._s.item_order
+        rows = (run(self._s, f"SELECT {ITEM_COLUMNS} FROM items ORDER BY app, {order}") if app is None
+                else run(self._s, f"SELECT {ITEM_COLUMNS} FROM items WHERE app = ? ORDER BY {order}", (app,)))
+        for row in rows:
+            yield self._item(row)
+
+    def count(self, app: str | None = None) -> int:
+        if app is None:
+            return run(self._s, "SELECT COUNT(*) FROM items")[0][0]
+        return run(self._s, "SELECT COUNT(*) FROM items WHERE app = ?", (app,))[0][0]
+
+
+class SqlSnapshotReads:
+    def __init__(self, store: SqlBackend):
+        self._s = store
+
+    def get(self, app: str, name: str) -> bytes | None:
+        rows = run(self._s, "SELECT blob FROM snapshots WHERE app = ? AND name = ?", (app, name))
+        return bytes(rows[0][0]) if rows else None
