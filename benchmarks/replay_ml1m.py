@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("--user-stride", type=int, default=1)
     ap.add_argument("--cadence", type=int, default=5000)
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--train-budget", type=float, default=600.0)
     ap.add_argument("--model", type=Path, default=None)

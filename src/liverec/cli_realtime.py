@@ -102,7 +102,11 @@ def replay_movielens(
     max_events: Optional[int] = typer.Option(None, help="Replay only the first N window events (documented in the output)."),
     user_stride: int = typer.Option(1, help="Replay only the window events of every k-th user."),
     cadence: int = typer.Option(5000, help="Window events between online updates."),
-    steps: int = typer.Option(60, help="Fine-tuning steps per online update."),
+    steps: int = typer.Option(60, help="Fine-tuning steps per online update (with --recent windows)."),
+    lr: float = typer.Option(1e-4, help="Learning rate of the online updates."),
+    recent: str = typer.Option("events", help="events: one example per new event; windows: the acting users' newest windows."),
+    passes: float = typer.Option(1.0, help="With --recent events: passes over the new events per update."),
+    replay_ratio: float = typer.Option(0.5, help="Share of each fine-tuning batch replayed from the training period."),
     epochs: int = typer.Option(30, help="Most epochs of training-period training."),
     train_budget: float = typer.Option(600.0, help="Time budget (s) of training-period training."),
     model: Optional[Path] = typer.Option(None, "--model", exists=True, dir_okay=False, help="Start from this training-period model (safetensors) instead of training."),
@@ -115,9 +119,11 @@ def replay_movielens(
     from .evaluation.replay import ReplayConfig, run_replay, write
     from .learning.finetune import FineTuneConfig
 
+    if recent not in ("events", "windows"):
+        raise typer.BadParameter(f"--recent {recent!r}: expected events or windows")
     cfg = ReplayConfig(max_events=max_events, user_stride=user_stride, cadence=cadence, epochs=epochs,
-                       train_budget_s=train_budget, rtrec=rtrec, device=device, seed=seed,
-                       finetune=FineTuneConfig(steps=steps, lr=5e-4, replay_ratio=0.5))
+                       train_budget_s=train_budget, rtrec=rtrec, device=device, seed=seed, recent=recent, passes=passes,
+                       finetune=FineTuneConfig(steps=steps, lr=lr, replay_ratio=replay_ratio))
     summary = run_replay(path, cfg, out.parent, log=lambda m: typer.echo(m, err=True), model_path=model, save_to=save_model)
     plot = out.with_suffix(".png")
     if summary.get("plot") and Path(summary["plot"]) != plot:
