@@ -228,7 +228,7 @@ class RtrecBaseline:
         from rtrec.models import SLIM
         from rtrec.recommender import Recommender
 
-        self.rec = Recommender(SLIM(random_seed=seed))
+        self.rec = Recommender(SLIM(random_state=seed))
         self.parallel = parallel
 
     def fit(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray, ratings: np.ndarray) -> None:
@@ -375,7 +375,7 @@ def run_replay(
     summary["events_per_second_by_method"] = {k: float(len(window) / max(v, 1e-9)) for k, v in seconds.items()}
     summary["online_vs_frozen"] = summary["online"]["NDCG@10"] / max(summary["frozen"]["NDCG@10"], 1e-12)
     summary["updates"] = updates
-    summary["config"] = {**asdict(cfg), "finetune": asdict(cfg.finetune)}
+    summary["config"] = {**asdict(cfg), "finetune": asdict(tuner.cfg)}  # as run (device, steps)
     summary["subset"] = {"max_events": cfg.max_events, "user_stride": cfg.user_stride, "window_events_total": int(len(s.order) - s.cut)}
     summary["seconds_total"] = round(time.perf_counter() - t_load, 1)
     summary["over_time"] = _over_time(ranks, window_points=20)
