@@ -17,6 +17,7 @@ def test_simulated_users_aversions_and_blocks(client):
         assert r["users_measured_for_aversion"] >= 3
         assert r["averse_share_reduction"] >= 0.6, r  # quality floor (the benchmark target is 0.8)
         assert len(r["ctr_per_step"]) == 10
+        assert 0 < r["coverage"] <= 1 and 0 <= r["intra_list_diversity"] <= 1
 
 
 def test_ndcg_graded_by_hidden_utility():

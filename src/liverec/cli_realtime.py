@@ -74,6 +74,7 @@ def simulate(
     steps: int = typer.Option(24, help="Slates each user reacts to."),
     shift_at: int = typer.Option(12, help="Step at which tastes shift."),
     seed: int = typer.Option(0, help="Seed of tastes, aversions and behaviour."),
+    diversity: Optional[float] = typer.Option(None, help="Pass this `diversity` (0..1) with every recommendation request."),
     app_id: Optional[str] = typer.Option(None, "--app", help="App to simulate in (default: a fresh sim-<seed>-<time> app)."),
     timeout: float = typer.Option(30.0, help="HTTP timeout in seconds."),
 ) -> None:
@@ -83,7 +84,7 @@ def simulate(
     from .evaluation.simulate import SimConfig, run, synthetic_world, world_from_movielens
 
     world = world_from_movielens(data, history_events, seed) if data else synthetic_world(seed=seed)
-    cfg = SimConfig(users=users, steps=steps, shift_at=shift_at, seed=seed)
+    cfg = SimConfig(users=users, steps=steps, shift_at=shift_at, seed=seed, diversity=diversity)
     app_name = app_id or f"sim-{seed}-{int(time.time())}"
     with httpx.Client(base_url=url, timeout=timeout) as client:
         report = run(client, world, cfg, app_name)

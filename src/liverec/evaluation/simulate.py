@@ -20,7 +20,8 @@ Reported: the share of recommended items in averse categories in the first slate
 after the user's 3rd negative event; how often a blocked item (or an item of a blocked category)
 came back; how many feedback events after the taste shift until NDCG@10 (graded by the new
 hidden utility over the allowed, unconsumed catalog) is back at 90% of its steady state before
-the shift; CTR per step, with exploration on and off (two cohorts with the same tastes).
+the shift; CTR per step, with exploration on and off (two cohorts with the same tastes); catalog coverage and
+intra-list diversity (1 - genre cosine) of the slates.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from ..ranking.diversity import intra_list_diversity
 
 
 class HTTP(Protocol):
@@ -135,11 +138,18 @@ class SimConfig:
     like_threshold: float = 1.8
     noise: float = 0.3
     pop_weight: float = 0.2
+    diversity: float | None = None  # the recommendations' `diversity` knob (None: the app's default)
     seed: int = 0
 
 
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
+
+
+def _category_cosine(cats: np.ndarray) -> np.ndarray:
+    """(n, n) cosine similarity of items' category vectors (n, G)."""
+    unit = cats / np.maximum(np.linalg.norm(cats, axis=1, keepdims=True), 1e-12)
+    return unit @ unit.T
 
 
 def ndcg_at(slate_util: np.ndarray, ideal_util: np.ndarray, k: int = 10) -> float:
@@ -249,6 +259,10 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
     user_seeds = rng.integers(0, 2**31, size=cfg.users)
     report: dict[str, Any] = {"app": app, "config": cfg.__dict__.copy(), "cohorts": {}}
     t0 = time.perf_counter()
+    # Event timestamps from a simulated clock (1 ms per event batch from the start): feedback decay
+    # then sees the same ages in every run, so a seeded run is reproducible (wall-clock timestamps
+    # would differ by scheduling noise).
+    clock_start, ticks = time.time(), 0
     requests = 0
     for cohort, explore in (("explore", True), ("no_explore", False)):
         ctr = np.zeros(cfg.steps)
@@ -256,6 +270,8 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
         recurrences, blocked_total = 0, 0
         recovery: list[float] = []
         recovery_dropped: list[float] = []
+        shown: set[str] = set()
+        ild: list[float] = []
         not_recovered = dropped_users = 0
         for k in range(cfg.users):
             user = SimUser(world, f"{cohort}-u{k}", world.tastes[taste_rows[k]], np.random.default_rng(int(user_seeds[k])), cfg)
@@ -269,11 +285,16 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
                 if step == cfg.shift_at:
                     user.shift()
                     shift_events = user.feedback_events
-                body = _check(client.get(f"/v1/users/{user.uid}/recommendations",
-                                         params={"n": cfg.n, "explore": str(explore).lower()}, headers=headers), "GET recommendations")
+                params: dict[str, Any] = {"n": cfg.n, "explore": str(explore).lower()}
+                if cfg.diversity is not None:
+                    params["diversity"] = cfg.diversity
+                body = _check(client.get(f"/v1/users/{user.uid}/recommendations", params=params, headers=headers), "GET recommendations")
                 requests += 1
                 slate = [i["item_id"] for i in body["items"]]
                 rows = np.array([user.index[i] for i in slate if i in user.index], dtype=np.int64)
+                shown.update(slate)
+                if len(rows) > 1:
+                    ild.append(intra_list_diversity(_category_cosine(world.item_cats[rows])))
                 if step == 0:
                     # aversions: 1-2 random categories among those of the first slate
                     present = sorted({c for r in rows for c in world.categories[r]})
@@ -301,7 +322,9 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
                 clicked = any(e["type"] == "click" for e in events)
                 ctr[step] += clicked
                 if events:
-                    batch = [{"user_id": user.uid, **e} for e in events]
+                    ticks += 1
+                    ts = clock_start + 0.001 * ticks
+                    batch = [{"user_id": user.uid, "timestamp": ts, **e} for e in events]
                     _check(client.post("/v1/events", json={"events": batch}, headers=headers), "POST /v1/events")
             blocked_total += len(user.blocked_items) + len(user.blocked_cats)
             if first_share is not None and first_share > 0 and shares_after:
@@ -333,6 +356,8 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
             "not_recovered_users": not_recovered,
             "ctr_per_step": (ctr / cfg.users).round(4).tolist(),
             "ctr": float(ctr.sum() / (cfg.users * cfg.steps)),
+            "coverage": len(shown) / len(world.item_ids),  # share of the catalog ever shown
+            "intra_list_diversity": float(np.mean(ild)) if ild else float("nan"),  # 1 - genre cosine
         }
     report["requests"] = requests
     report["seconds"] = round(time.perf_counter() - t0, 2)
