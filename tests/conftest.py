@@ -25,6 +25,17 @@ def client(settings: Settings):
         yield c
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: one thread is fastest (and avoids oversubscribing a shared machine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def shared_data(name: str) -> Path:
     path = SHARED / name
     if not path.exists():

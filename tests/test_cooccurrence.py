@@ -94,3 +94,16 @@ def test_scores_follow_sequences_and_popularity_for_new_users():
     cold = scorer.score("x", None, 3)
     assert set(cold.item_ids) == {"a", "b", "c"}
     assert scorer.score("nobody", None, 3).item_ids.size == 0
+
+
+def test_pair_similarity_equals_similar_lists():
+    log = random_log(3)
+    scorer = CooccurrenceScorer()
+    scorer.rebuild(log)
+    ids, _ = scorer.matrix("a")
+    pairs = scorer.pair_similarity("a", ids + ["unknown"], ids[:6] + ["unknown"])
+    for k, col in enumerate(ids[:6]):
+        expected = dict(scorer.similar("a", col, len(ids)))
+        for r, row in enumerate(ids):
+            assert pairs[r, k] == pytest.approx(expected.get(row, 0.0), abs=1e-6)
+    assert not pairs[-1].any() and not pairs[:, -1].any()

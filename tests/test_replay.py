@@ -15,13 +15,7 @@ from liverec.learning.finetune import FineTuneConfig
 from liverec.model.transformer import FeedbackTransformer, ModelConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one thread is fastest (and avoids oversubscribing a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_ml(root: Path, users: int = 50, items: int = 60, per_user: int = 24, seed: int = 0) -> Path:

@@ -67,6 +67,7 @@ class Service:
         impressions = None if url.endswith(":memory:") else Path(settings.data_dir) / "impressions.db"
         self.ranking = build_ranking(
             self.catalog, lambda: self.pipeline.scorer, self._similar_pairs, self.rules.types, impressions,
+            pairs=self.baseline.pair_similarity,
         )
         self.pipeline.ranking = self.ranking
         self.counters = Counters()

@@ -46,11 +46,12 @@ def build_ranking(
     impressions_path: str | Path | None,
     settings: RankingSettings | None = None,
     seed: int | None = None,
+    pairs: Callable[[str, list[str], list[str]], Any] | None = None,
 ) -> RankingStages:
     """The ranking stages of a service: model embeddings > catalog text vectors > ``similar``."""
     settings = settings or load_settings()
     seed = int(os.environ.get(ENV_SEED, "0")) if seed is None else seed
-    space = ItemSpace([ScorerEmbeddings(scorer), CatalogTextVectors(catalog)], similar)
+    space = ItemSpace([ScorerEmbeddings(scorer), CatalogTextVectors(catalog)], similar, pairs)
     log: ImpressionLog = SQLiteImpressionLog(impressions_path) if impressions_path else MemoryImpressionLog()
     return RankingStages(settings, space, catalog.get, ThompsonBandit(seed), log, types)
 

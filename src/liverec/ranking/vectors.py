@@ -148,9 +148,15 @@ class ItemSpace:
     ``similar`` is the scorer's ``similar(app, item, n)`` (co-occurrence), the last resort.
     """
 
-    def __init__(self, sources: list[VectorSource], similar: Callable[[str, str, int], list[tuple[str, float]]] | None = None) -> None:
+    def __init__(
+        self,
+        sources: list[VectorSource],
+        similar: Callable[[str, str, int], list[tuple[str, float]]] | None = None,
+        pairs: Callable[[str, list[str], list[str]], np.ndarray] | None = None,
+    ) -> None:
         self.sources = sources
         self._similar = similar
+        self._pairs = pairs  # (rows, cols) similarities from the scorer, for pairs without vectors
 
     def table(self, app: str) -> VectorTable | None:
         for source in self.sources:
@@ -162,7 +168,8 @@ class ItemSpace:
     def similarity(self, app: str, rows_ids: list[str], cols_ids: list[str], table: VectorTable | None = None) -> np.ndarray:
         """(len(rows_ids), len(cols_ids)) cosine similarities; 0 where unknown.
 
-        Pairs without vectors fall back to the scorer's ``similar`` list of the column item.
+        Pairs without vectors fall back to ``pairs`` (the co-occurrence similarities), else to the
+        scorer's ``similar`` list of the column item.
         """
         out = np.zeros((len(rows_ids), len(cols_ids)), dtype=np.float32)
         if not rows_ids or not cols_ids:
@@ -175,13 +182,21 @@ class ItemSpace:
             if len(rp) and len(cp):
                 out[np.ix_(rp, cp)] = table.matrix[rr] @ table.matrix[cr].T  # (R', C')
                 known[np.ix_(rp, cp)] = True
-        if self._similar is not None and not known.all():
-            row_pos = {item: k for k, item in enumerate(rows_ids)}
-            for k in np.flatnonzero(~known.all(axis=0)):
-                for other, sim in self._similar(app, cols_ids[k], 50):
-                    r = row_pos.get(other)
-                    if r is not None and not known[r, k]:
-                        out[r, k] = min(float(sim), 1.0)
+        if not known.all():
+            cols = np.flatnonzero(~known.all(axis=0))
+            if self._pairs is not None:
+                fallback = np.minimum(self._pairs(app, rows_ids, [cols_ids[k] for k in cols]), 1.0)  # (R, C'')
+                sub = out[:, cols]
+                unknown = ~known[:, cols]
+                sub[unknown] = fallback[unknown]
+                out[:, cols] = sub
+            elif self._similar is not None:
+                row_pos = {item: k for k, item in enumerate(rows_ids)}
+                for k in cols:
+                    for other, sim in self._similar(app, cols_ids[k], 50):
+                        r = row_pos.get(other)
+                        if r is not None and not known[r, k]:
+                            out[r, k] = min(float(sim), 1.0)
         return out
 
     def neighbours(self, app: str, item_id: str, k: int, min_similarity: float = 0.0) -> list[tuple[str, float]]:

@@ -104,6 +104,7 @@ class _AppModel:
         merged = (base + delta).tocsr()
         merged.data[merged.data < 1e-9] = 0.0
         merged.eliminate_zeros()
+        merged.sort_indices()  # pair_similarity binary-searches rows
         self.base = merged
         self.delta = {}
         self.delta_cells = 0
@@ -248,6 +249,7 @@ class CooccurrenceScorer:
                     vals_ = np.concatenate(val_parts)
                     model.base = sp.csr_matrix((vals_, (rows_, cols_)), shape=(n, n))
                     model.base.sum_duplicates()
+                    model.base.sort_indices()
                     model.total[:n] = np.asarray(model.base.sum(axis=1)).ravel()
                 else:
                     model.base = sp.csr_matrix((n, n), dtype=np.float64)
@@ -307,15 +309,57 @@ class CooccurrenceScorer:
             if model is None or item_id not in model.index:
                 return []
             j = model.index[item_id]
-            sims = np.zeros(len(model.ids))
-            for cols, vals in model.row(j):
-                sims[cols] += vals
-            # Cosine-like normalisation so that merely popular items do not dominate.
-            sims /= np.sqrt(np.maximum(model.total[: len(model.ids)], 1e-12) * max(model.total[j], 1e-12))
+            sims = self._similarities(model, j)
             sims[j] = 0.0
             top = np.flatnonzero(sims > 1e-12)
-            order = top[np.argsort(-sims[top], kind="stable")][:n]
+            if len(top) > n:
+                top = top[np.argpartition(-sims[top], n - 1)[:n]]
+            order = top[np.argsort(-sims[top], kind="stable")]
             return [(model.ids[int(k)], float(sims[k])) for k in order]
+
+    def _similarities(self, model: _AppModel, j: int) -> np.ndarray:
+        """(N,) similarity of every item to item ``j``: ``C[j, i] / sqrt(|C[i]| |C[j]|)``, a
+        cosine-like normalisation so that merely popular items do not dominate."""
+        n = len(model.ids)
+        sims = np.zeros(n)
+        for cols, vals in model.row(j):
+            sims[cols] += vals
+        sims /= np.sqrt(np.maximum(model.total[:n], 1e-12) * max(model.total[j], 1e-12))
+        return sims
+
+    def pair_similarity(self, app: str, rows_ids: Sequence[str], cols_ids: Sequence[str]) -> np.ndarray:
+        """(len(rows_ids), len(cols_ids)) similarities as :meth:`similar` gives them; 0 where an
+        item is unknown. One pass per column, no sorting: the request path's explanations use it."""
+        out = np.zeros((len(rows_ids), len(cols_ids)), dtype=np.float32)
+        with self._lock:
+            model = self._apps.get(app)
+            if model is None:
+                return out
+            rows = np.array([model.index.get(i, -1) for i in rows_ids], dtype=np.int64)
+            valid = np.flatnonzero(rows >= 0)
+            if len(valid) == 0:
+                return out
+            r = rows[valid]
+            cols = np.array([model.index.get(i, -1) for i in cols_ids], dtype=np.int64)
+            known = np.flatnonzero(cols >= 0)
+            if len(known) == 0:
+                return out
+            j = cols[known]
+            # C[j, r] from the CSR base in one sliced gather, then the delta's cells.
+            got = np.zeros((len(j), len(r)))  # (C', R')
+            base = model.base
+            in_base_j, in_base_r = j < base.shape[0], r < base.shape[1]
+            if in_base_j.any() and in_base_r.any():
+                block = base[j[in_base_j]][:, r[in_base_r]].toarray()
+                got[np.ix_(np.flatnonzero(in_base_j), np.flatnonzero(in_base_r))] = block
+            for a, col in enumerate(j.tolist()):
+                cells = model.delta.get(col)
+                if cells:
+                    got[a] += [cells.get(x, 0.0) for x in r.tolist()]
+            got[j[:, None] == r[None, :]] = 0.0  # an item is not its own neighbour
+            norm = np.sqrt(np.maximum(model.total[j], 1e-12))[:, None] * np.sqrt(np.maximum(model.total[r], 1e-12))[None, :]
+            out[np.ix_(valid, known)] = (got / norm).T
+        return out
 
     def popularity(self, app: str) -> dict[str, float]:
         """Decayed popularity per item (relative units; for tests and the dashboard)."""
