@@ -10,6 +10,7 @@ Request path: user state (as it is now) -> scorer -> policy -> ranker -> respons
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from dataclasses import dataclass, field
@@ -96,6 +97,11 @@ class Service:
             bar.close()
         self.baseline.rebuild(events)
         self.state.rebuild(events)
+        del events
+        # Millions of long-lived objects now exist; keep the cyclic collector from re-walking them
+        # on every full collection (those pauses show up as request-latency tails).
+        gc.collect()
+        gc.freeze()
         # The promoted Transformer of each app (liverec train / liverec models promote), if any;
         # newly promoted versions are swapped in while serving.
         if self.settings.scorer in ("auto", "transformer"):
