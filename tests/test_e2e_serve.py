@@ -49,25 +49,29 @@ def test_serve_over_http_and_restart(tmp_path):
     data_dir, port = tmp_path, free_port()
     url = f"http://127.0.0.1:{port}"
     proc = start_server(data_dir, port)
-    items = {"items": [{"item_id": f"m{k}", "title": f"M{k}", "categories": ["A" if k < 3 else "B"]} for k in range(6)]}
-    assert httpx.post(f"{url}/v1/items", json=items).status_code == 200
-    events = [{"user_id": f"u{u}", "item_id": f"m{k}", "type": "view", "timestamp": 100 * u + k}
-              for u in range(4) for k in range(6)]
-    assert httpx.post(f"{url}/v1/events", json={"events": events}).json() == {"accepted": 24, "duplicates": 0}
-    httpx.post(f"{url}/v1/events", json={"user_id": "me", "item_id": "m0", "type": "view"})
-    recs = httpx.get(f"{url}/v1/users/me/recommendations", params={"n": 3}).json()["items"]
-    assert recs[0]["item_id"] == "m1"
-    httpx.post(f"{url}/v1/events", json={"user_id": "me", "item_id": "m1", "type": "block"})
-    after = [r["item_id"] for r in httpx.get(f"{url}/v1/users/me/recommendations").json()["items"]]
-    assert "m1" not in after and "m0" not in after
-    assert "liverec_events_accepted" in httpx.get(f"{url}/metrics").text
+    try:
+        items = {"items": [{"item_id": f"m{k}", "title": f"M{k}", "categories": ["A" if k < 3 else "B"]} for k in range(6)]}
+        assert httpx.post(f"{url}/v1/items", json=items).status_code == 200
+        events = [{"user_id": f"u{u}", "item_id": f"m{k}", "type": "view", "timestamp": 100 * u + k}
+                  for u in range(4) for k in range(6)]
+        assert httpx.post(f"{url}/v1/events", json={"events": events}).json() == {"accepted": 24, "duplicates": 0}
+        httpx.post(f"{url}/v1/events", json={"user_id": "me", "item_id": "m0", "type": "view"})
+        recs = httpx.get(f"{url}/v1/users/me/recommendations", params={"n": 3}).json()["items"]
+        assert recs[0]["item_id"] == "m1"
+        httpx.post(f"{url}/v1/events", json={"user_id": "me", "item_id": "m1", "type": "block"})
+        after = [r["item_id"] for r in httpx.get(f"{url}/v1/users/me/recommendations", params={"explore": "false"}).json()["items"]]
+        assert "m1" not in after and "m0" not in after
+        assert "liverec_events_accepted" in httpx.get(f"{url}/metrics").text
+    except BaseException:
+        stop(proc)
+        raise
 
     # restart on the same data dir: everything acknowledged is still there
     proc.kill()  # no graceful shutdown: acknowledged writes must already be on disk
     proc.wait()
     proc = start_server(data_dir, port)
     try:
-        again = [r["item_id"] for r in httpx.get(f"{url}/v1/users/me/recommendations").json()["items"]]
+        again = [r["item_id"] for r in httpx.get(f"{url}/v1/users/me/recommendations", params={"explore": "false"}).json()["items"]]
         assert again == after
         assert httpx.get(f"{url}/v1/users/me").json()["blocked"] == {"item": ["m1"]}
     finally:
