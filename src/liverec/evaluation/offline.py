@@ -102,7 +102,7 @@ def evaluate_log(
         "protocol": PROTOCOL,
         "dataset": {"name": log.name, "users": log.seqs.n_users, "items": log.n_items, "events": log.seqs.n_events,
                     "evaluated_users": int(len(split.eval_users)), "fingerprint": log.source_fingerprint},
-        "train_seconds": round(res.train_seconds, 1),
+        "train_seconds": round(res.train_seconds, 3),
         "epochs_run": res.epochs_run,
         "best_epoch": res.best_epoch,
         "seed": seed,

@@ -241,6 +241,11 @@ def _select(seqs: Sequences, keep: np.ndarray) -> Sequences:
                      seqs.timestamps[keep], seqs.text_ids[keep])
 
 
+def _at(values: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """values[pos] per user, NaN where pos is -1 (user not evaluated)."""
+    return np.where(pos >= 0, values[np.maximum(pos, 0)], np.nan)
+
+
 def leave_one_out(log: InteractionLog, max_len: int = 200) -> Split:
     """Split ``log`` as described in the module docstring."""
     seqs = log.seqs
@@ -264,9 +269,9 @@ def leave_one_out(log: InteractionLog, max_len: int = 200) -> Split:
     return Split(
         train=train,
         eval_users=eval_users,
-        valid_windows=input_windows(train, max_len, eval_users),
+        valid_windows=input_windows(train, max_len, eval_users, request_times=_at(seqs.timestamps, valid_pos)),
         valid_targets=seqs.items[valid_pos[eval_users]].astype(np.int64),
-        test_windows=input_windows(before_test, max_len, eval_users),
+        test_windows=input_windows(before_test, max_len, eval_users, request_times=_at(seqs.timestamps, test_pos)),
         test_targets=seqs.items[test_pos[eval_users]].astype(np.int64),
         test_prefix=before_test,
     )

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..model.data import Windows
+from ..model.data import Windows, concat_windows
 from ..model.train import _tensors, batch_loss
 from ..model.transformer import FeedbackTransformer
 
@@ -70,8 +70,7 @@ class FineTuner:
         parts = [recent.select(self.rng.integers(0, len(recent), size=n_recent))]
         if n_replay:
             parts.append(replay.select(self.rng.integers(0, len(replay), size=n_replay)))  # type: ignore[union-attr]
-        fields = ("items", "types", "values", "gaps", "text_ids", "targets")
-        return Windows(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
+        return concat_windows(parts)
 
     def train_steps(self, recent: Windows, replay: Windows | None, steps: int | None = None) -> float:
         """``steps`` AdamW steps on mixed minibatches; returns the mean loss."""

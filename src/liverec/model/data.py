@@ -119,12 +119,51 @@ class Windows:
     gaps: np.ndarray  # (N, T) int64 gap buckets
     text_ids: np.ndarray  # (N, T) int64, -1 = none
     targets: np.ndarray  # (N, T) int64
+    #: (N, T) int64 gap bucket from each event to the *next* request: the following event inside
+    #: the window, and the time the recommendation is asked for after the newest one (0 = unknown).
+    next_gaps: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.items.shape[0]
 
     def select(self, idx: np.ndarray) -> Windows:
-        return Windows(*(getattr(self, f)[idx] for f in ("items", "types", "values", "gaps", "text_ids", "targets")))
+        return Windows(*(None if getattr(self, f) is None else getattr(self, f)[idx] for f in WINDOW_FIELDS))
+
+
+WINDOW_FIELDS = ("items", "types", "values", "gaps", "text_ids", "targets", "next_gaps")
+
+
+def concat_windows(parts: list[Windows]) -> Windows:
+    """Stack windows row-wise (``next_gaps`` kept only when every part has it)."""
+    def cat(f: str) -> np.ndarray | None:
+        arrs = [getattr(p, f) for p in parts]
+        return None if any(a is None for a in arrs) else np.concatenate(arrs)
+    return Windows(*(cat(f) for f in WINDOW_FIELDS))
+
+
+def next_gap_buckets(seqs: Sequences, request_times: np.ndarray | None = None) -> np.ndarray:
+    """(E,) gap bucket from each event to the user's next event; a user's newest event gets the
+    bucket of ``request_times[u] - its timestamp`` (0 = unknown when no request time is given).
+
+    The request time is known when a recommendation is asked for ("now" in the service, the
+    held-out event's time offline): it tells a continuing session from a return after months.
+    """
+    ts = seqs.timestamps
+    out = np.zeros(seqs.n_events, dtype=np.int8)
+    if seqs.n_events == 0:
+        return out
+    nxt = np.empty_like(ts)
+    nxt[:-1] = ts[1:] - ts[:-1]
+    last = seqs.offsets[1:] - 1
+    has = seqs.lengths() > 0
+    nxt[last[has]] = -1.0
+    out = gap_bucket(np.maximum(nxt, 0.0))
+    if request_times is None:
+        out[last[has]] = 0
+    else:
+        rt = np.asarray(request_times, dtype=np.float64)[has]
+        out[last[has]] = gap_bucket(np.maximum(rt - ts[last[has]], 0.0))
+    return out
 
 
 def _encoded(seqs: Sequences) -> tuple[np.ndarray, np.ndarray]:
@@ -132,15 +171,19 @@ def _encoded(seqs: Sequences) -> tuple[np.ndarray, np.ndarray]:
     return value_bucket(seqs.values), gap_bucket(gaps_from_timestamps(seqs.timestamps, seqs.offsets))
 
 
-def input_windows(seqs: Sequences, max_len: int, users: np.ndarray | None = None) -> Windows:
+def input_windows(
+    seqs: Sequences, max_len: int, users: np.ndarray | None = None, request_times: np.ndarray | None = None
+) -> Windows:
     """The last ``max_len`` events of each user as one left-padded window (no targets).
 
-    This is what the model reads to recommend *after* the user's last event.
+    This is what the model reads to recommend *after* the user's last event; ``request_times``
+    (one per user of ``seqs``, optional) is when that recommendation is asked for.
     """
     users = np.arange(seqs.n_users) if users is None else np.asarray(users)
     vb, gb = _encoded(seqs)
+    nb = next_gap_buckets(seqs, request_times)
     n = len(users)
-    out = {k: np.zeros((n, max_len), dtype=np.int64) for k in ("items", "types", "values", "gaps", "targets")}
+    out = {k: np.zeros((n, max_len), dtype=np.int64) for k in ("items", "types", "values", "gaps", "targets", "next_gaps")}
     text = np.full((n, max_len), -1, dtype=np.int64)
     for row, u in enumerate(users):
         s, e = int(seqs.offsets[u]), int(seqs.offsets[u + 1])
@@ -152,8 +195,9 @@ def input_windows(seqs: Sequences, max_len: int, users: np.ndarray | None = None
         out["types"][row, -k:] = seqs.types[s:e]
         out["values"][row, -k:] = vb[s:e]
         out["gaps"][row, -k:] = gb[s:e]
+        out["next_gaps"][row, -k:] = nb[s:e]
         text[row, -k:] = seqs.text_ids[s:e]
-    return Windows(out["items"], out["types"], out["values"], out["gaps"], text, out["targets"])
+    return Windows(out["items"], out["types"], out["values"], out["gaps"], text, out["targets"], out["next_gaps"])
 
 
 def training_windows(seqs: Sequences, max_len: int, stride: int | None = None) -> Windows:
@@ -165,6 +209,7 @@ def training_windows(seqs: Sequences, max_len: int, stride: int | None = None) -
     ``stride`` events, so no training event is left unused.
     """
     vb, gb = _encoded(seqs)
+    nb = next_gap_buckets(seqs)
     tgt_ok = is_target_type(seqs.types) & (seqs.items > 0)
     # (start, end) of each window's input events; its targets are events start+1 .. end.
     # A user's windows are listed newest first; ``first_new`` is the first input index whose
@@ -190,6 +235,7 @@ def training_windows(seqs: Sequences, max_len: int, stride: int | None = None) -
     types = np.zeros_like(items)
     values = np.zeros_like(items)
     gaps = np.zeros_like(items)
+    next_gaps = np.zeros_like(items)
     text = np.full_like(items, -1)
     targets = np.zeros_like(items)
     for row, (start, end, covered) in enumerate(spans):
@@ -198,8 +244,9 @@ def training_windows(seqs: Sequences, max_len: int, stride: int | None = None) -
         types[row, -k:] = seqs.types[start:end]
         values[row, -k:] = vb[start:end]
         gaps[row, -k:] = gb[start:end]
+        next_gaps[row, -k:] = nb[start:end]
         text[row, -k:] = seqs.text_ids[start:end]
         t = seqs.items[start + 1:end + 1].astype(np.int64) * tgt_ok[start + 1:end + 1]
         t[covered - start:] = 0
         targets[row, -k:] = t
-    return Windows(items, types, values, gaps, text, targets)
+    return Windows(items, types, values, gaps, text, targets, next_gaps)

@@ -71,7 +71,8 @@ def _tensors(w: Windows, device: str) -> dict[str, torch.Tensor]:
     start = int(cols[0]) if len(cols) else w.items.shape[1] - 1  # trim all-padding columns
     return {
         k: torch.from_numpy(np.ascontiguousarray(getattr(w, k)[:, start:])).to(device)
-        for k in ("items", "types", "values", "gaps", "text_ids", "targets")
+        for k in ("items", "types", "values", "gaps", "text_ids", "targets", "next_gaps")
+        if getattr(w, k) is not None
     }
 
 
@@ -95,7 +96,8 @@ def batch_loss(
     """Mean next-event cross-entropy of one batch of training windows."""
     items, types, values = t["items"], t["types"], t["values"]
     e = model.item_vectors()  # (N+1, D)
-    h = model.encode(items, types, values, t["gaps"], _event_text(t, event_text_table), e)  # (B, T, D)
+    h = model.encode(items, types, values, t["gaps"], _event_text(t, event_text_table), e,
+                     next_gaps=t.get("next_gaps"))  # (B, T, D)
     tmask = t["targets"] > 0  # (B, T)
     hm = h[tmask]  # (M, D)
     tgt = t["targets"][tmask] - 1  # (M,)
@@ -127,7 +129,8 @@ def score_windows(
     for s in range(0, len(windows), batch_size):
         sl = slice(s, min(s + batch_size, len(windows)))
         t = _tensors(windows.select(np.arange(sl.start, sl.stop)), device)
-        scores = model.score_last(t["items"], t["types"], t["values"], t["gaps"], _event_text(t, event_text_table))
+        scores = model.score_last(t["items"], t["types"], t["values"], t["gaps"], _event_text(t, event_text_table),
+                                  t.get("next_gaps"))
         yield sl, scores
 
 
