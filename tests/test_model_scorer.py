@@ -142,3 +142,29 @@ def test_last_position_fast_path_equals_full_forward() -> None:
         full = m.encode(items, types, values, gaps)[:, -1]
         fast = m.encode(items, types, values, gaps, last_only=True)[:, -1]
     torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+
+
+def test_request_gap_is_served_as_it_is_evaluated() -> None:
+    """A model that reads the time until the request gets the same input from the live state
+    (clock = ``now``) as from the offline windows (request time = the held-out event's time)."""
+    from liverec.model.data import Sequences, input_windows
+    from liverec.model.features import type_id
+    from liverec.model.train import _tensors
+
+    torch.manual_seed(0)
+    m = FeedbackTransformer(ModelConfig(n_items=N_ITEMS, d_model=16, n_blocks=1, max_len=12, dropout=0.0,
+                                        use_request_gap=True)).eval()
+    with torch.no_grad():
+        m.next_gap_emb.weight.normal_()
+    sc = TransformerScorer("a", m, ITEMS)
+    state = _state(["i1", "i2", "i3"])  # ratings at t = 100, 130, 160
+    seqs = Sequences.from_lists([[2, 3, 4]], types=[[type_id("rating")] * 3], values=[[4.0] * 3],
+                                timestamps=[[100.0, 130.0, 160.0]])
+    served = {}
+    for now in (160.0, 400.0, 1e6):
+        t = _tensors(input_windows(seqs, 12, request_times=np.array([now])), "cpu")
+        with torch.no_grad():
+            ref = m.score_last(t["items"], t["types"], t["values"], t["gaps"], next_gaps=t["next_gaps"])[0].numpy()
+        served[now] = sc.score_many([state], now=now)[0]
+        np.testing.assert_allclose(served[now], ref, rtol=1e-5, atol=1e-5)
+    assert np.abs(served[160.0] - served[1e6]).max() > 1e-3  # the time until the request matters

@@ -170,3 +170,48 @@ def test_per_app_settings():
     assert s.for_app("shop").diversity == 0.0
     with pytest.raises(ValueError, match="unknown ranking settings"):
         RankingSettings.from_dict({"default": {"half_lfe": 1}})
+
+
+def _adjust_after(client, events: list[tuple[str, str]], pool: list[str], **cfg):
+    """Adjustments of ``pool`` after the (type, item) events, one second apart (no time decay)."""
+    service = client.app.state.service
+    state = UserState()
+    for k, (typ, item) in enumerate(events):
+        state.apply(Event(app="default", event_id=f"e{k}", user_id="u", type=typ, timestamp=5000.0 + k, item_id=item),
+                    DEFAULT_TYPES[typ])
+    return adjust("default", state, pool, 5000.0 + len(events), RankingConfig(**cfg), service.ranking.space,
+                  service.catalog.get)
+
+
+def test_click_is_a_weaker_positive_than_a_like(client):
+    seed(client)
+    pool = ["h2", "h3", "c2"]
+    clicked = _adjust_after(client, [("click", "h1")], pool).total
+    liked = _adjust_after(client, [("like", "h1")], pool).total
+    assert 0 < clicked[0] < liked[0] and clicked[2] < clicked[0]  # neighbours (same genre) rise, less than for a like
+    skipped_after = _adjust_after(client, [("click", "h1"), ("skip", "h1")], pool).total
+    assert skipped_after[0] <= 0  # a skip after the click cancels the click's boost
+
+
+def test_taste_shift_turns_a_demoted_category_into_a_boosted_one(client):
+    seed(client)
+    pool = ["c5", "c6", "d5"]
+    skipped = [("skip", "c1"), ("skip", "c2"), ("skip", "c3")]
+    demoted = _adjust_after(client, skipped, pool)
+    assert demoted.total[0] < -0.5 and any(p["adjustment"] == "category_demote" for p in demoted.parts[0])
+    # the user now clicks and likes comedies: the newer positives outweigh the older skips
+    shifted = _adjust_after(client, skipped + [("click", "c4"), ("like", "c4"), ("click", "c7")], pool)
+    assert not any(p["adjustment"] == "category_demote" for p in shifted.parts[0])
+    assert any(p["adjustment"] == "category_boost" and p["target"] == "Comedy" for p in shifted.parts[0])
+    assert shifted.total[0] > 0 > demoted.total[0]
+
+
+def test_item_feedback_fades_with_newer_events_of_the_user(client):
+    seed(client)
+    pool = ["d2"]
+    fresh = _adjust_after(client, [("dislike", "d1")], pool, recency_events=10.0).total[0]
+    later = _adjust_after(client, [("dislike", "d1")] + [("view", f"s{k}") for k in range(10)], pool,
+                          recency_events=10.0).total[0]
+    off = _adjust_after(client, [("dislike", "d1")] + [("view", f"s{k}") for k in range(10)], pool,
+                        recency_events=0.0).total[0]
+    assert fresh < 0 and later == pytest.approx(fresh / 2, rel=1e-4) and off == pytest.approx(fresh, rel=1e-4)

@@ -13,6 +13,7 @@ one-by-one scoring (tested).
 from __future__ import annotations
 
 import threading
+import time
 from typing import Sequence
 
 import numpy as np
@@ -83,30 +84,39 @@ class TransformerScorer:
             return Scored.empty()
         return Scored(self.item_ids, self.score_many([state])[0])
 
-    def score_many(self, states: Sequence[UserState | None]) -> np.ndarray:
-        """(B, N) float32 scores for several users in one batched forward pass."""
-        arrays = [self._arrays(s) for s in states]
+    def score_many(self, states: Sequence[UserState | None], now: float | None = None) -> np.ndarray:
+        """(B, N) float32 scores for several users in one batched forward pass.
+
+        ``now`` (epoch seconds, default the clock) is when the recommendation is asked for; a
+        model trained with ``use_request_gap`` reads the time since each user's newest event.
+        """
+        now = time.time() if now is None else now
+        arrays = [self._arrays(s, now) for s in states]
         t = max(max((len(a[0]) for a in arrays), default=1), 1)
         b = len(arrays)
         items = np.zeros((b, t), np.int64)
         types = np.zeros((b, t), np.int64)
         values = np.zeros((b, t), np.int64)
         gaps = np.zeros((b, t), np.int64)
+        next_gaps = np.zeros((b, t), np.int64)
         text_dim = self.model.cfg.text_dim
         ev_text = np.zeros((b, t, text_dim), np.float32) if text_dim else None
         any_text = False
-        for r, (it, ty, va, ga, tx) in enumerate(arrays):
+        for r, (it, ty, va, ga, tx, ng) in enumerate(arrays):
             k = len(it)
             if k == 0:
                 continue
             items[r, t - k:], types[r, t - k:], values[r, t - k:], gaps[r, t - k:] = it, ty, va, ga
+            next_gaps[r, t - k:] = ng
             if ev_text is not None and tx is not None:
                 ev_text[r, t - k:] = tx
                 any_text = True
         with torch.inference_mode():
             ti, tt, tv = torch.from_numpy(items), torch.from_numpy(types), torch.from_numpy(values)
             et = torch.from_numpy(ev_text) if any_text and ev_text is not None else None
-            h = self.model.encode(ti, tt, tv, torch.from_numpy(gaps), et, self._vecs, last_only=True)[:, -1]  # (B, D)
+            ng = torch.from_numpy(next_gaps) if self.model.cfg.use_request_gap else None
+            h = self.model.encode(ti, tt, tv, torch.from_numpy(gaps), et, self._vecs, last_only=True,
+                                  next_gaps=ng)[:, -1]  # (B, D)
             scores = h @ self._vecs[1:].T + self._bias  # (B, N)
             if self.model.cfg.repeat_term:
                 idx, src = self.model.repeat_sparse_last(ti, tt, tv)
@@ -142,11 +152,12 @@ class TransformerScorer:
             self._text_cache[text] = vec
         return vec
 
-    def _arrays(self, state: UserState | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """(T,) items, types, value buckets, gap buckets and (T, text_dim) event text of a state."""
+    def _arrays(self, state: UserState | None, now: float) -> tuple[np.ndarray, ...]:
+        """(T,) items, types, value buckets, gap buckets, (T, text_dim) event text (or None) and
+        next-gap buckets (to the following event; the newest one to ``now``) of a state."""
         if state is None:
             z = np.zeros(0, np.int64)
-            return z, z, z, z, None
+            return z, z, z, z, None, z
         seq = [i for i in state.sequence if i.item_id is None or i.item_id in self.index or i.text]
         seq = seq[-self.model.cfg.max_len:]
         items = np.array([self.index.get(i.item_id, 0) if i.item_id is not None else 0 for i in seq], np.int64)
@@ -154,8 +165,14 @@ class TransformerScorer:
         values = value_bucket(np.array([np.nan if i.value is None else i.value for i in seq], np.float64)).astype(np.int64)
         ts = np.array([i.timestamp for i in seq], np.float64)
         gaps = np.full(len(seq), -1.0)
+        nxt = np.zeros(len(seq))
         if len(seq) > 1:
             gaps[1:] = np.maximum(ts[1:] - ts[:-1], 0.0)
+            nxt[:-1] = gaps[1:]
+        if len(seq):
+            nxt[-1] = max(now - ts[-1], 0.0)
+        # a request gap longer than any seen in training reads as the longest seen
+        next_gaps = np.minimum(gap_bucket(nxt).astype(np.int64), self.model.cfg.request_gap_max)
         text = None
         if self.model.cfg.text_dim and any(i.text for i in seq):
             text = np.zeros((len(seq), self.model.cfg.text_dim), np.float32)
@@ -164,7 +181,7 @@ class TransformerScorer:
                     v = self._event_text(i.text)
                     if v is not None:
                         text[k] = v
-        return items, types, values, gap_bucket(gaps).astype(np.int64), text
+        return items, types, values, gap_bucket(gaps).astype(np.int64), text, next_gaps
 
     # ------------------------------------------------------------------ cold start
     def add_items(self, item_ids: Sequence[str], texts: Sequence[str]) -> TransformerScorer:

@@ -9,6 +9,7 @@ All randomness (initialisation, dropout, batch order) comes from ``TrainConfig.s
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -215,6 +216,11 @@ def train(
     torch.manual_seed(train_cfg.seed)
     rng = np.random.default_rng(train_cfg.seed)
     device = train_cfg.device
+    windows = training_windows(train_seqs, model_cfg.max_len, train_cfg.stride)
+    if len(windows) == 0:
+        raise ValueError("no training windows: every user has fewer than 2 events")
+    if model_cfg.use_request_gap and windows.next_gaps is not None:
+        model_cfg = dataclasses.replace(model_cfg, request_gap_max=int(windows.next_gaps.max()))
     model = FeedbackTransformer(model_cfg).to(device)
     if item_text is not None and model_cfg.text_dim > 0:
         model.set_item_text(torch.from_numpy(np.asarray(item_text, dtype=np.float32)).to(device))
@@ -222,9 +228,6 @@ def train(
     if event_text is not None and model_cfg.text_dim > 0 and len(event_text):
         et = np.concatenate([np.asarray(event_text, np.float32), np.zeros((1, model_cfg.text_dim), np.float32)])
         ev_table = torch.from_numpy(et).to(device)
-    windows = training_windows(train_seqs, model_cfg.max_len, train_cfg.stride)
-    if len(windows) == 0:
-        raise ValueError("no training windows: every user has fewer than 2 events")
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.ndim >= 2 and "emb" not in name else no_decay).append(p)

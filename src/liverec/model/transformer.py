@@ -48,6 +48,7 @@ class ModelConfig:
     use_values: bool = True
     use_gaps: bool = True
     use_request_gap: bool = False  # embed the time from each event to the next request (see data.next_gap_buckets)
+    request_gap_max: int = N_GAP_BUCKETS - 1  # largest request-gap bucket seen in training (serving clips to it)
     text_dim: int = 0  # 0 = no item/event text features
     repeat_term: bool = True
     item_bias: bool = True

@@ -34,6 +34,11 @@ class RankingConfig:
     scoped_dislike: float = 1.0  # items with a disliked category/attribute value
     scoped_skip: float = 0.4  # items with a skipped category/attribute value
     like_boost: float = 0.5  # neighbours of liked/favorited/shared/purchased items, times similarity
+    click_boost: float = 0.2  # neighbours of clicked items, times similarity (a weaker positive)
+    category_boost: float = 0.3  # items of categories with net positive recent feedback (full at category_repeat likes)
+    like_mass: float = 2.0  # weight of one like / click in a category's net feedback (a skip counts skip_mass against)
+    click_mass: float = 1.0
+    recency_events: float = 20.0  # an item feedback signal halves with every this many newer events of the user (0 = off)
     category_repeat: int = 2  # negative items in one category before the category is demoted
     category_demote: float = 0.8  # full demotion of such a category
     skip_mass: float = 1.0  # weight of one skip in the category count (a dislike counts dislike_mass)
@@ -64,12 +69,20 @@ class RankingConfig:
             raise ValueError(f"explore_epsilon={self.explore_epsilon!r}: expected a number in [0, 1]")
         if self.pool < 1 or self.explore_pool < 1 or self.explore_draws < 1:
             raise ValueError("pool, explore_pool and explore_draws must be >= 1")
+        if not (self.recency_events >= 0 and math.isfinite(self.recency_events)):
+            raise ValueError(f"recency_events={self.recency_events!r}: expected a number of events >= 0 (0 = off)")
         if any(p < 0 for p in self.explore_slots):
             raise ValueError(f"explore_slots={self.explore_slots!r}: expected 0-based positions")
 
     def decay(self, age_s: float) -> float:
         """Weight of a feedback event ``age_s`` seconds old: ``0.5 ** (age / half_life)``."""
         return 0.5 ** (max(age_s, 0.0) / self.half_life_s)
+
+    def recency(self, newer_events: int) -> float:
+        """Weight of item feedback followed by ``newer_events`` events of the same user."""
+        if self.recency_events <= 0:
+            return 1.0
+        return 0.5 ** (max(newer_events, 0) / self.recency_events)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RankingConfig":

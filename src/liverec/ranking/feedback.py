@@ -8,12 +8,20 @@ of the pool's normalised model score (see :class:`~liverec.ranking.config.Rankin
   its neighbours drop by ``*_neighbour x similarity``;
 * ``dislike`` / ``skip`` with scope ``category`` or any item attribute (``creator``...): every item
   with that value drops (``scoped_dislike``, ``scoped_skip``);
-* repeated negatives in one category (``category_repeat`` skipped or disliked items of that
-  category) demote the whole category (``category_demote``);
-* ``like`` / ``favorite`` / ``share`` / ``purchase``: neighbours rise by ``like_boost x similarity``.
+* ``like`` / ``favorite`` / ``share`` / ``purchase``: neighbours rise by ``like_boost x similarity``;
+  a ``click`` is a weaker positive: ``click_boost x similarity``;
+* per category, the user's recent item feedback is netted: likes and clicks count for it
+  (``like_mass``, ``click_mass``), skips and dislikes against it (``skip_mass``, ``dislike_mass``).
+  A category with ``category_repeat`` or more negatives and a negative net is demoted (up to
+  ``category_demote``); one with a positive net is boosted (up to ``category_boost``). So a user
+  who starts clicking a genre they used to skip gets it back within a few events.
 
 Every effect is multiplied by ``0.5 ** (age / half_life_s)``, age measured from the request's
-``now`` (default: the user's latest event, i.e. event time). Everything is recomputed from the
+``now`` (default: the user's latest event, i.e. event time). Item feedback is also weighted by
+its recency *in the user's own sequence*: ``0.5 ** (newer events / recency_events)``, so a taste
+that changes within one session (where the clock barely moves) is followed as soon as the newer
+feedback outweighs the older. Explicit scoped feedback (a disliked category) has only the time
+decay: the user said it about the category, not about one item. Everything is recomputed from the
 state at request time, so ``undo`` and ``unblock`` (which change the state) reverse an effect at
 once, and nothing is stored that could go stale. Blocks are *not* handled here: they are hard
 filters (:class:`liverec.recommend.pipeline.Policy`) applied before this stage ever sees a
@@ -33,13 +41,14 @@ from .config import RankingConfig
 from .vectors import ItemSpace
 
 POSITIVE_FEEDBACK = ("like", "favorite", "share", "purchase")
+WEAK_POSITIVE = ("click",)
 
 
 @dataclass(frozen=True, slots=True)
 class Signal:
     """One feedback fact from the state: ``type`` on (``scope``, ``target``) at ``timestamp``."""
 
-    type: str  # like | dislike | skip (like stands for any positive feedback type)
+    type: str  # like | click | dislike | skip (like stands for any positive feedback type)
     scope: str
     target: str
     timestamp: float
@@ -49,26 +58,65 @@ class Signal:
 
 
 def signals(state: UserState, now: float, cfg: RankingConfig) -> list[Signal]:
-    """The user's feedback facts, newest first, at most ``cfg.max_signals``."""
-    # The latest event of each kind per item gives the event type and id shown in explanations.
-    latest: dict[tuple[str, str], tuple[str, str | None]] = {}  # (like|dislike|skip, item) -> (type, id)
-    for inter in state.sequence:  # oldest -> newest
+    """The user's feedback facts, newest first, at most ``cfg.max_signals``.
+
+    ``decay`` combines the time decay and, for item feedback, the recency in the sequence.
+    """
+    # The latest event of each kind per item: its type and id (for explanations) and position.
+    seq = state.sequence
+    n = len(seq)
+    latest: dict[tuple[str, str], tuple[str, str | None, int]] = {}  # (like|click|dislike|skip, item) -> (type, id, pos)
+    for pos, inter in enumerate(seq):  # oldest -> newest
         if inter.item_id is None:
             continue
         if inter.type in POSITIVE_FEEDBACK:
-            latest[("like", inter.item_id)] = (inter.type, inter.event_id)
+            latest[("like", inter.item_id)] = (inter.type, inter.event_id, pos)
+        elif inter.type in WEAK_POSITIVE:
+            latest[("click", inter.item_id)] = (inter.type, inter.event_id, pos)
         elif inter.type in ("dislike", "skip"):
-            latest[(inter.type, inter.item_id)] = (inter.type, inter.event_id)
+            latest[(inter.type, inter.item_id)] = (inter.type, inter.event_id, pos)
+
+    def newer(pos: int) -> int:  # events after position ``pos`` (an event trimmed from the sequence: all of them)
+        return n - 1 - pos if pos >= 0 else n
+
     out: list[Signal] = []
     for item, t in state.liked.items():
-        etype, eid = latest.get(("like", item), ("like", None))
-        out.append(Signal("like", "item", item, t, cfg.decay(now - t), etype, eid))
+        etype, eid, pos = latest.get(("like", item), ("like", None, -1))
+        out.append(Signal("like", "item", item, t, cfg.decay(now - t) * cfg.recency(newer(pos)), etype, eid))
+    for (kind, item), (etype, eid, pos) in latest.items():
+        if kind != "click" or item in state.liked:
+            continue
+        later_negative = max(latest.get(("dislike", item), ("", None, -1))[2], latest.get(("skip", item), ("", None, -1))[2])
+        if later_negative > pos:  # clicked, then skipped or disliked: the negative stands
+            continue
+        t = seq[pos].timestamp
+        out.append(Signal("click", "item", item, t, cfg.decay(now - t) * cfg.recency(newer(pos)), etype, eid))
     for kind, table in (("dislike", state.disliked), ("skip", state.skipped)):
         for (scope, target), t in table.items():
-            eid = latest.get((kind, target), (kind, None))[1] if scope == "item" else None
-            out.append(Signal(kind, scope, target, t, cfg.decay(now - t), kind, eid))
+            if scope == "item":
+                _, eid, pos = latest.get((kind, target), (kind, None, -1))
+                w = cfg.decay(now - t) * cfg.recency(newer(pos))
+            else:
+                eid, w = None, cfg.decay(now - t)
+            out.append(Signal(kind, scope, target, t, w, kind, eid))
     out.sort(key=lambda s: -s.timestamp)
     return out[: cfg.max_signals]
+
+
+def recent_positives(state: UserState, k: int) -> list[tuple[str, float]]:
+    """The ``k`` newest (item, time) the user liked or clicked (and did not skip or dislike since)."""
+    out: dict[str, float] = dict(state.liked)
+    negative: set[str] = set()
+    for inter in reversed(state.sequence):  # newest first
+        if inter.item_id is None or inter.item_id in out or inter.item_id in negative:
+            continue
+        if inter.type in WEAK_POSITIVE:
+            out[inter.item_id] = inter.timestamp
+        elif inter.type in ("dislike", "skip"):
+            negative.add(inter.item_id)
+        if len(out) >= k + len(state.liked):
+            break
+    return sorted(out.items(), key=lambda kv: -kv[1])[:k]
 
 
 @dataclass
@@ -124,6 +172,8 @@ def adjust(
                 col[own] = 0.0
             if s.type == "like":
                 w, self_w, name = cfg.like_boost, 0.0, "like_boost"
+            elif s.type == "click":
+                w, self_w, name = cfg.click_boost, 0.0, "click_boost"
             elif s.type == "dislike":
                 w, self_w, name = -cfg.dislike_neighbour, -cfg.dislike_item, "dislike_demote"
             else:
@@ -137,24 +187,31 @@ def adjust(
             if own is not None and self_w != 0.0:
                 add(np.array([own]), np.array([self_w * s.decay]), info)
 
-    # ---- scoped signals and repeated negatives per category -----------------------------------
+    # ---- scoped signals, and the net item feedback per category -----------------------------
     scoped = [s for s in sigs if s.scope != "item"]
-    cat_mass: dict[str, float] = {}
-    cat_count: dict[str, int] = {}
+    net: dict[str, float] = {}  # category -> positive minus negative feedback mass
+    negatives: dict[str, int] = {}
+    masses = {"like": cfg.like_mass, "click": cfg.click_mass, "dislike": -cfg.dislike_mass, "skip": -cfg.skip_mass}
     for s in sigs:
-        if s.scope == "item" and s.type in ("dislike", "skip"):
-            item = item_of(app, s.target)
-            if item is None:
-                continue
-            mass = (cfg.dislike_mass if s.type == "dislike" else cfg.skip_mass) * s.decay
-            for c in item.categories:
-                cat_mass[c] = cat_mass.get(c, 0.0) + mass
-                cat_count[c] = cat_count.get(c, 0) + 1
+        if s.scope != "item":
+            continue
+        item = item_of(app, s.target)
+        if item is None:
+            continue
+        mass = masses[s.type] * s.decay
+        for c in item.categories:
+            net[c] = net.get(c, 0.0) + mass
+            if s.type in ("dislike", "skip"):
+                negatives[c] = negatives.get(c, 0) + 1
     demoted = {
-        c: cfg.category_demote * min(1.0, cat_mass[c] / (cfg.category_repeat * cfg.skip_mass))
-        for c, n in cat_count.items() if n >= cfg.category_repeat
+        c: cfg.category_demote * min(1.0, -net[c] / (cfg.category_repeat * cfg.skip_mass))
+        for c, k in negatives.items() if k >= cfg.category_repeat and net[c] < 0
     }
-    if scoped or demoted:
+    boosted = {
+        c: cfg.category_boost * min(1.0, v / (cfg.category_repeat * cfg.like_mass))
+        for c, v in net.items() if v > 0 and cfg.category_boost > 0
+    }
+    if scoped or demoted or boosted:
         for r, item_id in enumerate(item_ids):
             item = item_of(app, item_id)
             if item is None:
@@ -173,4 +230,10 @@ def adjust(
                 total[r] += d
                 parts[r].append({"kind": "policy", "adjustment": "category_demote", "scope": "category",
                                  "target": max(cats, key=lambda c: demoted[c]), "type": "skip/dislike", "delta": d})
+            cats = [c for c in item.categories if c in boosted]
+            if cats:
+                best = max(cats, key=lambda c: boosted[c])
+                total[r] += boosted[best]
+                parts[r].append({"kind": "policy", "adjustment": "category_boost", "scope": "category",
+                                 "target": best, "type": "like/click", "delta": boosted[best]})
     return Adjustments(item_ids, total, parts)

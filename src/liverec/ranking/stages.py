@@ -31,7 +31,7 @@ from ..store.base import Item
 from .bandit import RewardTracker, ThompsonBandit
 from .config import RankingConfig, RankingSettings
 from .diversity import mmr
-from .feedback import adjust
+from .feedback import adjust, recent_positives
 from .impressions import Impression, ImpressionLog
 from .vectors import ItemSpace
 
@@ -139,9 +139,9 @@ class RankingStages:
                 taken.add(item_id)
                 if len(ids) >= max(cfg.pool, request.n):
                     break
-        if state is not None and state.liked and cfg.neighbour_candidates > 0 and ids:
+        if state is not None and cfg.neighbour_candidates > 0 and ids:
             floor = min(scores)
-            recent = sorted(state.liked.items(), key=lambda kv: -kv[1])[:5]
+            recent = recent_positives(state, 5)
             lookup: dict[str, float] | None = None
             for liked, t in recent:
                 if cfg.decay(now - t) < 0.05:
