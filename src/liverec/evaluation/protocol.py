@@ -13,6 +13,9 @@ Protocol (ML-1M and any log in the generic import format):
    Users with fewer than three target events are not evaluated; their events are training data.
 4. Model inputs are at most the ``max_len`` (200) most recent events before the predicted
    position; ranking is over ALL catalog items (items that occur in the log).
+5. The request time of a held-out position is its event's timestamp (a recommendation is asked
+   for when the user comes back); a model may read how long after the newest input event that
+   is, never which item it is (see :func:`liverec.model.data.next_gap_buckets`).
 """
 
 from __future__ import annotations

@@ -99,7 +99,10 @@ def make_stream(log: InteractionLog, train_frac: float) -> Stream:
 
 
 def prefix_windows(s: Stream, events: np.ndarray, max_len: int) -> Windows:
-    """Left-padded input windows of the events *before* each flat event in ``events``: (B, T)."""
+    """Left-padded input windows of the events *before* each flat event in ``events``: (B, T).
+
+    The request time is the predicted event's own time, so the newest position's request gap is
+    that event's gap bucket (and every earlier position's is its successor's gap)."""
     seqs = s.log.seqs
     ev = np.asarray(events, dtype=np.int64)
     idx = ev[:, None] - max_len + np.arange(max_len)[None, :]  # (B, T) flat indices
@@ -113,6 +116,7 @@ def prefix_windows(s: Stream, events: np.ndarray, max_len: int) -> Windows:
         np.where(valid, s.gb[safe], z),
         np.full_like(safe, -1),
         z.copy(),
+        np.where(valid, s.gb[np.minimum(safe + 1, len(s.gb) - 1)], z),
     )
 
 
@@ -122,7 +126,7 @@ def event_examples(s: Stream, events: np.ndarray, max_len: int) -> Windows:
     w = prefix_windows(s, events, max_len)
     targets = np.zeros_like(w.items)
     targets[:, -1] = s.log.seqs.items[np.asarray(events, dtype=np.int64)]
-    return Windows(w.items, w.types, w.values, w.gaps, w.text_ids, targets)
+    return Windows(w.items, w.types, w.values, w.gaps, w.text_ids, targets, w.next_gaps)
 
 
 def subset_sequences(s: Stream, keep: np.ndarray, users: np.ndarray | None = None) -> Sequences:
@@ -149,8 +153,8 @@ def rank_events(model: FeedbackTransformer, s: Stream, events: np.ndarray, max_l
     for a in range(0, len(events), chunk):
         ev = np.asarray(events[a:a + chunk], dtype=np.int64)
         w = prefix_windows(s, ev, max_len)
-        t = {k: torch.from_numpy(getattr(w, k)).to(device) for k in ("items", "types", "values", "gaps")}
-        scores = model.score_last(t["items"], t["types"], t["values"], t["gaps"])  # (B, N)
+        t = {k: torch.from_numpy(getattr(w, k)).to(device) for k in ("items", "types", "values", "gaps", "next_gaps")}
+        scores = model.score_last(t["items"], t["types"], t["values"], t["gaps"], next_gaps=t.get("next_gaps"))  # (B, N)
         # exclude every earlier item of the user (not only those inside the window)
         rows, cols = [], []
         for r, e in enumerate(ev.tolist()):

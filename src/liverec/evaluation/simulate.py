@@ -20,7 +20,9 @@ Reported: the share of recommended items in averse categories in the first slate
 after the user's 3rd negative event; how often a blocked item (or an item of a blocked category)
 came back; how many feedback events after the taste shift until NDCG@10 (graded by the new
 hidden utility over the allowed, unconsumed catalog) is back at 90% of its steady state before
-the shift; CTR per step, with exploration on and off (two cohorts with the same tastes); catalog coverage and
+the shift, also counted in requests, beside the number of feedback events the user gave on the
+slate at the shift (a user reads a whole slate before asking again, so those events are the floor
+of the event count for a service that recovers on the very next request); CTR per step, with exploration on and off (two cohorts with the same tastes); catalog coverage and
 intra-list diversity (1 - genre cosine) of the slates.
 """
 
@@ -270,6 +272,8 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
         recurrences, blocked_total = 0, 0
         recovery: list[float] = []
         recovery_dropped: list[float] = []
+        recovery_slates: list[int] = []  # dropped users: requests after the shift until recovered
+        shift_slate_events: list[int] = []  # dropped users: feedback events on the slate at the shift
         shown: set[str] = set()
         ild: list[float] = []
         not_recovered = dropped_users = 0
@@ -279,6 +283,8 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
             dropped = False  # NDCG fell below 90% of steady state at the shift
             shift_events: int | None = None
             recovered_after: int | None = None
+            recovered_step: int | None = None
+            at_shift_events = 0
             first_share: float | None = None
             shares_after: list[float] = []
             for step in range(cfg.steps):
@@ -318,7 +324,10 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
                     dropped = True
                 if step >= cfg.shift_at and recovered_after is None and steady and nd >= 0.9 * float(np.mean(steady)):
                     recovered_after = user.feedback_events - (shift_events or 0)
+                    recovered_step = step
                 events = user.react(slate, step)
+                if step == cfg.shift_at:
+                    at_shift_events = len(events)
                 clicked = any(e["type"] == "click" for e in events)
                 ctr[step] += clicked
                 if events:
@@ -337,6 +346,9 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
                 recovery.append(recovered_after)
                 if dropped:
                     recovery_dropped.append(recovered_after)
+                    recovery_slates.append(int(recovered_step or 0) - cfg.shift_at)
+            if dropped:
+                shift_slate_events.append(at_shift_events)
             dropped_users += int(dropped)
             if progress:
                 print(f"{cohort} user {k + 1}/{cfg.users}", flush=True)
@@ -353,6 +365,11 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
             "recovered_users": len(recovery),
             "users_whose_ndcg_dropped_at_shift": dropped_users,
             "recovery_events_median_dropped": float(np.median(recovery_dropped)) if recovery_dropped else float("nan"),
+            # the same in requests: 1 = the very next slate after the one at the shift was back at 90%
+            "recovery_slates_median_dropped": float(np.median(recovery_slates)) if recovery_slates else float("nan"),
+            # feedback events the dropped users gave on the slate at the shift (before any new slate
+            # could react): the floor of recovery_events for a service that recovers on the next request
+            "shift_slate_events_median_dropped": float(np.median(shift_slate_events)) if shift_slate_events else float("nan"),
             "not_recovered_users": not_recovered,
             "ctr_per_step": (ctr / cfg.users).round(4).tolist(),
             "ctr": float(ctr.sum() / (cfg.users * cfg.steps)),

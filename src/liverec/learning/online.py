@@ -176,15 +176,17 @@ class OnlineLearner:
         held = seqs.truncate_last(1)  # training: everything but each user's newest event
         targets = np.array([seqs.items[seqs.offsets[u + 1] - 1] for u in range(seqs.n_users)], dtype=np.int64)
         ok = targets > 0
-        val_windows = input_windows(held, max_len, np.flatnonzero(ok))
+        newest_ts = np.array([seqs.timestamps[seqs.offsets[u + 1] - 1] for u in range(seqs.n_users)], dtype=np.float64)
+        val_windows = input_windows(held, max_len, np.flatnonzero(ok), request_times=newest_ts)
 
         def validate(m: FeedbackTransformer) -> float:
             if not ok.any():
                 return 0.0
             with torch.no_grad():
                 m.eval()
-                t = {k: torch.from_numpy(getattr(val_windows, k)) for k in ("items", "types", "values", "gaps")}
-                scores = mask_seen(m.score_last(t["items"], t["types"], t["values"], t["gaps"]), t["items"])  # (V, N)
+                t = {k: torch.from_numpy(getattr(val_windows, k)) for k in ("items", "types", "values", "gaps", "next_gaps")}
+                scores = m.score_last(t["items"], t["types"], t["values"], t["gaps"], next_gaps=t["next_gaps"])
+                scores = mask_seen(scores, t["items"])  # (V, N)
                 tgt = torch.from_numpy(targets[ok] - 1)
                 rank = (scores > scores.gather(1, tgt[:, None])).sum(1).numpy()
             return float(np.mean(np.where(rank < 10, 1.0 / np.log2(rank + 2.0), 0.0)))
