@@ -67,3 +67,29 @@ def test_negative_feedback_is_input_not_target() -> None:
     w = training_windows(seqs, max_len=5)
     assert 2 not in w.targets[w.targets > 0].tolist()
     assert 2 in w.items[0].tolist()
+
+
+def test_next_gap_buckets_use_the_next_event_and_the_request_time() -> None:
+    from liverec.model.data import next_gap_buckets
+    from liverec.model.features import gap_bucket
+
+    seqs = Sequences.from_lists([[1, 2, 3], [4]], timestamps=[[0.0, 0.0, 10.0], [5.0]])
+    known = next_gap_buckets(seqs, request_times=np.array([100.0, np.nan]))
+    expected = gap_bucket(np.array([0.0, 10.0, 90.0]))  # same second, 10 s, request 90 s after the newest
+    assert known.tolist() == expected.tolist() + [0]  # the second user's request time is unknown
+    assert next_gap_buckets(seqs).tolist() == expected.tolist()[:2] + [0, 0]
+
+
+def test_fast_dropout_rate_scale_and_seed() -> None:
+    from liverec.model.transformer import fast_dropout
+
+    x = torch.ones(200_000)
+    torch.manual_seed(3)
+    a = fast_dropout(x, 0.2)
+    torch.manual_seed(3)
+    b = fast_dropout(x, 0.2)
+    assert torch.equal(a, b)  # reproducible from the seed
+    dropped = float((a == 0).float().mean())
+    assert abs(dropped - 51 / 256) < 0.005  # p rounded to 51/256
+    assert abs(float(a.mean()) - 1.0) < 0.01  # inverted scaling keeps the expectation
+    assert torch.equal(fast_dropout(x, 0.2, training=False), x)

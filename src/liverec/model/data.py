@@ -149,9 +149,8 @@ def next_gap_buckets(seqs: Sequences, request_times: np.ndarray | None = None) -
     held-out event's time offline): it tells a continuing session from a return after months.
     """
     ts = seqs.timestamps
-    out = np.zeros(seqs.n_events, dtype=np.int8)
     if seqs.n_events == 0:
-        return out
+        return np.zeros(0, dtype=np.int8)
     nxt = np.empty_like(ts)
     nxt[:-1] = ts[1:] - ts[:-1]
     last = seqs.offsets[1:] - 1
