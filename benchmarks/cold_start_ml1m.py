@@ -38,12 +38,12 @@ def main() -> None:
     ap.add_argument("--text-cache", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--recipe", default="{}", help="JSON overrides of DEFAULT_RECIPE (e.g. id_dropout, epochs)")
-    ap.add_argument("--time-budget", type=float, default=1500.0)
+    ap.add_argument("--time-budget", type=float, default=1500.0, help="training time budget (s); 0 = none")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
-    recipe = {**DEFAULT_RECIPE, "time_budget_s": args.time_budget, **json.loads(args.recipe)}
+    recipe = {**DEFAULT_RECIPE, "time_budget_s": args.time_budget or None, **json.loads(args.recipe)}  # 0: no budget
     mo, to, _ = split_overrides(recipe)
     full = load_movielens(args.data)
     rng = np.random.default_rng(args.seed)
