@@ -38,7 +38,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     patience: int = 10  # validation checks without improvement before stopping
     eval_every: int = 1  # epochs between validation checks
-    time_budget_s: float | None = None  # stop (keeping the best weights) before exceeding this
+    time_budget_s: float | None = None  # stop (keeping the best weights) before exceeding this (None or 0: no budget)
     stride: int | None = None  # extra windows over long histories (None: newest window only)
     bf16: bool = False  # bf16 logits matmuls (AMX / AVX512-bf16 on CPU, tensor cores on GPU)
     seed: int = 0
@@ -266,7 +266,7 @@ def train(
         rec: dict[str, float] = {"epoch": epoch, "loss": total / max(count, 1), "seconds": time.perf_counter() - t0}
         # Stop when the next epoch would not finish inside the time budget (epochs take similar time).
         elapsed = time.perf_counter() - t0
-        out_of_time = train_cfg.time_budget_s is not None and elapsed * (epoch + 1) / epoch >= train_cfg.time_budget_s
+        out_of_time = bool(train_cfg.time_budget_s) and elapsed * (epoch + 1) / epoch >= train_cfg.time_budget_s
         if valid is not None and (epoch % train_cfg.eval_every == 0 or epoch == train_cfg.epochs or out_of_time):
             m = evaluate_windows(model, valid.windows, valid.targets, device=device, event_text_table=ev_table)
             rec.update({f"val_{k}": v for k, v in m.items() if k in ("NDCG@10", "HR@10")})
