@@ -36,8 +36,8 @@ class RankingConfig:
     like_boost: float = 0.5  # neighbours of liked/favorited/shared/purchased items, times similarity
     click_boost: float = 0.2  # neighbours of clicked items, times similarity (a weaker positive)
     category_boost: float = 0.3  # items of categories with net positive recent feedback (full at category_repeat likes)
-    like_mass: float = 2.0  # weight of one like / click in a category's net feedback (a skip counts skip_mass against)
-    click_mass: float = 1.0
+    like_mass: float = 2.0  # weight of one like in a category's net feedback (a skip counts skip_mass against)
+    click_mass: float = 1.0  # weight of one click in it
     recency_events: float = 20.0  # an item feedback signal halves with every this many newer events of the user (0 = off)
     category_repeat: int = 2  # negative items in one category before the category is demoted
     category_demote: float = 0.8  # full demotion of such a category
