@@ -126,6 +126,25 @@ def test_new_item_gets_a_row_from_its_text_neighbours(service):
     assert np.isfinite(served.score("default", service.state.get("default", "u0"), 5).scores).all()
 
 
+def test_output_bias_learns_from_each_new_event(service):
+    # no fine-tuning steps: only the per-event bias step changes the weights
+    cfg = LearnerConfig(min_events=10, replay_users=4, bias_lr=0.5, finetune=FineTuneConfig(steps=0, tolerance=1.0))
+    learner = attach(service, "default", cfg, start=False)
+    old = service.pipeline.scorer.by_app["default"]
+    # every user: m1 (no prefix: nothing to learn from), m2 and m5 (learned), a newest event of its own (validates)
+    events = [Event("default", f"p{u}-{k}", f"u{u}", "view", 5000.0 + 10 * u + k, item)
+              for u in range(12) for k, item in enumerate(["m1", "m2", "m5", f"m{10 + u}"])]
+    service.ingest_events(events)
+    out = learner.step()
+    assert out["accepted"] and out["bias_events"] == 12 * 2
+    served = service.pipeline.scorer.by_app["default"]
+    delta = (served.model.out_bias - old.model.out_bias).detach()
+    rising = {served.item_ids[int(k)] for k in torch.topk(delta, 2).indices}
+    assert rising == {"m2", "m5"} and float(delta.min()) < 0
+    assert torch.equal(served.model.item_emb.weight, old.model.item_emb.weight)  # nothing else moved
+    assert abs(float(delta.sum())) < 1e-4  # softmax mass out, targets in: the step sums to zero
+
+
 def test_learn_command_tails_the_log_and_publishes(tmp_path):
     from typer.testing import CliRunner
 

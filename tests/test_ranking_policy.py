@@ -215,3 +215,31 @@ def test_item_feedback_fades_with_newer_events_of_the_user(client):
     off = _adjust_after(client, [("dislike", "d1")] + [("view", f"s{k}") for k in range(10)], pool,
                         recency_events=0.0).total[0]
     assert fresh < 0 and later == pytest.approx(fresh / 2, rel=1e-4) and off == pytest.approx(fresh, rel=1e-4)
+
+
+def test_a_run_of_negatives_widens_the_slate(seeded):
+    """Likes pull comedy up; then three skips in a row: the taste has moved, the slate spreads
+    over genres (MMR over a wider pool) and says why; one positive event ends the streak."""
+    for k in range(1, 4):
+        post(seeded, user_id="u", item_id=f"c{k}", type="like", timestamp=2010 + k)
+    before = recs(seeded, "u", n=6, diversity=0.0)
+    for k, item in enumerate(["c4", "c5", "c6"]):
+        post(seeded, user_id="u", item_id=item, type="skip", timestamp=2020 + k)
+    after = recs(seeded, "u", n=6, diversity=0.0)
+    cats = lambda items: len({i["categories"][0] for i in items})  # noqa: E731
+    assert cats(after) > cats(before)
+    assert any(b.get("reason") == "negative streak" for i in after for b in i["because"])
+    post(seeded, user_id="u", item_id="d1", type="click", timestamp=2030)
+    assert not any(b.get("reason") == "negative streak" for i in recs(seeded, "u", n=6) for b in i["because"])
+
+
+def test_negative_streak_counts_only_the_newest_run():
+    from liverec.ranking.feedback import negative_streak
+
+    st = UserState()
+    for k, t in enumerate(["skip", "like", "skip", "dislike", "skip"]):
+        st.apply(Event("a", f"e{k}", "u", t, 100.0 + k, f"i{k}"), DEFAULT_TYPES[t])
+    assert negative_streak(st, DEFAULT_TYPES) == 3
+    assert negative_streak(None, DEFAULT_TYPES) == 0
+    with pytest.raises(ValueError, match="streak_diversity"):
+        RankingConfig(streak_diversity=2.0)

@@ -11,7 +11,7 @@ import torch
 
 from liverec.evaluation.replay import ReplayConfig, load_model, make_stream, prefix_windows, rank_events, run_replay, save_model
 from liverec.evaluation.protocol import load_movielens
-from liverec.learning.finetune import FineTuneConfig
+from liverec.learning.finetune import FineTuneConfig, bias_step
 from liverec.model.transformer import FeedbackTransformer, ModelConfig
 
 
@@ -88,3 +88,43 @@ def test_save_load_roundtrip(tmp_path):
     back = load_model(tmp_path / "x.safetensors")
     for k, v in model.state_dict().items():
         assert torch.equal(v, back.state_dict()[k])
+
+
+def test_bias_step_is_one_sgd_step_on_the_cross_entropy():
+    torch.manual_seed(0)
+    model = FeedbackTransformer(ModelConfig(n_items=9, max_len=4, d_model=8, n_blocks=1, dropout=0.0)).eval()
+    items = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])
+    types = torch.ones_like(items)
+    types[items == 0] = 0
+    zeros = torch.zeros_like(items)
+    targets = torch.tensor([4, 0])  # 0-based
+    scores = model.score_last(items, types, zeros, zeros)
+    loss = torch.nn.functional.cross_entropy(scores, targets, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, model.out_bias)
+    before = model.out_bias.detach().clone()
+    bias_step(model, scores.detach(), targets, lr=0.1)
+    assert torch.allclose(model.out_bias.detach(), before - 0.1 * grad, atol=1e-6)
+    bias_step(model, scores.detach(), targets, lr=0.0)  # a rate of 0 changes nothing
+    assert torch.allclose(model.out_bias.detach(), before - 0.1 * grad, atol=1e-6)
+
+
+def test_online_bias_follows_what_the_stream_brings(tmp_path):
+    """Every user's first window event turns to the same item: ranked with bias steps, it climbs
+    to the top; each chunk is ranked before it is learned from, so the first chunk is unchanged."""
+    log = load_movielens(write_ml(tmp_path / "ml", users=60, items=30, per_user=10))
+    s = make_stream(log, 0.5)
+    seqs = log.seqs
+    first: dict[int, int] = {}
+    for e in s.order[s.cut:].tolist():
+        u = int(s.user_of[e])
+        if u not in first and 7 not in seqs.items[s.start_of[e]:e + 1].tolist():
+            first[u] = e
+    window = np.array(sorted(first.values(), key=lambda e: list(s.order).index(e)), dtype=np.int64)
+    assert len(window) >= 24
+    seqs.items[window] = 7
+    torch.manual_seed(0)
+    model = FeedbackTransformer(ModelConfig(n_items=log.n_items, max_len=8, d_model=8, n_blocks=1, dropout=0.0))
+    frozen = rank_events(model, s, window, max_len=8, device="cpu", chunk=8)
+    online = rank_events(model, s, window, max_len=8, device="cpu", chunk=8, bias_lr=0.1)
+    assert (online[:8] == frozen[:8]).all()
+    assert np.median(online[-8:]) == 0 and np.median(frozen[-8:]) > 3

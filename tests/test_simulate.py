@@ -5,6 +5,7 @@ from __future__ import annotations
 from liverec.evaluation.simulate import SimConfig, ndcg_at, run, synthetic_world
 
 import numpy as np
+import pytest
 
 
 def test_simulated_users_aversions_and_blocks(client):
@@ -24,3 +25,27 @@ def test_ndcg_graded_by_hidden_utility():
     ideal = np.array([3.0, 2.0, 1.0, -1.0])
     assert ndcg_at(np.array([3.0, 2.0, 1.0]), ideal) == 1.0
     assert 0 < ndcg_at(np.array([1.0, -1.0, 2.0]), ideal) < 1.0
+
+
+def test_feed_mode_reacts_once_per_request(client):
+    """Feed mode: the app asks again after every reaction, so a request draws at most one event
+    (a click with its like counts as one reaction)."""
+    from liverec.evaluation.simulate import SimUser
+
+    world = synthetic_world(n_categories=6, per_category=15, n_background=0, seed=3)
+    cfg = SimConfig(mode="feed", noise=0.0)
+    user = SimUser(world, "u", world.tastes[0], np.random.default_rng(0), cfg)
+    user.averse = {world.names[0]}
+    slate = [m for m in world.item_ids if world.names[0] in world.categories[world.item_ids.index(m)]][:10]
+    assert [e["type"] for e in user.react(slate, 0)] in (["dislike"], ["skip"], ["block"])
+    slate_cfg = SimConfig(mode="slate", noise=0.0)
+    whole = SimUser(world, "v", world.tastes[0], np.random.default_rng(0), slate_cfg)
+    whole.averse = {world.names[0]}
+    assert len(whole.react(slate, 0)) == 10  # every averse item read and reacted to
+    report = run(client, world, SimConfig(users=4, steps=12, shift_at=6, seed=1, mode="feed"), app="feed")
+    for cohort in ("explore", "no_explore"):
+        assert report["cohorts"][cohort]["blocked_recurrences"] == 0
+        r = report["cohorts"][cohort]
+        assert r["users_whose_ndcg_dropped_at_shift"] == 0 or r["shift_slate_events_median_dropped"] <= 2.0
+    with pytest.raises(ValueError, match="carousel"):
+        SimConfig(mode="carousel")

@@ -75,6 +75,7 @@ def simulate(
     shift_at: int = typer.Option(12, help="Step at which tastes shift."),
     seed: int = typer.Option(0, help="Seed of tastes, aversions and behaviour."),
     diversity: Optional[float] = typer.Option(None, help="Pass this `diversity` (0..1) with every recommendation request."),
+    mode: str = typer.Option("slate", help="slate: users react to a whole slate, then ask again; feed: the app asks again after every event."),
     app_id: Optional[str] = typer.Option(None, "--app", help="App to simulate in (default: a fresh sim-<seed>-<time> app)."),
     timeout: float = typer.Option(30.0, help="HTTP timeout in seconds."),
 ) -> None:
@@ -83,8 +84,10 @@ def simulate(
 
     from .evaluation.simulate import SimConfig, run, synthetic_world, world_from_movielens
 
+    if mode not in ("slate", "feed"):
+        raise typer.BadParameter(f"--mode {mode!r}: expected slate or feed")
     world = world_from_movielens(data, history_events, seed) if data else synthetic_world(seed=seed)
-    cfg = SimConfig(users=users, steps=steps, shift_at=shift_at, seed=seed, diversity=diversity)
+    cfg = SimConfig(users=users, steps=steps, shift_at=shift_at, seed=seed, diversity=diversity, mode=mode)
     app_name = app_id or f"sim-{seed}-{int(time.time())}"
     with httpx.Client(base_url=url, timeout=timeout) as client:
         report = run(client, world, cfg, app_name)
@@ -100,6 +103,7 @@ replay_app = typer.Typer(help="Prequential replay of a dataset: online learning 
 def replay_movielens(
     path: Path = typer.Argument(..., exists=True, file_okay=False, help="ML-1M folder (ratings.dat, movies.dat)."),
     out: Path = typer.Option(Path("replay.json"), "--out", help="JSON summary; the plot is written beside it (.png)."),
+    train_frac: float = typer.Option(0.8, help="Share of the events (by time) that trains the model; the rest is the replay window."),
     max_events: Optional[int] = typer.Option(None, help="Replay only the first N window events (documented in the output)."),
     user_stride: int = typer.Option(1, help="Replay only the window events of every k-th user."),
     cadence: int = typer.Option(5000, help="Window events between online updates."),
@@ -108,6 +112,8 @@ def replay_movielens(
     recent: str = typer.Option("events", help="events: one example per new event; windows: the acting users' newest windows."),
     passes: float = typer.Option(1.0, help="With --recent events: passes over the new events per update."),
     replay_ratio: float = typer.Option(0.5, help="Share of each fine-tuning batch replayed from the training period."),
+    bias_lr: float = typer.Option(0.0, help="Online: per-event SGD rate of the output bias between updates (0: off)."),
+    updates: bool = typer.Option(True, "--updates/--no-updates", help="Online: fine-tuning updates every --cadence events."),
     epochs: int = typer.Option(30, help="Most epochs of training-period training."),
     train_budget: float = typer.Option(600.0, help="Time budget (s) of training-period training."),
     model: Optional[Path] = typer.Option(None, "--model", exists=True, dir_okay=False, help="Start from this training-period model (safetensors) instead of training."),
@@ -122,7 +128,12 @@ def replay_movielens(
 
     if recent not in ("events", "windows"):
         raise typer.BadParameter(f"--recent {recent!r}: expected events or windows")
-    cfg = ReplayConfig(max_events=max_events, user_stride=user_stride, cadence=cadence, epochs=epochs,
+    if not 0.0 < train_frac < 1.0:
+        raise typer.BadParameter(f"--train-frac {train_frac}: expected a share strictly between 0 and 1")
+    if bias_lr < 0:
+        raise typer.BadParameter(f"--bias-lr {bias_lr}: expected a rate >= 0")
+    cfg = ReplayConfig(train_frac=train_frac, max_events=max_events, user_stride=user_stride, cadence=cadence, epochs=epochs,
+                       bias_lr=bias_lr, updates=updates,
                        train_budget_s=train_budget, rtrec=rtrec, device=device, seed=seed, recent=recent, passes=passes,
                        finetune=FineTuneConfig(steps=steps, lr=lr, replay_ratio=replay_ratio))
     summary = run_replay(path, cfg, out.parent, log=lambda m: typer.echo(m, err=True), model_path=model, save_to=save_model)

@@ -13,7 +13,9 @@ Protocol (ML-1M, ``liverec replay movielens PATH``):
    (a) **online**: the Transformer, fine-tuned every ``cadence`` events on the recent users'
        sequences mixed with replayed training-period windows, new items initialised from their
        text, each update guarded (rolled back if the validation NDCG on the newest events drops
-       by more than ``tolerance``);
+       by more than ``tolerance``); between updates its output bias takes one SGD step per event
+       (``bias_lr``, :func:`~liverec.learning.finetune.bias_step`) after each chunk of ``chunk``
+       events has been ranked (so an event is always ranked before it is learned from);
    (b) **frozen**: the same Transformer, never updated;
    (c) **rtrec**: PyPI ``rtrec`` SLIM, bulk-fitted on the training period, then fed the window
        with ``partial_fit`` every ``rtrec_batch`` events.
@@ -34,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..learning.finetune import FineTuneConfig, FineTuner, init_new_items
+from ..learning.finetune import FineTuneConfig, FineTuner, bias_step, init_new_items
 from ..model.data import Sequences, Windows, training_windows
 from ..model.features import gap_bucket, gaps_from_timestamps, value_bucket
 from ..model.train import TrainConfig, ValidationSet, train
@@ -50,7 +52,8 @@ class ReplayConfig:
     max_events: int | None = None  # first N window events (None: all)
     user_stride: int = 1  # window events of every k-th user
     cadence: int = 5000  # window events between online updates
-    chunk: int = 512  # events scored per batch
+    chunk: int = 512  # events scored per batch (and, online, per output-bias step)
+    bias_lr: float = 0.0  # online: per-event SGD rate of the output bias between updates (0: off)
     # model trained on the training period
     d_model: int = 64
     n_blocks: int = 2
@@ -62,6 +65,7 @@ class ReplayConfig:
     batch_size: int = 128
     # online updates
     finetune: FineTuneConfig = field(default_factory=lambda: FineTuneConfig(steps=60, lr=5e-4, replay_ratio=0.5))
+    updates: bool = True  # online: fine-tuning updates every ``cadence`` events (False: the output bias alone learns)
     val_share: float = 0.1  # newest share of each cadence's events held out by the guard rail
     recent: str = "events"  # "events": one example per new event; "windows": the users' newest windows
     passes: float = 1.0  # with recent="events": passes over the new events per update (sets the steps)
@@ -145,8 +149,12 @@ def subset_sequences(s: Stream, keep: np.ndarray, users: np.ndarray | None = Non
 
 
 @torch.no_grad()
-def rank_events(model: FeedbackTransformer, s: Stream, events: np.ndarray, max_len: int, device: str, chunk: int = 512) -> np.ndarray:
-    """(B,) 0-based rank of each event's item among all items, the user's earlier items excluded."""
+def rank_events(model: FeedbackTransformer, s: Stream, events: np.ndarray, max_len: int, device: str, chunk: int = 512,
+                bias_lr: float = 0.0) -> np.ndarray:
+    """(B,) 0-based rank of each event's item among all items, the user's earlier items excluded.
+
+    ``bias_lr > 0``: after each chunk is ranked, the model's output bias learns from it
+    (:func:`~liverec.learning.finetune.bias_step`), so later chunks are ranked by the updated bias."""
     seqs = s.log.seqs
     model.eval()
     out = np.empty(len(events), dtype=np.int64)
@@ -170,6 +178,8 @@ def rank_events(model: FeedbackTransformer, s: Stream, events: np.ndarray, max_l
         tgt = torch.from_numpy(seqs.items[ev].astype(np.int64) - 1).to(device)
         target_score = scores.gather(1, tgt[:, None])  # (B, 1)
         out[a:a + len(ev)] = (scores > target_score).sum(1).cpu().numpy()
+        if bias_lr > 0:
+            bias_step(model, scores, tgt, bias_lr)
     return out
 
 
@@ -330,7 +340,7 @@ def run_replay(
     for a in range(0, len(window), cfg.cadence):
         block = window[a:a + cfg.cadence]
         t0 = time.perf_counter()
-        ranks["online"][a:a + len(block)] = rank_events(online, s, block, cfg.max_len, cfg.device, cfg.chunk)
+        ranks["online"][a:a + len(block)] = rank_events(online, s, block, cfg.max_len, cfg.device, cfg.chunk, cfg.bias_lr)
         seconds["online"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         ranks["frozen"][a:a + len(block)] = rank_events(frozen, s, block, cfg.max_len, cfg.device, cfg.chunk)
@@ -364,7 +374,7 @@ def run_replay(
         def validate(model: FeedbackTransformer) -> float:
             return metrics_from_ranks(rank_events(model, s, val_events, cfg.max_len, cfg.device, cfg.chunk))["NDCG@10"]
 
-        result = tuner.guarded_update(recent, replay_windows, validate) if len(recent) else None
+        result = tuner.guarded_update(recent, replay_windows, validate) if len(recent) and cfg.updates else None
         seconds["online"] += time.perf_counter() - t0
         if result is not None:
             updates.append({"after_events": int(a + len(block)), "accepted": result.accepted, "val_before": round(result.before, 4),

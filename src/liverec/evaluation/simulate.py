@@ -13,6 +13,11 @@ noise. At each step the user asks for 10 recommendations and reads them top-down
   utility is also a ``like``; reading stops at the first click;
 * an item read and not clicked whose utility is below zero gets a ``skip``.
 
+In **feed** mode (``SimConfig.mode="feed"``) the app asks for the next slate after every
+reaction, as a vertical feed or a player does: the user reads the slate top-down as above but
+stops at the first item that draws any event (a skip, a negative or a click), so the service gets
+to answer every event. ``slate`` mode (the default) has the user react to the whole slate first.
+
 Half-way the user's taste shifts (the affinities of the favourite and the least liked non-averse
 categories swap places).
 
@@ -141,7 +146,12 @@ class SimConfig:
     noise: float = 0.3
     pop_weight: float = 0.2
     diversity: float | None = None  # the recommendations' `diversity` knob (None: the app's default)
+    mode: str = "slate"  # "slate": react to the whole slate, then ask again; "feed": ask again after every event
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("slate", "feed"):
+            raise ValueError(f"mode {self.mode!r}: expected 'slate' or 'feed'")
 
 
 def _sigmoid(x: float) -> float:
@@ -200,9 +210,11 @@ class SimUser:
         return np.asarray(keep, dtype=np.int64)
 
     def react(self, slate: list[str], now_step: int) -> list[dict]:
-        """Events for one slate (read top-down, stop at the first click)."""
+        """Events for one slate (read top-down, stop at the first click; in feed mode at the first event)."""
         events: list[dict] = []
         for item in slate:
+            if events and self.cfg.mode == "feed":
+                break
             r = self.index.get(item)
             if r is None:
                 continue
@@ -233,6 +245,15 @@ class SimUser:
                 events.append({"type": "skip", "item_id": item})
         self.feedback_events += len(events)
         return events
+
+
+def _median_or_never(values: list[float], total: int) -> float | None:
+    """Median of ``total`` outcomes of which ``values`` happened and the rest never did (None: never)."""
+    if total == 0:
+        return float("nan")
+    full = sorted(values) + [math.inf] * (total - len(values))
+    m = float(np.median(full))
+    return None if math.isinf(m) or math.isnan(m) else m
 
 
 def _check(resp: Any, what: str) -> Any:
@@ -268,6 +289,8 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
     requests = 0
     for cohort, explore in (("explore", True), ("no_explore", False)):
         ctr = np.zeros(cfg.steps)
+        ndcg_steps: list[list[float]] = []  # per user: NDCG@10 of each slate (hidden utility)
+        dropped_flags: list[bool] = []
         before_share, after_share, after_n = [], [], []
         recurrences, blocked_total = 0, 0
         recovery: list[float] = []
@@ -285,6 +308,7 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
             recovered_after: int | None = None
             recovered_step: int | None = None
             at_shift_events = 0
+            trace: list[float] = []
             first_share: float | None = None
             shares_after: list[float] = []
             for step in range(cfg.steps):
@@ -318,6 +342,7 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
                     shares_after.append(share)
                 allowed = user.allowed_rows()
                 nd = ndcg_at(user.utility(rows), user.utility(allowed)) if len(rows) else 0.0
+                trace.append(nd)
                 if step < cfg.shift_at and step >= cfg.shift_at - 4:
                     steady.append(nd)
                 if step == cfg.shift_at and steady and nd < 0.9 * float(np.mean(steady)):
@@ -335,6 +360,8 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
                     ts = clock_start + 0.001 * ticks
                     batch = [{"user_id": user.uid, "timestamp": ts, **e} for e in events]
                     _check(client.post("/v1/events", json={"events": batch}, headers=headers), "POST /v1/events")
+            ndcg_steps.append(trace)
+            dropped_flags.append(dropped)
             blocked_total += len(user.blocked_items) + len(user.blocked_cats)
             if first_share is not None and first_share > 0 and shares_after:
                 before_share.append(first_share)
@@ -371,6 +398,12 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
             # could react): the floor of recovery_events for a service that recovers on the next request
             "shift_slate_events_median_dropped": float(np.median(shift_slate_events)) if shift_slate_events else float("nan"),
             "not_recovered_users": not_recovered,
+            # all dropped users, those never back counted as never: None when fewer than half came back
+            "recovery_events_median_dropped_all": _median_or_never(recovery_dropped, dropped_users),
+            "dropped_users_recovered": len(recovery_dropped),
+            "ndcg_per_step": np.mean(ndcg_steps, axis=0).round(4).tolist() if ndcg_steps else [],
+            "ndcg_per_step_dropped": (np.mean([t for t, d in zip(ndcg_steps, dropped_flags) if d], axis=0).round(4).tolist()
+                                      if any(dropped_flags) else []),
             "ctr_per_step": (ctr / cfg.users).round(4).tolist(),
             "ctr": float(ctr.sum() / (cfg.users * cfg.steps)),
             "coverage": len(shown) / len(world.item_ids),  # share of the catalog ever shown

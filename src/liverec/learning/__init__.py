@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from .finetune import FineTuneConfig, FineTuner, UpdateResult, init_new_items
+from .finetune import FineTuneConfig, FineTuner, UpdateResult, bias_step, init_new_items
 from .online import LearnerConfig, LearnerStats, OnlineLearner
 
 if TYPE_CHECKING:
@@ -58,6 +58,6 @@ def attach_from_env(service: "Service") -> list[OnlineLearner]:
 
 
 __all__ = [
-    "FineTuneConfig", "FineTuner", "UpdateResult", "init_new_items", "LearnerConfig", "LearnerStats",
+    "FineTuneConfig", "FineTuner", "UpdateResult", "bias_step", "init_new_items", "LearnerConfig", "LearnerStats",
     "OnlineLearner", "attach", "attach_from_env",
 ]

@@ -10,6 +10,14 @@ included.
 :func:`init_new_items` gives items the model has never trained on a starting vector from their
 text: the mean ID embedding of the ``k`` trained items nearest in text space (and, when the model
 has text features, the item's own projected text vector is part of its vector already).
+
+:func:`bias_step` is the fast half of online learning: between fine-tuning updates, every new
+event moves the model's per-item output bias by one SGD step on its own cross-entropy, taken
+from the scores the model gave just *before* the event. The bias is the part of the model that
+follows what is popular now (in the last 40% of ML-1M's replay window, a ranking by recent
+popularity finds the next item 41% more often than the training period's popularity does:
+``benchmarks/popularity_drift_ml1m.py``); the step costs nothing beyond the scores already
+computed to serve or rank the event.
 """
 
 from __future__ import annotations
@@ -103,6 +111,24 @@ class FineTuner:
             self.model.load_state_dict(weights)
             self.opt.load_state_dict(opt_state)
         return UpdateResult(accepted, before, after, loss, self.cfg.steps, len(recent), len(replay) if replay is not None else 0)
+
+
+@torch.no_grad()
+def bias_step(model: FeedbackTransformer, scores: torch.Tensor, targets: torch.Tensor, lr: float) -> None:
+    """One SGD step on ``model``'s output bias for events it scored before they happened.
+
+    ``scores``: (B, N) the model's scores of every item for each event's prefix (items the user
+    already had may be ``-inf``: the softmax is then over the items that could come next);
+    ``targets``: (B,) 0-based item of each event. The gradient of the summed cross-entropy with
+    respect to the bias is ``sum_b softmax(scores_b) - onehot(target_b)``: the bias of items that
+    occur rises, that of items the model expected but did not see falls. ``lr`` is per event.
+    """
+    bias = model.out_bias
+    if bias is None or lr <= 0 or len(targets) == 0:
+        return
+    grad = torch.softmax(scores.float(), dim=1).sum(0)  # (N,)
+    grad.index_add_(0, targets.to(grad.device), torch.full((len(targets),), -1.0, device=grad.device))
+    bias.sub_(lr * grad.to(bias.dtype))
 
 
 @torch.no_grad()

@@ -7,7 +7,10 @@ remembers which users acted, and on each :meth:`OnlineLearner.step` (every ``int
 1. copies the serving model (the served object is never trained in place);
 2. gives items it has never seen a row, initialised from their text vector's nearest known
    items (:func:`~liverec.learning.finetune.init_new_items`);
-3. fine-tunes on the acting users' sequences (each user's newest event held out) mixed with
+3. moves the output bias one SGD step per new event (``bias_lr``; each user's newest event
+   excluded, it validates), from the scores the model gives the event's prefix
+   (:func:`~liverec.learning.finetune.bias_step`: the fast-moving part, what is popular now), then
+   fine-tunes on the acting users' sequences (each user's newest event held out) mixed with
    sequences of other users replayed from the state (``replay_users``), guarded: if NDCG@10 on
    the held-out events drops by more than ``tolerance`` the update is rolled back and not served;
 4. registers the new version in the app's :class:`~liverec.model.registry.ModelRegistry`,
@@ -39,7 +42,7 @@ from ..model.train import mask_seen
 from ..model.transformer import FeedbackTransformer
 from ..state import StateStore
 from ..store.base import Item
-from .finetune import FineTuneConfig, FineTuner, init_new_items
+from .finetune import FineTuneConfig, FineTuner, bias_step, init_new_items
 
 
 @dataclass
@@ -48,6 +51,7 @@ class LearnerConfig:
     min_events: int = 50  # events since the last update before one is tried
     replay_users: int = 256  # other users' sequences mixed in
     finetune: FineTuneConfig = field(default_factory=lambda: FineTuneConfig(steps=20, batch_size=64, lr=3e-4))
+    bias_lr: float = 0.0  # per-event SGD rate of the output bias before each fine-tuning update (0: off)
     seed: int = 0
 
 
@@ -75,6 +79,28 @@ def _sequences(states: list, index: dict[str, int], max_len: int) -> Sequences:
     return Sequences.from_lists(items, types, values, ts) if states else Sequences.from_lists([[]])
 
 
+def _new_event_prefixes(seqs: Sequences, new: np.ndarray) -> tuple[Sequences, np.ndarray, np.ndarray]:
+    """The prefixes before each user's ``new[u]`` newest events, the newest itself left out.
+
+    Returns (prefix sequences, 1-based target item of each, its timestamp): what the model read
+    just before each new event. Events of unknown items (0) and first events are skipped."""
+    items, types, values, ts, targets, times = [], [], [], [], [], []
+    for u in range(seqs.n_users):
+        a, b = int(seqs.offsets[u]), int(seqs.offsets[u + 1])
+        for p in range(max(a + 1, b - 1 - int(new[u])), b - 1):
+            if seqs.items[p] <= 0:
+                continue
+            items.append(seqs.items[a:p].tolist())
+            types.append(seqs.types[a:p].tolist())
+            values.append(seqs.values[a:p].tolist())
+            ts.append(seqs.timestamps[a:p].tolist())
+            targets.append(int(seqs.items[p]))
+            times.append(float(seqs.timestamps[p]))
+    if not targets:
+        return Sequences.from_lists([[]]), np.zeros(0, dtype=np.int64), np.zeros(0)
+    return Sequences.from_lists(items, types, values, ts), np.asarray(targets, dtype=np.int64), np.asarray(times)
+
+
 class OnlineLearner:
     """Incremental fine-tuning of one app's served Transformer."""
 
@@ -97,6 +123,7 @@ class OnlineLearner:
         self.cfg = cfg or LearnerConfig()
         self.stats = LearnerStats()
         self._users: dict[str, float] = {}  # user -> oldest unlearned event time (wall clock of arrival)
+        self._new: dict[str, int] = {}  # user -> unlearned events
         self._count = 0
         self._lock = threading.Lock()
         self._rng = np.random.default_rng(self.cfg.seed)
@@ -112,6 +139,7 @@ class OnlineLearner:
             for e in events:
                 if e.app == self.app and e.item_id is not None:
                     self._users.setdefault(e.user_id, now)
+                    self._new[e.user_id] = self._new.get(e.user_id, 0) + 1
                     self._count += 1
 
     # ---- learning side --------------------------------------------------------------------------
@@ -157,11 +185,14 @@ class OnlineLearner:
             if self._count < self.cfg.min_events or not self._users:
                 return None
             users, self._users, self._count = dict(self._users), {}, 0
+            new_counts, self._new = dict(self._new), {}
         current = self.serving()
         max_len = current.model.cfg.max_len
         with self.state.lock:
-            acting = [self.state.get(self.app, u) for u in users]
-            acting = [copy.deepcopy(s) for s in acting if s is not None and len(s.sequence) >= 2]
+            pairs = [(u, self.state.get(self.app, u)) for u in users]
+            pairs = [(u, copy.deepcopy(s)) for u, s in pairs if s is not None and len(s.sequence) >= 2]
+            acting = [s for _, s in pairs]
+            unlearned = np.array([new_counts.get(u, 0) for u, _ in pairs], dtype=np.int64)
             others = [u for u in self.state.users(self.app) if u not in users]
             pick = self._rng.choice(len(others), size=min(self.cfg.replay_users, len(others)), replace=False) if others else []
             replay = [copy.deepcopy(self.state.get(self.app, others[k])) for k in pick]
@@ -191,13 +222,14 @@ class OnlineLearner:
                 rank = (scores > scores.gather(1, tgt[:, None])).sum(1).numpy()
             return float(np.mean(np.where(rank < 10, 1.0 / np.log2(rank + 2.0), 0.0)))
 
+        n_bias = self._bias_steps(model, seqs, unlearned, max_len)
         recent = training_windows(held, max_len)
         replay_w = training_windows(_sequences(replay, index, max_len), max_len) if replay else None
         self._tuner = FineTuner(model, self.cfg.finetune)  # the copy gets its own optimizer
         result = self._tuner.guarded_update(recent, replay_w, validate) if len(recent) else None
         self.stats.updates += 1
         self.stats.new_items += n_new
-        out = {"users": len(acting), "new_items": n_new, "accepted": bool(result and result.accepted)}
+        out = {"users": len(acting), "new_items": n_new, "bias_events": n_bias, "accepted": bool(result and result.accepted)}
         if result is None or not result.accepted:
             self.stats.rejected += 1
             if result is not None:
@@ -217,6 +249,21 @@ class OnlineLearner:
         self.stats.last_val_before, self.stats.last_val_after = result.before, result.after
         out.update(version=version, val_before=result.before, val_after=result.after, staleness_s=self.stats.last_staleness_s)
         return out
+
+    def _bias_steps(self, model: FeedbackTransformer, seqs: Sequences, n_new: np.ndarray, max_len: int) -> int:
+        """The output bias learns from the new events (each user's newest held out); returns how many."""
+        if self.cfg.bias_lr <= 0:
+            return 0
+        prefixes, targets, times = _new_event_prefixes(seqs, n_new)
+        if len(targets) == 0:
+            return 0
+        w = input_windows(prefixes, max_len, request_times=times)
+        with torch.no_grad():
+            model.eval()
+            t = {k: torch.from_numpy(getattr(w, k)) for k in ("items", "types", "values", "gaps", "next_gaps")}
+            scores = mask_seen(model.score_last(t["items"], t["types"], t["values"], t["gaps"], next_gaps=t["next_gaps"]), t["items"])
+        bias_step(model, scores, torch.from_numpy(targets - 1), self.cfg.bias_lr)
+        return len(targets)
 
     # ---- background thread ----------------------------------------------------------------------
     def start(self) -> None:

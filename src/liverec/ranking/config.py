@@ -46,6 +46,9 @@ class RankingConfig:
     min_similarity: float = 0.3  # cosine below this is "not a neighbour"
     max_signals: int = 40  # most recent feedback items considered per request
     pool: int = 200  # candidates (after hard filters) the rerankers work on
+    streak_negatives: int = 3  # this many negative events in a row (skip, dislike, block) = the taste moved (0 = off)
+    streak_pool: int = 1000  # candidates considered while on such a streak
+    streak_diversity: float = 0.7  # MMR diversity at least this high over the whole pool while on a streak
     neighbour_candidates: int = 30  # neighbours of each recent liked item added to the pool
     # ---- diversity ---------------------------------------------------------------------------
     diversity: float = 0.0  # default MMR trade-off (0 = relevance only, 1 = diversity only)
@@ -65,6 +68,10 @@ class RankingConfig:
             raise ValueError(f"half_life_s={self.half_life_s!r}: expected a positive number of seconds")
         if not 0.0 <= self.diversity <= 1.0:
             raise ValueError(f"diversity={self.diversity!r}: expected a number in [0, 1]")
+        if not 0.0 <= self.streak_diversity <= 1.0:
+            raise ValueError(f"streak_diversity={self.streak_diversity!r}: expected a number in [0, 1]")
+        if self.streak_negatives < 0 or self.streak_pool < 1:
+            raise ValueError(f"streak_negatives={self.streak_negatives!r}, streak_pool={self.streak_pool!r}: expected >= 0 and >= 1")
         if not 0.0 <= self.explore_epsilon <= 1.0:
             raise ValueError(f"explore_epsilon={self.explore_epsilon!r}: expected a number in [0, 1]")
         if self.pool < 1 or self.explore_pool < 1 or self.explore_draws < 1:

@@ -31,10 +31,11 @@ candidate, and re-checked on the final slate.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
+from ..events import TypeSpec
 from ..state import UserState
 from ..store.base import Item
 from .config import RankingConfig
@@ -101,6 +102,19 @@ def signals(state: UserState, now: float, cfg: RankingConfig) -> list[Signal]:
             out.append(Signal(kind, scope, target, t, w, kind, eid))
     out.sort(key=lambda s: -s.timestamp)
     return out[: cfg.max_signals]
+
+
+def negative_streak(state: UserState | None, types: Mapping[str, TypeSpec]) -> int:
+    """How many of the user's newest events in a row are negative feedback (skip, dislike, block)."""
+    n = 0
+    if state is None:
+        return 0
+    for inter in reversed(state.sequence):
+        spec = types.get(inter.type)
+        if spec is None or spec.polarity != "negative":
+            break
+        n += 1
+    return n
 
 
 def recent_positives(state: UserState, k: int) -> list[tuple[str, float]]:

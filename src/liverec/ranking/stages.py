@@ -3,6 +3,8 @@
     scored candidates
       -> hard filters (blocks of any scope, consumed, exclude, category)   [pipeline.Policy]
       -> pool: the best ``pool`` allowed candidates + neighbours of recent likes
+         (``streak_pool`` and MMR over all of it while the user's newest events are a run of
+         ``streak_negatives`` negatives: the taste has moved, show something different)
       -> feedback policy (demote / boost with time decay)                 [feedback.adjust]
       -> diversity (MMR, per-request ``diversity``)                       [diversity.mmr]
       -> exploration (Thompson sampling on ``explore_slots``)              [bandit.ThompsonBandit]
@@ -31,7 +33,7 @@ from ..store.base import Item
 from .bandit import RewardTracker, ThompsonBandit
 from .config import RankingConfig, RankingSettings
 from .diversity import mmr
-from .feedback import adjust, recent_positives
+from .feedback import adjust, negative_streak, recent_positives
 from .impressions import Impression, ImpressionLog
 from .vectors import ItemSpace
 
@@ -116,17 +118,22 @@ class RankingStages:
         self.stats = RankStats()
         self._lock = threading.Lock()
 
-    def candidates_wanted(self, request: RecommendRequest) -> int:
+    def candidates_wanted(self, request: RecommendRequest, state: UserState | None = None) -> int:
         """The pool size of the request's app (the pipeline adds it to what it asks the scorer)."""
-        return self.settings.for_app(request.app).pool
+        cfg = self.settings.for_app(request.app)
+        return cfg.streak_pool if self._on_streak(state, cfg) else cfg.pool
+
+    def _on_streak(self, state: UserState | None, cfg: RankingConfig) -> bool:
+        return cfg.streak_negatives > 0 and negative_streak(state, self.types) >= cfg.streak_negatives
 
     def observe(self, events: list) -> None:
         """Service listener: committed events close pending impressions with their reward."""
         self.rewards.observe(events)
 
     # ------------------------------------------------------------------------------ pool
-    def _pool(self, request: RecommendRequest, state: UserState | None, scored: Scored, allow: Callable[[str], bool], cfg: RankingConfig, now: float) -> tuple[list[str], np.ndarray]:
-        """The best ``cfg.pool`` allowed candidates, plus allowed neighbours of recent likes."""
+    def _pool(self, request: RecommendRequest, state: UserState | None, scored: Scored, allow: Callable[[str], bool], cfg: RankingConfig, now: float,
+              pool: int) -> tuple[list[str], np.ndarray]:
+        """The best ``pool`` allowed candidates, plus allowed neighbours of recent likes."""
         order = np.argsort(-scored.scores, kind="stable")
         ids: list[str] = []
         scores: list[float] = []
@@ -137,7 +144,7 @@ class RankingStages:
                 ids.append(item_id)
                 scores.append(float(scored.scores[k]))
                 taken.add(item_id)
-                if len(ids) >= max(cfg.pool, request.n):
+                if len(ids) >= max(pool, request.n):
                     break
         if state is not None and cfg.neighbour_candidates > 0 and ids:
             floor = min(scores)
@@ -161,7 +168,8 @@ class RankingStages:
         """The slate for ``request`` with ``because``, propensities, and impressions logged."""
         cfg = self.settings.for_app(request.app)
         now = request.now if request.now is not None else (state.last_timestamp if state is not None else 0.0)
-        ids, raw = self._pool(request, state, scored, allow, cfg, now)
+        streak = self._on_streak(state, cfg)
+        ids, raw = self._pool(request, state, scored, allow, cfg, now, cfg.streak_pool if streak else cfg.pool)
         if not ids:
             return []
         span = raw.max() - raw.min()
@@ -171,9 +179,11 @@ class RankingStages:
         order = np.argsort(-final, kind="stable")
         n = min(request.n, len(ids))
         diversity = cfg.diversity if request.diversity is None else request.diversity
+        if streak:
+            diversity = max(diversity, cfg.streak_diversity)
         diversified: set[int] = set()
         if diversity > 0 and n > 1:
-            head = order[: min(len(order), max(4 * n, n + 10))]
+            head = order if streak else order[: min(len(order), max(4 * n, n + 10))]
             table = self.space.table(request.app)
             head_ids = [ids[k] for k in head]
             sim = self.space.similarity(request.app, head_ids, head_ids, table)  # (M, M)
@@ -222,7 +232,10 @@ class RankingStages:
             because = list(hist)
             because.extend(adj.explain(k))
             if k in diversified:
-                because.append({"kind": "policy", "adjustment": "diversity", "diversity": round(diversity, 3)})
+                entry = {"kind": "policy", "adjustment": "diversity", "diversity": round(diversity, 3)}
+                if streak:
+                    entry["reason"] = "negative streak"
+                because.append(entry)
             if info is not None:
                 because.append({"kind": "exploration", "policy": "thompson", "propensity": round(prop, 6)})
             if not because:

@@ -52,8 +52,8 @@ class Recommendation:
 class RankingStage(Protocol):
     """Stages after the hard filters (see :mod:`liverec.ranking.stages`)."""
 
-    def candidates_wanted(self, request: RecommendRequest) -> int:
-        """How many scored candidates the stage would like to see."""
+    def candidates_wanted(self, request: RecommendRequest, state: UserState | None = None) -> int:
+        """How many scored candidates the stage would like to see for this user."""
 
     def rank(self, request: RecommendRequest, state: UserState | None, scored: Scored, allow: Callable[[str], bool]) -> list[Recommendation]:
         """The final slate; every item in it must pass ``allow``."""
@@ -122,7 +122,7 @@ class Pipeline:
         # Ask for enough candidates to survive the filters.
         want = request.n + (len(state.consumed) if state is not None else 0) + len(request.exclude)
         if self.ranking is not None:
-            want += self.ranking.candidates_wanted(request)
+            want += self.ranking.candidates_wanted(request, state)
         scorer = self.scorer
         scored = scorer.score(request.app, state, want)
         if len(scored.item_ids) == 0 and self.fallback is not None:
