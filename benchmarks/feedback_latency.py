@@ -111,6 +111,40 @@ def latency_trials(service: Service, trials: int, seed: int, n: int = 10) -> dic
             "max_ms": float(a.max()), "not_reflected": not_reflected}
 
 
+def streak_trials(service: Service, trials: int, seed: int, n: int = 10, run: int = 3) -> dict[str, Any]:
+    """Ack -> slate latency when the event completes a run of ``run`` skips (the wider-pool path).
+
+    A user skips the top item of ``run - 1`` slates, then the ack of the ``run``-th skip starts the
+    clock; the item just skipped must no longer lead the slate (``widened``: slates in which the
+    streak's diversity placed an item, as its ``because`` says)."""
+    rng = np.random.default_rng(seed)
+    users = sorted(service.state.users("default"))
+    lat: list[float] = []
+    not_reflected = widened = 0
+    t_ev = 4e9
+    for k in range(trials):
+        user = users[int(rng.integers(len(users)))]
+        for j in range(run):
+            slate = [i["item_id"] for i in service.recommend("default", user, n, explore=False)["items"]]
+            if not slate:
+                break
+            t_ev += 1.0
+            service.ingest_events([Event("default", f"st{seed}-{k}-{j}", user, "skip", t_ev, slate[0])])
+        else:
+            t0 = time.perf_counter()
+            body = service.recommend("default", user, n, explore=False)
+            lat.append(time.perf_counter() - t0)
+            if slate[0] in [i["item_id"] for i in body["items"][:1]]:
+                not_reflected += 1  # the item just skipped still leads the slate
+            widened += any(b.get("reason") == "negative streak" for i in body["items"] for b in i["because"])
+        # end the streak so the next trial of this user starts fresh
+        t_ev += 1.0
+        service.ingest_events([Event("default", f"st{seed}-{k}-end", user, "click", t_ev, slate[-1])])
+    a = np.asarray(lat) * 1000.0
+    return {"trials": len(a), "run": run, "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
+            "max_ms": float(a.max()), "not_reflected": not_reflected, "widened": int(widened)}
+
+
 def block_trials(service: Service, trials: int, seed: int) -> dict[str, Any]:
     """Randomized block/unblock trials; counts slates that show a blocked item."""
     rng = np.random.default_rng(seed)
@@ -165,6 +199,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000, help="ML-1M ratings (first by time) loaded as history")
     ap.add_argument("--latency-trials", type=int, default=2000)
     ap.add_argument("--trials", type=int, default=10_000, help="randomized block trials")
+    ap.add_argument("--streak-trials", type=int, default=500, help="ack -> slate latency after a run of skips")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -174,13 +209,14 @@ def main() -> None:
         service = build_service(Path(tmp) / "data", items, events)
         setup = time.perf_counter() - t0
         lat = latency_trials(service, args.latency_trials, args.seed)
+        streak = streak_trials(service, args.streak_trials, args.seed + 2)
         t1 = time.perf_counter()
         blocks = block_trials(service, args.trials, args.seed + 1)
         result = {
             "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} CPUs",
             "date": time.strftime("%Y-%m-%d"),
             "catalog": len(items), "history_events": len(events), "setup_s": round(setup, 1),
-            "latency": lat, "blocks": blocks, "block_trials_s": round(time.perf_counter() - t1, 1),
+            "latency": lat, "latency_on_a_negative_streak": streak, "blocks": blocks, "block_trials_s": round(time.perf_counter() - t1, 1),
         }
         service.close()
     text = json.dumps(result, indent=2)

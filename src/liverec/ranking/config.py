@@ -47,8 +47,8 @@ class RankingConfig:
     max_signals: int = 40  # most recent feedback items considered per request
     pool: int = 200  # candidates (after hard filters) the rerankers work on
     streak_negatives: int = 3  # this many negative events in a row (skip, dislike, block) = the taste moved (0 = off)
-    streak_pool: int = 1000  # candidates considered while on such a streak
-    streak_diversity: float = 0.7  # MMR diversity at least this high over the whole pool while on a streak
+    streak_pool: int = 400  # candidates considered while on such a streak (twice the usual pool)
+    streak_diversity: float = 0.7  # MMR diversity at least this high (over the best 100 of that pool) while on a streak
     neighbour_candidates: int = 30  # neighbours of each recent liked item added to the pool
     # ---- diversity ---------------------------------------------------------------------------
     diversity: float = 0.0  # default MMR trade-off (0 = relevance only, 1 = diversity only)

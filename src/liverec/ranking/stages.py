@@ -3,8 +3,9 @@
     scored candidates
       -> hard filters (blocks of any scope, consumed, exclude, category)   [pipeline.Policy]
       -> pool: the best ``pool`` allowed candidates + neighbours of recent likes
-         (``streak_pool`` and MMR over all of it while the user's newest events are a run of
-         ``streak_negatives`` negatives: the taste has moved, show something different)
+         (``streak_pool`` candidates and MMR over the best 100 of them while the user's newest
+         events are a run of ``streak_negatives`` negatives: the taste has moved, show something
+         different)
       -> feedback policy (demote / boost with time decay)                 [feedback.adjust]
       -> diversity (MMR, per-request ``diversity``)                       [diversity.mmr]
       -> exploration (Thompson sampling on ``explore_slots``)              [bandit.ThompsonBandit]
@@ -183,7 +184,8 @@ class RankingStages:
             diversity = max(diversity, cfg.streak_diversity)
         diversified: set[int] = set()
         if diversity > 0 and n > 1:
-            head = order if streak else order[: min(len(order), max(4 * n, n + 10))]
+            # on a streak, MMR reaches deeper (the wider pool, demotions applied, is re-sorted)
+            head = order[: min(len(order), max(10 * n, 100) if streak else max(4 * n, n + 10))]
             table = self.space.table(request.app)
             head_ids = [ids[k] for k in head]
             sim = self.space.similarity(request.app, head_ids, head_ids, table)  # (M, M)
