@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,21 @@ from liverec.model.artifacts import load_artifact
 from liverec.model.registry import ModelRegistry
 from liverec.service import Service
 from liverec.store.base import Item
+
+
+def initial_model(path: Path) -> tuple[Any, list[str], dict]:
+    """An artifact directory (``liverec evaluate --model-out``, ``liverec train``) or a
+    ``.safetensors`` file written by ``liverec replay --save-model`` (item ids in its metadata)."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        from liverec.evaluation.replay import load_model
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+        return load_model(path), [str(i) for i in meta["item_ids"]], {}
+    art = load_artifact(path)
+    return art.model, art.item_ids, art.manifest.get("metrics", {})
 
 
 def load(data: Path) -> tuple[pd.DataFrame, list[Item]]:
@@ -62,6 +78,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=100.0, help="events per second")
     ap.add_argument("--seconds", type=float, default=180.0)
     ap.add_argument("--interval", type=float, default=10.0, help="learner interval (s)")
+    ap.add_argument("--bias-lr", type=float, default=LearnerConfig.bias_lr, help="per-event output-bias rate (0: off)")
     ap.add_argument("--out", type=Path, default=Path("learner_staleness.json"))
     args = ap.parse_args()
 
@@ -76,10 +93,10 @@ def main() -> None:
     for s in range(0, args.history, 5000):
         svc.ingest_events(events_of(df, s, min(s + 5000, args.history)))
     print(f"history: {args.history} ratings in {time.perf_counter() - t0:.1f}s", flush=True)
-    art = load_artifact(args.model)
+    model, item_ids, metrics = initial_model(args.model)
     reg = ModelRegistry.for_data_dir(svc.settings.data_dir, "default")
-    reg.promote(reg.register(art.model, art.item_ids, {"note": "initial", **art.manifest.get("metrics", {})}))
-    learner = attach(svc, "default", LearnerConfig(interval_s=args.interval), start=False)
+    reg.promote(reg.register(model, item_ids, {"note": "initial", **metrics}))
+    learner = attach(svc, "default", LearnerConfig(interval_s=args.interval, bias_lr=args.bias_lr), start=False)
 
     acks: list[tuple[float, str]] = []  # (ack wall time, user)
     updates: list[dict] = []
