@@ -166,3 +166,17 @@ def test_learn_command_tails_the_log_and_publishes(tmp_path):
     assert result.exit_code == 0, result.output
     assert ModelRegistry.for_data_dir(data, "default").versions() == ["v000001", "v000002"]
     assert '"accepted": true' in result.output
+
+
+def test_output_bias_step_samples_a_bounded_number_of_events(service):
+    cfg = LearnerConfig(min_events=10, replay_users=4, bias_lr=0.5, bias_events=8, finetune=FineTuneConfig(steps=0, tolerance=1.0))
+    learner = attach(service, "default", cfg, start=False)
+    old = service.pipeline.scorer.by_app["default"]
+    events = [Event("default", f"q{u}-{k}", f"u{u}", "view", 6000.0 + 10 * u + k, item)
+              for u in range(12) for k, item in enumerate(["m1", "m2", "m5", f"m{10 + u}"])]
+    service.ingest_events(events)
+    out = learner.step()
+    assert out["bias_events"] == 24  # all new events count; 8 of them were scored
+    delta = (service.pipeline.scorer.by_app["default"].model.out_bias - old.model.out_bias).detach()
+    assert float(delta.abs().max()) > 0 and abs(float(delta.sum())) < 1e-3
+    assert float(delta[[old.index["m2"] - 1, old.index["m5"] - 1]].sum()) > 0

@@ -152,6 +152,7 @@ def learn(
     interval: float = typer.Option(10.0, help="Seconds between update attempts."),
     min_events: int = typer.Option(50, help="Events since the last update before one is tried."),
     steps: int = typer.Option(20, help="Fine-tuning steps per update."),
+    bias_lr: float = typer.Option(0.0, envvar="LIVEREC_LEARNER_BIAS_LR", help="Per-event output-bias rate before each update (0: off)."),
     once: bool = typer.Option(False, "--once", help="Catch up with the log, try one update and exit."),
 ) -> None:
     """Tail the event log and promote fine-tuned versions (a process beside `liverec serve`, whose
@@ -184,7 +185,10 @@ def learn(
     catalog.load(store.catalog.scan(app_id))
     state = StateStore(settings.types(), settings.sequence_length, user_events=store.events.user_events)
     holder = {"scorer": load_scorer(registry, app_id)}
-    cfg = LearnerConfig(interval_s=interval, min_events=min_events, finetune=FineTuneConfig(steps=steps, batch_size=64, lr=3e-4))
+    if bias_lr < 0:
+        raise typer.BadParameter(f"--bias-lr {bias_lr}: expected a rate >= 0")
+    cfg = LearnerConfig(interval_s=interval, min_events=min_events, bias_lr=bias_lr,
+                        finetune=FineTuneConfig(steps=steps, batch_size=64, lr=3e-4))
     learner = OnlineLearner(app_id, state, lambda: holder["scorer"], lambda sc: holder.__setitem__("scorer", sc),
                             registry, catalog.get, cfg)
     last_seq = 0

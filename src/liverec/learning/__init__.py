@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 ENV_APPS = "LIVEREC_LEARNER"
 ENV_INTERVAL = "LIVEREC_LEARNER_INTERVAL"
+ENV_BIAS_LR = "LIVEREC_LEARNER_BIAS_LR"  # per-event output-bias rate (default 0: off)
 
 
 def attach(service: "Service", app: str, cfg: LearnerConfig | None = None, start: bool = True) -> OnlineLearner:
@@ -48,10 +49,13 @@ def attach_from_env(service: "Service") -> list[OnlineLearner]:
     if not apps:
         return []
     interval = float(os.environ.get(ENV_INTERVAL, "10"))
+    bias_lr = float(os.environ.get(ENV_BIAS_LR, "0"))
+    if not bias_lr >= 0:
+        raise ValueError(f"{ENV_BIAS_LR}={bias_lr!r}: expected a rate >= 0")
     out = []
     for app in apps:
         try:
-            out.append(attach(service, app, LearnerConfig(interval_s=interval)))
+            out.append(attach(service, app, LearnerConfig(interval_s=interval, bias_lr=bias_lr)))
         except FileNotFoundError:
             continue
     return out
