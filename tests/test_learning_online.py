@@ -126,23 +126,34 @@ def test_new_item_gets_a_row_from_its_text_neighbours(service):
     assert np.isfinite(served.score("default", service.state.get("default", "u0"), 5).scores).all()
 
 
-def test_output_bias_learns_from_each_new_event(service):
-    # no fine-tuning steps: only the per-event bias step changes the weights
-    cfg = LearnerConfig(min_events=10, replay_users=4, bias_lr=0.5, finetune=FineTuneConfig(steps=0, tolerance=1.0))
-    learner = attach(service, "default", cfg, start=False)
+def _bias_update(service, **cfg) -> tuple[dict, torch.Tensor, TransformerScorer, TransformerScorer]:
+    """One learner step with bias steps only (no fine-tuning) after every user turned to m2 and m5:
+    each user views m1 (no prefix: nothing to learn from), m2 and m5 (learned), then an item of its
+    own (its newest event: validates). Returns (step result, bias delta, old scorer, new scorer)."""
+    learner = attach(service, "default", LearnerConfig(min_events=10, replay_users=4, bias_lr=0.5,
+                                                       finetune=FineTuneConfig(steps=0, tolerance=1.0), **cfg), start=False)
     old = service.pipeline.scorer.by_app["default"]
-    # every user: m1 (no prefix: nothing to learn from), m2 and m5 (learned), a newest event of its own (validates)
-    events = [Event("default", f"p{u}-{k}", f"u{u}", "view", 5000.0 + 10 * u + k, item)
-              for u in range(12) for k, item in enumerate(["m1", "m2", "m5", f"m{10 + u}"])]
-    service.ingest_events(events)
+    service.ingest_events([Event("default", f"p{u}-{k}", f"u{u}", "view", 5000.0 + 10 * u + k, item)
+                           for u in range(12) for k, item in enumerate(["m1", "m2", "m5", f"m{10 + u}"])])
     out = learner.step()
-    assert out["accepted"] and out["bias_events"] == 12 * 2
     served = service.pipeline.scorer.by_app["default"]
-    delta = (served.model.out_bias - old.model.out_bias).detach()
+    return out, (served.model.out_bias - old.model.out_bias).detach(), old, served
+
+
+def test_output_bias_learns_from_each_new_event(service):
+    out, delta, old, served = _bias_update(service)
+    assert out["accepted"] and out["bias_events"] == 12 * 2
     rising = {served.item_ids[int(k)] for k in torch.topk(delta, 2).indices}
     assert rising == {"m2", "m5"} and float(delta.min()) < 0
     assert torch.equal(served.model.item_emb.weight, old.model.item_emb.weight)  # nothing else moved
     assert abs(float(delta.sum())) < 1e-4  # softmax mass out, targets in: the step sums to zero
+
+
+def test_output_bias_step_samples_a_bounded_number_of_events(service):
+    out, delta, old, _ = _bias_update(service, bias_events=8)
+    assert out["bias_events"] == 24  # all new events count; 8 of them were scored
+    assert float(delta.abs().max()) > 0 and abs(float(delta.sum())) < 1e-3
+    assert float(delta[[old.index["m2"] - 1, old.index["m5"] - 1]].sum()) > 0
 
 
 def test_learn_command_tails_the_log_and_publishes(tmp_path):
@@ -167,16 +178,3 @@ def test_learn_command_tails_the_log_and_publishes(tmp_path):
     assert ModelRegistry.for_data_dir(data, "default").versions() == ["v000001", "v000002"]
     assert '"accepted": true' in result.output
 
-
-def test_output_bias_step_samples_a_bounded_number_of_events(service):
-    cfg = LearnerConfig(min_events=10, replay_users=4, bias_lr=0.5, bias_events=8, finetune=FineTuneConfig(steps=0, tolerance=1.0))
-    learner = attach(service, "default", cfg, start=False)
-    old = service.pipeline.scorer.by_app["default"]
-    events = [Event("default", f"q{u}-{k}", f"u{u}", "view", 6000.0 + 10 * u + k, item)
-              for u in range(12) for k, item in enumerate(["m1", "m2", "m5", f"m{10 + u}"])]
-    service.ingest_events(events)
-    out = learner.step()
-    assert out["bias_events"] == 24  # all new events count; 8 of them were scored
-    delta = (service.pipeline.scorer.by_app["default"].model.out_bias - old.model.out_bias).detach()
-    assert float(delta.abs().max()) > 0 and abs(float(delta.sum())) < 1e-3
-    assert float(delta[[old.index["m2"] - 1, old.index["m5"] - 1]].sum()) > 0
