@@ -16,8 +16,8 @@ event moves the model's per-item output bias by one SGD step on its own cross-en
 from the scores the model gave just *before* the event. The bias is the part of the model that
 follows what is popular now (in the last 40% of ML-1M's replay window, a ranking by recent
 popularity finds the next item 41% more often than the training period's popularity does:
-``benchmarks/popularity_drift_ml1m.py``); the step costs nothing beyond the scores already
-computed to serve or rank the event.
+``benchmarks/popularity_drift_ml1m.py``). In the replay the step reuses the scores that ranked
+the events; the service learner scores the new events' prefixes for it (one forward pass).
 """
 
 from __future__ import annotations

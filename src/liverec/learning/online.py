@@ -80,35 +80,24 @@ def _sequences(states: list, index: dict[str, int], max_len: int) -> Sequences:
     return Sequences.from_lists(items, types, values, ts) if states else Sequences.from_lists([[]])
 
 
-def _new_event_prefixes(seqs: Sequences, new: np.ndarray) -> tuple[Sequences, np.ndarray, np.ndarray]:
-    """The prefixes before each user's ``new[u]`` newest events, the newest itself left out.
-
-    Returns (prefix sequences, 1-based target item of each, its timestamp): what the model read
-    just before each new event. Events of unknown items (0) and first events are skipped."""
-    items, types, values, ts, targets, times = [], [], [], [], [], []
+def _new_event_positions(seqs: Sequences, new: np.ndarray) -> list[tuple[int, int]]:
+    """(user's first flat index, flat index) of each user's ``new[u]`` newest events, the newest
+    itself left out (it validates); events of unknown items (0) and first events are skipped."""
+    out = []
     for u in range(seqs.n_users):
         a, b = int(seqs.offsets[u]), int(seqs.offsets[u + 1])
-        for p in range(max(a + 1, b - 1 - int(new[u])), b - 1):
-            if seqs.items[p] <= 0:
-                continue
-            items.append(seqs.items[a:p].tolist())
-            types.append(seqs.types[a:p].tolist())
-            values.append(seqs.values[a:p].tolist())
-            ts.append(seqs.timestamps[a:p].tolist())
-            targets.append(int(seqs.items[p]))
-            times.append(float(seqs.timestamps[p]))
-    if not targets:
-        return Sequences.from_lists([[]]), np.zeros(0, dtype=np.int64), np.zeros(0)
-    return Sequences.from_lists(items, types, values, ts), np.asarray(targets, dtype=np.int64), np.asarray(times)
+        out.extend((a, p) for p in range(max(a + 1, b - 1 - int(new[u])), b - 1) if seqs.items[p] > 0)
+    return out
 
 
-def _subset(seqs: Sequences, users: np.ndarray) -> Sequences:
-    """The sequences of ``users`` (row indices, in order)."""
-    rows = [np.arange(seqs.offsets[u], seqs.offsets[u + 1]) for u in users]
-    flat = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-    offsets = np.zeros(len(users) + 1, dtype=np.int64)
-    np.cumsum([len(r) for r in rows], out=offsets[1:])
-    return Sequences(offsets, seqs.items[flat], seqs.types[flat], seqs.values[flat], seqs.timestamps[flat], seqs.text_ids[flat])
+def _prefixes(seqs: Sequences, positions: list[tuple[int, int]]) -> tuple[Sequences, np.ndarray, np.ndarray]:
+    """(prefix sequences, 1-based target item, timestamp) of the events at ``positions``: what the
+    model read just before each of them."""
+    pre = [slice(a, p) for a, p in positions]
+    seq = Sequences.from_lists([seqs.items[s].tolist() for s in pre], [seqs.types[s].tolist() for s in pre],
+                               [seqs.values[s].tolist() for s in pre], [seqs.timestamps[s].tolist() for s in pre])
+    at = np.array([p for _, p in positions], dtype=np.int64)
+    return seq, seqs.items[at].astype(np.int64), seqs.timestamps[at].astype(np.float64)
 
 
 class OnlineLearner:
@@ -264,14 +253,15 @@ class OnlineLearner:
         """The output bias learns from the new events (each user's newest held out); returns how many."""
         if self.cfg.bias_lr <= 0:
             return 0
-        prefixes, targets, times = _new_event_prefixes(seqs, n_new)
-        if len(targets) == 0:
+        positions = _new_event_positions(seqs, n_new)
+        n, rate = len(positions), self.cfg.bias_lr
+        if n == 0:
             return 0
-        n, rate = len(targets), self.cfg.bias_lr
         if n > self.cfg.bias_events > 0:  # an unbiased estimate of the summed gradient, for a bounded cost
             keep = np.sort(self._rng.choice(n, size=self.cfg.bias_events, replace=False))
-            prefixes, targets, times = _subset(prefixes, keep), targets[keep], times[keep]
+            positions = [positions[k] for k in keep]
             rate *= n / self.cfg.bias_events
+        prefixes, targets, times = _prefixes(seqs, positions)
         w = input_windows(prefixes, max_len, request_times=times)
         with torch.no_grad():
             model.eval()

@@ -106,9 +106,9 @@ def signals(state: UserState, now: float, cfg: RankingConfig) -> list[Signal]:
 
 def negative_streak(state: UserState | None, types: Mapping[str, TypeSpec]) -> int:
     """How many of the user's newest events in a row are negative feedback (skip, dislike, block)."""
-    n = 0
     if state is None:
         return 0
+    n = 0
     for inter in reversed(state.sequence):
         spec = types.get(inter.type)
         if spec is None or spec.polarity != "negative":
