@@ -106,6 +106,9 @@ def test_guard_rail_blocks_a_harmful_update(service):
     assert service.pipeline.scorer.by_app["default"] is before
     reg = ModelRegistry.for_data_dir(service.settings.data_dir, "default")
     assert reg.versions() == ["v000001"] and reg.promoted() == "v000001"
+    # the rejected update's events are not forgotten: the next update tries them again
+    again = learner.step()
+    assert again is not None and again["users"] == out["users"] and not again["accepted"]
 
 
 def test_new_item_gets_a_row_from_its_text_neighbours(service):

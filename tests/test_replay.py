@@ -82,6 +82,23 @@ def test_replay_end_to_end(tmp_path):
     assert m.cfg.d_model == 16
 
 
+def test_events_an_update_did_not_learn_join_the_next(tmp_path):
+    """Held-out events, and all events of a rejected update, are learned by the next update."""
+    root = write_ml(tmp_path / "ml", users=30, per_user=20)
+    # tolerance -1: an update is kept only if it doubles the validation NDCG, so most are rejected
+    cfg = ReplayConfig(cadence=20, d_model=8, n_blocks=1, max_len=10, epochs=2, train_budget_s=10, batch_size=32, rtrec=False,
+                       finetune=FineTuneConfig(steps=2, batch_size=8, lr=1e-3, tolerance=-1.0), carry_max=50)
+    ups = run_replay(root, cfg, None, log=lambda m: None)["updates"]
+    assert ups[0]["carried"] == 0
+    n_val = 2  # 10% of 20
+    assert any(not u["accepted"] for u in ups) and any(u["carried"] > n_val for u in ups)
+    for prev, u in zip(ups, ups[1:]):
+        learned = prev["carried"] + 20 - n_val
+        assert u["carried"] == (n_val if prev["accepted"] else min(learned + n_val, 50))
+    dropped = run_replay(root, ReplayConfig(**{**cfg.__dict__, "carry_max": 0}), None, log=lambda m: None)["updates"]
+    assert all(u["carried"] == 0 for u in dropped)
+
+
 def test_save_load_roundtrip(tmp_path):
     model = FeedbackTransformer(ModelConfig(n_items=7, max_len=4, d_model=8, n_blocks=1))
     save_model(model, tmp_path / "x.safetensors", {"note": "t"})

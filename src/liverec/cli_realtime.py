@@ -114,6 +114,7 @@ def replay_movielens(
     replay_ratio: float = typer.Option(0.5, help="Share of each fine-tuning batch replayed from the training period."),
     bias_lr: float = typer.Option(0.0, help="Online: per-event SGD rate of the output bias between updates (0: off)."),
     updates: bool = typer.Option(True, "--updates/--no-updates", help="Online: fine-tuning updates every --cadence events."),
+    carry_max: int = typer.Option(10_000, help="Online: events an update did not learn from (held out, or rejected) join the next one, up to this many (0: dropped)."),
     epochs: int = typer.Option(30, help="Most epochs of training-period training."),
     train_budget: float = typer.Option(600.0, help="Time budget (s) of training-period training."),
     model: Optional[Path] = typer.Option(None, "--model", exists=True, dir_okay=False, help="Start from this training-period model (safetensors) instead of training."),
@@ -132,8 +133,10 @@ def replay_movielens(
         raise typer.BadParameter(f"--train-frac {train_frac}: expected a share strictly between 0 and 1")
     if bias_lr < 0:
         raise typer.BadParameter(f"--bias-lr {bias_lr}: expected a rate >= 0")
+    if carry_max < 0:
+        raise typer.BadParameter(f"--carry-max {carry_max}: expected a count >= 0")
     cfg = ReplayConfig(train_frac=train_frac, max_events=max_events, user_stride=user_stride, cadence=cadence, epochs=epochs,
-                       bias_lr=bias_lr, updates=updates,
+                       bias_lr=bias_lr, updates=updates, carry_max=carry_max,
                        train_budget_s=train_budget, rtrec=rtrec, device=device, seed=seed, recent=recent, passes=passes,
                        finetune=FineTuneConfig(steps=steps, lr=lr, replay_ratio=replay_ratio))
     summary = run_replay(path, cfg, out.parent, log=lambda m: typer.echo(m, err=True), model_path=model, save_to=save_model)

@@ -13,7 +13,8 @@ Protocol (ML-1M, ``liverec replay movielens PATH``):
    (a) **online**: the Transformer, fine-tuned every ``cadence`` events on the recent users'
        sequences mixed with replayed training-period windows, new items initialised from their
        text, each update guarded (rolled back if the validation NDCG on the newest events drops
-       by more than ``tolerance``); between updates its output bias takes one SGD step per event
+       by more than ``tolerance``; what an update did not learn from, its held-out events or all
+       of a rejected update's, joins the next one); between updates its output bias takes one SGD step per event
        (``bias_lr``, :func:`~liverec.learning.finetune.bias_step`) after each chunk of ``chunk``
        events has been ranked (so an event is always ranked before it is learned from);
    (b) **frozen**: the same Transformer, never updated;
@@ -69,6 +70,9 @@ class ReplayConfig:
     val_share: float = 0.1  # newest share of each cadence's events held out by the guard rail
     recent: str = "events"  # "events": one example per new event; "windows": the users' newest windows
     passes: float = 1.0  # with recent="events": passes over the new events per update (sets the steps)
+    # Events an update did not learn from (the guard rail's held-out events; all of a rejected
+    # update's events) join the next update, up to ``carry_max`` of the newest (0: dropped).
+    carry_max: int = 10_000
     # rtrec
     rtrec: bool = True
     rtrec_batch: int = 1000
@@ -337,6 +341,7 @@ def run_replay(
     updates: list[dict[str, Any]] = []
     rt_pending: list[tuple[int, int, float, float]] = []
     global_pos = {int(e): p for p, e in enumerate(s.order[s.cut:].tolist())}  # window event -> position in time
+    pending = np.empty(0, dtype=np.int64)  # window events no update has learned from yet
     for a in range(0, len(window), cfg.cadence):
         block = window[a:a + cfg.cadence]
         t0 = time.perf_counter()
@@ -361,6 +366,8 @@ def run_replay(
         happened[s.order[:now_pos]] = True
         happened[val_events] = False  # held out from this update's training
         learn_events = block[:-n_val] if len(block) > n_val else block
+        carried = len(pending)
+        learn_events = np.concatenate([pending, learn_events])
         if cfg.recent == "events":
             recent = event_examples(s, learn_events, cfg.max_len)
             share_new = 1.0 - cfg.finetune.replay_ratio
@@ -375,11 +382,13 @@ def run_replay(
             return metrics_from_ranks(rank_events(model, s, val_events, cfg.max_len, cfg.device, cfg.chunk))["NDCG@10"]
 
         result = tuner.guarded_update(recent, replay_windows, validate) if len(recent) and cfg.updates else None
+        unlearned = val_events if result is None or result.accepted else np.concatenate([learn_events, val_events])
+        pending = unlearned[-cfg.carry_max:] if cfg.carry_max > 0 else pending
         seconds["online"] += time.perf_counter() - t0
         if result is not None:
             updates.append({"after_events": int(a + len(block)), "accepted": result.accepted, "val_before": round(result.before, 4),
                             "val_after": round(result.after, 4), "loss": round(result.loss, 4), "new_items": n_new,
-                            "recent_windows": result.recent_windows})
+                            "recent_windows": result.recent_windows, "carried": carried})
         done = a + len(block)
         msg = " ".join(f"{k}={metrics_from_ranks(v[:done])['NDCG@10']:.4f}" for k, v in ranks.items())
         log(f"{done}/{len(window)} events: NDCG@10 {msg}")

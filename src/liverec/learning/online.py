@@ -12,7 +12,8 @@ remembers which users acted, and on each :meth:`OnlineLearner.step` (every ``int
    (:func:`~liverec.learning.finetune.bias_step`: the fast-moving part, what is popular now), then
    fine-tunes on the acting users' sequences (each user's newest event held out) mixed with
    sequences of other users replayed from the state (``replay_users``), guarded: if NDCG@10 on
-   the held-out events drops by more than ``tolerance`` the update is rolled back and not served;
+   the held-out events drops by more than ``tolerance`` the update is rolled back and not served,
+   and its users stay pending, so the next update learns their events with the newer ones;
 4. registers the new version in the app's :class:`~liverec.model.registry.ModelRegistry`,
    promotes it (the registry keeps the previous ones for rollback) and swaps the serving
    :class:`~liverec.model.scorer.TransformerScorer` in one assignment.
@@ -231,6 +232,7 @@ class OnlineLearner:
         out = {"users": len(acting), "new_items": n_new, "bias_events": n_bias, "accepted": bool(result and result.accepted)}
         if result is None or not result.accepted:
             self.stats.rejected += 1
+            self._requeue(users, new_counts)
             if result is not None:
                 out.update(val_before=result.before, val_after=result.after)
             return out
@@ -248,6 +250,15 @@ class OnlineLearner:
         self.stats.last_val_before, self.stats.last_val_after = result.before, result.after
         out.update(version=version, val_before=result.before, val_after=result.after, staleness_s=self.stats.last_staleness_s)
         return out
+
+    def _requeue(self, users: dict[str, float], counts: dict[str, int]) -> None:
+        """A rejected update's users stay pending (oldest arrival kept): the next update learns
+        their events together with whatever arrived since."""
+        with self._lock:
+            for u, arrived in users.items():
+                self._users[u] = min(arrived, self._users.get(u, arrived))
+                self._new[u] = self._new.get(u, 0) + counts.get(u, 0)
+                self._count += counts.get(u, 0)
 
     def _bias_steps(self, model: FeedbackTransformer, seqs: Sequences, n_new: np.ndarray, max_len: int) -> int:
         """The output bias learns from the new events (each user's newest held out); returns how many."""
