@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from .events import MAX_ID_LEN, MAX_TEXT_LEN, EventValidationError, FieldError
 from .store.base import Item
@@ -56,12 +59,33 @@ def parse_items(raws: Iterable[Any], *, app: str) -> list[Item]:
     return items
 
 
+@dataclass(frozen=True)
+class CategoryMatrix:
+    """Which items of an app are in which category: ``member[row[item_id], col[category]]``."""
+
+    row: dict[str, int]
+    col: dict[str, int]
+    names: list[str]
+    member: np.ndarray  # (N, G) bool
+
+    def of(self, item_ids: Sequence[str] | np.ndarray) -> np.ndarray:
+        """(K, G) membership of ``item_ids`` in row order (unknown items: no category)."""
+        rows = np.fromiter((self.row.get(str(i), -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        if len(self.member) == 0:
+            return np.zeros((len(rows), len(self.names)), dtype=bool)
+        out = self.member[np.maximum(rows, 0)]
+        out[rows < 0] = False
+        return out
+
+
 class CatalogIndex:
     """All apps' items in memory (the request path never waits on storage)."""
 
     def __init__(self) -> None:
         self._items: dict[str, dict[str, Item]] = {}
         self._lock = threading.Lock()
+        self._matrices: dict[str, CategoryMatrix] = {}  # app -> cached membership (dropped on change)
+        self._versions: dict[str, int] = {}  # app -> catalog changes so far
 
     def load(self, items: Iterable[Item]) -> None:
         for item in items:
@@ -70,6 +94,8 @@ class CatalogIndex:
     def put(self, item: Item) -> None:
         with self._lock:
             self._items.setdefault(item.app, {})[item.item_id] = item
+            self._matrices.pop(item.app, None)
+            self._versions[item.app] = self._versions.get(item.app, 0) + 1
 
     def get(self, app: str, item_id: str) -> Item | None:
         items = self._items.get(app)
@@ -87,3 +113,23 @@ class CatalogIndex:
             for c in item.categories:
                 counts[c] = counts.get(c, 0) + 1
         return counts
+
+    def category_matrix(self, app: str) -> CategoryMatrix:
+        """The app's item x category membership, built once per catalog change."""
+        cached = self._matrices.get(app)
+        if cached is not None:
+            return cached
+        with self._lock:
+            items = list(self._items.get(app, {}).values())
+            version = self._versions.get(app, 0)
+        names = sorted({c for item in items for c in item.categories})
+        col = {c: g for g, c in enumerate(names)}
+        member = np.zeros((len(items), len(names)), dtype=bool)
+        for r, item in enumerate(items):
+            for c in item.categories:
+                member[r, col[c]] = True
+        built = CategoryMatrix({item.item_id: r for r, item in enumerate(items)}, col, names, member)
+        with self._lock:
+            if self._versions.get(app, 0) == version:  # no item changed while it was built
+                self._matrices[app] = built
+        return built

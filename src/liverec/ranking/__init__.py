@@ -53,7 +53,7 @@ def build_ranking(
     seed = int(os.environ.get(ENV_SEED, "0")) if seed is None else seed
     space = ItemSpace([ScorerEmbeddings(scorer), CatalogTextVectors(catalog)], similar, pairs)
     log: ImpressionLog = SQLiteImpressionLog(impressions_path) if impressions_path else MemoryImpressionLog()
-    return RankingStages(settings, space, catalog.get, ThompsonBandit(seed), log, types)
+    return RankingStages(settings, space, catalog.get, ThompsonBandit(seed), log, types, categories=catalog.category_matrix)
 
 
 __all__ = [

@@ -10,6 +10,14 @@ where ``m_i`` in [0.25, 0.75] is a prior mean from the candidate's rank in the p
 opinion) and ``s = prior_strength``. A reward ``r`` adds ``r`` to successes and ``1 - r`` to
 failures, so "no feedback" (0.5) adds half a count to each.
 
+**Category exploration** (``explore_categories``): the first exploration slot chooses a
+*category* rather than an item: category ``c`` has the posterior Beta(prior + positive feedback
+mass, prior + negative feedback mass) from the user's own recent likes, clicks, skips and dislikes
+on items of ``c`` (:func:`liverec.ranking.feedback.summarise`), and the slot shows the best
+remaining candidate of the chosen category. A category the user never reacted to keeps a wide
+posterior, so it is tried; one they keep skipping is not. While the user is on a negative streak
+this slot moves to the top of the slate: the model's own picks have just been rejected.
+
 Propensities: rather than taking one Thompson draw (whose selection probability has no closed
 form), the bandit takes ``explore_draws`` posterior draws, turns the argmax counts into a
 distribution ``p_ts``, mixes in ``epsilon`` of uniform, ``p = (1 - eps) p_ts + eps / P``, and
@@ -61,12 +69,17 @@ class ThompsonBandit:
 
     def distribution(self, app: str, pool: list[str], scores: np.ndarray, cfg: RankingConfig) -> np.ndarray:
         """(P,) selection probabilities of the pool items for one slot (sums to 1)."""
-        p_n = len(pool)
         m = self.prior_means(scores)
         succ = np.array([self.stats(app, i)[0] for i in pool])
         fail = np.array([self.stats(app, i)[1] for i in pool])
         alpha = cfg.prior_strength * m + succ  # (P,)
         beta = cfg.prior_strength * (1.0 - m) + fail  # (P,)
+        return self.argmax_distribution(alpha, beta, cfg)
+
+    def argmax_distribution(self, alpha: np.ndarray, beta: np.ndarray, cfg: RankingConfig) -> np.ndarray:
+        """(P,) probability that each arm wins a Thompson draw from Beta(alpha, beta), estimated from
+        ``explore_draws`` draws, mixed with ``explore_epsilon`` of uniform (sums to 1)."""
+        p_n = len(alpha)
         with self._lock:
             draws = self._rng.beta(alpha, beta, size=(cfg.explore_draws, p_n))  # (D, P)
         counts = np.bincount(draws.argmax(axis=1), minlength=p_n).astype(np.float64)
@@ -74,12 +87,15 @@ class ThompsonBandit:
         p = (1.0 - cfg.explore_epsilon) * p_ts + cfg.explore_epsilon / p_n
         return p / p.sum()
 
+    def sample(self, p: np.ndarray) -> int:
+        """One index drawn from the distribution ``p`` (the bandit's seeded generator)."""
+        with self._lock:
+            return int(self._rng.choice(len(p), p=p))
+
     def choose(self, app: str, pool: list[str], scores: np.ndarray, cfg: RankingConfig) -> tuple[int, np.ndarray]:
         """Index of the chosen pool item and the (P,) distribution it was drawn from."""
         p = self.distribution(app, pool, scores, cfg)
-        with self._lock:
-            k = int(self._rng.choice(len(pool), p=p))
-        return k, p
+        return self.sample(p), p
 
 
 class RewardTracker:

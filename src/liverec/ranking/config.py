@@ -49,6 +49,8 @@ class RankingConfig:
     streak_negatives: int = 3  # this many negative events in a row (skip, dislike, block) = the taste moved (0 = off)
     streak_pool: int = 400  # candidates considered while on such a streak (twice the usual pool)
     streak_diversity: float = 0.7  # MMR diversity at least this high (over the best 100 of that pool) while on a streak
+    streak_forget: float = 0.2  # on a streak, older likes/clicks on items of the streak's categories count this much (1 = keep)
+    category_candidates: int = 20  # best-scored items of each category with net positive recent feedback join the pool (0 = off)
     neighbour_candidates: int = 30  # neighbours of each recent liked item added to the pool
     # ---- diversity ---------------------------------------------------------------------------
     diversity: float = 0.0  # default MMR trade-off (0 = relevance only, 1 = diversity only)
@@ -57,6 +59,8 @@ class RankingConfig:
     explore_slots: tuple[int, ...] = (4, 9)  # 0-based slate positions the bandit fills
     explore_pool: int = 20  # candidates the bandit chooses among for one slot
     explore_draws: int = 256  # Thompson draws that give each slot's selection distribution
+    explore_categories: bool = True  # the first exploration slot explores categories (and leads the slate on a streak)
+    category_prior: float = 1.0  # Beta(prior, prior) of a category the user has given no feedback on
     explore_epsilon: float = 0.05  # uniform mixing: every pool item keeps propensity >= eps / pool
     prior_strength: float = 4.0  # Beta prior pseudo-counts, centred on the model's rank prior
     reward_window_s: float = 1800.0  # no feedback within this window after an impression = 0.5
@@ -70,6 +74,11 @@ class RankingConfig:
             raise ValueError(f"diversity={self.diversity!r}: expected a number in [0, 1]")
         if not 0.0 <= self.streak_diversity <= 1.0:
             raise ValueError(f"streak_diversity={self.streak_diversity!r}: expected a number in [0, 1]")
+        if not 0.0 <= self.streak_forget <= 1.0:
+            raise ValueError(f"streak_forget={self.streak_forget!r}: expected a number in [0, 1]")
+        if self.category_candidates < 0 or not self.category_prior > 0:
+            raise ValueError(f"category_candidates={self.category_candidates!r}, category_prior={self.category_prior!r}: "
+                             "expected >= 0 and > 0")
         if self.streak_negatives < 0 or self.streak_pool < 1:
             raise ValueError(f"streak_negatives={self.streak_negatives!r}, streak_pool={self.streak_pool!r}: expected >= 0 and >= 1")
         if not 0.0 <= self.explore_epsilon <= 1.0:

@@ -30,8 +30,8 @@ candidate, and re-checked on the final slate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -56,6 +56,7 @@ class Signal:
     decay: float
     event_type: str  # the event type as sent (like, favorite, purchase, ...)
     event_id: str | None = None
+    pos: int = -1  # position of the event in the user's sequence (-1: trimmed from it, or scoped)
 
 
 def signals(state: UserState, now: float, cfg: RankingConfig) -> list[Signal]:
@@ -83,7 +84,7 @@ def signals(state: UserState, now: float, cfg: RankingConfig) -> list[Signal]:
     out: list[Signal] = []
     for item, t in state.liked.items():
         etype, eid, pos = latest.get(("like", item), ("like", None, -1))
-        out.append(Signal("like", "item", item, t, cfg.decay(now - t) * cfg.recency(newer(pos)), etype, eid))
+        out.append(Signal("like", "item", item, t, cfg.decay(now - t) * cfg.recency(newer(pos)), etype, eid, pos))
     for (kind, item), (etype, eid, pos) in latest.items():
         if kind != "click" or item in state.liked:
             continue
@@ -91,15 +92,15 @@ def signals(state: UserState, now: float, cfg: RankingConfig) -> list[Signal]:
         if later_negative > pos:  # clicked, then skipped or disliked: the negative stands
             continue
         t = seq[pos].timestamp
-        out.append(Signal("click", "item", item, t, cfg.decay(now - t) * cfg.recency(newer(pos)), etype, eid))
+        out.append(Signal("click", "item", item, t, cfg.decay(now - t) * cfg.recency(newer(pos)), etype, eid, pos))
     for kind, table in (("dislike", state.disliked), ("skip", state.skipped)):
         for (scope, target), t in table.items():
             if scope == "item":
                 _, eid, pos = latest.get((kind, target), (kind, None, -1))
                 w = cfg.decay(now - t) * cfg.recency(newer(pos))
             else:
-                eid, w = None, cfg.decay(now - t)
-            out.append(Signal(kind, scope, target, t, w, kind, eid))
+                eid, w, pos = None, cfg.decay(now - t), -1
+            out.append(Signal(kind, scope, target, t, w, kind, eid, pos))
     out.sort(key=lambda s: -s.timestamp)
     return out[: cfg.max_signals]
 
@@ -115,6 +116,115 @@ def negative_streak(state: UserState | None, types: Mapping[str, TypeSpec]) -> i
             break
         n += 1
     return n
+
+
+@dataclass(frozen=True)
+class Stale:
+    """What a run of negatives says is out of date: positive feedback before sequence position
+    ``before`` on items of ``categories`` (the categories the run's negatives kept hitting)."""
+
+    before: int
+    categories: frozenset[str]
+
+
+def stale_after_streak(app: str, state: UserState | None, types: Mapping[str, TypeSpec], cfg: RankingConfig,
+                       item_of: Callable[[str, str], Item | None]) -> Stale | None:
+    """The user's newest run of ``streak_negatives`` or more negatives in a row, and what it
+    makes stale: the categories two or more of its items share (one, for a run of one).
+
+    A user who loved a genre and then skipped three of its items in a row has told the service
+    the taste moved; :func:`summarise` then counts their older likes and clicks in that genre
+    ``streak_forget`` as much, also after the run ends (a click elsewhere does not make the old
+    likes true again). ``None`` when the sequence holds no such run.
+    """
+    if state is None or cfg.streak_negatives <= 0:
+        return None
+    seq = list(state.sequence)
+    end = len(seq)
+    while end > 0:
+        while end > 0 and _polarity(seq[end - 1], types) != "negative":
+            end -= 1
+        begin = end
+        while begin > 0 and _polarity(seq[begin - 1], types) == "negative":
+            begin -= 1
+        if end - begin >= cfg.streak_negatives:
+            hits: dict[str, int] = {}
+            for inter in seq[begin:end]:
+                item = item_of(app, inter.item_id) if inter.item_id is not None else None
+                for c in item.categories if item is not None else ():
+                    hits[c] = hits.get(c, 0) + 1
+            need = min(2, end - begin)
+            return Stale(begin, frozenset(c for c, k in hits.items() if k >= need))
+        end = begin
+    return None
+
+
+def _polarity(inter: Any, types: Mapping[str, TypeSpec]) -> str | None:
+    spec = types.get(inter.type)
+    return spec.polarity if spec is not None else None
+
+
+@dataclass
+class Summary:
+    """A user's feedback for one request: the signals, and the item feedback netted per category."""
+
+    sigs: list[Signal]
+    net: dict[str, float]  # category -> positive minus negative mass
+    positive: dict[str, float]  # category -> positive mass (likes, clicks)
+    negative: dict[str, float]  # category -> negative mass (skips, dislikes)
+    negatives: dict[str, int]  # category -> negative items
+    demoted: dict[str, float]  # category -> demotion (> 0)
+    boosted: dict[str, float]  # category -> boost (> 0)
+    stale: Stale | None = None
+
+
+def summarise(app: str, state: UserState | None, now: float, cfg: RankingConfig,
+              item_of: Callable[[str, str], Item | None], stale: Stale | None = None) -> Summary:
+    """Signals and per-category feedback of ``state`` (empty for an unknown user).
+
+    With ``stale`` (a negative streak), positive item feedback older than the streak on items of
+    the streak's categories counts ``cfg.streak_forget`` as much: the user who loved a genre and
+    has now skipped it three times in a row no longer gets it back on the strength of old likes.
+    """
+    if state is None:
+        return Summary([], {}, {}, {}, {}, {}, {}, stale)
+    sigs = signals(state, now, cfg)
+    if stale is not None and cfg.streak_forget < 1.0 and stale.categories:
+        forgotten = []
+        for sig in sigs:
+            if sig.type in ("like", "click") and sig.scope == "item" and sig.pos < stale.before:
+                item = item_of(app, sig.target)
+                if item is not None and stale.categories.intersection(item.categories):
+                    sig = replace(sig, decay=sig.decay * cfg.streak_forget)
+            forgotten.append(sig)
+        sigs = forgotten
+    net: dict[str, float] = {}
+    positive: dict[str, float] = {}
+    negative: dict[str, float] = {}
+    negatives: dict[str, int] = {}
+    masses = {"like": cfg.like_mass, "click": cfg.click_mass, "dislike": -cfg.dislike_mass, "skip": -cfg.skip_mass}
+    for sig in sigs:
+        if sig.scope != "item":
+            continue
+        item = item_of(app, sig.target)
+        if item is None:
+            continue
+        mass = masses[sig.type] * sig.decay
+        side = positive if mass > 0 else negative
+        for c in item.categories:
+            net[c] = net.get(c, 0.0) + mass
+            side[c] = side.get(c, 0.0) + abs(mass)
+            if sig.type in ("dislike", "skip"):
+                negatives[c] = negatives.get(c, 0) + 1
+    demoted = {
+        c: cfg.category_demote * min(1.0, -net[c] / (cfg.category_repeat * cfg.skip_mass))
+        for c, k in negatives.items() if k >= cfg.category_repeat and net[c] < 0
+    }
+    boosted = {
+        c: cfg.category_boost * min(1.0, v / (cfg.category_repeat * cfg.like_mass))
+        for c, v in net.items() if v > 0 and cfg.category_boost > 0
+    }
+    return Summary(sigs, net, positive, negative, negatives, demoted, boosted, stale)
 
 
 def recent_positives(state: UserState, k: int) -> list[tuple[str, float]]:
@@ -156,14 +266,18 @@ def adjust(
     cfg: RankingConfig,
     space: ItemSpace,
     item_of: Callable[[str, str], Item | None],
+    summary: Summary | None = None,
 ) -> Adjustments:
-    """Compute the feedback adjustments of the candidates ``item_ids`` for this user."""
+    """Compute the feedback adjustments of the candidates ``item_ids`` for this user
+    (``summary``: :func:`summarise` of the same user, when the caller has it already)."""
     k = len(item_ids)
     total = np.zeros(k, dtype=np.float64)
     parts: list[list[dict]] = [[] for _ in range(k)]
     if state is None or k == 0:
         return Adjustments(item_ids, total, parts)
-    sigs = signals(state, now, cfg)
+    if summary is None:
+        summary = summarise(app, state, now, cfg, item_of)
+    sigs = summary.sigs
     if not sigs:
         return Adjustments(item_ids, total, parts)
 
@@ -203,28 +317,7 @@ def adjust(
 
     # ---- scoped signals, and the net item feedback per category -----------------------------
     scoped = [s for s in sigs if s.scope != "item"]
-    net: dict[str, float] = {}  # category -> positive minus negative feedback mass
-    negatives: dict[str, int] = {}
-    masses = {"like": cfg.like_mass, "click": cfg.click_mass, "dislike": -cfg.dislike_mass, "skip": -cfg.skip_mass}
-    for s in sigs:
-        if s.scope != "item":
-            continue
-        item = item_of(app, s.target)
-        if item is None:
-            continue
-        mass = masses[s.type] * s.decay
-        for c in item.categories:
-            net[c] = net.get(c, 0.0) + mass
-            if s.type in ("dislike", "skip"):
-                negatives[c] = negatives.get(c, 0) + 1
-    demoted = {
-        c: cfg.category_demote * min(1.0, -net[c] / (cfg.category_repeat * cfg.skip_mass))
-        for c, k in negatives.items() if k >= cfg.category_repeat and net[c] < 0
-    }
-    boosted = {
-        c: cfg.category_boost * min(1.0, v / (cfg.category_repeat * cfg.like_mass))
-        for c, v in net.items() if v > 0 and cfg.category_boost > 0
-    }
+    demoted, boosted = summary.demoted, summary.boosted
     if scoped or demoted or boosted:
         for r, item_id in enumerate(item_ids):
             item = item_of(app, item_id)

@@ -41,7 +41,7 @@ class Impression:
     timestamp: float
     propensity: float  # P(this item at this position | context) under the logging policy
     explored: bool
-    policy: str  # "rank" (deterministic) or "thompson"
+    policy: str  # "rank" (deterministic), "thompson" (an item slot) or "thompson-category" (a category slot)
     # For explored slots: the candidates the bandit chose among, their probabilities and scores.
     pool: list[str] = field(default_factory=list)
     pool_propensities: list[float] = field(default_factory=list)

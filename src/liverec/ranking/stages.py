@@ -2,13 +2,17 @@
 
     scored candidates
       -> hard filters (blocks of any scope, consumed, exclude, category)   [pipeline.Policy]
-      -> pool: the best ``pool`` allowed candidates + neighbours of recent likes
-         (``streak_pool`` candidates and MMR over the best 100 of them while the user's newest
-         events are a run of ``streak_negatives`` negatives: the taste has moved, show something
-         different)
+      -> pool: the best ``pool`` allowed candidates + neighbours of recent likes + the best
+         ``category_candidates`` of each category with net positive recent feedback + (when
+         exploring categories) the best candidate of every category the pool lacks
+         (``streak_pool`` candidates and MMR over the best 100 of them and one candidate per
+         category while the user's newest events are a run of ``streak_negatives`` negatives:
+         the taste has moved, show something different; older positives on the categories
+         such a run kept hitting count ``streak_forget`` as much from then on)
       -> feedback policy (demote / boost with time decay)                 [feedback.adjust]
       -> diversity (MMR, per-request ``diversity``)                       [diversity.mmr]
-      -> exploration (Thompson sampling on ``explore_slots``)              [bandit.ThompsonBandit]
+      -> exploration (Thompson sampling on ``explore_slots``; the first   [bandit.ThompsonBandit]
+         slot over the user's categories, at the top of the slate on a streak)
       -> hard filters again on the final slate (blocks are the last word)
       -> explanations (``because``) and impressions with propensities
 
@@ -26,6 +30,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from ..catalog import CategoryMatrix
 from ..events import DEFAULT_TYPES, TypeSpec
 from ..recommend.pipeline import Recommendation, RecommendRequest
 from ..recommend.scoring import Scored
@@ -34,7 +39,7 @@ from ..store.base import Item
 from .bandit import RewardTracker, ThompsonBandit
 from .config import RankingConfig, RankingSettings
 from .diversity import mmr
-from .feedback import adjust, negative_streak, recent_positives
+from .feedback import Summary, adjust, negative_streak, recent_positives, stale_after_streak, summarise
 from .impressions import Impression, ImpressionLog
 from .vectors import ItemSpace
 
@@ -107,6 +112,7 @@ class RankingStages:
         impressions: ImpressionLog | None = None,
         types: Mapping[str, TypeSpec] | None = None,
         clock: Callable[[], float] = time.time,
+        categories: Callable[[str], CategoryMatrix] | None = None,
     ) -> None:
         self.settings = settings
         self.space = space
@@ -115,6 +121,7 @@ class RankingStages:
         self.impressions = impressions
         self.types = dict(types or DEFAULT_TYPES)
         self.clock = clock
+        self.categories = categories
         self.rewards = RewardTracker(self.bandit, settings.default.reward_window_s, self.types)
         self.stats = RankStats()
         self._lock = threading.Lock()
@@ -133,8 +140,10 @@ class RankingStages:
 
     # ------------------------------------------------------------------------------ pool
     def _pool(self, request: RecommendRequest, state: UserState | None, scored: Scored, allow: Callable[[str], bool], cfg: RankingConfig, now: float,
-              pool: int) -> tuple[list[str], np.ndarray]:
-        """The best ``pool`` allowed candidates, plus allowed neighbours of recent likes."""
+              pool: int, summary: Summary, every_category: bool) -> tuple[list[str], np.ndarray]:
+        """The best ``pool`` allowed candidates, plus allowed neighbours of recent likes, plus the
+        best candidates of the categories the user has recently been positive about (and, with
+        ``every_category``, the best candidate of each category the pool does not have yet)."""
         order = np.argsort(-scored.scores, kind="stable")
         ids: list[str] = []
         scores: list[float] = []
@@ -162,7 +171,61 @@ class RankingStages:
                     ids.append(other)
                     scores.append(lookup.get(other, floor))
                     taken.add(other)
+        liked_cats = sorted(summary.boosted, key=lambda c: -summary.boosted[c])[:3] if cfg.category_candidates > 0 else []
+        if (liked_cats or every_category) and self.categories is not None and ids:
+            cm = self.categories(request.app)
+            member = cm.of(scored.item_ids)[order]  # (S, G) in score order
+            wanted = [(cm.col[c], cfg.category_candidates) for c in liked_cats if c in cm.col]
+            if every_category:
+                have = cm.of(ids).any(axis=0)  # (G,)
+                wanted += [(g, 1) for g in np.flatnonzero(~have).tolist()]
+            for g, k in wanted:
+                added = 0
+                for j in np.flatnonzero(member[:, g]).tolist():
+                    item_id = str(scored.item_ids[order[j]])
+                    if item_id in taken or not allow(item_id):
+                        continue
+                    ids.append(item_id)
+                    scores.append(float(scored.scores[order[j]]))
+                    taken.add(item_id)
+                    added += 1
+                    if added >= k:
+                        break
         return ids, np.asarray(scores, dtype=np.float64)
+
+    def _category_slot(self, app: str, ids: list[str], final: np.ndarray, order: list[int], used: np.ndarray, summary: Summary,
+                       cfg: RankingConfig) -> tuple[int, float, dict] | None:
+        """Thompson sampling over categories: the chosen category's best unused candidate.
+
+        Returns (pool index, propensity, exploration info), or ``None`` when fewer than two
+        categories have a candidate. The propensity of the shown item is the probability of every
+        category it was the representative of.
+        """
+        if self.categories is None:
+            return None
+        cm = self.categories(app)
+        if not cm.names:
+            return None
+        free = [k for k in order if not used[k]]
+        member = cm.of([ids[k] for k in free])  # (F, G), best first
+        has = member.any(axis=0)
+        if int(has.sum()) < 2:
+            return None
+        cols = np.flatnonzero(has)
+        reps = [free[int(np.argmax(member[:, g]))] for g in cols.tolist()]  # best candidate per category
+        names = [cm.names[g] for g in cols.tolist()]
+        alpha = cfg.category_prior + np.array([summary.positive.get(c, 0.0) for c in names])
+        beta = cfg.category_prior + np.array([summary.negative.get(c, 0.0) for c in names])
+        p_cat = self.bandit.argmax_distribution(alpha, beta, cfg)
+        c = self.bandit.sample(p_cat)
+        items: dict[int, float] = {}
+        for k, p in zip(reps, p_cat.tolist()):
+            items[k] = items.get(k, 0.0) + p
+        pool = list(items)
+        chosen = reps[c]
+        info = {"pool": [ids[k] for k in pool], "p": [items[k] for k in pool], "s": final[pool].tolist(),
+                "policy": "thompson-category", "category": names[c]}
+        return chosen, items[chosen], info
 
     # ------------------------------------------------------------------------------ rank
     def rank(self, request: RecommendRequest, state: UserState | None, scored: Scored, allow: Callable[[str], bool]) -> list[Recommendation]:
@@ -170,12 +233,17 @@ class RankingStages:
         cfg = self.settings.for_app(request.app)
         now = request.now if request.now is not None else (state.last_timestamp if state is not None else 0.0)
         streak = self._on_streak(state, cfg)
-        ids, raw = self._pool(request, state, scored, allow, cfg, now, cfg.streak_pool if streak else cfg.pool)
+        stale = stale_after_streak(request.app, state, self.types, cfg, self.items)
+        summary = summarise(request.app, state, now, cfg, self.items, stale)
+        explore = (cfg.explore if request.explore is None else request.explore) and request.user_id is not None
+        explore_cats = explore and cfg.explore_categories and bool(cfg.explore_slots) and self.categories is not None
+        ids, raw = self._pool(request, state, scored, allow, cfg, now, cfg.streak_pool if streak else cfg.pool, summary,
+                              every_category=explore_cats or streak)
         if not ids:
             return []
         span = raw.max() - raw.min()
         rel = (raw - raw.min()) / span if span > 0 else np.ones(len(raw))  # (K,) in [0, 1]
-        adj = adjust(request.app, state, ids, now, cfg, self.space, self.items)
+        adj = adjust(request.app, state, ids, now, cfg, self.space, self.items, summary)
         final = rel + adj.total  # (K,)
         order = np.argsort(-final, kind="stable")
         n = min(request.n, len(ids))
@@ -186,6 +254,10 @@ class RankingStages:
         if diversity > 0 and n > 1:
             # on a streak, MMR reaches deeper (the wider pool, demotions applied, is re-sorted)
             head = order[: min(len(order), max(10 * n, 100) if streak else max(4 * n, n + 10))]
+            if streak and self.categories is not None:  # and the best candidate of every category
+                member = self.categories(request.app).of([ids[k] for k in order])  # (K, G)
+                firsts = np.unique(member.argmax(axis=0)[member.any(axis=0)])
+                head = np.concatenate([head, order[firsts[firsts >= len(head)]]])
             table = self.space.table(request.app)
             head_ids = [ids[k] for k in head]
             sim = self.space.similarity(request.app, head_ids, head_ids, table)  # (M, M)
@@ -196,13 +268,22 @@ class RankingStages:
             rest = [int(k) for k in order if int(k) not in set(chosen)]
             order = np.asarray(chosen + rest, dtype=np.int64)
         # ---- slate with exploration slots -----------------------------------------------------
-        explore = (cfg.explore if request.explore is None else request.explore) and request.user_id is not None
         slots = set(p for p in cfg.explore_slots if p < n) if explore else set()
+        category_slot = None
+        if explore_cats and slots:
+            category_slot = 0 if streak else min(slots)
+            slots.discard(min(slots))
         used = np.zeros(len(ids), dtype=bool)
         queue = [int(k) for k in order]
         slate: list[tuple[int, float, dict | None]] = []  # (pool index, propensity, exploration info)
         qpos = 0
         for p in range(n):
+            if p == category_slot:
+                picked = self._category_slot(request.app, ids, final, queue, used, summary, cfg)
+                if picked is not None:
+                    used[picked[0]] = True
+                    slate.append(picked)
+                    continue
             if p in slots:
                 remaining = [k for k in queue if not used[k]][: cfg.explore_pool]
                 if len(remaining) >= 2:
@@ -239,7 +320,10 @@ class RankingStages:
                     entry["reason"] = "negative streak"
                 because.append(entry)
             if info is not None:
-                because.append({"kind": "exploration", "policy": "thompson", "propensity": round(prop, 6)})
+                entry = {"kind": "exploration", "policy": info.get("policy", "thompson"), "propensity": round(prop, 6)}
+                if "category" in info:
+                    entry["category"] = info["category"]
+                because.append(entry)
             if not because:
                 because.append({"kind": "model", "reason": "model score" if state is not None and state.sequence else "popular"})
             recs.append(Recommendation(ids[k], float(final[k]), because, propensity=prop, explored=info is not None))
@@ -247,7 +331,7 @@ class RankingStages:
                 impressions.append(Impression(
                     impression_id=f"{request_id}:{pos}", request_id=request_id, app=request.app,
                     user_id=request.user_id, item_id=ids[k], position=pos, timestamp=shown_at,
-                    propensity=prop, explored=info is not None, policy="thompson" if info is not None else "rank",
+                    propensity=prop, explored=info is not None, policy=info.get("policy", "thompson") if info is not None else "rank",
                     pool=info["pool"] if info else [], pool_propensities=info["p"] if info else [],
                     pool_scores=info["s"] if info else [],
                 ))

@@ -1,0 +1,119 @@
+"""Category-level feedback: the category exploration slot, stale likes after a run of negatives,
+and the best items of a category the user turned to joining the pool."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from liverec.catalog import CatalogIndex
+from liverec.events import DEFAULT_TYPES, Event
+from liverec.ranking.config import RankingConfig, RankingSettings
+from liverec.ranking.feedback import stale_after_streak, summarise
+from liverec.state import UserState
+from liverec.store.base import Item
+
+from .test_ranking_policy import post, recs, seed
+
+GENRE_OF = {"c": "Comedy", "d": "Drama", "h": "Horror", "s": "SciFi"}
+
+
+def test_category_matrix_follows_the_catalog():
+    cat = CatalogIndex()
+    cat.put(Item("a", "x", "X", "", ("g1", "g2")))
+    first = cat.category_matrix("a")
+    assert cat.category_matrix("a") is first  # cached
+    assert first.of(["x", "unknown"]).tolist() == [[True, True], [False, False]]
+    cat.put(Item("a", "y", "Y", "", ("g3",)))  # a change rebuilds it
+    again = cat.category_matrix("a")
+    assert again.names == ["g1", "g2", "g3"] and again.of(["y"]).tolist() == [[False, False, True]]
+
+
+def _category_impressions(service) -> list:
+    return [i for i in service.ranking.impressions.scan("default") if i.policy == "thompson-category"]
+
+
+def test_category_slot_logs_exact_propensities(client):
+    seed(client)
+    service = client.app.state.service
+    post(client, user_id="u", item_id="c0", type="view", timestamp=2000)
+    for _ in range(30):
+        body = client.get("/v1/users/u/recommendations", params={"n": 10, "explore": "true"}).json()
+        tagged = [(pos, i, b) for pos, i in enumerate(body["items"]) for b in i["because"] if b.get("policy") == "thompson-category"]
+        assert len(tagged) == 1
+        pos, item, because = tagged[0]
+        assert pos == min(RankingConfig().explore_slots) and because["category"] in item["categories"]
+    logged = _category_impressions(service)
+    assert len(logged) == 30
+    for imp in logged:
+        p = np.array(imp.pool_propensities)
+        assert p.sum() == pytest.approx(1.0, abs=1e-9) and p.min() > 0
+        assert imp.propensity == pytest.approx(p[imp.pool.index(imp.item_id)])
+        assert len({GENRE_OF[i[0]] for i in imp.pool}) == len(imp.pool)  # one candidate per category
+
+
+def test_category_slot_leads_the_slate_on_a_negative_streak(client):
+    seed(client)
+    post(client, user_id="u", item_id="c0", type="like", timestamp=2000)
+    for k, item in enumerate(["c1", "c2", "c3"]):
+        post(client, user_id="u", item_id=item, type="skip", timestamp=2001 + k)
+    body = client.get("/v1/users/u/recommendations", params={"n": 10, "explore": "true"}).json()
+    assert any(b.get("policy") == "thompson-category" for b in body["items"][0]["because"])
+
+
+def test_categories_the_user_rejects_are_explored_less(client):
+    seed(client)
+    service = client.app.state.service
+    post(client, user_id="u", item_id="c0", type="like", timestamp=2000)
+    for k in range(6):  # horror, again and again: disliked
+        post(client, user_id="u", item_id=f"h{k}", type="dislike", timestamp=2001 + k)
+        post(client, user_id="u", item_id=f"c{k + 1}", type="click", timestamp=2001.5 + k)
+    for _ in range(60):
+        client.get("/v1/users/u/recommendations", params={"n": 10, "explore": "true"})
+    chosen = [GENRE_OF[i.item_id[0]] for i in _category_impressions(service)]
+    assert chosen.count("Horror") < min(chosen.count("Drama"), chosen.count("SciFi"))
+
+
+def _state(events: list[tuple[str, str]]) -> UserState:
+    st = UserState()
+    for k, (typ, item) in enumerate(events):
+        st.apply(Event("default", f"e{k}", "u", typ, 5000.0 + k, item), DEFAULT_TYPES[typ])
+    return st
+
+
+def test_a_run_of_skips_makes_older_likes_of_its_genre_stale(client):
+    seed(client)
+    get = client.app.state.service.catalog.get
+    cfg = RankingConfig(recency_events=0.0)
+    loved = [("like", "c1"), ("like", "c2"), ("click", "c3")]
+    run = [("skip", "c4"), ("skip", "c5"), ("skip", "c6")]
+    assert stale_after_streak("default", _state(loved), DEFAULT_TYPES, cfg, get) is None
+    for after in ([], [("click", "d1")]):  # on the run, and after it ended elsewhere
+        st = _state(loved + run + after)
+        stale = stale_after_streak("default", st, DEFAULT_TYPES, cfg, get)
+        assert stale is not None and stale.categories == {"Comedy"} and stale.before == 3
+        fresh = summarise("default", st, 6000.0, cfg, get)
+        forgot = summarise("default", st, 6000.0, cfg, get, stale)
+        assert "Comedy" in fresh.boosted  # two likes and a click outweigh three skips...
+        assert "Comedy" in forgot.demoted and "Comedy" not in forgot.boosted  # ...unless the run made them stale
+    # a like after the run counts in full again
+    back = _state(loved + run + [("like", "c7"), ("like", "c0")])
+    assert "Comedy" in summarise("default", back, 6000.0, cfg, get, stale_after_streak("default", back, DEFAULT_TYPES, cfg, get)).boosted
+    with pytest.raises(ValueError, match="streak_forget"):
+        RankingConfig(streak_forget=1.5)
+
+
+def test_a_liked_category_brings_its_best_items_into_the_pool(client):
+    seed(client)
+    service = client.app.state.service
+    for k in range(6):
+        post(client, user_id="u", item_id=f"d{k}", type="view", timestamp=2000 + k)
+    # a new sci-fi item nobody else has watched: liking it moves no co-occurrence score
+    assert client.post("/v1/items", json={"items": [{"item_id": "s9", "title": "new", "categories": ["SciFi"]}]}).status_code == 200
+    post(client, user_id="u", item_id="s9", type="like", timestamp=2010)
+    # a pool of 4 holds only the dramas the history points to; the liked genre's items join it
+    service.ranking.settings = RankingSettings(default=RankingConfig(pool=4, neighbour_candidates=0, explore=False))
+    assert any(i["item_id"].startswith("s") for i in recs(client, "u", n=4))
+    service.ranking.settings = RankingSettings(default=RankingConfig(pool=4, neighbour_candidates=0, explore=False,
+                                                                     category_candidates=0))
+    assert not any(i["item_id"].startswith("s") for i in recs(client, "u", n=4))
