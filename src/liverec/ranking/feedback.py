@@ -176,6 +176,11 @@ class Summary:
     demoted: dict[str, float]  # category -> demotion (> 0)
     boosted: dict[str, float]  # category -> boost (> 0)
     stale: Stale | None = None
+    against: frozenset[str] = frozenset()  # categories demoted, or of a disliked item, or disliked as such
+
+    def turned_against(self, categories: tuple[str, ...] | list[str]) -> bool:
+        """Whether the user's feedback argues against any of ``categories`` (exploration skips them)."""
+        return not self.against.isdisjoint(categories)
 
 
 def summarise(app: str, state: UserState | None, now: float, cfg: RankingConfig,
@@ -202,6 +207,7 @@ def summarise(app: str, state: UserState | None, now: float, cfg: RankingConfig,
     positive: dict[str, float] = {}
     negative: dict[str, float] = {}
     negatives: dict[str, int] = {}
+    disliked: set[str] = {sig.target for sig in sigs if sig.type == "dislike" and sig.scope == "category"}
     masses = {"like": cfg.like_mass, "click": cfg.click_mass, "dislike": -cfg.dislike_mass, "skip": -cfg.skip_mass}
     for sig in sigs:
         if sig.scope != "item":
@@ -216,6 +222,8 @@ def summarise(app: str, state: UserState | None, now: float, cfg: RankingConfig,
             side[c] = side.get(c, 0.0) + abs(mass)
             if sig.type in ("dislike", "skip"):
                 negatives[c] = negatives.get(c, 0) + 1
+            if sig.type == "dislike":
+                disliked.add(c)
     demoted = {
         c: cfg.category_demote * min(1.0, -net[c] / (cfg.category_repeat * cfg.skip_mass))
         for c, k in negatives.items() if k >= cfg.category_repeat and net[c] < 0
@@ -224,7 +232,7 @@ def summarise(app: str, state: UserState | None, now: float, cfg: RankingConfig,
         c: cfg.category_boost * min(1.0, v / (cfg.category_repeat * cfg.like_mass))
         for c, v in net.items() if v > 0 and cfg.category_boost > 0
     }
-    return Summary(sigs, net, positive, negative, negatives, demoted, boosted, stale)
+    return Summary(sigs, net, positive, negative, negatives, demoted, boosted, stale, frozenset(disliked | set(demoted)))
 
 
 def recent_positives(state: UserState, k: int) -> list[tuple[str, float]]:

@@ -176,9 +176,9 @@ class RankingStages:
             cm = self.categories(request.app)
             member = cm.of(scored.item_ids)[order]  # (S, G) in score order
             wanted = [(cm.col[c], cfg.category_candidates) for c in liked_cats if c in cm.col]
-            if every_category:
+            if every_category:  # categories the user has not turned against
                 have = cm.of(ids).any(axis=0)  # (G,)
-                wanted += [(g, 1) for g in np.flatnonzero(~have).tolist()]
+                wanted += [(g, 1) for g in np.flatnonzero(~have).tolist() if cm.names[g] not in summary.against]
             for g, k in wanted:
                 added = 0
                 for j in np.flatnonzero(member[:, g]).tolist():
@@ -193,9 +193,14 @@ class RankingStages:
                         break
         return ids, np.asarray(scores, dtype=np.float64)
 
+    def _against(self, app: str, item_id: str, summary: Summary) -> bool:
+        item = self.items(app, item_id)
+        return item is not None and summary.turned_against(item.categories)
+
     def _category_slot(self, app: str, ids: list[str], final: np.ndarray, order: list[int], used: np.ndarray, summary: Summary,
                        cfg: RankingConfig) -> tuple[int, float, dict] | None:
-        """Thompson sampling over categories: the chosen category's best unused candidate.
+        """Thompson sampling over the categories the user has not turned against (none demoted by
+        their feedback, none of an item they disliked): the chosen category's best unused candidate.
 
         Returns (pool index, propensity, exploration info), or ``None`` when fewer than two
         categories have a candidate. The propensity of the shown item is the probability of every
@@ -208,7 +213,7 @@ class RankingStages:
             return None
         free = [k for k in order if not used[k]]
         member = cm.of([ids[k] for k in free])  # (F, G), best first
-        has = member.any(axis=0)
+        has = member.any(axis=0) & np.array([c not in summary.against for c in cm.names])  # not turned against
         if int(has.sum()) < 2:
             return None
         cols = np.flatnonzero(has)
@@ -254,17 +259,27 @@ class RankingStages:
         if diversity > 0 and n > 1:
             # on a streak, MMR reaches deeper (the wider pool, demotions applied, is re-sorted)
             head = order[: min(len(order), max(10 * n, 100) if streak else max(4 * n, n + 10))]
-            if streak and self.categories is not None:  # and the best candidate of every category
-                member = self.categories(request.app).of([ids[k] for k in order])  # (K, G)
-                firsts = np.unique(member.argmax(axis=0)[member.any(axis=0)])
-                head = np.concatenate([head, order[firsts[firsts >= len(head)]]])
+            relevance_top = set(order[:n].tolist())  # the slate without diversity (what it changes is marked)
+            if streak:
+                # something different, among what the user's feedback does not argue against
+                # (MMR favours the unlike, and a rejected genre is unlike the rest): no category
+                # they turned against, nothing pushed down as far as a skipped item; plus the best
+                # such candidate of every category
+                open_ = np.array([k for k in order if adj.total[k] > -cfg.skip_item and not self._against(request.app, ids[k], summary)],
+                                 dtype=np.int64)
+                if len(open_) >= n:
+                    head = open_[: len(head)]
+                    if self.categories is not None:
+                        member = self.categories(request.app).of([ids[k] for k in open_])  # (K', G)
+                        firsts = np.unique(member.argmax(axis=0)[member.any(axis=0)])
+                        head = np.concatenate([head, open_[firsts[firsts >= len(head)]]])
             table = self.space.table(request.app)
             head_ids = [ids[k] for k in head]
             sim = self.space.similarity(request.app, head_ids, head_ids, table)  # (M, M)
             picks = mmr(final[head], sim, n, diversity)
-            relevance_top = set(head[:n].tolist())
             chosen = [int(head[p]) for p in picks]
-            diversified = {k for k in chosen if k not in relevance_top}
+            # marked in ``because``: what diversity changed; on a streak, the whole slate it chose
+            diversified = set(chosen) if streak else {k for k in chosen if k not in relevance_top}
             rest = [int(k) for k in order if int(k) not in set(chosen)]
             order = np.asarray(chosen + rest, dtype=np.int64)
         # ---- slate with exploration slots -----------------------------------------------------
