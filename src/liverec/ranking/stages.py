@@ -197,6 +197,23 @@ class RankingStages:
         item = self.items(app, item_id)
         return item is not None and summary.turned_against(item.categories)
 
+    def _streak_head(self, app: str, ids: list[str], order: np.ndarray, adj: np.ndarray, summary: Summary, cfg: RankingConfig,
+                     size: int, n: int) -> np.ndarray:
+        """What MMR chooses from on a negative streak: something different, among what the user's
+        feedback does not argue against (MMR favours the unlike, and a rejected genre is unlike the
+        rest): no category they turned against, nothing pushed down as far as a skipped item. The
+        best ``size`` such candidates, plus the best one of every category; the plain ``order``
+        head when fewer than ``n`` are left."""
+        open_ = np.array([k for k in order if adj[k] > -cfg.skip_item and not self._against(app, ids[k], summary)], dtype=np.int64)
+        if len(open_) < n:
+            return order[:size]
+        head = open_[:size]
+        if self.categories is not None:
+            member = self.categories(app).of([ids[k] for k in open_])  # (K', G)
+            firsts = np.unique(member.argmax(axis=0)[member.any(axis=0)])
+            head = np.concatenate([head, open_[firsts[firsts >= size]]])
+        return head
+
     def _category_slot(self, app: str, ids: list[str], final: np.ndarray, order: list[int], used: np.ndarray, summary: Summary,
                        cfg: RankingConfig) -> tuple[int, float, dict] | None:
         """Thompson sampling over the categories the user has not turned against (none demoted by
@@ -261,18 +278,7 @@ class RankingStages:
             head = order[: min(len(order), max(10 * n, 100) if streak else max(4 * n, n + 10))]
             relevance_top = set(order[:n].tolist())  # the slate without diversity (what it changes is marked)
             if streak:
-                # something different, among what the user's feedback does not argue against
-                # (MMR favours the unlike, and a rejected genre is unlike the rest): no category
-                # they turned against, nothing pushed down as far as a skipped item; plus the best
-                # such candidate of every category
-                open_ = np.array([k for k in order if adj.total[k] > -cfg.skip_item and not self._against(request.app, ids[k], summary)],
-                                 dtype=np.int64)
-                if len(open_) >= n:
-                    head = open_[: len(head)]
-                    if self.categories is not None:
-                        member = self.categories(request.app).of([ids[k] for k in open_])  # (K', G)
-                        firsts = np.unique(member.argmax(axis=0)[member.any(axis=0)])
-                        head = np.concatenate([head, open_[firsts[firsts >= len(head)]]])
+                head = self._streak_head(request.app, ids, order, adj.total, summary, cfg, len(head), n)
             table = self.space.table(request.app)
             head_ids = [ids[k] for k in head]
             sim = self.space.similarity(request.app, head_ids, head_ids, table)  # (M, M)
