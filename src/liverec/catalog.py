@@ -70,11 +70,14 @@ class CategoryMatrix:
 
     def of(self, item_ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """(K, G) membership of ``item_ids`` in row order (unknown items: no category)."""
-        rows = np.fromiter((self.row.get(str(i), -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
-        if len(self.member) == 0:
+        get = self.row.get
+        rows = np.array([get(i, -1) for i in item_ids], dtype=np.int64)
+        if len(self.member) == 0 or len(rows) == 0:
             return np.zeros((len(rows), len(self.names)), dtype=bool)
         out = self.member[np.maximum(rows, 0)]
-        out[rows < 0] = False
+        unknown = rows < 0
+        if unknown.any():
+            out[unknown] = False
         return out
 
 

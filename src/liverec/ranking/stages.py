@@ -204,12 +204,22 @@ class RankingStages:
         rest): no category they turned against, nothing pushed down as far as a skipped item. The
         best ``size`` such candidates, plus the best one of every category; the plain ``order``
         head when fewer than ``n`` are left."""
-        open_ = np.array([k for k in order if adj[k] > -cfg.skip_item and not self._against(app, ids[k], summary)], dtype=np.int64)
+        ok = adj[order] > -cfg.skip_item
+        member = None
+        if self.categories is not None:
+            cm = self.categories(app)
+            member = cm.of([ids[k] for k in order])  # (K, G) in ``order``
+            cols = [cm.col[c] for c in summary.against if c in cm.col]
+            if cols:
+                ok &= ~member[:, cols].any(axis=1)
+        else:
+            ok &= np.array([not self._against(app, ids[k], summary) for k in order], dtype=bool)
+        open_ = order[ok]
         if len(open_) < n:
             return order[:size]
         head = open_[:size]
-        if self.categories is not None:
-            member = self.categories(app).of([ids[k] for k in open_])  # (K', G)
+        if member is not None:
+            member = member[ok]  # (K', G) in ``open_``
             firsts = np.unique(member.argmax(axis=0)[member.any(axis=0)])
             head = np.concatenate([head, open_[firsts[firsts >= size]]])
         return head
