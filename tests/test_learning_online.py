@@ -94,9 +94,12 @@ def test_update_publishes_a_version_and_serving_swaps(service):
     assert service.recommend("default", "u1", 5)["scorer"] == "transformer"
 
 
-def test_guard_rail_blocks_a_harmful_update(service):
-    # lr 5.0 wrecks the model; zero tolerance: the update must not be served
-    cfg = LearnerConfig(min_events=10, replay_users=8, finetune=FineTuneConfig(steps=10, batch_size=8, lr=5.0, tolerance=0.0))
+@pytest.mark.parametrize("significance", [0.0, 1.64])
+def test_guard_rail_blocks_a_harmful_update(service, significance):
+    # lr 5.0 wrecks the model; zero tolerance: the update must not be served (a real drop is
+    # significant on 12 held-out events too)
+    cfg = LearnerConfig(min_events=10, replay_users=8, finetune=FineTuneConfig(steps=10, batch_size=8, lr=5.0, tolerance=0.0,
+                                                                               significance=significance))
     learner = attach(service, "default", cfg, start=False)
     before = service.pipeline.scorer.by_app["default"]
     _stream(service, users=12, start_ts=1000.0)
@@ -181,3 +184,24 @@ def test_learn_command_tails_the_log_and_publishes(tmp_path):
     assert ModelRegistry.for_data_dir(data, "default").versions() == ["v000001", "v000002"]
     assert '"accepted": true' in result.output
 
+
+
+def test_guard_rail_asks_a_small_held_out_set_for_a_significant_drop():
+    from liverec.learning.finetune import FineTuner, significant_drop
+
+    rng = np.random.default_rng(0)
+    before = rng.random(60)
+    noise = before + np.where(np.arange(60) % 2 == 0, 0.3, -0.3) - 0.06  # ~12% lower on average, within the noise
+    assert noise.mean() < 0.95 * before.mean()
+    assert not significant_drop(noise - before, 1.64)
+    assert significant_drop((before - 0.3) - before, 1.64)  # every event worse: significant
+    assert not significant_drop(np.zeros(5), 1.64)
+
+    model = FeedbackTransformer(ModelConfig(n_items=5, max_len=4, d_model=8, n_blocks=1))
+    from liverec.model.data import Windows  # an update with no training data: only the guard acts
+
+    empty = Windows(*(np.zeros((0, 4), dtype=np.int64) for _ in range(len(Windows.__dataclass_fields__))))
+    values = iter([before, noise, before, noise])
+    plain = FineTuner(model, FineTuneConfig(steps=0, tolerance=0.05)).guarded_update(empty, None, lambda m: next(values))
+    careful = FineTuner(model, FineTuneConfig(steps=0, tolerance=0.05, significance=1.64)).guarded_update(empty, None, lambda m: next(values))
+    assert not plain.accepted and careful.accepted  # the same ~10% drop: noise for the significance test

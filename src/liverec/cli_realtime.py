@@ -164,7 +164,6 @@ def learn(
     from .config import Settings
     from .evaluation.replay import load_model
     from .learning import LearnerConfig, OnlineLearner
-    from .learning.finetune import FineTuneConfig
     from .model.registry import ModelRegistry
     from .model.serving import load_scorer
     from .state import StateStore
@@ -190,8 +189,8 @@ def learn(
     holder = {"scorer": load_scorer(registry, app_id)}
     if bias_lr < 0:
         raise typer.BadParameter(f"--bias-lr {bias_lr}: expected a rate >= 0")
-    cfg = LearnerConfig(interval_s=interval, min_events=min_events, bias_lr=bias_lr,
-                        finetune=FineTuneConfig(steps=steps, batch_size=64, lr=3e-4))
+    cfg = LearnerConfig(interval_s=interval, min_events=min_events, bias_lr=bias_lr)
+    cfg.finetune.steps = steps
     learner = OnlineLearner(app_id, state, lambda: holder["scorer"], lambda sc: holder.__setitem__("scorer", sc),
                             registry, catalog.get, cfg)
     last_seq = 0

@@ -44,6 +44,9 @@ class FineTuneConfig:
     weight_decay: float = 0.0
     replay_ratio: float = 0.5  # share of each batch drawn from older data
     tolerance: float = 0.05  # relative validation drop that blocks promotion
+    # With per-event validation values: the drop must also be significant, mean paired difference
+    # below -significance standard errors (one-sided; 1.64 = 95%). 0: the tolerance alone decides.
+    significance: float = 0.0
     seed: int = 0
     device: str = "cpu"
 
@@ -99,18 +102,34 @@ class FineTuner:
         self.model.eval()
         return total / steps
 
-    def guarded_update(self, recent: Windows, replay: Windows | None, validate: Callable[[FeedbackTransformer], float]) -> UpdateResult:
-        """Train, validate, and roll back if the metric fell by more than ``tolerance``."""
-        before = validate(self.model)
+    def guarded_update(self, recent: Windows, replay: Windows | None,
+                       validate: Callable[[FeedbackTransformer], float | np.ndarray]) -> UpdateResult:
+        """Train, validate, and roll back if the metric fell by more than ``tolerance``.
+
+        ``validate`` returns the metric, or its value per held-out event; with per-event values and
+        ``significance`` > 0 a drop also has to be significant to block the update (a small
+        held-out set moves by more than the tolerance from noise alone)."""
+        before_v = np.atleast_1d(np.asarray(validate(self.model), dtype=np.float64))
         weights = copy.deepcopy(self.model.state_dict())
         opt_state = copy.deepcopy(self.opt.state_dict())
         loss = self.train_steps(recent, replay)
-        after = validate(self.model)
+        after_v = np.atleast_1d(np.asarray(validate(self.model), dtype=np.float64))
+        before, after = float(before_v.mean()), float(after_v.mean())
         accepted = not (after < before * (1.0 - self.cfg.tolerance))
+        if not accepted and self.cfg.significance > 0 and len(before_v) == len(after_v) > 1:
+            accepted = not significant_drop(after_v - before_v, self.cfg.significance)
         if not accepted:
             self.model.load_state_dict(weights)
             self.opt.load_state_dict(opt_state)
         return UpdateResult(accepted, before, after, loss, self.cfg.steps, len(recent), len(replay) if replay is not None else 0)
+
+
+def significant_drop(diff: np.ndarray, z: float) -> bool:
+    """Whether paired differences (after - before, one per held-out event) fall significantly:
+    mean below ``-z`` standard errors."""
+    mean = float(diff.mean())
+    se = float(diff.std(ddof=1)) / np.sqrt(len(diff))
+    return mean < 0 and (se == 0.0 or mean / se < -z)
 
 
 @torch.no_grad()

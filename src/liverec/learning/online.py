@@ -12,7 +12,9 @@ remembers which users acted, and on each :meth:`OnlineLearner.step` (every ``int
    (:func:`~liverec.learning.finetune.bias_step`: the fast-moving part, what is popular now), then
    fine-tunes on the acting users' sequences (each user's newest event held out) mixed with
    sequences of other users replayed from the state (``replay_users``), guarded: if NDCG@10 on
-   the held-out events drops by more than ``tolerance`` the update is rolled back and not served,
+   the held-out events drops by more than ``tolerance`` (and, the held-out set being small,
+   significantly: ``significance`` standard errors of the paired per-event differences) the update
+   is rolled back and not served,
    and its users stay pending, so the next update learns their events with the newer ones;
 4. registers the new version in the app's :class:`~liverec.model.registry.ModelRegistry`,
    promotes it (the registry keeps the previous ones for rollback) and swaps the serving
@@ -51,7 +53,8 @@ class LearnerConfig:
     interval_s: float = 10.0  # how often the background thread tries an update
     min_events: int = 50  # events since the last update before one is tried
     replay_users: int = 256  # other users' sequences mixed in
-    finetune: FineTuneConfig = field(default_factory=lambda: FineTuneConfig(steps=20, batch_size=64, lr=3e-4))
+    # the held-out set (each acting user's newest event) is small: a drop must also be significant
+    finetune: FineTuneConfig = field(default_factory=lambda: FineTuneConfig(steps=20, batch_size=64, lr=3e-4, significance=1.64))
     bias_lr: float = 0.0  # per-event SGD rate of the output bias before each update (0: off; 0.03 was best on the ML-1M validation replay)
     bias_events: int = 256  # most new events scored for the bias step (a uniform sample, the rate scaled up to match)
     seed: int = 0
@@ -210,9 +213,10 @@ class OnlineLearner:
         newest_ts = np.array([seqs.timestamps[seqs.offsets[u + 1] - 1] for u in range(seqs.n_users)], dtype=np.float64)
         val_windows = input_windows(held, max_len, np.flatnonzero(ok), request_times=newest_ts)
 
-        def validate(m: FeedbackTransformer) -> float:
+        def validate(m: FeedbackTransformer) -> np.ndarray:
+            """NDCG@10 of each acting user's newest event."""
             if not ok.any():
-                return 0.0
+                return np.zeros(1)
             with torch.no_grad():
                 m.eval()
                 t = {k: torch.from_numpy(getattr(val_windows, k)) for k in ("items", "types", "values", "gaps", "next_gaps")}
@@ -220,7 +224,7 @@ class OnlineLearner:
                 scores = mask_seen(scores, t["items"])  # (V, N)
                 tgt = torch.from_numpy(targets[ok] - 1)
                 rank = (scores > scores.gather(1, tgt[:, None])).sum(1).numpy()
-            return float(np.mean(np.where(rank < 10, 1.0 / np.log2(rank + 2.0), 0.0)))
+            return np.where(rank < 10, 1.0 / np.log2(rank + 2.0), 0.0)
 
         n_bias = self._bias_steps(model, seqs, unlearned, max_len)
         recent = training_windows(held, max_len)
