@@ -159,15 +159,17 @@
     const verb = VERBS[b.type] || b.type;
     if (b.kind === "event" && what) return `you ${verb || "interacted with"} ${what}`;
     if (b.kind === "policy") {
-      if (b.adjustment === "diversity") return "picked for variety";
+      if (b.adjustment === "diversity") return b.reason === "negative streak" ? "something different after your skips" : "picked for variety";
       if (b.adjustment === "like_boost" && what) return `similar to ${what} you ${verb || "liked"}`;
       if (b.adjustment === "category_demote") return `lowered: repeated skips/dislikes in ${b.target}`;
+      if (b.adjustment === "category_boost") return `raised: you liked or clicked ${b.target} lately`;
       if (b.scope && b.scope !== "item" && b.target) return `lowered: you ${verb || "disliked"} ${b.scope} ${b.target}`;
       if (what) return `lowered: near ${what} you ${verb || "disliked"}`;
       return b.adjustment ? String(b.adjustment).replaceAll("_", " ") : null;
     }
     if (b.kind === "exploration") {
-      return typeof b.propensity === "number" ? `exploring (chosen with p = ${b.propensity.toFixed(2)})` : "exploring";
+      const label = b.category ? `exploring ${b.category}` : "exploring";
+      return typeof b.propensity === "number" ? `${label} (chosen with p = ${b.propensity.toFixed(2)})` : label;
     }
     if (b.kind === "model") return b.reason === "popular" ? "popular now" : b.reason || "model score";
     if (typeof b.reason === "string") return b.reason;
