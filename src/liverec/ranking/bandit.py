@@ -11,10 +11,11 @@ opinion) and ``s = prior_strength``. A reward ``r`` adds ``r`` to successes and 
 failures, so "no feedback" (0.5) adds half a count to each.
 
 **Category exploration** (``explore_categories``): the first exploration slot chooses a
-*category* rather than an item, among those the user has not turned against (demoted, or of a disliked item): category ``c`` has the posterior Beta(prior + positive feedback
-mass, prior + negative feedback mass) from the user's own recent likes, clicks, skips and dislikes
-on items of ``c`` (:func:`liverec.ranking.feedback.summarise`), and the slot shows the best
-remaining candidate of the chosen category. A category the user never reacted to keeps a wide
+*category* rather than an item, among those the user has not turned against (demoted, or holding
+an item they disliked): category ``c`` has the posterior Beta(prior + positive feedback mass,
+prior + negative feedback mass) from the user's own recent likes, clicks, skips and dislikes on
+items of ``c`` (:func:`liverec.ranking.feedback.summarise`), and the slot shows the best remaining
+candidate of the chosen category. A category the user never reacted to keeps a wide
 posterior, so it is tried; one they keep skipping is not. While the user is on a negative streak
 this slot moves to the top of the slate: the model's own picks have just been rejected.
 

@@ -49,7 +49,7 @@ class RankingConfig:
     streak_negatives: int = 3  # this many negative events in a row (skip, dislike, block) = the taste moved (0 = off)
     streak_pool: int = 400  # candidates considered while on such a streak (twice the usual pool)
     streak_diversity: float = 0.7  # MMR diversity at least this high (over the best 100 of that pool) while on a streak
-    streak_forget: float = 0.2  # on a streak, older likes/clicks on items of the streak's categories count this much (1 = keep)
+    streak_forget: float = 0.2  # after such a run, older likes/clicks in the categories it kept hitting count this much (1 = keep)
     category_candidates: int = 20  # best-scored items of each category with net positive recent feedback join the pool (0 = off)
     neighbour_candidates: int = 30  # neighbours of each recent liked item added to the pool
     # ---- diversity ---------------------------------------------------------------------------

@@ -31,12 +31,12 @@ candidate, and re-checked on the final slate.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
 from ..events import TypeSpec
-from ..state import UserState
+from ..state import Interaction, UserState
 from ..store.base import Item
 from .config import RankingConfig
 from .vectors import ItemSpace
@@ -111,8 +111,7 @@ def negative_streak(state: UserState | None, types: Mapping[str, TypeSpec]) -> i
         return 0
     n = 0
     for inter in reversed(state.sequence):
-        spec = types.get(inter.type)
-        if spec is None or spec.polarity != "negative":
+        if _polarity(inter, types) != "negative":
             break
         n += 1
     return n
@@ -159,7 +158,7 @@ def stale_after_streak(app: str, state: UserState | None, types: Mapping[str, Ty
     return None
 
 
-def _polarity(inter: Any, types: Mapping[str, TypeSpec]) -> str | None:
+def _polarity(inter: Interaction, types: Mapping[str, TypeSpec]) -> str | None:
     spec = types.get(inter.type)
     return spec.polarity if spec is not None else None
 
@@ -169,10 +168,8 @@ class Summary:
     """A user's feedback for one request: the signals, and the item feedback netted per category."""
 
     sigs: list[Signal]
-    net: dict[str, float]  # category -> positive minus negative mass
     positive: dict[str, float]  # category -> positive mass (likes, clicks)
     negative: dict[str, float]  # category -> negative mass (skips, dislikes)
-    negatives: dict[str, int]  # category -> negative items
     demoted: dict[str, float]  # category -> demotion (> 0)
     boosted: dict[str, float]  # category -> boost (> 0)
     stale: Stale | None = None
@@ -187,12 +184,12 @@ def summarise(app: str, state: UserState | None, now: float, cfg: RankingConfig,
               item_of: Callable[[str, str], Item | None], stale: Stale | None = None) -> Summary:
     """Signals and per-category feedback of ``state`` (empty for an unknown user).
 
-    With ``stale`` (a negative streak), positive item feedback older than the streak on items of
-    the streak's categories counts ``cfg.streak_forget`` as much: the user who loved a genre and
-    has now skipped it three times in a row no longer gets it back on the strength of old likes.
+    With ``stale`` (from :func:`stale_after_streak`), positive item feedback older than the run of
+    negatives on items of its categories counts ``cfg.streak_forget`` as much: the user who loved a
+    genre and then skipped it three times in a row no longer gets it back on the strength of old likes.
     """
     if state is None:
-        return Summary([], {}, {}, {}, {}, {}, {}, stale)
+        return Summary([], {}, {}, {}, {}, stale)
     sigs = signals(state, now, cfg)
     if stale is not None and cfg.streak_forget < 1.0 and stale.categories:
         forgotten = []
@@ -232,7 +229,7 @@ def summarise(app: str, state: UserState | None, now: float, cfg: RankingConfig,
         c: cfg.category_boost * min(1.0, v / (cfg.category_repeat * cfg.like_mass))
         for c, v in net.items() if v > 0 and cfg.category_boost > 0
     }
-    return Summary(sigs, net, positive, negative, negatives, demoted, boosted, stale, frozenset(disliked | set(demoted)))
+    return Summary(sigs, positive, negative, demoted, boosted, stale, frozenset(disliked | set(demoted)))
 
 
 def recent_positives(state: UserState, k: int) -> list[tuple[str, float]]:
