@@ -99,6 +99,19 @@ def test_events_an_update_did_not_learn_join_the_next(tmp_path):
     assert all(u["carried"] == 0 for u in dropped)
 
 
+def test_significance_lets_noise_level_drops_through(tmp_path):
+    """With a significance level the guard blocks only drops the held-out events show clearly."""
+    root = write_ml(tmp_path / "ml", users=30, per_user=20)
+    # tolerance -1 alone rejects every update that does not double the validation NDCG
+    cfg = ReplayConfig(cadence=40, d_model=8, n_blocks=1, max_len=10, epochs=2, train_budget_s=10, batch_size=32, rtrec=False,
+                       finetune=FineTuneConfig(steps=2, batch_size=8, lr=1e-3, tolerance=-1.0))
+    plain = run_replay(root, cfg, None, log=lambda m: None)["updates"]
+    assert any(not u["accepted"] for u in plain)
+    # z = 50: no paired drop over 4 held-out events is that significant
+    lenient = ReplayConfig(**{**cfg.__dict__, "finetune": FineTuneConfig(**{**cfg.finetune.__dict__, "significance": 50.0})})
+    assert all(u["accepted"] for u in run_replay(root, lenient, None, log=lambda m: None)["updates"])
+
+
 def test_save_load_roundtrip(tmp_path):
     model = FeedbackTransformer(ModelConfig(n_items=7, max_len=4, d_model=8, n_blocks=1))
     save_model(model, tmp_path / "x.safetensors", {"note": "t"})

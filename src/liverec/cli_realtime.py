@@ -115,6 +115,7 @@ def replay_movielens(
     bias_lr: float = typer.Option(0.0, help="Online: per-event SGD rate of the output bias between updates (0: off)."),
     updates: bool = typer.Option(True, "--updates/--no-updates", help="Online: fine-tuning updates every --cadence events."),
     carry_max: int = typer.Option(10_000, help="Online: events an update did not learn from (held out, or rejected) join the next one, up to this many (0: dropped)."),
+    significance: float = typer.Option(0.0, help="Guard rail: a validation drop beyond the tolerance blocks an update only if also significant at this z (paired over the held-out events; 0: the tolerance alone)."),
     epochs: int = typer.Option(30, help="Most epochs of training-period training."),
     train_budget: float = typer.Option(600.0, help="Time budget (s) of training-period training."),
     model: Optional[Path] = typer.Option(None, "--model", exists=True, dir_okay=False, help="Start from this training-period model (safetensors) instead of training."),
@@ -135,10 +136,12 @@ def replay_movielens(
         raise typer.BadParameter(f"--bias-lr {bias_lr}: expected a rate >= 0")
     if carry_max < 0:
         raise typer.BadParameter(f"--carry-max {carry_max}: expected a count >= 0")
+    if significance < 0:
+        raise typer.BadParameter(f"--significance {significance}: expected a z value >= 0")
     cfg = ReplayConfig(train_frac=train_frac, max_events=max_events, user_stride=user_stride, cadence=cadence, epochs=epochs,
                        bias_lr=bias_lr, updates=updates, carry_max=carry_max,
                        train_budget_s=train_budget, rtrec=rtrec, device=device, seed=seed, recent=recent, passes=passes,
-                       finetune=FineTuneConfig(steps=steps, lr=lr, replay_ratio=replay_ratio))
+                       finetune=FineTuneConfig(steps=steps, lr=lr, replay_ratio=replay_ratio, significance=significance))
     summary = run_replay(path, cfg, out.parent, log=lambda m: typer.echo(m, err=True), model_path=model, save_to=save_model)
     plot = out.with_suffix(".png")
     if summary.get("plot") and Path(summary["plot"]) != plot:

@@ -187,11 +187,17 @@ def rank_events(model: FeedbackTransformer, s: Stream, events: np.ndarray, max_l
     return out
 
 
+def ndcg_per_event(ranks: np.ndarray, k: int = 10) -> np.ndarray:
+    """NDCG@k of each event from the 0-based rank of its item (one relevant item per event)."""
+    r = np.asarray(ranks, dtype=np.float64)
+    return np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0)
+
+
 def metrics_from_ranks(ranks: np.ndarray, k: int = 10) -> dict[str, float]:
     r = np.asarray(ranks, dtype=np.float64)
     if len(r) == 0:
         return {f"NDCG@{k}": float("nan"), f"HR@{k}": float("nan"), "events": 0}
-    return {f"NDCG@{k}": float(np.mean(np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0))), f"HR@{k}": float(np.mean(r < k)), "events": int(len(r))}
+    return {f"NDCG@{k}": float(np.mean(ndcg_per_event(r, k))), f"HR@{k}": float(np.mean(r < k)), "events": int(len(r))}
 
 
 def save_model(model: FeedbackTransformer, path: Path, meta: dict[str, Any] | None = None) -> None:
@@ -378,8 +384,8 @@ def run_replay(
         n_new = init_new_items(online, new_items, np.flatnonzero(trained_items), text) if len(new_items) else 0
         trained_items[new_items] = True
 
-        def validate(model: FeedbackTransformer) -> float:
-            return metrics_from_ranks(rank_events(model, s, val_events, cfg.max_len, cfg.device, cfg.chunk))["NDCG@10"]
+        def validate(model: FeedbackTransformer) -> np.ndarray:  # per held-out event (the guard may test the paired drop)
+            return ndcg_per_event(rank_events(model, s, val_events, cfg.max_len, cfg.device, cfg.chunk))
 
         result = tuner.guarded_update(recent, replay_windows, validate) if len(recent) and cfg.updates else None
         unlearned = val_events if result is None or result.accepted else np.concatenate([learn_events, val_events])
