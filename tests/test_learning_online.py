@@ -205,3 +205,27 @@ def test_guard_rail_asks_a_small_held_out_set_for_a_significant_drop():
     plain = FineTuner(model, FineTuneConfig(steps=0, tolerance=0.05)).guarded_update(empty, None, lambda m: next(values))
     careful = FineTuner(model, FineTuneConfig(steps=0, tolerance=0.05, significance=1.64)).guarded_update(empty, None, lambda m: next(values))
     assert not plain.accepted and careful.accepted  # the same ~10% drop: noise for the significance test
+
+
+def test_learning_rate_warms_up_over_the_learners_first_steps():
+    """The rate rises linearly over ``warmup_steps`` kept steps; a rejected update's steps are undone."""
+    from liverec.learning.finetune import FineTuner
+    from liverec.model.data import Windows
+    from liverec.model.features import type_id
+
+    items = np.array([[1, 2, 3, 4], [2, 3, 4, 5]], dtype=np.int64)
+    zeros = np.zeros_like(items)
+    targets = np.concatenate([items[:, 1:], np.array([[5], [1]])], axis=1)
+    recent = Windows(items, np.full_like(items, type_id("click")), zeros, zeros, np.full_like(items, -1), targets)
+    model = FeedbackTransformer(ModelConfig(n_items=5, max_len=4, d_model=8, n_blocks=1))
+    tuner = FineTuner(model, FineTuneConfig(steps=2, batch_size=2, lr=1e-2, warmup_steps=8, replay_ratio=0.0))
+    rates = [tuner._rate()]
+    tuner.train_steps(recent, None)
+    rates.append(tuner._rate())
+    assert rates == pytest.approx([1e-2 / 8, 3e-2 / 8]) and tuner.steps_taken == 2
+    assert tuner.opt.param_groups[0]["lr"] == pytest.approx(2e-2 / 8)  # the rate the second step used
+    tuner.guarded_update(recent, None, lambda m: 1.0 if tuner.steps_taken == 2 else 0.0)  # drops to 0: rejected
+    assert tuner.steps_taken == 2
+    tuner.train_steps(recent, None, steps=10)
+    assert tuner._rate() == pytest.approx(1e-2)  # past the warm-up: the full rate
+    assert FineTuner(model, FineTuneConfig(lr=1e-2))._rate() == pytest.approx(1e-2)

@@ -116,6 +116,7 @@ def replay_movielens(
     updates: bool = typer.Option(True, "--updates/--no-updates", help="Online: fine-tuning updates every --cadence events."),
     carry_max: int = typer.Option(10_000, help="Online: events an update did not learn from (held out, or rejected) join the next one, up to this many (0: dropped)."),
     significance: float = typer.Option(0.0, help="Guard rail: a validation drop beyond the tolerance blocks an update only if also significant at this z (paired over the held-out events; 0: the tolerance alone)."),
+    warmup_steps: int = typer.Option(0, help="Online: the fine-tuning learning rate rises linearly over the learner's first N steps (0: full rate at once)."),
     epochs: int = typer.Option(30, help="Most epochs of training-period training."),
     train_budget: float = typer.Option(600.0, help="Time budget (s) of training-period training."),
     model: Optional[Path] = typer.Option(None, "--model", exists=True, dir_okay=False, help="Start from this training-period model (safetensors) instead of training."),
@@ -136,12 +137,15 @@ def replay_movielens(
         raise typer.BadParameter(f"--bias-lr {bias_lr}: expected a rate >= 0")
     if carry_max < 0:
         raise typer.BadParameter(f"--carry-max {carry_max}: expected a count >= 0")
+    if warmup_steps < 0:
+        raise typer.BadParameter(f"--warmup-steps {warmup_steps}: expected a count >= 0")
     if significance < 0:
         raise typer.BadParameter(f"--significance {significance}: expected a z value >= 0")
     cfg = ReplayConfig(train_frac=train_frac, max_events=max_events, user_stride=user_stride, cadence=cadence, epochs=epochs,
                        bias_lr=bias_lr, updates=updates, carry_max=carry_max,
                        train_budget_s=train_budget, rtrec=rtrec, device=device, seed=seed, recent=recent, passes=passes,
-                       finetune=FineTuneConfig(steps=steps, lr=lr, replay_ratio=replay_ratio, significance=significance))
+                       finetune=FineTuneConfig(steps=steps, lr=lr, replay_ratio=replay_ratio, significance=significance,
+                                                 warmup_steps=warmup_steps))
     summary = run_replay(path, cfg, out.parent, log=lambda m: typer.echo(m, err=True), model_path=model, save_to=save_model)
     plot = out.with_suffix(".png")
     if summary.get("plot") and Path(summary["plot"]) != plot:

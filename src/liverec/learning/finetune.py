@@ -47,6 +47,10 @@ class FineTuneConfig:
     # With per-event validation values: the drop must also be significant, mean paired difference
     # below -significance standard errors (one-sided; 1.64 = 95%). 0: the tolerance alone decides.
     significance: float = 0.0
+    # The learning rate rises linearly over the first ``warmup_steps`` steps of the learner's life:
+    # a fresh AdamW moves every weight by about ``lr`` per step whatever its gradient, which jolts a
+    # converged model before the moment estimates settle. 0: full rate from the first step.
+    warmup_steps: int = 0
     seed: int = 0
     device: str = "cpu"
 
@@ -73,6 +77,11 @@ class FineTuner:
         self.rng = np.random.default_rng(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
         self.opt = torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, betas=(0.9, 0.98))
+        self.steps_taken = 0  # optimizer steps kept (a rejected update's are undone)
+
+    def _rate(self) -> float:
+        w = self.cfg.warmup_steps
+        return self.cfg.lr * min(1.0, (self.steps_taken + 1) / w) if w > 0 else self.cfg.lr
 
     def _batch(self, recent: Windows, replay: Windows | None) -> Windows:
         b = self.cfg.batch_size
@@ -97,7 +106,10 @@ class FineTuner:
             loss = batch_loss(self.model, t, 0.0, False)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            for group in self.opt.param_groups:
+                group["lr"] = self._rate()
             self.opt.step()
+            self.steps_taken += 1
             total += float(loss.detach())
         self.model.eval()
         return total / steps
@@ -112,6 +124,7 @@ class FineTuner:
         before_v = np.atleast_1d(np.asarray(validate(self.model), dtype=np.float64))
         weights = copy.deepcopy(self.model.state_dict())
         opt_state = copy.deepcopy(self.opt.state_dict())
+        steps_taken = self.steps_taken
         loss = self.train_steps(recent, replay)
         after_v = np.atleast_1d(np.asarray(validate(self.model), dtype=np.float64))
         before, after = float(before_v.mean()), float(after_v.mean())
@@ -121,6 +134,7 @@ class FineTuner:
         if not accepted:
             self.model.load_state_dict(weights)
             self.opt.load_state_dict(opt_state)
+            self.steps_taken = steps_taken
         return UpdateResult(accepted, before, after, loss, self.cfg.steps, len(recent), len(replay) if replay is not None else 0)
 
 
