@@ -50,3 +50,25 @@ def test_feed_mode_reacts_once_per_request(client):
         assert r["users_whose_ndcg_dropped_at_shift"] == 0 or r["shift_slate_events_median_dropped"] <= 2.0
     with pytest.raises(ValueError, match="carousel"):
         SimConfig(mode="carousel")
+
+
+def test_taste_shifts():
+    """swap: favourite and least liked (non-averse) category trade places; user: another fitted
+    user's taste. Aversions stay in both."""
+    from liverec.evaluation.simulate import SimUser
+
+    world = synthetic_world(n_categories=6, per_category=5, n_background=0, seed=4)
+    taste = world.tastes[0].astype(np.float64)
+    swap = SimUser(world, "s", world.tastes[0], np.random.default_rng(0), SimConfig())
+    swap.averse = {world.names[int(np.argmin(taste))]}
+    swap.shift()
+    ok = [g for g in range(len(taste)) if world.names[g] not in swap.averse]
+    fav, low = max(ok, key=lambda g: taste[g]), min(ok, key=lambda g: taste[g])
+    assert swap.taste[fav] == taste[low] and swap.taste[low] == taste[fav]
+    assert np.delete(swap.taste, [fav, low]).tolist() == np.delete(taste, [fav, low]).tolist()
+    other = SimUser(world, "o", world.tastes[0], np.random.default_rng(1), SimConfig(shift="user"))
+    other.averse = {world.names[0]}
+    other.shift()
+    assert any(np.allclose(other.taste, t) for t in world.tastes) and other.averse == {world.names[0]}
+    with pytest.raises(ValueError, match="shift"):
+        SimConfig(shift="flip")

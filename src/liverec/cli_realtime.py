@@ -76,6 +76,7 @@ def simulate(
     seed: int = typer.Option(0, help="Seed of tastes, aversions and behaviour."),
     diversity: Optional[float] = typer.Option(None, help="Pass this `diversity` (0..1) with every recommendation request."),
     mode: str = typer.Option("slate", help="slate: users react to a whole slate, then ask again; feed: the app asks again after every event."),
+    shift: str = typer.Option("swap", help="swap: favourite and least liked category trade places; user: the taste of another fitted user."),
     app_id: Optional[str] = typer.Option(None, "--app", help="App to simulate in (default: a fresh sim-<seed>-<time> app)."),
     timeout: float = typer.Option(30.0, help="HTTP timeout in seconds."),
 ) -> None:
@@ -86,8 +87,10 @@ def simulate(
 
     if mode not in ("slate", "feed"):
         raise typer.BadParameter(f"--mode {mode!r}: expected slate or feed")
+    if shift not in ("swap", "user"):
+        raise typer.BadParameter(f"--shift {shift!r}: expected swap or user")
     world = world_from_movielens(data, history_events, seed) if data else synthetic_world(seed=seed)
-    cfg = SimConfig(users=users, steps=steps, shift_at=shift_at, seed=seed, diversity=diversity, mode=mode)
+    cfg = SimConfig(users=users, steps=steps, shift_at=shift_at, seed=seed, diversity=diversity, mode=mode, shift=shift)
     app_name = app_id or f"sim-{seed}-{int(time.time())}"
     with httpx.Client(base_url=url, timeout=timeout) as client:
         report = run(client, world, cfg, app_name)

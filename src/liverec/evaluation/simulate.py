@@ -147,11 +147,17 @@ class SimConfig:
     pop_weight: float = 0.2
     diversity: float | None = None  # the recommendations' `diversity` knob (None: the app's default)
     mode: str = "slate"  # "slate": react to the whole slate, then ask again; "feed": ask again after every event
+    # "swap": the favourite and the least liked category trade places (the hardest shift: the new
+    # favourite is what the user's history argues against most); "user": the taste becomes that of
+    # another fitted user, drawn at random (a new person on the account, a change of life)
+    shift: str = "swap"
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in ("slate", "feed"):
             raise ValueError(f"mode {self.mode!r}: expected 'slate' or 'feed'")
+        if self.shift not in ("swap", "user"):
+            raise ValueError(f"shift {self.shift!r}: expected 'swap' or 'user'")
 
 
 def _sigmoid(x: float) -> float:
@@ -197,7 +203,10 @@ class SimUser:
         return any(c in self.averse for c in self.world.categories[row])
 
     def shift(self) -> None:
-        """Swap the favourite and the least liked non-averse category."""
+        """The taste moves (``cfg.shift``); aversions stay."""
+        if self.cfg.shift == "user":
+            self.taste = self.world.tastes[int(self.rng.integers(len(self.world.tastes)))].astype(np.float64).copy()
+            return
         ok = [g for g, name in enumerate(self.world.names) if name not in self.averse]
         fav = max(ok, key=lambda g: self.taste[g])
         low = min(ok, key=lambda g: self.taste[g])
