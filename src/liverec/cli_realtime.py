@@ -37,20 +37,21 @@ def ope(
     """Off-policy evaluation (IPS, SNIPS with bootstrap CIs) of exploration-slot policies."""
     from .config import Settings
     from .evaluation.ope import decisions_from_log, evaluate, read_decisions_jsonl
-    from .ranking import SQLiteImpressionLog, load_settings
+    from .ranking import load_settings, open_impressions
     from .store import open_store
 
     if log is not None:
         decisions = read_decisions_jsonl(log)
     else:
         settings = Settings(data_dir=data_dir)
+        url = settings.store_url_resolved()
         path = Path(data_dir) / "impressions.db"
-        if not path.exists():
+        if url.startswith("sqlite") and not path.exists():
             typer.echo(f"no impression log at {path}: serve recommendations with exploration first", err=True)
             raise typer.Exit(2)
         window_s = window if window is not None else load_settings().for_app(app_id).reward_window_s
-        imp_log = SQLiteImpressionLog(path)
-        store = open_store(settings.store_url_resolved())
+        imp_log = open_impressions(url, data_dir)
+        store = open_store(url)
         try:
             impressions = list(imp_log.scan(app_id))
             events = [e for _, e in store.events.scan(app_id)]

@@ -14,7 +14,6 @@ import gc
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .catalog import CatalogIndex, parse_item, parse_items
@@ -62,10 +61,9 @@ class Service:
             fallback=self.baseline,
         )
         # Ranking stages after the hard filters: feedback policy, diversity, exploration, `because`.
-        from .ranking import build_ranking
+        from .ranking import build_ranking, open_impressions
 
-        url = self.settings.store_url_resolved()
-        impressions = None if url.endswith(":memory:") else Path(settings.data_dir) / "impressions.db"
+        impressions = open_impressions(self.settings.store_url_resolved(), settings.data_dir)
         self.ranking = build_ranking(
             self.catalog, lambda: self.pipeline.scorer, self._similar_pairs, self.rules.types, impressions,
             pairs=self.baseline.pair_similarity,

@@ -18,7 +18,9 @@ from ..catalog import CatalogIndex
 from ..events import TypeSpec
 from .bandit import RewardTracker, ThompsonBandit
 from .config import RankingConfig, RankingSettings
-from .impressions import Impression, ImpressionLog, MemoryImpressionLog, SQLiteImpressionLog, assign_rewards
+from .impressions import (
+    Impression, ImpressionLog, MemoryImpressionLog, PostgresImpressionLog, SQLiteImpressionLog, assign_rewards, open_impressions,
+)
 from .stages import RankingStages
 from .vectors import CatalogTextVectors, ItemSpace, ScorerEmbeddings
 
@@ -43,7 +45,7 @@ def build_ranking(
     scorer: Callable[[], Any],
     similar: Callable[[str, str, int], list[tuple[str, float]]],
     types: Mapping[str, TypeSpec],
-    impressions_path: str | Path | None,
+    impressions: ImpressionLog | None,
     settings: RankingSettings | None = None,
     seed: int | None = None,
     pairs: Callable[[str, list[str], list[str]], Any] | None = None,
@@ -52,12 +54,13 @@ def build_ranking(
     settings = settings or load_settings()
     seed = int(os.environ.get(ENV_SEED, "0")) if seed is None else seed
     space = ItemSpace([ScorerEmbeddings(scorer), CatalogTextVectors(catalog)], similar, pairs)
-    log: ImpressionLog = SQLiteImpressionLog(impressions_path) if impressions_path else MemoryImpressionLog()
+    log = impressions if impressions is not None else MemoryImpressionLog()
     return RankingStages(settings, space, catalog.get, ThompsonBandit(seed), log, types, categories=catalog.category_matrix)
 
 
 __all__ = [
     "RankingConfig", "RankingSettings", "RankingStages", "ItemSpace", "ThompsonBandit", "RewardTracker",
-    "Impression", "ImpressionLog", "MemoryImpressionLog", "SQLiteImpressionLog", "assign_rewards",
+    "Impression", "ImpressionLog", "MemoryImpressionLog", "SQLiteImpressionLog", "PostgresImpressionLog", "assign_rewards",
+    "open_impressions",
     "build_ranking", "load_settings",
 ]

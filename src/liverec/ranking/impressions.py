@@ -11,9 +11,11 @@ the item within ``window_s`` after it was shown, **0** for negative feedback, **
 feedback within the window. :func:`assign_rewards` computes it from the event log; the live
 :class:`RewardTracker` does the same incrementally from committed events.
 
-Storage by role: :class:`ImpressionLog` is a small protocol; :class:`SQLiteImpressionLog` keeps a
-separate SQLite file beside the event log (the request path never waits on the event log's writer),
-:class:`MemoryImpressionLog` serves tests.
+Storage by role: :class:`ImpressionLog` is a small protocol, chosen with the store by
+:func:`open_impressions`: :class:`SQLiteImpressionLog` keeps a separate SQLite file beside the
+event log (the request path never waits on the event log's writer), :class:`PostgresImpressionLog`
+a table in the store's schema shared by every API worker, :class:`MemoryImpressionLog` serves
+tests. Both databases are written by a background thread (:class:`QueuedImpressionLog`).
 """
 
 from __future__ import annotations
@@ -93,37 +95,15 @@ class MemoryImpressionLog:
         pass
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS impressions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    app TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    item_id TEXT NOT NULL,
-    ts REAL NOT NULL,
-    record TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS impressions_app ON impressions (app, seq);
-"""
+class QueuedImpressionLog:
+    """An impression log whose ``append`` only queues: a writer thread commits queued impressions
+    in batches, so the request path never waits on the database. ``flush`` (and every read) waits
+    until the queue is written. Subclasses say how a batch is written and how rows are read."""
 
+    name = "impressions"
 
-class SQLiteImpressionLog:
-    """Impressions in their own SQLite file (WAL, ``synchronous=NORMAL``: an impression lost in a
-    machine crash costs one OPE sample, never an acknowledged event).
-
-    ``append`` only queues: a writer thread commits queued impressions in batches, so the request
-    path never waits on the disk. ``flush`` (and every read) waits until the queue is written.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # the connection
         self._queue: list[Impression] = []
         self._cond = threading.Condition()
         self._closed = False
@@ -131,12 +111,28 @@ class SQLiteImpressionLog:
         self._writer = threading.Thread(target=self._run, name="impression-writer", daemon=True)
         self._writer.start()
 
+    # ---- what a backend provides
+    def _write(self, rows: list[tuple[str, str, str, float, str]]) -> None:
+        """Commit (app, user_id, item_id, timestamp, record JSON) rows in one transaction."""
+        raise NotImplementedError
+
+    def _records(self, app: str | None) -> list[str]:
+        """Record JSON of every impression (of one app, or all) in log order."""
+        raise NotImplementedError
+
+    def _count(self, app: str | None) -> int:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    # ---- the protocol
     def append(self, impressions: Sequence[Impression]) -> None:
         if not impressions:
             return
         with self._cond:
             if self._closed:
-                raise RuntimeError(f"impression log {self.path} is closed")
+                raise RuntimeError(f"impression log {self.name} is closed")
             self._queue.extend(impressions)
             self._cond.notify()
 
@@ -150,18 +146,13 @@ class SQLiteImpressionLog:
                 batch, self._queue = self._queue, []
                 self._writing = True
             try:
-                self._write(batch)
+                rows = [(i.app, i.user_id, i.item_id, i.timestamp, json.dumps(i.to_dict(), separators=(",", ":"))) for i in batch]
+                with self._lock:
+                    self._write(rows)
             finally:
                 with self._cond:
                     self._writing = False
                     self._cond.notify_all()
-
-    def _write(self, impressions: list[Impression]) -> None:
-        rows = [(i.app, i.user_id, i.item_id, i.timestamp, json.dumps(i.to_dict(), separators=(",", ":"))) for i in impressions]
-        with self._lock:
-            self._conn.execute("BEGIN")
-            self._conn.executemany("INSERT INTO impressions (app, user_id, item_id, ts, record) VALUES (?,?,?,?,?)", rows)
-            self._conn.execute("COMMIT")
 
     def flush(self) -> None:
         """Wait until every queued impression is committed."""
@@ -172,18 +163,13 @@ class SQLiteImpressionLog:
     def scan(self, app: str | None = None) -> Iterator[Impression]:
         self.flush()
         with self._lock:
-            if app is None:
-                rows = self._conn.execute("SELECT record FROM impressions ORDER BY seq").fetchall()
-            else:
-                rows = self._conn.execute("SELECT record FROM impressions WHERE app = ? ORDER BY seq", (app,)).fetchall()
-        return iter([Impression.from_dict(json.loads(r[0])) for r in rows])
+            records = self._records(app)
+        return iter([Impression.from_dict(json.loads(r)) for r in records])
 
     def count(self, app: str | None = None) -> int:
         self.flush()
         with self._lock:
-            if app is None:
-                return int(self._conn.execute("SELECT COUNT(*) FROM impressions").fetchone()[0])
-            return int(self._conn.execute("SELECT COUNT(*) FROM impressions WHERE app = ?", (app,)).fetchone()[0])
+            return self._count(app)
 
     def close(self) -> None:
         with self._cond:
@@ -191,7 +177,107 @@ class SQLiteImpressionLog:
             self._cond.notify_all()
         self._writer.join(timeout=30)
         with self._lock:
-            self._conn.close()
+            self._close()
+
+
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS impressions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    app TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS impressions_app ON impressions (app, seq);
+"""
+
+
+class SQLiteImpressionLog(QueuedImpressionLog):
+    """Impressions in their own SQLite file beside the event log (WAL, ``synchronous=NORMAL``: an
+    impression lost in a machine crash costs one OPE sample, never an acknowledged event)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = self.name = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(_SQLITE_SCHEMA)
+        super().__init__()
+
+    def _write(self, rows: list[tuple[str, str, str, float, str]]) -> None:
+        self._conn.execute("BEGIN")
+        self._conn.executemany("INSERT INTO impressions (app, user_id, item_id, ts, record) VALUES (?,?,?,?,?)", rows)
+        self._conn.execute("COMMIT")
+
+    def _records(self, app: str | None) -> list[str]:
+        if app is None:
+            return [r[0] for r in self._conn.execute("SELECT record FROM impressions ORDER BY seq")]
+        return [r[0] for r in self._conn.execute("SELECT record FROM impressions WHERE app = ? ORDER BY seq", (app,))]
+
+    def _count(self, app: str | None) -> int:
+        if app is None:
+            return int(self._conn.execute("SELECT COUNT(*) FROM impressions").fetchone()[0])
+        return int(self._conn.execute("SELECT COUNT(*) FROM impressions WHERE app = ?", (app,)).fetchone()[0])
+
+    def _close(self) -> None:
+        self._conn.close()
+
+
+_POSTGRES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS impressions (
+    seq BIGSERIAL PRIMARY KEY,
+    app TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    ts DOUBLE PRECISION NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS impressions_app ON impressions (app, seq);
+"""
+
+
+class PostgresImpressionLog(QueuedImpressionLog):
+    """Impressions in the store's PostgreSQL schema, one table shared by every API worker, so
+    off-policy evaluation reads the traffic of all of them (`liverec ope`). Its own connection:
+    writing impressions never holds the event log's."""
+
+    def __init__(self, url: str) -> None:
+        from ..store.postgres import connect
+
+        self._conn, self.schema = connect(url)
+        self.name = f"postgresql schema {self.schema}"
+        self._conn.execute(_POSTGRES_SCHEMA)
+        super().__init__()
+
+    def _write(self, rows: list[tuple[str, str, str, float, str]]) -> None:
+        with self._conn.transaction(), self._conn.cursor() as cur:
+            cur.executemany("INSERT INTO impressions (app, user_id, item_id, ts, record) VALUES (%s,%s,%s,%s,%s)", rows)
+
+    def _records(self, app: str | None) -> list[str]:
+        if app is None:
+            return [r[0] for r in self._conn.execute("SELECT record FROM impressions ORDER BY seq")]
+        return [r[0] for r in self._conn.execute("SELECT record FROM impressions WHERE app = %s ORDER BY seq", (app,))]
+
+    def _count(self, app: str | None) -> int:
+        if app is None:
+            return int(self._conn.execute("SELECT COUNT(*) FROM impressions").fetchone()[0])
+        return int(self._conn.execute("SELECT COUNT(*) FROM impressions WHERE app = %s", (app,)).fetchone()[0])
+
+    def _close(self) -> None:
+        self._conn.close()
+
+
+def open_impressions(store_url: str, data_dir: str | Path) -> ImpressionLog:
+    """The impression log that goes with a store: in PostgreSQL when the store is (shared by the
+    workers), else an SQLite file ``impressions.db`` in ``data_dir``; in memory for an in-memory store."""
+    if store_url.startswith(("postgresql://", "postgres://")):
+        return PostgresImpressionLog(store_url)
+    if store_url.endswith(":memory:"):
+        return MemoryImpressionLog()
+    return SQLiteImpressionLog(Path(data_dir) / "impressions.db")
 
 
 def feedback_reward(event: Event, types: Mapping[str, TypeSpec] = DEFAULT_TYPES) -> float | None:

@@ -64,6 +64,18 @@ CREATE TABLE IF NOT EXISTS snapshots (
 
 
 
+def connect(url: str) -> tuple[psycopg.Connection, str]:
+    """An autocommit connection whose ``search_path`` is the URL's schema (created if absent)."""
+    parsed = urlparse(url)
+    schema = parse_qs(parsed.query).get("schema", ["public"])[0]
+    if not schema.replace("_", "").isalnum():
+        raise ValueError(f"store URL {url!r}: schema {schema!r} must be letters, digits and _")
+    conn = psycopg.connect(urlunparse(parsed._replace(scheme="postgresql", query="")), autocommit=True)
+    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    conn.execute(f'SET search_path TO "{schema}"')
+    return conn, schema
+
+
 class PostgresStore:
     """Event log, catalog and snapshots in one PostgreSQL schema."""
 
@@ -72,16 +84,9 @@ class PostgresStore:
     decode_json = staticmethod(lambda value: value)  # psycopg decodes jsonb itself
 
     def __init__(self, url: str):
-        parsed = urlparse(url)
-        self.schema = parse_qs(parsed.query).get("schema", ["public"])[0]
-        if not self.schema.replace("_", "").isalnum():
-            raise ValueError(f"store URL {url!r}: schema {self.schema!r} must be letters, digits and _")
-        dsn = urlunparse(parsed._replace(scheme="postgresql", query=""))
-        self._conn = psycopg.connect(dsn, autocommit=True)
+        self._conn, self.schema = connect(url)
         self._lock = threading.RLock()
         with self._lock:
-            self._conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-            self._conn.execute(f'SET search_path TO "{self.schema}"')
             with self._conn.transaction():
                 self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
                 self._conn.execute(SCHEMA)
