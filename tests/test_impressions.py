@@ -73,3 +73,29 @@ def test_workers_on_one_postgresql_schema_share_one_log():
         a._conn.execute(f'DROP SCHEMA IF EXISTS "{a.schema}" CASCADE')
         a.close()
         b.close()
+
+
+def test_service_on_postgresql_logs_impressions_there(tmp_path):
+    """`liverec serve` on a PostgreSQL store writes its impressions to the shared schema."""
+    reason = _postgres_available()
+    if reason:
+        pytest.skip(reason)
+    from fastapi.testclient import TestClient
+
+    from liverec.api.app import create_app
+    from liverec.config import Settings
+
+    from .test_ranking_policy import seed
+
+    url = f"{PG_URL}?schema=t_{uuid.uuid4().hex[:12]}"
+    with TestClient(create_app(Settings(data_dir=tmp_path / "data", store_url=url))) as client:
+        seed(client)
+        body = client.get("/v1/users/bg0/recommendations", params={"n": 5, "explore": "true"}).json()
+    log = PostgresImpressionLog(url)
+    try:
+        logged = list(log.scan("default"))
+        assert [i.item_id for i in logged] == [r["item_id"] for r in body["items"]]
+        assert any(i.explored for i in logged) and not (tmp_path / "data" / "impressions.db").exists()
+    finally:
+        log._conn.execute(f'DROP SCHEMA IF EXISTS "{log.schema}" CASCADE')
+        log.close()
