@@ -6,7 +6,7 @@ tests use one schema each).
 Ordering: appends take a transaction-level advisory lock, so sequence numbers are committed in
 order. A reader that has applied everything up to ``seq`` therefore never misses a row that
 commits later with a smaller ``seq`` — which lets every worker keep its in-memory state a fold of
-the shared log by reading ``seq > last_applied`` (see ``Service.catch_up``).
+the shared log by reading ``seq > last_applied``.
 """
 
 from __future__ import annotations
