@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -96,6 +97,15 @@ def test_service_on_postgresql_logs_impressions_there(tmp_path):
         logged = list(log.scan("default"))
         assert [i.item_id for i in logged] == [r["item_id"] for r in body["items"]]
         assert any(i.explored for i in logged) and not (tmp_path / "data" / "impressions.db").exists()
+        # off-policy evaluation reads the shared log (window 0: every shown item's reward is known)
+        from typer.testing import CliRunner
+
+        from liverec.cli import app
+
+        result = CliRunner().invoke(app, ["ope", "--data-dir", str(tmp_path / "data"), "--store", url, "--window", "0",
+                                          "--bootstrap", "20", "--policies", "logging,uniform"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["decisions"] == sum(i.explored for i in logged)
     finally:
         log._conn.execute(f'DROP SCHEMA IF EXISTS "{log.schema}" CASCADE')
         log.close()

@@ -25,6 +25,7 @@ def _write(out: Optional[Path], result: dict) -> None:
 
 def ope(
     data_dir: Path = DataDirOpt,
+    store: Optional[str] = typer.Option(None, "--store", help="Store URL (default sqlite:///DATA_DIR/liverec.db); on PostgreSQL the impressions are read from it too."),
     app_id: str = typer.Option("default", "--app", help="App (tenant) id."),
     policies: str = typer.Option("logging,greedy,uniform,softmax:0.1", help="Comma-separated target policies: logging, greedy, uniform, softmax:T."),
     window: Optional[float] = typer.Option(None, help="Reward window in seconds (default: the app's reward_window_s)."),
@@ -43,7 +44,7 @@ def ope(
     if log is not None:
         decisions = read_decisions_jsonl(log)
     else:
-        settings = Settings(data_dir=data_dir)
+        settings = Settings(data_dir=data_dir, **({"store_url": store} if store else {}))
         url = settings.store_url_resolved()
         path = Path(data_dir) / "impressions.db"
         if url.startswith("sqlite") and not path.exists():
