@@ -229,3 +229,25 @@ def test_learning_rate_warms_up_over_the_learners_first_steps():
     tuner.train_steps(recent, None, steps=10)
     assert tuner._rate() == pytest.approx(1e-2)  # past the warm-up: the full rate
     assert FineTuner(model, FineTuneConfig(lr=1e-2))._rate() == pytest.approx(1e-2)
+
+
+def test_the_next_update_goes_on_with_the_optimizer(service):
+    """An update of the version this learner published continues its AdamW moments (grown by the
+    new items' rows); an update of a version from elsewhere starts a fresh optimizer."""
+    cfg = LearnerConfig(min_events=10, replay_users=8, finetune=FineTuneConfig(steps=5, batch_size=8, lr=1e-3, tolerance=1.0))
+    learner = attach(service, "default", cfg, start=False)
+    _stream(service, users=12, start_ts=1000.0)
+    assert learner.step()["accepted"]
+    first = learner._tuner
+    k = [n for n, _ in first.model.named_parameters()].index("item_emb.weight")
+    _stream(service, users=12, start_ts=2000.0, extra_item=f"m{N_ITEMS}")  # an item the model has no row for
+    out = learner.step()
+    assert out["accepted"] and out["new_items"] == 1
+    second = learner._tuner
+    assert second is not first and second.steps_taken == 10
+    moments = second.opt.state_dict()["state"][k]
+    assert float(moments["step"]) == 10 and moments["exp_avg"].shape == second.model.item_emb.weight.shape
+    assert moments["exp_avg"].shape[0] == first.model.item_emb.weight.shape[0] + 1
+    learner._opt = ("v999999", *learner._opt[1:])  # as if the served version came from a retrain
+    _stream(service, users=12, start_ts=3000.0)
+    assert learner.step()["accepted"] and learner._tuner.steps_taken == 5

@@ -131,6 +131,9 @@ class OnlineLearner:
         self._lock = threading.Lock()
         self._rng = np.random.default_rng(self.cfg.seed)
         self._tuner: FineTuner | None = None
+        # (version, optimizer state, steps) of the last update this learner published: the next
+        # update of that version continues its AdamW moments (and warm-up) instead of starting cold
+        self._opt: tuple[str, dict, int] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -229,7 +232,7 @@ class OnlineLearner:
         n_bias = self._bias_steps(model, seqs, unlearned, max_len)
         recent = training_windows(held, max_len)
         replay_w = training_windows(_sequences(replay, index, max_len), max_len) if replay else None
-        self._tuner = FineTuner(model, self.cfg.finetune)  # the copy gets its own optimizer
+        self._tuner = self._tuner_for(current.version, model)
         result = self._tuner.guarded_update(recent, replay_w, validate) if len(recent) else None
         self.stats.updates += 1
         self.stats.new_items += n_new
@@ -246,6 +249,7 @@ class OnlineLearner:
             "data": {"events": sum(len(s.sequence) for s in acting), "users": len(acting)}, "new_items": n_new,
         })
         self.registry.promote(version)
+        self._opt = (version, self._tuner.opt.state_dict(), self._tuner.steps_taken)
         self.swap(TransformerScorer(self.app, model, item_ids, version, current.text_encoder, metrics))
         served_at = time.time()
         self.stats.accepted += 1
@@ -254,6 +258,33 @@ class OnlineLearner:
         self.stats.last_val_before, self.stats.last_val_after = result.before, result.after
         out.update(version=version, val_before=result.before, val_after=result.after, staleness_s=self.stats.last_staleness_s)
         return out
+
+    def _tuner_for(self, version: str, model: FeedbackTransformer) -> FineTuner:
+        """A fine-tuner of ``model`` (the served ``version``'s copy, maybe grown by new items).
+
+        When this learner published ``version``, the optimizer goes on from where that update left
+        it: the moments of item-sized tensors get zero rows for the new items. A version from
+        elsewhere (a retrain, a rollback) starts a fresh optimizer.
+        """
+        tuner = FineTuner(model, self.cfg.finetune)
+        if self._opt is None or self._opt[0] != version:
+            return tuner
+        _, saved, steps = self._opt
+        params = [p for group in tuner.opt.param_groups for p in group["params"]]
+        state = {}
+        for k, moments in saved["state"].items():
+            shape = params[int(k)].shape
+            grown = {}
+            for name, v in moments.items():
+                if torch.is_tensor(v) and v.dim() > 0 and v.shape != shape:
+                    w = torch.zeros(shape, dtype=v.dtype)
+                    w[tuple(slice(0, n) for n in v.shape)] = v
+                    v = w
+                grown[name] = v
+            state[k] = grown
+        tuner.opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+        tuner.steps_taken = steps
+        return tuner
 
     def _requeue(self, users: dict[str, float], counts: dict[str, int]) -> None:
         """A rejected update's users stay pending (oldest arrival kept): the next update learns
