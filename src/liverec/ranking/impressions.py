@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Protocol, Sequence
@@ -95,12 +96,13 @@ class MemoryImpressionLog:
         pass
 
 
-class QueuedImpressionLog:
-    """An impression log whose ``append`` only queues: a writer thread commits queued impressions
-    in batches, so the request path never waits on the database. ``flush`` (and every read) waits
-    until the queue is written. Subclasses say how a batch is written and how rows are read."""
+class QueuedImpressionLog(ABC):
+    """An SQL impression log whose ``append`` only queues: a writer thread commits queued
+    impressions in batches, so the request path never waits on the database. ``flush`` (and every
+    read) waits until the queue is written. A backend says how to run its SQL."""
 
     name = "impressions"
+    placeholder = "?"  # the driver's parameter marker
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # the connection
@@ -111,22 +113,21 @@ class QueuedImpressionLog:
         self._writer = threading.Thread(target=self._run, name="impression-writer", daemon=True)
         self._writer.start()
 
-    # ---- what a backend provides
-    def _write(self, rows: list[tuple[str, str, str, float, str]]) -> None:
-        """Commit (app, user_id, item_id, timestamp, record JSON) rows in one transaction."""
-        raise NotImplementedError
+    # ---- what a backend provides (called with the connection lock held)
+    @abstractmethod
+    def _insert(self, sql: str, rows: list[tuple]) -> None:
+        """Run ``sql`` once per row, all rows in one transaction."""
 
-    def _records(self, app: str | None) -> list[str]:
-        """Record JSON of every impression (of one app, or all) in log order."""
-        raise NotImplementedError
+    @abstractmethod
+    def _fetch(self, sql: str, params: tuple) -> list[tuple]: ...
 
-    def _count(self, app: str | None) -> int:
-        raise NotImplementedError
-
-    def _close(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _close(self) -> None: ...
 
     # ---- the protocol
+    def _where(self, app: str | None) -> tuple[str, tuple]:
+        return ("", ()) if app is None else (f" WHERE app = {self.placeholder}", (app,))
+
     def append(self, impressions: Sequence[Impression]) -> None:
         if not impressions:
             return
@@ -137,6 +138,8 @@ class QueuedImpressionLog:
             self._cond.notify()
 
     def _run(self) -> None:
+        marks = ",".join([self.placeholder] * 5)
+        sql = f"INSERT INTO impressions (app, user_id, item_id, ts, record) VALUES ({marks})"
         while True:
             with self._cond:
                 while not self._queue and not self._closed:
@@ -148,7 +151,7 @@ class QueuedImpressionLog:
             try:
                 rows = [(i.app, i.user_id, i.item_id, i.timestamp, json.dumps(i.to_dict(), separators=(",", ":"))) for i in batch]
                 with self._lock:
-                    self._write(rows)
+                    self._insert(sql, rows)
             finally:
                 with self._cond:
                     self._writing = False
@@ -162,14 +165,16 @@ class QueuedImpressionLog:
 
     def scan(self, app: str | None = None) -> Iterator[Impression]:
         self.flush()
+        where, params = self._where(app)
         with self._lock:
-            records = self._records(app)
-        return iter([Impression.from_dict(json.loads(r)) for r in records])
+            rows = self._fetch(f"SELECT record FROM impressions{where} ORDER BY seq", params)
+        return iter([Impression.from_dict(json.loads(r[0])) for r in rows])
 
     def count(self, app: str | None = None) -> int:
         self.flush()
+        where, params = self._where(app)
         with self._lock:
-            return self._count(app)
+            return int(self._fetch(f"SELECT COUNT(*) FROM impressions{where}", params)[0][0])
 
     def close(self) -> None:
         with self._cond:
@@ -207,20 +212,13 @@ class SQLiteImpressionLog(QueuedImpressionLog):
         self._conn.executescript(_SQLITE_SCHEMA)
         super().__init__()
 
-    def _write(self, rows: list[tuple[str, str, str, float, str]]) -> None:
+    def _insert(self, sql: str, rows: list[tuple]) -> None:
         self._conn.execute("BEGIN")
-        self._conn.executemany("INSERT INTO impressions (app, user_id, item_id, ts, record) VALUES (?,?,?,?,?)", rows)
+        self._conn.executemany(sql, rows)
         self._conn.execute("COMMIT")
 
-    def _records(self, app: str | None) -> list[str]:
-        if app is None:
-            return [r[0] for r in self._conn.execute("SELECT record FROM impressions ORDER BY seq")]
-        return [r[0] for r in self._conn.execute("SELECT record FROM impressions WHERE app = ? ORDER BY seq", (app,))]
-
-    def _count(self, app: str | None) -> int:
-        if app is None:
-            return int(self._conn.execute("SELECT COUNT(*) FROM impressions").fetchone()[0])
-        return int(self._conn.execute("SELECT COUNT(*) FROM impressions WHERE app = ?", (app,)).fetchone()[0])
+    def _fetch(self, sql: str, params: tuple) -> list[tuple]:
+        return self._conn.execute(sql, params).fetchall()
 
     def _close(self) -> None:
         self._conn.close()
@@ -241,8 +239,10 @@ CREATE INDEX IF NOT EXISTS impressions_app ON impressions (app, seq);
 
 class PostgresImpressionLog(QueuedImpressionLog):
     """Impressions in the store's PostgreSQL schema, one table shared by every API worker, so
-    off-policy evaluation reads the traffic of all of them (`liverec ope`). Its own connection:
-    writing impressions never holds the event log's."""
+    off-policy evaluation reads the traffic of all of them (`liverec ope --store`). Its own
+    connection: writing impressions never holds the event log's."""
+
+    placeholder = "%s"
 
     def __init__(self, url: str) -> None:
         from ..store.postgres import connect
@@ -252,19 +252,12 @@ class PostgresImpressionLog(QueuedImpressionLog):
         self._conn.execute(_POSTGRES_SCHEMA)
         super().__init__()
 
-    def _write(self, rows: list[tuple[str, str, str, float, str]]) -> None:
+    def _insert(self, sql: str, rows: list[tuple]) -> None:
         with self._conn.transaction(), self._conn.cursor() as cur:
-            cur.executemany("INSERT INTO impressions (app, user_id, item_id, ts, record) VALUES (%s,%s,%s,%s,%s)", rows)
+            cur.executemany(sql, rows)
 
-    def _records(self, app: str | None) -> list[str]:
-        if app is None:
-            return [r[0] for r in self._conn.execute("SELECT record FROM impressions ORDER BY seq")]
-        return [r[0] for r in self._conn.execute("SELECT record FROM impressions WHERE app = %s ORDER BY seq", (app,))]
-
-    def _count(self, app: str | None) -> int:
-        if app is None:
-            return int(self._conn.execute("SELECT COUNT(*) FROM impressions").fetchone()[0])
-        return int(self._conn.execute("SELECT COUNT(*) FROM impressions WHERE app = %s", (app,)).fetchone()[0])
+    def _fetch(self, sql: str, params: tuple) -> list[tuple]:
+        return self._conn.execute(sql, params).fetchall()
 
     def _close(self) -> None:
         self._conn.close()
