@@ -245,6 +245,7 @@ def test_the_next_update_goes_on_with_the_optimizer(service):
     assert out["accepted"] and out["new_items"] == 1
     second = learner._tuner
     assert second is not first and second.steps_taken == 10
+    assert second.cfg.seed != first.cfg.seed  # each update draws its own batches
     moments = second.opt.state_dict()["state"][k]
     assert float(moments["step"]) == 10 and moments["exp_avg"].shape == second.model.item_emb.weight.shape
     assert moments["exp_avg"].shape[0] == first.model.item_emb.weight.shape[0] + 1

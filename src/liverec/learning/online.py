@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -266,7 +266,8 @@ class OnlineLearner:
         it: the moments of item-sized tensors get zero rows for the new items. A version from
         elsewhere (a retrain, a rollback) starts a fresh optimizer.
         """
-        tuner = FineTuner(model, self.cfg.finetune)
+        # a seed per update: each update samples its own batches and dropout masks
+        tuner = FineTuner(model, replace(self.cfg.finetune, seed=self.cfg.finetune.seed + self.stats.updates))
         if self._opt is None or self._opt[0] != version:
             return tuner
         _, saved, steps = self._opt
