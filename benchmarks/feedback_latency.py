@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from liverec.config import Settings
+from liverec.evaluation.report import machine
 from liverec.events import Event
 from liverec.service import Service
 from liverec.store import open_store
@@ -213,7 +213,7 @@ def main() -> None:
         t1 = time.perf_counter()
         blocks = block_trials(service, args.trials, args.seed + 1)
         result = {
-            "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} CPUs",
+            "machine": machine(),
             "date": time.strftime("%Y-%m-%d"),
             "catalog": len(items), "history_events": len(events), "setup_s": round(setup, 1),
             "latency": lat, "latency_on_a_negative_streak": streak, "blocks": blocks, "block_trials_s": round(time.perf_counter() - t1, 1),

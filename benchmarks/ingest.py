@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import socket
 import statistics
@@ -30,6 +29,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from liverec.evaluation.report import machine  # noqa: E402
 from liverec.importers import read_movielens_ratings  # noqa: E402
 
 
@@ -120,7 +120,7 @@ def main() -> None:
     service.close()
 
     summary = {
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}",
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "events": len(rows),
         "batch": args.batch,

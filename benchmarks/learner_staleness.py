@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from liverec.config import Settings
+from liverec.evaluation.report import machine
 from liverec.events import Event
 from liverec.learning import LearnerConfig, attach
 from liverec.model.artifacts import load_artifact
@@ -175,6 +176,7 @@ def main() -> None:
                                      "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None},
         "versions": [u.get("version") for u in accepted],
         "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

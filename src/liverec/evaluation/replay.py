@@ -43,6 +43,7 @@ from ..model.features import gap_bucket, gaps_from_timestamps, value_bucket
 from ..model.train import TrainConfig, ValidationSet, train
 from ..model.transformer import FeedbackTransformer, ModelConfig
 from .protocol import InteractionLog, load_movielens
+from .report import machine
 
 
 @dataclass
@@ -407,6 +408,7 @@ def run_replay(
     summary["config"] = {**asdict(cfg), "finetune": asdict(tuner.cfg)}  # as run (device, steps)
     summary["subset"] = {"max_events": cfg.max_events, "user_stride": cfg.user_stride, "window_events_total": int(len(s.order) - s.cut)}
     summary["seconds_total"] = round(time.perf_counter() - t_load, 1)
+    summary["machine"] = machine()  # events/s depend on it
     summary["over_time"] = _over_time(ranks, window_points=20)
     if out_dir is not None:
         _plot(summary["over_time"], out_dir / "replay.png")
