@@ -109,3 +109,39 @@ def test_service_on_postgresql_logs_impressions_there(tmp_path):
     finally:
         log._conn.execute(f'DROP SCHEMA IF EXISTS "{log.schema}" CASCADE')
         log.close()
+
+
+def test_workers_starting_at_once_create_the_schema_once():
+    """Several workers open a fresh schema at the same moment (store and impression log): the
+    creation is serialised, none of them fails."""
+    reason = _postgres_available()
+    if reason:
+        pytest.skip(reason)
+    import threading
+
+    from liverec.store import open_store
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    url = f"{PG_URL}?schema={schema}"
+    opened, errors = [], []
+
+    def start(kind: str) -> None:
+        try:
+            opened.append(open_store(url) if kind == "store" else PostgresImpressionLog(url))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(k,)) for k in ["store", "impressions"] * 4]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and len(opened) == 8
+    finally:
+        for o in opened:
+            o.close()
+        import psycopg
+
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

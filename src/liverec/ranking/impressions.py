@@ -247,9 +247,8 @@ class PostgresImpressionLog(QueuedImpressionLog):
     def __init__(self, url: str) -> None:
         from ..store.postgres import connect
 
-        self._conn, self.schema = connect(url)
+        self._conn, self.schema = connect(url, _POSTGRES_SCHEMA)
         self.name = f"postgresql schema {self.schema}"
-        self._conn.execute(_POSTGRES_SCHEMA)
         super().__init__()
 
     def _insert(self, sql: str, rows: list[tuple]) -> None:

@@ -64,14 +64,23 @@ CREATE TABLE IF NOT EXISTS snapshots (
 
 
 
-def connect(url: str) -> tuple[psycopg.Connection, str]:
-    """An autocommit connection whose ``search_path`` is the URL's schema (created if absent)."""
+def connect(url: str, ddl: str) -> tuple[psycopg.Connection, str]:
+    """An autocommit connection whose ``search_path`` is the URL's schema, after creating the schema
+    (if absent) and running ``ddl`` (``CREATE ... IF NOT EXISTS`` statements).
+
+    Both run under the advisory lock: PostgreSQL's ``IF NOT EXISTS`` does not make concurrent
+    creation safe, and several workers start at once.
+    """
     parsed = urlparse(url)
     schema = parse_qs(parsed.query).get("schema", ["public"])[0]
     if not schema.replace("_", "").isalnum():
         raise ValueError(f"store URL {url!r}: schema {schema!r} must be letters, digits and _")
     conn = psycopg.connect(urlunparse(parsed._replace(scheme="postgresql", query="")), autocommit=True)
-    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        conn.execute(f'SET LOCAL search_path TO "{schema}"')
+        conn.execute(ddl)
     conn.execute(f'SET search_path TO "{schema}"')
     return conn, schema
 
@@ -84,12 +93,8 @@ class PostgresStore:
     decode_json = staticmethod(lambda value: value)  # psycopg decodes jsonb itself
 
     def __init__(self, url: str):
-        self._conn, self.schema = connect(url)
+        self._conn, self.schema = connect(url, SCHEMA)
         self._lock = threading.RLock()
-        with self._lock:
-            with self._conn.transaction():
-                self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-                self._conn.execute(SCHEMA)
         self.events = _EventLog(self)
         self.catalog = _Catalog(self)
         self.snapshots = _Snapshots(self)
