@@ -72,6 +72,15 @@ class LearnerStats:
     last_val_after: float | None = None
 
 
+def _grown(v: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """``v`` copied over the leading rows of ``base`` (as large or larger: the model gained
+    items); ``base`` keeps what it holds for the new rows. ``v`` itself when the shapes agree."""
+    if v.shape == base.shape:
+        return v
+    base[tuple(slice(0, n) for n in v.shape)] = v
+    return base
+
+
 def _sequences(states: list, index: dict[str, int], max_len: int) -> Sequences:
     """Sequences of the given users' states (items mapped through ``index``; unknown -> 0)."""
     items, types, values, ts = [], [], [], []
@@ -172,12 +181,9 @@ class OnlineLearner:
         bigger = FeedbackTransformer(cfg)
         state = bigger.state_dict()
         for k, v in model.state_dict().items():
-            if state[k].shape == v.shape:
-                state[k] = v
-            else:  # item-sized tensors: known rows copied, new rows below
-                state[k][tuple(slice(0, n) for n in v.shape)] = v
-                if k == "out_bias":
-                    state[k][v.shape[0]:] = v.mean()
+            state[k] = _grown(v, state[k])  # item-sized tensors: known rows copied, new rows as initialised
+            if k == "out_bias" and v.shape != state[k].shape:
+                state[k][v.shape[0]:] = v.mean()
         bigger.load_state_dict(state)
         all_ids = item_ids + list(new_ids)
         text = np.zeros((len(all_ids) + 1, 64), dtype=np.float32)
@@ -275,14 +281,8 @@ class OnlineLearner:
         state = {}
         for k, moments in saved["state"].items():
             shape = params[int(k)].shape
-            grown = {}
-            for name, v in moments.items():
-                if torch.is_tensor(v) and v.dim() > 0 and v.shape != shape:
-                    w = torch.zeros(shape, dtype=v.dtype)
-                    w[tuple(slice(0, n) for n in v.shape)] = v
-                    v = w
-                grown[name] = v
-            state[k] = grown
+            state[k] = {name: _grown(v, torch.zeros(shape, dtype=v.dtype)) if torch.is_tensor(v) and v.dim() > 0 else v
+                        for name, v in moments.items()}
         tuner.opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
         tuner.steps_taken = steps
         return tuner
