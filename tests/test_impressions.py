@@ -10,7 +10,7 @@ import pytest
 from liverec.ranking.impressions import (
     Impression, MemoryImpressionLog, PostgresImpressionLog, SQLiteImpressionLog, open_impressions,
 )
-from tests.test_store_contract import PG_URL, _postgres_available
+from .test_store_contract import PG_URL, _postgres_available
 
 
 def imp(k: int, app: str = "a", **kw) -> Impression:
