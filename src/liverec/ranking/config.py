@@ -43,6 +43,11 @@ class RankingConfig:
     category_demote: float = 0.8  # full demotion of such a category
     skip_mass: float = 1.0  # weight of one skip in the category count (a dislike counts dislike_mass)
     dislike_mass: float = 1.5
+    # items the user read past without reacting (the cascade reading of a feed, ranking/examined.py;
+    # off by default: a grid or carousel has no reading order), e.g. passed_item 0.3, passed_mass 0.5
+    passed_item: float = 0.0  # the passed item's own demotion
+    passed_mass: float = 0.0  # its weight against its categories (never demotes a category alone)
+    max_passed: int = 20  # newest passed-over items considered per request
     min_similarity: float = 0.3  # cosine below this is "not a neighbour"
     max_signals: int = 40  # most recent feedback items considered per request
     pool: int = 200  # candidates (after hard filters) the rerankers work on

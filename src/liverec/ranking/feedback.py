@@ -10,8 +10,11 @@ of the pool's normalised model score (see :class:`~liverec.ranking.config.Rankin
   with that value drops (``scoped_dislike``, ``scoped_skip``);
 * ``like`` / ``favorite`` / ``share`` / ``purchase``: neighbours rise by ``like_boost x similarity``;
   a ``click`` is a weaker positive: ``click_boost x similarity``;
+* an item the user read past without reacting (``passed``, :mod:`liverec.ranking.examined`)
+  drops a little itself (``passed_item``), not its neighbours;
 * per category, the user's recent item feedback is netted: likes and clicks count for it
-  (``like_mass``, ``click_mass``), skips and dislikes against it (``skip_mass``, ``dislike_mass``).
+  (``like_mass``, ``click_mass``), skips and dislikes against it (``skip_mass``, ``dislike_mass``),
+  and items passed over weakly against it (``passed_mass``; they never demote a category alone).
   A category with ``category_repeat`` or more negatives and a negative net is demoted (up to
   ``category_demote``); one with a positive net is boosted (up to ``category_boost``). So a user
   who starts clicking a genre they used to skip gets it back within a few events.
@@ -30,8 +33,9 @@ candidate, and re-checked on the final slate.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -39,6 +43,7 @@ from ..events import TypeSpec
 from ..state import Interaction, UserState
 from ..store.base import Item
 from .config import RankingConfig
+from .examined import Passed
 from .vectors import ItemSpace
 
 POSITIVE_FEEDBACK = ("like", "favorite", "share", "purchase")
@@ -49,7 +54,7 @@ WEAK_POSITIVE = ("click",)
 class Signal:
     """One feedback fact from the state: ``type`` on (``scope``, ``target``) at ``timestamp``."""
 
-    type: str  # like | click | dislike | skip (like stands for any positive feedback type)
+    type: str  # like | click | dislike | skip | passed (like stands for any positive feedback type)
     scope: str
     target: str
     timestamp: float
@@ -59,8 +64,9 @@ class Signal:
     pos: int = -1  # position of the event in the user's sequence (-1: trimmed from it, or scoped)
 
 
-def signals(state: UserState, now: float, cfg: RankingConfig) -> list[Signal]:
-    """The user's feedback facts, newest first, at most ``cfg.max_signals``.
+def signals(state: UserState, now: float, cfg: RankingConfig, passed: Sequence[Passed] = ()) -> list[Signal]:
+    """The user's feedback facts, newest first, at most ``cfg.max_signals``, then the newest
+    ``cfg.max_passed`` items passed over (``passed``) that the user gave no feedback on.
 
     ``decay`` combines the time decay and, for item feedback, the recency in the sequence.
     """
@@ -102,7 +108,21 @@ def signals(state: UserState, now: float, cfg: RankingConfig) -> list[Signal]:
                 eid, w, pos = None, cfg.decay(now - t), -1
             out.append(Signal(kind, scope, target, t, w, kind, eid, pos))
     out.sort(key=lambda s: -s.timestamp)
-    return out[: cfg.max_signals]
+    out = out[: cfg.max_signals]
+    if passed and cfg.max_passed > 0 and (cfg.passed_item > 0 or cfg.passed_mass > 0):
+        told = {item for _, item in latest} | set(state.liked)
+        times = [inter.timestamp for inter in seq]
+        recent: list[Signal] = []
+        for p in reversed(passed):  # newest first
+            if p.item_id in told:
+                continue  # the user said something about the item itself
+            told.add(p.item_id)
+            w = cfg.decay(now - p.timestamp) * cfg.recency(n - bisect_right(times, p.timestamp))
+            recent.append(Signal("passed", "item", p.item_id, p.timestamp, w, "passed"))
+            if len(recent) >= cfg.max_passed:
+                break
+        out += recent
+    return out
 
 
 def negative_streak(state: UserState | None, types: Mapping[str, TypeSpec]) -> int:
@@ -181,16 +201,18 @@ class Summary:
 
 
 def summarise(app: str, state: UserState | None, now: float, cfg: RankingConfig,
-              item_of: Callable[[str, str], Item | None], stale: Stale | None = None) -> Summary:
+              item_of: Callable[[str, str], Item | None], stale: Stale | None = None,
+              passed: Sequence[Passed] = ()) -> Summary:
     """Signals and per-category feedback of ``state`` (empty for an unknown user).
 
     With ``stale`` (from :func:`stale_after_streak`), positive item feedback older than the run of
     negatives on items of its categories counts ``cfg.streak_forget`` as much: the user who loved a
     genre and then skipped it three times in a row no longer gets it back on the strength of old likes.
+    ``passed``: the items the user read past (:class:`~liverec.ranking.examined.Examined`).
     """
     if state is None:
         return Summary([], {}, {}, {}, {}, stale)
-    sigs = signals(state, now, cfg)
+    sigs = signals(state, now, cfg, passed)
     if stale is not None and cfg.streak_forget < 1.0 and stale.categories:
         forgotten = []
         for sig in sigs:
@@ -205,7 +227,8 @@ def summarise(app: str, state: UserState | None, now: float, cfg: RankingConfig,
     negative: dict[str, float] = {}
     negatives: dict[str, int] = {}
     disliked: set[str] = {sig.target for sig in sigs if sig.type == "dislike" and sig.scope == "category"}
-    masses = {"like": cfg.like_mass, "click": cfg.click_mass, "dislike": -cfg.dislike_mass, "skip": -cfg.skip_mass}
+    masses = {"like": cfg.like_mass, "click": cfg.click_mass, "dislike": -cfg.dislike_mass, "skip": -cfg.skip_mass,
+              "passed": -cfg.passed_mass}
     for sig in sigs:
         if sig.scope != "item":
             continue
@@ -215,7 +238,8 @@ def summarise(app: str, state: UserState | None, now: float, cfg: RankingConfig,
         mass = masses[sig.type] * sig.decay
         side = positive if mass > 0 else negative
         for c in item.categories:
-            net[c] = net.get(c, 0.0) + mass
+            if sig.type != "passed":  # reading past an item is evidence for exploration, not a verdict
+                net[c] = net.get(c, 0.0) + mass
             side[c] = side.get(c, 0.0) + abs(mass)
             if sig.type in ("dislike", "skip"):
                 negatives[c] = negatives.get(c, 0) + 1
@@ -309,6 +333,8 @@ def adjust(
                 w, self_w, name = cfg.click_boost, 0.0, "click_boost"
             elif s.type == "dislike":
                 w, self_w, name = -cfg.dislike_neighbour, -cfg.dislike_item, "dislike_demote"
+            elif s.type == "passed":
+                w, self_w, name = 0.0, -cfg.passed_item, "passed_over"
             else:
                 w, self_w, name = -cfg.skip_neighbour, -cfg.skip_item, "skip_demote"
             info = {"kind": "policy", "adjustment": name, "item_id": s.target, "type": s.event_type}

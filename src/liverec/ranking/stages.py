@@ -9,7 +9,8 @@
          category while the user's newest events are a run of ``streak_negatives`` negatives:
          the taste has moved, show something different; older positives on the categories
          such a run kept hitting count ``streak_forget`` as much from then on)
-      -> feedback policy (demote / boost with time decay)                 [feedback.adjust]
+      -> feedback policy (demote / boost with time decay; items the user  [feedback.adjust]
+         read past on their last slate count as weak negatives)          [examined.Examined]
       -> diversity (MMR, per-request ``diversity``)                       [diversity.mmr]
       -> exploration (Thompson sampling on ``explore_slots``; the first   [bandit.ThompsonBandit]
          slot over the user's categories, at the top of the slate on a streak)
@@ -39,6 +40,7 @@ from ..store.base import Item
 from .bandit import RewardTracker, ThompsonBandit
 from .config import RankingConfig, RankingSettings
 from .diversity import mmr
+from .examined import Examined
 from .feedback import Summary, adjust, negative_streak, recent_positives, stale_after_streak, summarise
 from .impressions import Impression, ImpressionLog
 from .vectors import ItemSpace
@@ -123,6 +125,7 @@ class RankingStages:
         self.clock = clock
         self.categories = categories
         self.rewards = RewardTracker(self.bandit, settings.default.reward_window_s, self.types)
+        self.examined = Examined()
         self.stats = RankStats()
         self._lock = threading.Lock()
 
@@ -135,8 +138,10 @@ class RankingStages:
         return cfg.streak_negatives > 0 and negative_streak(state, self.types) >= cfg.streak_negatives
 
     def observe(self, events: list) -> None:
-        """Service listener: committed events close pending impressions with their reward."""
+        """Service listener: committed events close pending impressions with their reward and
+        say which items of the user's last slate they read past."""
         self.rewards.observe(events)
+        self.examined.observe(events)
 
     # ------------------------------------------------------------------------------ pool
     def _pool(self, request: RecommendRequest, state: UserState | None, scored: Scored, allow: Callable[[str], bool], cfg: RankingConfig, now: float,
@@ -266,7 +271,8 @@ class RankingStages:
         now = request.now if request.now is not None else (state.last_timestamp if state is not None else 0.0)
         streak = self._on_streak(state, cfg)
         stale = stale_after_streak(request.app, state, self.types, cfg, self.items)
-        summary = summarise(request.app, state, now, cfg, self.items, stale)
+        passed = self.examined.passed(request.app, request.user_id) if state is not None else []
+        summary = summarise(request.app, state, now, cfg, self.items, stale, passed)
         explore = (cfg.explore if request.explore is None else request.explore) and request.user_id is not None
         explore_cats = explore and cfg.explore_categories and bool(cfg.explore_slots) and self.categories is not None
         ids, raw = self._pool(request, state, scored, allow, cfg, now, cfg.streak_pool if streak else cfg.pool, summary,
@@ -369,6 +375,8 @@ class RankingStages:
         with self._lock:
             self.stats.requests += 1
             self.stats.explored += sum(1 for r in recs if r.explored)
+        if request.user_id is not None and (cfg.passed_item > 0 or cfg.passed_mass > 0):
+            self.examined.served(request.app, request.user_id, [r.item_id for r in recs])
         if impressions:
             self.rewards.expire(shown_at)
             self.rewards.shown(impressions)
