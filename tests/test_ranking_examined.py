@@ -120,3 +120,12 @@ def test_off_by_default_through_the_api(seeded):  # noqa: F811
     post(seeded, user_id="u", item_id=slate[3], type="click", timestamp=2100)
     after = recs(seeded, "u", n=40)
     assert not any(b.get("adjustment") == "passed_over" for i in after for b in i["because"])
+
+
+def test_an_apps_own_event_types_are_reactions_too():
+    ex = Examined(reactions=["click", "watched_half", "unblock"])
+    ex.served("default", "u", ["a", "b", "c"])
+    ex.observe([ev("e1", "unblock", "b", 1.0)])  # lifting a block is not reading
+    assert passed_ids(ex) == []
+    ex.observe([ev("e2", "watched_half", "c", 2.0)])
+    assert passed_ids(ex) == ["a", "b"]

@@ -25,7 +25,7 @@ from typing import Iterable
 
 from ..events import Event
 
-# Events that show the user read down to their item (any reaction to it; not ``undo``/``unblock``).
+# Events that show the user read down to their item (the default types; a service passes all of its own).
 READ_TO = frozenset({"view", "click", "like", "favorite", "share", "purchase", "rating", "skip", "dislike", "block"})
 
 
@@ -48,7 +48,8 @@ class _Slate:
 class Examined:
     """Each user's latest slate and the items they passed over (newest last, ``per_user`` at most)."""
 
-    def __init__(self, max_users: int = 100_000, per_user: int = 50) -> None:
+    def __init__(self, max_users: int = 100_000, per_user: int = 50, reactions: Iterable[str] = READ_TO) -> None:
+        self.reactions = frozenset(reactions) - {"undo", "unblock"}  # the app's own event types count too
         self.max_users = max_users
         self.per_user = per_user
         self._slates: OrderedDict[tuple[str, str], _Slate] = OrderedDict()  # least recently served first
@@ -73,7 +74,7 @@ class Examined:
                 if e.type == "undo" and e.target:
                     self._undo(e.app, e.user_id, e.target)
                     continue
-                if e.item_id is None or e.type not in READ_TO:
+                if e.item_id is None or e.type not in self.reactions:
                     continue
                 key = (e.app, e.user_id)
                 slate = self._slates.get(key)

@@ -125,7 +125,7 @@ class RankingStages:
         self.clock = clock
         self.categories = categories
         self.rewards = RewardTracker(self.bandit, settings.default.reward_window_s, self.types)
-        self.examined = Examined()
+        self.examined = Examined(reactions=self.types)
         self.stats = RankStats()
         self._lock = threading.Lock()
 
