@@ -231,6 +231,38 @@ def test_learning_rate_warms_up_over_the_learners_first_steps():
     assert FineTuner(model, FineTuneConfig(lr=1e-2))._rate() == pytest.approx(1e-2)
 
 
+def test_fine_tuning_draws_dropout_from_its_own_stream():
+    """An update depends on the tuner's seed only: torch's global randomness is neither reseeded
+    nor consumed by it, and other draws from it between updates change nothing."""
+    from liverec.learning.finetune import FineTuner
+    from liverec.model.data import Windows
+    from liverec.model.features import type_id
+
+    items = np.array([[1, 2, 3, 4], [2, 3, 4, 5]], dtype=np.int64)
+    zeros = np.zeros_like(items)
+    targets = np.concatenate([items[:, 1:], np.array([[5], [1]])], axis=1)
+    recent = Windows(items, np.full_like(items, type_id("click")), zeros, zeros, np.full_like(items, -1), targets)
+
+    def tuned(noise_between: bool) -> list[torch.Tensor]:
+        torch.manual_seed(123)
+        model = FeedbackTransformer(ModelConfig(n_items=5, max_len=4, d_model=8, n_blocks=1, dropout=0.5))
+        tuner = FineTuner(model, FineTuneConfig(steps=3, batch_size=2, lr=1e-2, replay_ratio=0.0, seed=7))
+        for _ in range(2):
+            before = torch.get_rng_state()
+            tuner.train_steps(recent, None)
+            assert torch.equal(torch.get_rng_state(), before)  # global stream untouched
+            if noise_between:
+                torch.rand(100)  # someone else in the process draws
+        return [p.detach().clone() for p in model.parameters()]
+
+    quiet, noisy = tuned(False), tuned(True)
+    assert all(torch.equal(a, b) for a, b in zip(quiet, noisy))
+    torch.manual_seed(123)
+    other = FeedbackTransformer(ModelConfig(n_items=5, max_len=4, d_model=8, n_blocks=1, dropout=0.5))
+    FineTuner(other, FineTuneConfig(steps=3, batch_size=2, lr=1e-2, replay_ratio=0.0, seed=8)).train_steps(recent, None)
+    assert not all(torch.equal(a, b) for a, b in zip(quiet, other.parameters()))  # the seed does matter
+
+
 def test_the_next_update_goes_on_with_the_optimizer(service):
     """An update of the version this learner published continues its AdamW moments (grown by the
     new items' rows); an update of a version from elsewhere starts a fresh optimizer."""

@@ -75,9 +75,23 @@ class FineTuner:
         self.model = model
         self.cfg = cfg or FineTuneConfig()
         self.rng = np.random.default_rng(self.cfg.seed)
-        torch.manual_seed(self.cfg.seed)
+        # Dropout draws from torch's global generator; the tuner keeps a stream of its own and
+        # swaps it in only while it trains, so an update is reproducible from ``seed`` whatever
+        # else in the process uses torch's randomness, and it leaves that randomness untouched.
+        self._devices = [torch.device(self.cfg.device).index or 0] if torch.device(self.cfg.device).type == "cuda" else []
+        with torch.random.fork_rng(devices=self._devices):
+            torch.manual_seed(self.cfg.seed)
+            self._torch_rng = self._rng_state()
         self.opt = torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, betas=(0.9, 0.98))
         self.steps_taken = 0  # optimizer steps kept (a rejected update's are undone)
+
+    def _rng_state(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in self._devices]
+
+    def _set_rng_state(self, state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
+        torch.set_rng_state(state[0])
+        for d, s in zip(self._devices, state[1]):
+            torch.cuda.set_rng_state(s, d)
 
     def _rate(self) -> float:
         w = self.cfg.warmup_steps
@@ -99,18 +113,21 @@ class FineTuner:
             return float("nan")
         self.model.train()
         total = 0.0
-        for _ in range(steps):
-            t = _tensors(self._batch(recent, replay), self.cfg.device)
-            if not bool((t["targets"] > 0).any()):
-                continue
-            loss = batch_loss(self.model, t, 0.0, False)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for group in self.opt.param_groups:
-                group["lr"] = self._rate()
-            self.opt.step()
-            self.steps_taken += 1
-            total += float(loss.detach())
+        with torch.random.fork_rng(devices=self._devices):
+            self._set_rng_state(self._torch_rng)
+            for _ in range(steps):
+                t = _tensors(self._batch(recent, replay), self.cfg.device)
+                if not bool((t["targets"] > 0).any()):
+                    continue
+                loss = batch_loss(self.model, t, 0.0, False)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for group in self.opt.param_groups:
+                    group["lr"] = self._rate()
+                self.opt.step()
+                self.steps_taken += 1
+                total += float(loss.detach())
+            self._torch_rng = self._rng_state()
         self.model.eval()
         return total / steps
 
