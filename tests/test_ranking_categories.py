@@ -10,6 +10,7 @@ from liverec.catalog import CatalogIndex
 from liverec.events import DEFAULT_TYPES, Event
 from liverec.ranking.config import RankingConfig, RankingSettings
 from liverec.ranking.feedback import stale_after_streak, summarise
+from liverec.recommend.scoring import Scored
 from liverec.state import UserState
 from liverec.store.base import Item
 
@@ -27,6 +28,31 @@ def test_category_matrix_follows_the_catalog():
     cat.put(Item("a", "y", "Y", "", ("g3",)))  # a change rebuilds it
     again = cat.category_matrix("a")
     assert again.names == ["g1", "g2", "g3"] and again.of(["y"]).tolist() == [[False, False, True]]
+
+
+def test_category_matrix_maps_a_scorer_table_once():
+    cat = CatalogIndex()
+    for k in range(6):
+        cat.put(Item("a", f"i{k}", "", "", (f"g{k % 3}",)))
+    cm = cat.category_matrix("a")
+    table = np.array([f"i{k}" for k in (5, 4, 3, 9, 1, 0)], dtype=object)  # i9: not in the catalog
+    index = np.array([3, 0, 5, 2])
+    assert cm.of_table(table).tolist() == cm.of(table).tolist()
+    assert cm.of_table(table, index).tolist() == cm.of(table[index]).tolist()
+    assert len(cm._tables) == 1
+    other = table.copy()  # another table object, even with equal contents, is its own entry
+    other[0] = "i2"
+    assert cm.of_table(other, index).tolist() == cm.of(other[index]).tolist()
+
+
+def test_scored_scores_of_reads_through_the_table():
+    table = np.array(["a", "b", "c", "d", "e"], dtype=object)
+    index = np.array([4, 1, 2])
+    sub = Scored(table[index], np.array([0.5, 0.25, 0.75], dtype=np.float32), table, index)
+    assert sub.scores_of(["b", "e", "a", "zz", "c"], -1.0).tolist() == [0.25, 0.5, -1.0, -1.0, 0.75]
+    whole = Scored(table, np.arange(5, dtype=np.float32))
+    assert whole.scores_of(["d", "x"], 9.0).tolist() == [3.0, 9.0]
+    assert whole.base()[1] is None and sub.base()[0] is table
 
 
 def _category_impressions(service) -> list:

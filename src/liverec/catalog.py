@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -67,11 +67,27 @@ class CategoryMatrix:
     col: dict[str, int]
     names: list[str]
     member: np.ndarray  # (N, G) bool
+    # id table (a scorer's, the same object between requests) -> its rows here; see ``of_table``
+    _tables: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, compare=False, repr=False)
 
     def of(self, item_ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """(K, G) membership of ``item_ids`` in row order (unknown items: no category)."""
         get = self.row.get
-        rows = np.array([get(i, -1) for i in item_ids], dtype=np.int64)
+        return self._of_rows(np.array([get(i, -1) for i in item_ids], dtype=np.int64))
+
+    def of_table(self, table: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
+        """``of(table[index])`` (``of(table)`` without an index), the table's rows looked up once
+        per table object: a scorer's candidates map to categories without a pass over their ids."""
+        hit = self._tables.get(id(table))
+        if hit is None or hit[0] is not table:
+            get = self.row.get
+            hit = (table, np.array([get(i, -1) for i in table.tolist()], dtype=np.int64))
+            if len(self._tables) >= 8:
+                self._tables.clear()
+            self._tables[id(table)] = hit
+        return self._of_rows(hit[1] if index is None else hit[1][index])
+
+    def _of_rows(self, rows: np.ndarray) -> np.ndarray:
         if len(self.member) == 0 or len(rows) == 0:
             return np.zeros((len(rows), len(self.names)), dtype=bool)
         out = self.member[np.maximum(rows, 0)]

@@ -274,15 +274,33 @@ def recent_positives(state: UserState, k: int) -> list[tuple[str, float]]:
 
 @dataclass
 class Adjustments:
-    """Per-candidate adjustments and what made them, for the pool ``item_ids``."""
+    """Per-candidate adjustments and what made them, for the pool ``item_ids``.
+
+    The item-scoped signals' effects are one row each of ``effects`` (S, K), described by
+    ``effect_info``; a candidate's list of what applied (``parts``) is only put together for the
+    candidates a response explains."""
 
     item_ids: list[str]
     total: np.ndarray  # (K,) float64 sum of all effects
-    parts: list[list[dict]] = field(default_factory=list)  # per candidate: the effects that applied
+    effects: np.ndarray | None = None  # (S, K) float64: item-scoped signal s moved candidate k by effects[s, k]
+    effect_info: list[dict] = field(default_factory=list)  # (S,) what each effects row is
+    scoped: dict[int, list[dict]] = field(default_factory=dict)  # candidate -> its scoped and category effects
+
+    def parts_of(self, k: int) -> list[dict]:
+        """Every effect on candidate ``k``: item signals in signal order, then the scoped ones."""
+        out = []
+        if self.effects is not None:
+            col = self.effects[:, k]
+            out = [{**self.effect_info[j], "delta": float(col[j])} for j in np.flatnonzero(col).tolist()]
+        return out + self.scoped.get(k, [])
+
+    @property
+    def parts(self) -> list[list[dict]]:
+        return [self.parts_of(k) for k in range(len(self.item_ids))]
 
     def explain(self, k: int, min_abs: float = 0.01, limit: int = 4) -> list[dict]:
         """The largest effects on candidate ``k`` (|delta| >= ``min_abs``), biggest first."""
-        parts = [p for p in self.parts[k] if abs(p["delta"]) >= min_abs]
+        parts = [p for p in self.parts_of(k) if abs(p["delta"]) >= min_abs]
         parts.sort(key=lambda p: -abs(p["delta"]))
         return [{**p, "delta": round(p["delta"], 4)} for p in parts[:limit]]
 
@@ -300,31 +318,27 @@ def adjust(
     """Compute the feedback adjustments of the candidates ``item_ids`` for this user
     (``summary``: :func:`summarise` of the same user, when the caller has it already)."""
     k = len(item_ids)
-    total = np.zeros(k, dtype=np.float64)
-    parts: list[list[dict]] = [[] for _ in range(k)]
+    out = Adjustments(item_ids, np.zeros(k, dtype=np.float64))
     if state is None or k == 0:
-        return Adjustments(item_ids, total, parts)
+        return out
     if summary is None:
         summary = summarise(app, state, now, cfg, item_of)
     sigs = summary.sigs
     if not sigs:
-        return Adjustments(item_ids, total, parts)
+        return out
+    total, parts = out.total, out.scoped
 
-    def add(rows: np.ndarray, deltas: np.ndarray, info: dict) -> None:
-        for r, d in zip(rows.tolist(), deltas.tolist()):
-            total[r] += d
-            parts[r].append({**info, "delta": d})
-
-    pos = {item: r for r, item in enumerate(item_ids)}
     # ---- item-scoped signals: the item itself and its neighbours ------------------------------
     item_sigs = [s for s in sigs if s.scope == "item"]
     if item_sigs:
+        pos = {item: r for r, item in enumerate(item_ids)}
         sims = space.similarity(app, item_ids, [s.target for s in item_sigs])  # (K, S)
         lo = cfg.min_similarity
-        near = np.clip((sims - lo) / max(1.0 - lo, 1e-6), 0.0, 1.0)  # (K, S) neighbour strength
+        near = np.clip((sims - lo) / max(1.0 - lo, 1e-6), 0.0, 1.0).T.astype(np.float64)  # (S, K) neighbour strength
+        effects = np.zeros_like(near)
         for j, s in enumerate(item_sigs):
             own = pos.get(s.target)
-            col = near[:, j].copy()
+            col = near[j]
             if own is not None:
                 col[own] = 0.0
             if s.type == "like":
@@ -340,11 +354,13 @@ def adjust(
             info = {"kind": "policy", "adjustment": name, "item_id": s.target, "type": s.event_type}
             if s.event_id:
                 info["event_id"] = s.event_id
-            rows = np.flatnonzero(col > 0)
-            if len(rows) and w != 0.0:
-                add(rows, w * s.decay * col[rows], info)
-            if own is not None and self_w != 0.0:
-                add(np.array([own]), np.array([self_w * s.decay]), info)
+            if w != 0.0:
+                effects[j] = (w * s.decay) * col
+            if own is not None:
+                effects[j, own] = self_w * s.decay
+            out.effect_info.append(info)
+        out.effects = effects
+        total += effects.sum(axis=0)
 
     # ---- scoped signals, and the net item feedback per category -----------------------------
     scoped = [s for s in sigs if s.scope != "item"]
@@ -360,18 +376,18 @@ def adjust(
                     w = cfg.scoped_dislike if s.type == "dislike" else cfg.scoped_skip
                     d = -w * s.decay
                     total[r] += d
-                    parts[r].append({"kind": "policy", "adjustment": f"{s.type}_{s.scope}", "scope": s.scope,
+                    parts.setdefault(r, []).append({"kind": "policy", "adjustment": f"{s.type}_{s.scope}", "scope": s.scope,
                                      "target": s.target, "type": s.event_type, "delta": d})
             cats = [c for c in item.categories if c in demoted]
             if cats:
                 d = -max(demoted[c] for c in cats)
                 total[r] += d
-                parts[r].append({"kind": "policy", "adjustment": "category_demote", "scope": "category",
+                parts.setdefault(r, []).append({"kind": "policy", "adjustment": "category_demote", "scope": "category",
                                  "target": max(cats, key=lambda c: demoted[c]), "type": "skip/dislike", "delta": d})
             cats = [c for c in item.categories if c in boosted]
             if cats:
                 best = max(cats, key=lambda c: boosted[c])
                 total[r] += boosted[best]
-                parts[r].append({"kind": "policy", "adjustment": "category_boost", "scope": "category",
+                parts.setdefault(r, []).append({"kind": "policy", "adjustment": "category_boost", "scope": "category",
                                  "target": best, "type": "like/click", "delta": boosted[best]})
-    return Adjustments(item_ids, total, parts)
+    return out

@@ -164,22 +164,22 @@ class RankingStages:
         if state is not None and cfg.neighbour_candidates > 0 and ids:
             floor = min(scores)
             recent = recent_positives(state, 5)
-            lookup: dict[str, float] | None = None
+            added: list[str] = []
             for liked, t in recent:
                 if cfg.decay(now - t) < 0.05:
                     continue
                 for other, _ in self.space.neighbours(request.app, liked, cfg.neighbour_candidates, cfg.min_similarity):
                     if other in taken or not allow(other):
                         continue
-                    if lookup is None:
-                        lookup = {str(i): float(s) for i, s in zip(scored.item_ids, scored.scores)}
-                    ids.append(other)
-                    scores.append(lookup.get(other, floor))
+                    added.append(other)
                     taken.add(other)
+            if added:
+                ids.extend(added)
+                scores.extend(scored.scores_of(added, floor).tolist())
         liked_cats = sorted(summary.boosted, key=lambda c: -summary.boosted[c])[:3] if cfg.category_candidates > 0 else []
         if (liked_cats or every_category) and self.categories is not None and ids:
             cm = self.categories(request.app)
-            member = cm.of(scored.item_ids)[order]  # (S, G) in score order
+            member = cm.of_table(*scored.base())[order]  # (S, G) in score order
             wanted = [(cm.col[c], cfg.category_candidates) for c in liked_cats if c in cm.col]
             if every_category:  # categories the user has not turned against
                 have = cm.of(ids).any(axis=0)  # (G,)

@@ -301,7 +301,8 @@ class CooccurrenceScorer:
             else:
                 candidates = popular
                 final = pop_norm[candidates]
-            return Scored(model.id_array()[candidates], final.astype(np.float32))
+            table = model.id_array()
+            return Scored(table[candidates], final.astype(np.float32), table, candidates)
 
     def similar(self, app: str, item_id: str, n: int) -> list[tuple[str, float]]:
         with self._lock:

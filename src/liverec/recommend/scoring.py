@@ -8,6 +8,7 @@ baseline (:mod:`liverec.recommend.cooccurrence`) and the Transformer
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -19,14 +20,55 @@ from ..state import UserState
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """Scores for a candidate set: ``item_ids[k]`` has ``scores[k]`` (higher is better)."""
+    """Scores for a candidate set: ``item_ids[k]`` has ``scores[k]`` (higher is better).
+
+    A scorer whose candidates are a subset of an id table it keeps between requests says so with
+    ``table`` and ``index`` (``item_ids == table[index]``), so later stages map ids through what
+    they derived from that table once (:func:`table_positions`) instead of through every id of
+    every request. Without them, ``item_ids`` itself is the table (a scorer that scores all items
+    returns the same array each time)."""
 
     item_ids: np.ndarray  # (K,) object array of str
     scores: np.ndarray  # (K,) float32
+    table: np.ndarray | None = None  # (N,) the scorer's id table, the same object between requests
+    index: np.ndarray | None = None  # (K,) with ``table``: positions of ``item_ids`` in it
 
     @staticmethod
     def empty() -> "Scored":
         return Scored(np.empty(0, dtype=object), np.empty(0, dtype=np.float32))
+
+    def base(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(table, index) with ``item_ids == table[index]``; index ``None``: ``item_ids`` is the table."""
+        return (self.table, self.index) if self.table is not None else (self.item_ids, None)
+
+    def scores_of(self, ids: Sequence[str], default: float) -> np.ndarray:
+        """(len(ids),) float64 scores of ``ids``, ``default`` where the scorer gave none."""
+        table, index = self.base()
+        pos = table_positions(table)
+        at = np.fromiter((pos.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+        if index is not None:  # table position -> candidate position
+            inverse = np.full(len(table), -1, dtype=np.int64)
+            inverse[index] = np.arange(len(index))
+            at = np.where(at >= 0, inverse[np.maximum(at, 0)], -1)
+        return np.where(at >= 0, self.scores[np.maximum(at, 0)].astype(np.float64), default)
+
+
+_TABLES: "OrderedDict[int, tuple[np.ndarray, dict[str, int]]]" = OrderedDict()
+_TABLES_KEPT = 16
+
+
+def table_positions(table: np.ndarray) -> dict[str, int]:
+    """``{item_id: position}`` of an id table, built once per table object (tables are replaced,
+    never changed in place; the cache holds the table, so its identity is not reused)."""
+    key = id(table)
+    hit = _TABLES.get(key)
+    if hit is not None and hit[0] is table:
+        return hit[1]
+    positions = {str(i): k for k, i in enumerate(table.tolist())}
+    _TABLES[key] = (table, positions)
+    while len(_TABLES) > _TABLES_KEPT:
+        _TABLES.popitem(last=False)
+    return positions
 
 
 class Scorer(Protocol):
