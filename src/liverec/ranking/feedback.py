@@ -370,7 +370,7 @@ def adjust(
             item = item_of(app, item_id)
             if item is None:
                 continue
-            values = item.attribute_values()
+            values = item.attribute_values() if scoped else {}
             for s in scoped:
                 if s.target in values.get(s.scope, ()):
                     w = cfg.scoped_dislike if s.type == "dislike" else cfg.scoped_skip
