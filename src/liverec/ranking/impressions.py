@@ -99,16 +99,10 @@ class MemoryImpressionLog:
 class QueuedImpressionLog(ABC):
     """An SQL impression log whose ``append`` only queues: a writer thread commits queued
     impressions in batches, so the request path never waits on the database. ``flush`` (and every
-    read) waits until the queue is written. A backend says how to run its SQL.
-
-    The writer gathers: woken by the first impression of a batch, it lets ``linger_s`` pass (or
-    ``wake_at`` impressions queue) before it writes, so it takes the interpreter from request
-    threads once per batch rather than once per request, and mostly after the response is out."""
+    read) waits until the queue is written. A backend says how to run its SQL."""
 
     name = "impressions"
     placeholder = "?"  # the driver's parameter marker
-    linger_s = 0.05
-    wake_at = 2048
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # the connection
@@ -116,7 +110,6 @@ class QueuedImpressionLog(ABC):
         self._cond = threading.Condition()
         self._closed = False
         self._writing = False
-        self._urgent = False  # a reader waits: write without gathering
         self._writer = threading.Thread(target=self._run, name="impression-writer", daemon=True)
         self._writer.start()
 
@@ -141,10 +134,8 @@ class QueuedImpressionLog(ABC):
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"impression log {self.name} is closed")
-            first = not self._queue
             self._queue.extend(impressions)
-            if first or len(self._queue) >= self.wake_at:
-                self._cond.notify()
+            self._cond.notify()
 
     def _run(self) -> None:
         marks = ",".join([self.placeholder] * 5)
@@ -152,10 +143,7 @@ class QueuedImpressionLog(ABC):
         while True:
             with self._cond:
                 while not self._queue and not self._closed:
-                    self._urgent = False
                     self._cond.wait()
-                if not (self._closed or self._urgent) and len(self._queue) < self.wake_at:
-                    self._cond.wait(timeout=self.linger_s)  # gather; a reader, close or a full queue cut it short
                 if not self._queue and self._closed:
                     return
                 batch, self._queue = self._queue, []
@@ -172,9 +160,6 @@ class QueuedImpressionLog(ABC):
     def flush(self) -> None:
         """Wait until every queued impression is committed."""
         with self._cond:
-            if self._queue:
-                self._urgent = True
-                self._cond.notify_all()
             while self._queue or self._writing:
                 self._cond.wait(timeout=0.1)
 
