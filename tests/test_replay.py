@@ -158,3 +158,26 @@ def test_online_bias_follows_what_the_stream_brings(tmp_path):
     online = rank_events(model, s, window, max_len=8, device="cpu", chunk=8, bias_lr=0.1)
     assert (online[:8] == frozen[:8]).all()
     assert np.median(online[-8:]) == 0 and np.median(frozen[-8:]) > 3
+
+
+def test_replay_command_writes_the_summary_the_protocol_names(tmp_path):
+    """`liverec replay movielens PATH --out replay.json`: online, frozen and rtrec side by side, with
+    the defaults (the validation-chosen learner) but a short training."""
+    from typer.testing import CliRunner
+
+    from liverec.cli import app
+    from liverec.evaluation.replay import ReplayConfig as Defaults
+
+    assert (Defaults.cadence, Defaults.passes, Defaults.bias_lr) == (1000, 3.0, 0.03)
+    root = write_ml(tmp_path / "ml", users=30, per_user=20)
+    out = tmp_path / "out" / "replay.json"
+    res = CliRunner().invoke(app, ["replay", "movielens", str(root), "--out", str(out), "--epochs", "2", "--train-budget", "20"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(out.read_text())
+    for name in ("online", "frozen", "rtrec"):
+        assert 0.0 <= summary[name]["NDCG@10"] <= summary[name]["HR@10"] <= 1.0
+    assert summary["events"] == 30 * 20 - int(round(0.8 * 30 * 20)) and summary["events_per_second"] > 0
+    assert summary["config"]["passes"] == 3.0 and summary["config"]["finetune"]["replay_ratio"] == 0.25
+    assert out.with_suffix(".png").stat().st_size > 1000
+    bad = CliRunner().invoke(app, ["replay", "movielens", str(root), "--train-frac", "1.5"])
+    assert bad.exit_code != 0 and "--train-frac 1.5" in bad.output
