@@ -377,17 +377,17 @@ def adjust(
                     d = -w * s.decay
                     total[r] += d
                     parts.setdefault(r, []).append({"kind": "policy", "adjustment": f"{s.type}_{s.scope}", "scope": s.scope,
-                                     "target": s.target, "type": s.event_type, "delta": d})
+                                                    "target": s.target, "type": s.event_type, "delta": d})
             cats = [c for c in item.categories if c in demoted]
             if cats:
                 d = -max(demoted[c] for c in cats)
                 total[r] += d
                 parts.setdefault(r, []).append({"kind": "policy", "adjustment": "category_demote", "scope": "category",
-                                 "target": max(cats, key=lambda c: demoted[c]), "type": "skip/dislike", "delta": d})
+                                                "target": max(cats, key=lambda c: demoted[c]), "type": "skip/dislike", "delta": d})
             cats = [c for c in item.categories if c in boosted]
             if cats:
                 best = max(cats, key=lambda c: boosted[c])
                 total[r] += boosted[best]
                 parts.setdefault(r, []).append({"kind": "policy", "adjustment": "category_boost", "scope": "category",
-                                 "target": best, "type": "like/click", "delta": boosted[best]})
+                                                "target": best, "type": "like/click", "delta": boosted[best]})
     return out
