@@ -10,6 +10,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .events import MAX_ID_LEN, MAX_TEXT_LEN, EventValidationError, FieldError
+from .recommend.scoring import TableMemo
 from .store.base import Item
 
 
@@ -67,8 +68,12 @@ class CategoryMatrix:
     col: dict[str, int]
     names: list[str]
     member: np.ndarray  # (N, G) bool
-    # id table (a scorer's, the same object between requests) -> its rows here; see ``of_table``
-    _tables: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, compare=False, repr=False)
+    # a scorer's id table -> its rows here, once per table object (see ``of_table``)
+    _tables: TableMemo[np.ndarray] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        get = self.row.get
+        object.__setattr__(self, "_tables", TableMemo(lambda table: np.array([get(i, -1) for i in table.tolist()], dtype=np.int64)))
 
     def of(self, item_ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """(K, G) membership of ``item_ids`` in row order (unknown items: no category)."""
@@ -78,14 +83,8 @@ class CategoryMatrix:
     def of_table(self, table: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
         """``of(table[index])`` (``of(table)`` without an index), the table's rows looked up once
         per table object: a scorer's candidates map to categories without a pass over their ids."""
-        hit = self._tables.get(id(table))
-        if hit is None or hit[0] is not table:
-            get = self.row.get
-            hit = (table, np.array([get(i, -1) for i in table.tolist()], dtype=np.int64))
-            if len(self._tables) >= 8:
-                self._tables.clear()
-            self._tables[id(table)] = hit
-        return self._of_rows(hit[1] if index is None else hit[1][index])
+        rows = self._tables(table)
+        return self._of_rows(rows if index is None else rows[index])
 
     def _of_rows(self, rows: np.ndarray) -> np.ndarray:
         if len(self.member) == 0 or len(rows) == 0:

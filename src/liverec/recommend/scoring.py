@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Generic, Protocol, Sequence, TypeVar
 
 import numpy as np
 
@@ -53,22 +53,34 @@ class Scored:
         return np.where(at >= 0, self.scores[np.maximum(at, 0)].astype(np.float64), default)
 
 
-_TABLES: "OrderedDict[int, tuple[np.ndarray, dict[str, int]]]" = OrderedDict()
-_TABLES_KEPT = 16
+T = TypeVar("T")
 
 
-def table_positions(table: np.ndarray) -> dict[str, int]:
-    """``{item_id: position}`` of an id table, built once per table object (tables are replaced,
-    never changed in place; the cache holds the table, so its identity is not reused)."""
-    key = id(table)
-    hit = _TABLES.get(key)
-    if hit is not None and hit[0] is table:
-        return hit[1]
-    positions = {str(i): k for k, i in enumerate(table.tolist())}
-    _TABLES[key] = (table, positions)
-    while len(_TABLES) > _TABLES_KEPT:
-        _TABLES.popitem(last=False)
-    return positions
+class TableMemo(Generic[T]):
+    """What ``build`` derives from an id table, kept per table object (a scorer replaces its
+    table, never changes it in place; the memo holds the table, so its identity is not reused).
+    The ``keep`` most recent tables are kept."""
+
+    def __init__(self, build: Callable[[np.ndarray], T], keep: int = 8) -> None:
+        self._build, self._keep = build, keep
+        self._memo: OrderedDict[int, tuple[np.ndarray, T]] = OrderedDict()
+
+    def __call__(self, table: np.ndarray) -> T:
+        hit = self._memo.get(id(table))
+        if hit is not None and hit[0] is table:
+            return hit[1]
+        value = self._build(table)
+        self._memo[id(table)] = (table, value)
+        while len(self._memo) > self._keep:
+            self._memo.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._memo)
+
+
+#: ``{item_id: position}`` of an id table
+table_positions: TableMemo[dict[str, int]] = TableMemo(lambda table: {str(i): k for k, i in enumerate(table.tolist())}, keep=16)
 
 
 class Scorer(Protocol):
