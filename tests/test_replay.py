@@ -181,3 +181,18 @@ def test_replay_command_writes_the_summary_the_protocol_names(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 1000
     bad = CliRunner().invoke(app, ["replay", "movielens", str(root), "--train-frac", "1.5"])
     assert bad.exit_code != 0 and "--train-frac 1.5" in bad.output
+
+
+def test_replay_command_defaults_are_the_config_defaults():
+    """The CLI spells the replay's defaults out for --help; they must be ReplayConfig's."""
+    import inspect
+
+    from liverec.cli_realtime import replay_movielens
+
+    cfg = ReplayConfig()
+    opts = {name: p.default.default for name, p in inspect.signature(replay_movielens).parameters.items()}
+    same = {"cadence": cfg.cadence, "passes": cfg.passes, "bias_lr": cfg.bias_lr, "carry_max": cfg.carry_max,
+            "epochs": cfg.epochs, "train_budget": cfg.train_budget_s, "train_frac": cfg.train_frac, "recent": cfg.recent,
+            "lr": cfg.finetune.lr, "replay_ratio": cfg.finetune.replay_ratio, "steps": cfg.finetune.steps,
+            "significance": cfg.finetune.significance, "warmup_steps": cfg.finetune.warmup_steps, "seed": cfg.seed}
+    assert {k: opts[k] for k in same} == same
