@@ -168,3 +168,153 @@ def test_request_gap_is_served_as_it_is_evaluated() -> None:
         served[now] = sc.score_many([state], now=now)[0]
         np.testing.assert_allclose(served[now], ref, rtol=1e-5, atol=1e-5)
     assert np.abs(served[160.0] - served[1e6]).max() > 1e-3  # the time until the request matters
+
+
+# ---------------------------------------------------------------- event text off the request path
+class CountingEncoder:
+    """A HashingEncoder that records every encode call (batch sizes) and every load."""
+
+    def __init__(self, dim: int = 16) -> None:
+        self.inner = HashingEncoder(dim)
+        self.name, self.dim = self.inner.name, dim
+        self.batches: list[int] = []
+        self.loads = 0
+
+    def load(self) -> "CountingEncoder":
+        self.loads += 1
+        return self
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.batches.append(len(texts))
+        return self.inner.encode(texts)
+
+
+def _text_event(k: int, text: str, typ: str = "search") -> Event:
+    return Event(app="a", event_id=f"t{k}", user_id="u", type=typ, timestamp=500.0 + k, text=text,
+                 item_id=None if typ == "search" else "i3")
+
+
+def _with_texts(texts: list[str], typ: str = "search") -> UserState:
+    s = _state(["i1", "i2"])
+    for k, text in enumerate(texts):
+        s.apply(_text_event(k, text, typ), DEFAULT_TYPES[typ])
+    return s
+
+
+class EncodeInRequest(TransformerScorer):
+    """The reference: each event text is encoded inside the request, one text per call."""
+
+    def _event_text(self, text: str) -> np.ndarray | None:
+        return self.text_encoder.encode([text])[0]
+
+
+def test_observed_text_is_looked_up_not_encoded_in_the_request() -> None:
+    enc = CountingEncoder()
+    sc = TransformerScorer("a", _model(), ITEMS, text_encoder=enc)
+    sc.observe("a", _text_event(0, "red running shoes"))
+    sc.observe("a", _text_event(1, "red running shoes", "review"))  # known text: not encoded again
+    sc.observe("other-app", _text_event(2, "blue hat"))  # another app's event is not this model's
+    assert enc.batches == [1]
+    sc.score("a", _with_texts(["red running shoes"]), 5)
+    sc.score_many([_with_texts(["red running shoes"], "review"), None])
+    assert enc.batches == [1] and sc.text_misses == 0
+
+
+def test_scores_with_known_text_equal_encoding_in_the_request() -> None:
+    model, enc = _model(), HashingEncoder(16)
+    texts = ["pixar toys", "tax law documentary", "pixar toys"]
+    states = [_with_texts(texts), _with_texts(texts[:1], "review"), _state(["i4"]), None]
+    sc = TransformerScorer("a", model, ITEMS, text_encoder=enc)
+    assert sc.warm_texts(texts) == 2
+    served = sc.score_many(states, now=1000.0)
+    reference = EncodeInRequest("a", model, ITEMS, text_encoder=enc).score_many(states, now=1000.0)
+    np.testing.assert_array_equal(served, reference)
+    without_text = sc.score_many([_with_texts(["", "", ""])], now=1000.0)[0]
+    assert np.abs(served[0] - without_text).max() > 1e-4  # the text does reach the model
+    assert sc.text_misses == 0
+
+
+def test_unknown_text_is_not_encoded_in_the_request_and_reads_as_absent() -> None:
+    enc = CountingEncoder()
+    sc = TransformerScorer("a", _model(), ITEMS, text_encoder=enc)
+    state = _with_texts(["never observed"])
+    out = sc.score_many([state], now=1000.0)[0]
+    assert enc.batches == [] and sc.text_misses == 1
+    # the model sees the event as one without text
+    plain = sc.score_many([_with_texts([""])], now=1000.0)[0]
+    np.testing.assert_allclose(out, plain, rtol=1e-6, atol=1e-6)
+    # the missed text is encoded by the next event, off the request path, together with its own text
+    sc.observe("a", _text_event(5, "a new search"))
+    assert enc.batches == [2] and sc.text_vectors is not None and "never observed" in sc.text_vectors
+    sc.score_many([state], now=1000.0)
+    assert enc.batches == [2] and sc.text_misses == 1
+
+
+def test_warm_texts_encodes_unknown_texts_in_batches() -> None:
+    enc = CountingEncoder()
+    sc = TransformerScorer("a", _model(), ITEMS, text_encoder=enc)
+    sc.observe("a", _text_event(0, "text 3"))
+    texts = [f"text {k}" for k in range(600)] + ["text 7", ""]  # a duplicate and an empty text
+    assert sc.warm_texts(iter(texts)) == 599
+    assert enc.batches == [1, 256, 256, 87]
+    assert sc.warm_texts(texts) == 0 and len(enc.batches) == 4
+    assert sc.score_many([_with_texts(texts[:5])]).shape == (1, N_ITEMS) and sc.text_misses == 0
+    assert TransformerScorer("a", _model(text_dim=0), ITEMS, text_encoder=enc).warm_texts(texts) == 0
+
+
+def test_in_memory_text_vectors_are_bounded() -> None:
+    from liverec.model.text import TextVectorMemo
+
+    memo = TextVectorMemo(HashingEncoder(8), max_texts=10, batch_size=4)
+    memo.warm(f"t{k}" for k in range(25))
+    assert len(memo) == 10 and "t24" in memo and "t0" not in memo
+
+
+def test_text_vectors_persist_for_a_restart(tmp_path) -> None:
+    cache = tmp_path / "text_cache"
+    first = CountingEncoder()
+    sc = TransformerScorer("a", _model(), ITEMS, text_encoder=first, text_cache_dir=cache)
+    sc.warm_texts([f"text {k}" for k in range(300)])
+    sc.observe("a", _text_event(0, "observed once"))
+    assert first.batches == [256, 44, 1]
+    assert sc.save_texts() == 1 and sc.save_texts() == 0
+
+    again = CountingEncoder()  # a restarted process (or a second worker) reads them from disk
+    sc2 = TransformerScorer("a", _model(), ITEMS, text_encoder=again, text_cache_dir=cache)
+    assert sc2.warm_texts(["observed once"] + [f"text {k}" for k in range(300)]) == 301
+    assert again.batches == []
+    np.testing.assert_array_equal(sc2.score_many([_with_texts(["observed once", "text 5"])], now=1000.0),
+                                  sc.score_many([_with_texts(["observed once", "text 5"])], now=1000.0))
+
+
+def test_text_cache_writers_keep_each_others_vectors(tmp_path) -> None:
+    from liverec.model.text import TextVectorCache
+
+    enc = HashingEncoder(8)
+    a, b = TextVectorCache(tmp_path, enc), TextVectorCache(tmp_path, enc)  # two processes, same dir
+    a.put(["alpha"], enc.encode(["alpha"]))
+    a.save()
+    b.put(["beta", "gamma"], enc.encode(["beta", "gamma"]))
+    b.save()
+    merged = TextVectorCache(tmp_path, enc)
+    assert len(merged) == 3
+    np.testing.assert_array_equal(merged.get(["gamma", "alpha"]), enc.encode(["gamma", "alpha"]))
+
+
+def test_promoted_models_route_texts_and_keep_them_across_a_swap(tmp_path) -> None:
+    from liverec.model.serving import PromotedModels, load_scorer
+
+    reg = ModelRegistry.for_data_dir(tmp_path, "a")
+    reg.promote(reg.register(_model(0), ITEMS))
+    enc = CountingEncoder()
+    router = PromotedModels()
+    router.set("a", load_scorer(reg, "a", text_encoder=enc, text_cache_dir=tmp_path / "text_cache"))
+    assert enc.loads == 1  # loaded at start, not by the first request
+    assert router.warm_texts("a", ["old search", "another"]) == 2 and router.warm_texts("b", ["x"]) == 0
+    router.observe("a", _text_event(0, "new search"))
+    assert enc.batches == [2, 1]
+    reg.promote(reg.register(_model(1), ITEMS))
+    router.set("a", load_scorer(reg, "a", text_encoder=enc))  # the new version keeps the vectors
+    router.score("a", _with_texts(["old search", "new search"]), 5)
+    assert enc.batches == [2, 1] and router.by_app["a"].text_misses == 0
+    assert router.save_texts() == 1  # the observed text, encoded after the warm-up was saved

@@ -8,20 +8,24 @@ they are scored and have similar items from the first second (cold start).
 
 Several users can be scored in one forward pass (:meth:`score_many`); it gives the same scores as
 one-by-one scoring (tested).
+
+The text of search, tag and review events is encoded on the event path (:meth:`observe`) and at
+start (:meth:`warm_texts`), never inside a request: a request only looks the vectors up.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Sequence
+from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from liverec.events import Event
 from liverec.model.features import gap_bucket, type_id, value_bucket
-from liverec.model.text import TextEncoder
+from liverec.model.text import TextEncoder, TextVectorMemo
 from liverec.model.transformer import FeedbackTransformer, ModelConfig
 from liverec.recommend.scoring import Scored
 from liverec.state import UserState
@@ -38,6 +42,10 @@ class TransformerScorer:
         text_encoder: encodes search/review text of events in the sequence and the text of items
             added later (needed only when the model has text features).
         metrics: evaluation metrics of this version (for the dashboard).
+        text_cache_dir: directory of the on-disk text vector cache, so that event text encoded
+            once is reused after a restart and by other worker processes (None: memory only).
+        text_vectors: event text vectors to share with another scorer of the same encoder
+            (default: a new, empty store).
     """
 
     name = "transformer"
@@ -50,6 +58,9 @@ class TransformerScorer:
         version: str | None = None,
         text_encoder: TextEncoder | None = None,
         metrics: dict | None = None,
+        *,
+        text_cache_dir: str | Path | None = None,
+        text_vectors: TextVectorMemo | None = None,
     ) -> None:
         if len(item_ids) != model.cfg.n_items:
             raise ValueError(f"{len(item_ids)} item ids for a model of {model.cfg.n_items} items")
@@ -60,7 +71,10 @@ class TransformerScorer:
         self.version = version
         self.metrics = metrics or {}
         self.text_encoder = text_encoder
-        self._text_cache: dict[str, np.ndarray] = {}
+        self.text_vectors: TextVectorMemo | None = None
+        if text_encoder is not None and model.cfg.text_dim:
+            self.text_vectors = text_vectors if text_vectors is not None else TextVectorMemo(text_encoder, text_cache_dir)
+        self.text_misses = 0  # event texts a request found without a vector (read as absent)
         self._lock = threading.Lock()
         self._refresh()
 
@@ -73,7 +87,34 @@ class TransformerScorer:
 
     # ------------------------------------------------------------------ seam
     def observe(self, app: str, event: Event) -> None:
-        """Nothing to update per event: the request path reads the user's current state."""
+        """Encode the event's text now, on the event path, so that requests only look it up.
+
+        Texts that requests found missing are encoded in the same call. The request path reads the
+        user's current state; nothing else is kept per event.
+        """
+        if app == self.app and self.text_vectors is not None:
+            self.text_vectors.add([event.text] if event.text else [])
+
+    def warm_texts(self, texts: Iterable[str]) -> int:
+        """Make the vectors of ``texts`` known before requests need them (at start, or for a new
+        version): read from the on-disk cache, the rest encoded in batches, the cache written
+        once. Returns how many texts were not known before (0 without text features)."""
+        return self.text_vectors.warm(texts) if self.text_vectors is not None else 0
+
+    def save_texts(self) -> int:
+        """Write event text vectors not yet on disk to the on-disk cache (e.g. at shutdown)."""
+        return self.text_vectors.save() if self.text_vectors is not None else 0
+
+    def share_text_vectors(self, other: TransformerScorer) -> bool:
+        """Use ``other``'s event text vectors (a version replacing it keeps what was encoded)
+        when both encode text with the same encoder; returns whether they are shared."""
+        mine, theirs = self.text_encoder, other.text_encoder
+        if self.text_vectors is None or other.text_vectors is None or mine is None or theirs is None:
+            return False
+        if (mine.name, mine.dim) != (theirs.name, theirs.dim):
+            return False
+        self.text_vectors = other.text_vectors
+        return True
 
     def forget_user(self, app: str, events: Sequence[Event]) -> None:
         """The model keeps no per-user statistics."""
@@ -142,14 +183,17 @@ class TransformerScorer:
 
     # ------------------------------------------------------------------ inputs
     def _event_text(self, text: str) -> np.ndarray | None:
-        if self.text_encoder is None or not self.model.cfg.text_dim:
+        """The event text's vector, or None (read as an event without text); never encodes."""
+        memo = self.text_vectors
+        if memo is None:
             return None
-        vec = self._text_cache.get(text)
+        vec = memo.get(text)
         if vec is None:
-            vec = self.text_encoder.encode([text])[0]
-            if len(self._text_cache) > 100_000:
-                self._text_cache.clear()
-            self._text_cache[text] = vec
+            # Encoded by the next observe/warm call on the event path rather than by a thread of
+            # its own: nothing to start, stop or race with a version swap, and misses are rare
+            # (texts that predate this scorer, which warm_texts covers at start).
+            self.text_misses += 1
+            memo.note_miss(text)
         return vec
 
     def _arrays(self, state: UserState | None, now: float) -> tuple[np.ndarray, ...]:
@@ -213,4 +257,4 @@ class TransformerScorer:
                 state[name] = tensor
         model.load_state_dict(state)
         return TransformerScorer(self.app, model, list(self.item_ids) + [str(i) for i, _ in new], self.version,
-                                 self.text_encoder, self.metrics)
+                                 self.text_encoder, self.metrics, text_vectors=self.text_vectors)

@@ -5,12 +5,17 @@ app's promoted Transformer and answers empty for apps without one (the pipeline 
 to the co-occurrence baseline). :func:`attach_promoted` loads every app's promoted version at
 start and, with ``watch=True``, swaps in newly promoted versions while serving (the dict entry is
 replaced in one assignment; requests in flight finish on the old model).
+
+Event text (searches, tags, reviews) is encoded off the request path: the sentence encoder is
+loaded by :func:`load_scorer`, each event's text is encoded when the event is observed, and the
+texts already in user state are encoded at start with :meth:`PromotedModels.warm_texts`. A version
+swapped in keeps the vectors of the one it replaces.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from liverec.events import Event
 from liverec.model.registry import ModelRegistry, PromotionWatcher
@@ -40,10 +45,28 @@ class PromotedModels:
         return {a: s.metrics for a, s in self.by_app.items()}
 
     def set(self, app: str, scorer: TransformerScorer) -> None:
+        """Serve ``scorer`` for ``app``; it takes over the event text vectors of the scorer it
+        replaces (same encoder), so a new version needs no warm-up for texts already seen."""
+        old = self.by_app.get(app)
+        if old is not None and old is not scorer:
+            scorer.share_text_vectors(old)
         self.by_app[app] = scorer  # one assignment: in-flight requests keep the old object
 
     def observe(self, app: str, event: Event) -> None:
-        """The Transformer reads the current state at request time; nothing to count."""
+        """Hand the event to the app's scorer (which encodes its text, if any)."""
+        s = self.by_app.get(app)
+        if s is not None:
+            s.observe(app, event)
+
+    def warm_texts(self, app: str, texts: Iterable[str]) -> int:
+        """Encode (or read from the on-disk cache) the event texts ``app``'s scorer does not know
+        yet, in batches; returns how many were new (0 for an app without a model)."""
+        s = self.by_app.get(app)
+        return s.warm_texts(texts) if s is not None else 0
+
+    def save_texts(self) -> int:
+        """Write every app's event text vectors not yet on disk to the on-disk cache."""
+        return sum(s.save_texts() for s in list(self.by_app.values()))
 
     def forget_user(self, app: str, events: Sequence[Event]) -> None:
         """No per-user statistics are kept."""
@@ -57,15 +80,29 @@ class PromotedModels:
         return s.similar(app, item_id, n) if s is not None else []
 
 
+def default_text_cache_dir(data_dir: str | Path) -> Path:
+    """The data directory's text vector cache: the one training fills with item and event text."""
+    return Path(data_dir) / "text_cache"
+
+
 def load_scorer(registry: ModelRegistry, app: str, version: str | None = None,
-                text_encoder: TextEncoder | None = None) -> TransformerScorer:
-    """A :class:`TransformerScorer` for ``version`` (default: promoted) of ``registry``."""
+                text_encoder: TextEncoder | None = None,
+                text_cache_dir: str | Path | None = None) -> TransformerScorer:
+    """A :class:`TransformerScorer` for ``version`` (default: promoted) of ``registry``.
+
+    When the model has text features the encoder is loaded here, so that no request waits for
+    it. ``text_cache_dir`` keeps event text vectors on disk for a restart or another worker.
+    """
     art = registry.load(version)
     enc = text_encoder
-    if enc is None and art.model.cfg.text_dim:
-        enc = MiniLMEncoder()
+    if art.model.cfg.text_dim:
+        if enc is None:
+            enc = MiniLMEncoder()
+        load = getattr(enc, "load", None)  # encoders without weights to load need not have one
+        if callable(load):
+            load()
     return TransformerScorer(app, art.model, art.item_ids, art.manifest.get("version"), enc,
-                             art.manifest.get("validation", {}))
+                             art.manifest.get("validation", {}), text_cache_dir=text_cache_dir)
 
 
 def attach_promoted(service: "Service", watch: bool = True, interval_s: float = 2.0) -> PromotedModels | None:
@@ -74,15 +111,23 @@ def attach_promoted(service: "Service", watch: bool = True, interval_s: float = 
     Returns None (baseline stays) when no app has a promoted version and ``watch`` is off.
     """
     root = Path(service.settings.data_dir) / "models"
+    cache = default_text_cache_dir(service.settings.data_dir)
     router = PromotedModels()
     watchers: list[PromotionWatcher] = []
+
+    def swap_in(app: str, reg: ModelRegistry, version: str) -> None:
+        current = router.by_app.get(app)
+        # the loaded sentence encoder of the version being replaced serves the new one too
+        enc = current.text_encoder if current is not None else None
+        router.set(app, load_scorer(reg, app, version, text_encoder=enc, text_cache_dir=cache))
+
     apps = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
     for app in apps:
         reg = ModelRegistry(root / app)
         if reg.promoted() is not None:
-            router.set(app, load_scorer(reg, app))
+            router.set(app, load_scorer(reg, app, text_cache_dir=cache))
         if watch:
-            w = PromotionWatcher(reg, lambda v, app=app, reg=reg: router.set(app, load_scorer(reg, app, v)), interval_s)
+            w = PromotionWatcher(reg, lambda v, app=app, reg=reg: swap_in(app, reg, v), interval_s)
             w.start()
             watchers.append(w)
     if not router.by_app:
