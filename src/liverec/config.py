@@ -1,34 +1,79 @@
 """One typed settings object; every field can be set by an env var with the ``LIVEREC_`` prefix.
 
+``liverec.env.example`` lists every field with its default (``tests/test_config.py`` holds the
+two to each other).
+
 >>> Settings(data_dir="/tmp/x").store_url_resolved().startswith("sqlite:///")
 True
+>>> Settings(learner="shop, news").learner
+['shop', 'news']
+>>> Settings.env_var("ranking_config")
+'LIVEREC_RANKING_CONFIG'
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .events import DEFAULT_TYPES, EventRules, TypeSpec
 
+ENV_PREFIX = "LIVEREC_"
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LIVEREC_", extra="forbid")
+    # An empty variable (``LIVEREC_RANKING_CONFIG=``) means unset: the default, not an empty value.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", env_ignore_empty=True)
 
     data_dir: Path = Field(Path("data"), description="Where the embedded store, models and caches live.")
     store_url: str | None = Field(None, description="Backend URL; default sqlite:///<data_dir>/liverec.db.")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="Address the API listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
+    workers: int = Field(1, ge=1, description="API worker processes.")
     max_batch: int = Field(10_000, ge=1, description="Most events accepted in one POST /v1/events.")
     sequence_length: int = Field(200, ge=1, description="Recent interactions kept per user.")
-    rating_min: float = 0.0
-    rating_max: float = 5.0
+    rating_min: float = Field(0.0, description="Lowest accepted rating (inclusive).")
+    rating_max: float = Field(5.0, description="Highest accepted rating (inclusive).")
     type_weights: dict[str, float] = Field(
         default_factory=dict, description="Override per-type weights, e.g. {\"view\": 0.5}; the sign sets polarity."
     )
     scorer: str = Field("auto", description="auto (promoted model if any, else cooccurrence) | cooccurrence | transformer")
+    snapshot_interval_s: float = Field(
+        60.0, ge=0, allow_inf_nan=False,
+        description="Seconds between background snapshots of the in-memory folds; 0 = no snapshots.",
+    )
+    # NoDecode: the variable is a comma-separated list (LIVEREC_LEARNER=shop,news), not JSON.
+    learner: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Apps that run an in-process online learner; none by default."
+    )
+    learner_interval: float = Field(
+        10.0, gt=0, allow_inf_nan=False, description="Seconds between the online learner's updates."
+    )
+    learner_bias_lr: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="Per-event output-bias learning rate of the online learner; 0 = off."
+    )
+    ranking_config: Path | None = Field(
+        None, description="JSON file of per-app ranking settings (liverec.ranking.config); none = the defaults."
+    )
+    ranking_seed: int = Field(0, description="Seed of the exploration bandit.")
+
+    @classmethod
+    def env_var(cls, name: str) -> str:
+        """The environment variable that sets field ``name``."""
+        if name not in cls.model_fields:
+            raise KeyError(f"{name!r}: not a settings field; known: {', '.join(cls.model_fields)}")
+        return ENV_PREFIX + name.upper()
+
+    @field_validator("learner", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [app.strip() for app in value.split(",") if app.strip()]
+        return value
 
     @field_validator("type_weights")
     @classmethod
@@ -54,9 +99,8 @@ class Settings(BaseSettings):
         """The event type table with weight overrides applied (the sign of a weight sets its polarity)."""
         table = dict(DEFAULT_TYPES)
         for name, weight in self.type_weights.items():
-            spec = table[name]
             polarity = "positive" if weight > 0 else "negative" if weight < 0 else "neutral"
-            table[name] = TypeSpec(polarity, weight, spec.in_sequence, spec.needs_item, spec.needs_text)
+            table[name] = replace(table[name], polarity=polarity, weight=weight)
         return table
 
     def event_rules(self) -> EventRules:

@@ -5,6 +5,9 @@ one :class:`Event`. Raw input (JSON objects from HTTP, rows from files) goes thr
 :func:`parse_event` / :func:`parse_batch`, which either return events or raise
 :class:`EventValidationError` listing every problem with its field, value and what was expected.
 
+The type table (:data:`DEFAULT_TYPES`) is the one place event types are named: every role other
+modules test for (positive, scoped, kept as a like...) is a set of :class:`Vocabulary`, read from it.
+
 >>> e = parse_event({"user_id": "u1", "item_id": "i9", "type": "like"}, app="shop", now=1.0)
 >>> (e.app, e.type, e.timestamp, e.scope)
 ('shop', 'like', 1.0, 'item')
@@ -17,9 +20,25 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Literal, Mapping
+from enum import StrEnum
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 Polarity = Literal["positive", "negative", "neutral"]
+
+
+class Feedback(StrEnum):
+    """What an event says about the item (or the scope) it names, beyond its polarity: the
+    feedback the user state keeps and the ranking policy reads."""
+
+    CLICK = "click"  # a weak positive: the user opened it
+    LIKE = "like"  # the user says they like it (like, favorite)
+    ENDORSE = "endorse"  # an act that vouches for it (share, purchase); the state keeps it as a like
+    SKIP = "skip"
+    DISLIKE = "dislike"
+    BLOCK = "block"
+
+
+Reverts = Literal["event", "block"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +48,15 @@ class TypeSpec:
     ``weight`` is the strength used by counters (popularity, co-occurrence) and the sign used by
     the feedback policy; ``in_sequence`` says whether the event enters the user's behaviour
     sequence (the model's input); ``needs_item`` whether an ``item_id`` is required (for scope
-    ``item``).
+    ``item``); ``needs_text`` whether a non-empty ``text`` is; ``rated`` whether ``value`` is a
+    rating (required, within the rules' rating range). ``scoped``: the type may name a
+    ``scope`` other than ``item`` (a category, any item attribute) with its ``target``.
+    ``signal``: the feedback it gives (:class:`Feedback`), if any. ``reverts``: what it takes back,
+    ``event`` (the event whose id is its ``target``) or ``block`` (the block of the same scope and
+    target).
+
+    Only ``polarity`` and ``weight`` vary between deployments (``Settings.type_weights``); the
+    other fields are what the type means.
     """
 
     polarity: Polarity
@@ -37,28 +64,118 @@ class TypeSpec:
     in_sequence: bool = True
     needs_item: bool = True
     needs_text: bool = False
+    rated: bool = False
+    scoped: bool = False
+    signal: Feedback | None = None
+    reverts: Reverts | None = None
 
 
+# The order is part of every trained model: a type's model id is its position here (see
+# liverec.model.features), so new types go at the end.
 DEFAULT_TYPES: dict[str, TypeSpec] = {
-    "impression": TypeSpec("neutral", 0.0, in_sequence=False),
     "view": TypeSpec("positive", 1.0),
-    "click": TypeSpec("positive", 2.0),
+    "click": TypeSpec("positive", 2.0, signal=Feedback.CLICK),
     "add_to_cart": TypeSpec("positive", 3.0),
-    "purchase": TypeSpec("positive", 5.0),
+    "purchase": TypeSpec("positive", 5.0, signal=Feedback.ENDORSE),
     # A rating is an interaction (the user consumed the item); its value is model input.
-    "rating": TypeSpec("positive", 1.0),
-    "like": TypeSpec("positive", 4.0),
-    "favorite": TypeSpec("positive", 4.0),
-    "share": TypeSpec("positive", 4.0),
+    "rating": TypeSpec("positive", 1.0, rated=True),
+    "like": TypeSpec("positive", 4.0, signal=Feedback.LIKE),
+    "favorite": TypeSpec("positive", 4.0, signal=Feedback.LIKE),
+    "share": TypeSpec("positive", 4.0, signal=Feedback.ENDORSE),
     "review": TypeSpec("positive", 1.0, needs_text=True),
     "tag": TypeSpec("neutral", 0.0, needs_text=True),
-    "skip": TypeSpec("negative", -1.0),
-    "dislike": TypeSpec("negative", -3.0),
-    "block": TypeSpec("negative", -5.0),
-    "unblock": TypeSpec("neutral", 0.0, in_sequence=False),
+    "skip": TypeSpec("negative", -1.0, scoped=True, signal=Feedback.SKIP),
+    "dislike": TypeSpec("negative", -3.0, scoped=True, signal=Feedback.DISLIKE),
+    "block": TypeSpec("negative", -5.0, scoped=True, signal=Feedback.BLOCK),
     "search": TypeSpec("neutral", 0.0, needs_item=False, needs_text=True),
-    "undo": TypeSpec("neutral", 0.0, in_sequence=False, needs_item=False),
+    "impression": TypeSpec("neutral", 0.0, in_sequence=False),
+    "unblock": TypeSpec("neutral", 0.0, in_sequence=False, scoped=True, reverts="block"),
+    "undo": TypeSpec("neutral", 0.0, in_sequence=False, needs_item=False, reverts="event"),
 }
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The types of one table grouped by role: the sets a module tests an event's type against.
+
+    Polarity can differ per deployment (``Settings.types()``), so a module that is handed a type
+    table builds its own with :meth:`of`; the module-level sets (:data:`POSITIVE`,
+    :data:`LIKE_LIKE`, ...) are those of :data:`DEFAULT_TYPES`.
+
+    >>> v = Vocabulary.of({**DEFAULT_TYPES, "report": TypeSpec("negative", -4.0, scoped=True)})
+    >>> ("report" in v.negative, "report" in v.scoped, "report" in v.positive)
+    (True, True, False)
+    >>> sorted(VOCABULARY.like_like)
+    ['favorite', 'like', 'purchase', 'share']
+    """
+
+    names: frozenset[str]
+    positive: frozenset[str]
+    negative: frozenset[str]
+    neutral: frozenset[str]
+    in_sequence: frozenset[str]
+    needs_item: frozenset[str]
+    needs_text: frozenset[str]
+    rated: frozenset[str]
+    scoped: frozenset[str]  # may name a scope other than item, with a target
+    targeted: frozenset[str]  # take back what their target names (undo, unblock)
+    undoes: frozenset[str]  # revert the event whose id is the target
+    unblocks: frozenset[str]  # revert a block of the same scope and target
+    like_like: frozenset[str]  # kept as the user's likes: said (like, favorite) or implied (share, purchase)
+    likes: frozenset[str]  # the user says they like the item
+    clicks: frozenset[str]
+    skips: frozenset[str]
+    dislikes: frozenset[str]
+    blocks: frozenset[str]
+
+    @classmethod
+    def of(cls, types: Mapping[str, TypeSpec]) -> Vocabulary:
+        def where(test: Callable[[TypeSpec], bool]) -> frozenset[str]:
+            return frozenset(name for name, spec in types.items() if test(spec))
+
+        def signal(*kinds: Feedback) -> frozenset[str]:
+            return where(lambda s: s.signal in kinds)
+
+        return cls(
+            names=frozenset(types),
+            positive=where(lambda s: s.polarity == "positive"),
+            negative=where(lambda s: s.polarity == "negative"),
+            neutral=where(lambda s: s.polarity == "neutral"),
+            in_sequence=where(lambda s: s.in_sequence),
+            needs_item=where(lambda s: s.needs_item),
+            needs_text=where(lambda s: s.needs_text),
+            rated=where(lambda s: s.rated),
+            scoped=where(lambda s: s.scoped),
+            targeted=where(lambda s: s.reverts is not None),
+            undoes=where(lambda s: s.reverts == "event"),
+            unblocks=where(lambda s: s.reverts == "block"),
+            like_like=signal(Feedback.LIKE, Feedback.ENDORSE),
+            likes=signal(Feedback.LIKE),
+            clicks=signal(Feedback.CLICK),
+            skips=signal(Feedback.SKIP),
+            dislikes=signal(Feedback.DISLIKE),
+            blocks=signal(Feedback.BLOCK),
+        )
+
+
+VOCABULARY = Vocabulary.of(DEFAULT_TYPES)
+POSITIVE = VOCABULARY.positive
+NEGATIVE = VOCABULARY.negative
+NEUTRAL = VOCABULARY.neutral
+IN_SEQUENCE = VOCABULARY.in_sequence
+NEEDS_ITEM = VOCABULARY.needs_item
+NEEDS_TEXT = VOCABULARY.needs_text
+RATED = VOCABULARY.rated
+SCOPED = VOCABULARY.scoped
+TARGETED = VOCABULARY.targeted
+UNDOES = VOCABULARY.undoes
+UNBLOCKS = VOCABULARY.unblocks
+LIKE_LIKE = VOCABULARY.like_like
+LIKES = VOCABULARY.likes
+CLICKS = VOCABULARY.clicks
+SKIPS = VOCABULARY.skips
+DISLIKES = VOCABULARY.dislikes
+BLOCKS = VOCABULARY.blocks
 
 EVENT_FIELDS = (
     "event_id", "user_id", "item_id", "type", "timestamp", "value", "text", "scope", "target",
@@ -158,6 +275,11 @@ def parse_timestamp(raw: Any) -> float | None:
     return None
 
 
+def _one_of(names: list[str]) -> str:
+    """``a, b or c``."""
+    return " or ".join(filter(None, [", ".join(names[:-1]), names[-1]])) if names else "none"
+
+
 def _id(raw: Any, name: str, errors: list[FieldError], prefix: str, required: bool) -> str | None:
     if raw is None:
         if required:
@@ -215,12 +337,13 @@ def parse_event(
     item_required = spec is not None and spec.needs_item and scope == "item"
     item_id = _id(raw.get("item_id"), "item_id", errors, prefix, required=item_required)
     if spec is not None and scope != "item":
-        if type_ not in ("block", "unblock", "dislike", "skip"):
-            errors.append(FieldError(prefix + "scope", scope, f"'item' for type '{type_}' (scoped feedback is block, unblock, dislike or skip)"))
+        if not spec.scoped:
+            scoped = [name for name, s in rules.types.items() if s.scoped]
+            errors.append(FieldError(prefix + "scope", scope, f"'item' for type '{type_}' (scoped feedback is {_one_of(scoped)})"))
         elif target is None:
             errors.append(FieldError(prefix + "target", None, f"the {scope} value the {type_} applies to"))
-    if type_ == "undo" and target is None:
-        errors.append(FieldError(prefix + "target", None, "the event_id of the event to undo"))
+    if spec is not None and spec.reverts == "event" and target is None:
+        errors.append(FieldError(prefix + "target", None, f"the event_id of the event to {type_}"))
 
     event_id = _id(raw.get("event_id"), "event_id", errors, prefix, required=False)
     if event_id is None and raw.get("event_id") is None:
@@ -246,7 +369,7 @@ def parse_event(
             value = None
         else:
             value = float(value)
-    if type_ == "rating":
+    if spec is not None and spec.rated:
         if value is None and not any(e.field == prefix + "value" for e in errors):
             errors.append(FieldError(prefix + "value", None, f"a rating between {rules.rating_min:g} and {rules.rating_max:g}"))
         elif value is not None and not rules.rating_min <= value <= rules.rating_max:

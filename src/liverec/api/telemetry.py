@@ -21,7 +21,9 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
+
+from ..events import DEFAULT_TYPES, TypeSpec, Vocabulary
 
 # Requests that are the service's own work (the read and write paths); the pages, their assets
 # and the dashboard's polling are left out so that watching the service does not move its figures.
@@ -31,12 +33,6 @@ IGNORED_PREFIXES = ("/ui/", "/v1/stats", "/v1/apps", "/metrics", "/docs", "/open
 IGNORED_PATHS = ("/", "/dashboard", "/v1/users", "/v1/health", "unmatched")
 
 SERVED = "__served__"  # key of the served-impressions count inside counter snapshots
-NEGATIVE_TYPES = ("skip", "dislike", "block")
-CLICK_TYPES = ("click",)
-LIKE_TYPES = ("like", "favorite")
-# Types that are feedback on what was shown (the denominator of the negative share).
-FEEDBACK_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "like", "favorite", "share", "review",
-                  "skip", "dislike", "block")
 
 
 class CounterSource(Protocol):
@@ -86,7 +82,8 @@ class Telemetry:
 
     ``ratio_window`` smooths CTR, like rate and negative share: they are computed over the type
     counts of the last ``ratio_window`` seconds rather than one sampling interval, which holds
-    too few events to read.
+    too few events to read. ``types``: the service's event type table (its polarities decide
+    what is negative feedback); the default table if not given.
     """
 
     def __init__(
@@ -98,8 +95,10 @@ class Telemetry:
         ratio_window: float = 30.0,
         max_timings: int = 50_000,
         clock: Callable[[], float] = time.time,
+        types: Mapping[str, TypeSpec] | None = None,
     ):
         self.counters = counters
+        self.vocabulary = Vocabulary.of(DEFAULT_TYPES if types is None else types)
         self.interval = interval
         self.timing_window = timing_window
         self.ratio_window = ratio_window
@@ -180,11 +179,13 @@ class Telemetry:
         _, _, _, before = self._since(self.ratio_window if window is None else window, now)
         current = self._counts()
         delta = {k: v - before.get(k, 0) for k, v in current.items() if v - before.get(k, 0) > 0}
+        v = self.vocabulary
         impressions = delta.pop(SERVED, 0) + delta.get("impression", 0)
-        feedback = sum(delta.get(k, 0) for k in FEEDBACK_TYPES)
-        ctr = _ratio(sum(delta.get(k, 0) for k in CLICK_TYPES), impressions)
-        like_rate = _ratio(sum(delta.get(k, 0) for k in LIKE_TYPES), impressions)
-        negative = _ratio(sum(delta.get(k, 0) for k in NEGATIVE_TYPES), feedback)
+        # Feedback on what was shown: every event with a polarity (the denominator of the negative share).
+        feedback = sum(delta.get(k, 0) for k in v.positive | v.negative)
+        ctr = _ratio(sum(delta.get(k, 0) for k in v.clicks), impressions)
+        like_rate = _ratio(sum(delta.get(k, 0) for k in v.likes), impressions)
+        negative = _ratio(sum(delta.get(k, 0) for k in v.negative), feedback)
         return {
             "by_type": delta,
             "impressions": impressions,

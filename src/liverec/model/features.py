@@ -22,21 +22,20 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Event types the model knows, in a fixed order (the id is the index + 1; 0 is padding).
-EVENT_TYPES: tuple[str, ...] = (
-    "view", "click", "add_to_cart", "purchase", "rating", "like", "favorite", "share",
-    "review", "tag", "skip", "dislike", "block", "search", "impression", "unblock", "undo",
-)
+from liverec.events import DEFAULT_TYPES, IN_SEQUENCE, POSITIVE
+
+#: Event types the model knows, in the order of the default type table, which is fixed (the id
+#: is the index + 1; 0 is padding): trained models hold one embedding row per id.
+EVENT_TYPES: tuple[str, ...] = tuple(DEFAULT_TYPES)
 TYPE_IDS: dict[str, int] = {name: i + 1 for i, name in enumerate(EVENT_TYPES)}
 N_TYPES = len(EVENT_TYPES) + 2  # + padding (0) + unknown type (last id)
 UNKNOWN_TYPE = N_TYPES - 1
 
-#: Types the model is trained to predict (positive engagement with an item).
-TARGET_TYPES: frozenset[str] = frozenset(
-    {"view", "click", "add_to_cart", "purchase", "rating", "like", "favorite", "share", "review"}
-)
+#: Types the model is trained to predict (positive engagement with an item). The default table's
+#: polarity, not a deployment's: what a model predicts is fixed when it is trained.
+TARGET_TYPES: frozenset[str] = POSITIVE
 #: Types that never enter the sequence (they say nothing about the user's taste).
-NON_SEQUENCE_TYPES: frozenset[str] = frozenset({"impression", "unblock", "undo"})
+NON_SEQUENCE_TYPES: frozenset[str] = frozenset(DEFAULT_TYPES) - IN_SEQUENCE
 
 N_VALUE_BUCKETS = 12  # 0 = no value, 1..11 = 0.0, 0.5, ..., 5.0
 N_GAP_BUCKETS = 32  # 0 = first event, 1 = same second, 2.. = 2 + floor(log2(gap))

@@ -23,10 +23,11 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from ..events import Event
+from ..events import DEFAULT_TYPES, TARGETED, UNDOES, Event
 
-# Events that show the user read down to their item (the default types; a service passes all of its own).
-READ_TO = frozenset({"view", "click", "like", "favorite", "share", "purchase", "rating", "skip", "dislike", "block"})
+# Events that show the user read down to their item: every type that reacts to an item rather
+# than taking back an earlier event (undo, unblock); a service passes its own table.
+READ_TO = frozenset(DEFAULT_TYPES) - TARGETED
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,7 @@ class Examined:
     """Each user's latest slate and the items they passed over (newest last, ``per_user`` at most)."""
 
     def __init__(self, max_users: int = 100_000, per_user: int = 50, reactions: Iterable[str] = READ_TO) -> None:
-        self.reactions = frozenset(reactions) - {"undo", "unblock"}  # the app's own event types count too
+        self.reactions = frozenset(reactions) - TARGETED  # the app's own event types count too
         self.max_users = max_users
         self.per_user = per_user
         self._slates: OrderedDict[tuple[str, str], _Slate] = OrderedDict()  # least recently served first
@@ -71,7 +72,7 @@ class Examined:
         passed; ``undo`` of that reaction takes back what it showed."""
         with self._lock:
             for e in events:
-                if e.type == "undo" and e.target:
+                if e.type in UNDOES and e.target:
                     self._undo(e.app, e.user_id, e.target)
                     continue
                 if e.item_id is None or e.type not in self.reactions:

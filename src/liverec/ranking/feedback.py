@@ -39,22 +39,31 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..events import TypeSpec
+from ..events import CLICKS, DISLIKES, LIKE_LIKE, SKIPS, Feedback, TypeSpec
 from ..state import Interaction, UserState
 from ..store.base import Item
 from .config import RankingConfig
 from .examined import Passed
 from .vectors import ItemSpace
 
-POSITIVE_FEEDBACK = ("like", "favorite", "share", "purchase")
-WEAK_POSITIVE = ("click",)
+# The feedback kind an event type is read as: every type the user state keeps as a like
+# (favorite, share, purchase...) counts as a like; a click is a weaker positive.
+KIND_OF: dict[str, Feedback] = {
+    **{t: Feedback.LIKE for t in LIKE_LIKE},
+    **{t: Feedback.CLICK for t in CLICKS},
+    **{t: Feedback.DISLIKE for t in DISLIKES},
+    **{t: Feedback.SKIP for t in SKIPS},
+}
+NEGATIVE_KINDS = frozenset({Feedback.DISLIKE, Feedback.SKIP})
+POSITIVE_KINDS = frozenset({Feedback.LIKE, Feedback.CLICK})
+NEGATIVE_FEEDBACK = DISLIKES | SKIPS
 
 
 @dataclass(frozen=True, slots=True)
 class Signal:
     """One feedback fact from the state: ``type`` on (``scope``, ``target``) at ``timestamp``."""
 
-    type: str  # like | click | dislike | skip | passed (like stands for any positive feedback type)
+    type: str  # a Feedback kind (like | click | dislike | skip; like stands for every type kept as a like) or "passed"
     scope: str
     target: str
     timestamp: float
@@ -73,40 +82,37 @@ def signals(state: UserState, now: float, cfg: RankingConfig, passed: Sequence[P
     # The latest event of each kind per item: its type and id (for explanations) and position.
     seq = state.sequence
     n = len(seq)
-    latest: dict[tuple[str, str], tuple[str, str | None, int]] = {}  # (like|click|dislike|skip, item) -> (type, id, pos)
+    latest: dict[tuple[str, str], tuple[str, str | None, int]] = {}  # (kind, item) -> (type, id, pos)
     for pos, inter in enumerate(seq):  # oldest -> newest
         if inter.item_id is None:
             continue
-        if inter.type in POSITIVE_FEEDBACK:
-            latest[("like", inter.item_id)] = (inter.type, inter.event_id, pos)
-        elif inter.type in WEAK_POSITIVE:
-            latest[("click", inter.item_id)] = (inter.type, inter.event_id, pos)
-        elif inter.type in ("dislike", "skip"):
-            latest[(inter.type, inter.item_id)] = (inter.type, inter.event_id, pos)
+        kind = KIND_OF.get(inter.type)
+        if kind is not None:
+            latest[(kind, inter.item_id)] = (inter.type, inter.event_id, pos)
 
     def newer(pos: int) -> int:  # events after position ``pos`` (an event trimmed from the sequence: all of them)
         return n - 1 - pos if pos >= 0 else n
 
     out: list[Signal] = []
     for item, t in state.liked.items():
-        etype, eid, pos = latest.get(("like", item), ("like", None, -1))
-        out.append(Signal("like", "item", item, t, cfg.decay(now - t) * cfg.recency(newer(pos)), etype, eid, pos))
+        etype, eid, pos = latest.get((Feedback.LIKE, item), (Feedback.LIKE.value, None, -1))
+        out.append(Signal(Feedback.LIKE, "item", item, t, cfg.decay(now - t) * cfg.recency(newer(pos)), etype, eid, pos))
     for (kind, item), (etype, eid, pos) in latest.items():
-        if kind != "click" or item in state.liked:
+        if kind != Feedback.CLICK or item in state.liked:
             continue
-        later_negative = max(latest.get(("dislike", item), ("", None, -1))[2], latest.get(("skip", item), ("", None, -1))[2])
+        later_negative = max(latest.get((k, item), ("", None, -1))[2] for k in NEGATIVE_KINDS)
         if later_negative > pos:  # clicked, then skipped or disliked: the negative stands
             continue
         t = seq[pos].timestamp
-        out.append(Signal("click", "item", item, t, cfg.decay(now - t) * cfg.recency(newer(pos)), etype, eid, pos))
-    for kind, table in (("dislike", state.disliked), ("skip", state.skipped)):
+        out.append(Signal(Feedback.CLICK, "item", item, t, cfg.decay(now - t) * cfg.recency(newer(pos)), etype, eid, pos))
+    for kind, table in ((Feedback.DISLIKE, state.disliked), (Feedback.SKIP, state.skipped)):
         for (scope, target), t in table.items():
             if scope == "item":
                 _, eid, pos = latest.get((kind, target), (kind, None, -1))
                 w = cfg.decay(now - t) * cfg.recency(newer(pos))
             else:
                 eid, w, pos = None, cfg.decay(now - t), -1
-            out.append(Signal(kind, scope, target, t, w, kind, eid, pos))
+            out.append(Signal(kind, scope, target, t, w, kind.value, eid, pos))
     out.sort(key=lambda s: -s.timestamp)
     out = out[: cfg.max_signals]
     if passed and cfg.max_passed > 0 and (cfg.passed_item > 0 or cfg.passed_mass > 0):
@@ -216,7 +222,7 @@ def summarise(app: str, state: UserState | None, now: float, cfg: RankingConfig,
     if stale is not None and cfg.streak_forget < 1.0 and stale.categories:
         forgotten = []
         for sig in sigs:
-            if sig.type in ("like", "click") and sig.scope == "item" and sig.pos < stale.before:
+            if sig.type in POSITIVE_KINDS and sig.scope == "item" and sig.pos < stale.before:
                 item = item_of(app, sig.target)
                 if item is not None and stale.categories.intersection(item.categories):
                     sig = replace(sig, decay=sig.decay * cfg.streak_forget)
@@ -226,9 +232,9 @@ def summarise(app: str, state: UserState | None, now: float, cfg: RankingConfig,
     positive: dict[str, float] = {}
     negative: dict[str, float] = {}
     negatives: dict[str, int] = {}
-    disliked: set[str] = {sig.target for sig in sigs if sig.type == "dislike" and sig.scope == "category"}
-    masses = {"like": cfg.like_mass, "click": cfg.click_mass, "dislike": -cfg.dislike_mass, "skip": -cfg.skip_mass,
-              "passed": -cfg.passed_mass}
+    disliked: set[str] = {sig.target for sig in sigs if sig.type == Feedback.DISLIKE and sig.scope == "category"}
+    masses = {Feedback.LIKE: cfg.like_mass, Feedback.CLICK: cfg.click_mass, Feedback.DISLIKE: -cfg.dislike_mass,
+              Feedback.SKIP: -cfg.skip_mass, "passed": -cfg.passed_mass}
     for sig in sigs:
         if sig.scope != "item":
             continue
@@ -241,9 +247,9 @@ def summarise(app: str, state: UserState | None, now: float, cfg: RankingConfig,
             if sig.type != "passed":  # reading past an item is evidence for exploration, not a verdict
                 net[c] = net.get(c, 0.0) + mass
             side[c] = side.get(c, 0.0) + abs(mass)
-            if sig.type in ("dislike", "skip"):
+            if sig.type in NEGATIVE_KINDS:
                 negatives[c] = negatives.get(c, 0) + 1
-            if sig.type == "dislike":
+            if sig.type == Feedback.DISLIKE:
                 disliked.add(c)
     demoted = {
         c: cfg.category_demote * min(1.0, -net[c] / (cfg.category_repeat * cfg.skip_mass))
@@ -263,9 +269,9 @@ def recent_positives(state: UserState, k: int) -> list[tuple[str, float]]:
     for inter in reversed(state.sequence):  # newest first
         if inter.item_id is None or inter.item_id in out or inter.item_id in negative:
             continue
-        if inter.type in WEAK_POSITIVE:
+        if inter.type in CLICKS:
             out[inter.item_id] = inter.timestamp
-        elif inter.type in ("dislike", "skip"):
+        elif inter.type in NEGATIVE_FEEDBACK:
             negative.add(inter.item_id)
         if len(out) >= k + len(state.liked):
             break
@@ -341,11 +347,11 @@ def adjust(
             col = near[j]
             if own is not None:
                 col[own] = 0.0
-            if s.type == "like":
+            if s.type == Feedback.LIKE:
                 w, self_w, name = cfg.like_boost, 0.0, "like_boost"
-            elif s.type == "click":
+            elif s.type == Feedback.CLICK:
                 w, self_w, name = cfg.click_boost, 0.0, "click_boost"
-            elif s.type == "dislike":
+            elif s.type == Feedback.DISLIKE:
                 w, self_w, name = -cfg.dislike_neighbour, -cfg.dislike_item, "dislike_demote"
             elif s.type == "passed":
                 w, self_w, name = 0.0, -cfg.passed_item, "passed_over"
@@ -373,7 +379,7 @@ def adjust(
             values = item.attribute_values() if scoped else {}
             for s in scoped:
                 if s.target in values.get(s.scope, ()):
-                    w = cfg.scoped_dislike if s.type == "dislike" else cfg.scoped_skip
+                    w = cfg.scoped_dislike if s.type == Feedback.DISLIKE else cfg.scoped_skip
                     d = -w * s.decay
                     total[r] += d
                     parts.setdefault(r, []).append({"kind": "policy", "adjustment": f"{s.type}_{s.scope}", "scope": s.scope,

@@ -80,7 +80,7 @@ def explain_history(
             continue
         seen.add(inter.item_id)
         w = max(spec.weight, 1.0) / 5.0 * (0.95 ** len(hist))
-        if inter.type == "rating" and inter.value is not None:
+        if spec.rated and inter.value is not None:
             w *= inter.value / 5.0
         hist.append((inter.item_id, inter.type, inter.event_id, w))
         if len(hist) >= recent:
