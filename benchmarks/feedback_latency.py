@@ -28,6 +28,7 @@ import numpy as np
 from liverec.config import Settings
 from liverec.evaluation.report import machine
 from liverec.events import Event
+from liverec.runtime.compose import build_service
 from liverec.service import Service
 from liverec.store import open_store
 from liverec.store.base import Item
@@ -66,13 +67,13 @@ def synthetic(n_items: int = 400, n_users: int = 200, per_user: int = 20, seed: 
     return items, events
 
 
-def build_service(data_dir: Path, items: list[Item], events: list[Event]) -> Service:
+def prepared_service(data_dir: Path, items: list[Item], events: list[Event]) -> Service:
     store = open_store(Settings(data_dir=data_dir).store_url_resolved())
     store.catalog.upsert(items)
     for s in range(0, len(events), 50_000):
         store.events.append(events[s:s + 50_000])
     store.close()
-    service = Service(Settings(data_dir=data_dir))
+    service = build_service(Settings(data_dir=data_dir))
     service.start()
     return service
 
@@ -206,7 +207,7 @@ def main() -> None:
     items, events = load_ml(args.data, args.events) if args.data else synthetic()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        service = build_service(Path(tmp) / "data", items, events)
+        service = prepared_service(Path(tmp) / "data", items, events)
         setup = time.perf_counter() - t0
         lat = latency_trials(service, args.latency_trials, args.seed)
         streak = streak_trials(service, args.streak_trials, args.seed + 2)

@@ -106,10 +106,10 @@ def main() -> None:
         proc.wait(30)
 
     from liverec.config import Settings
-    from liverec.service import Service
+    from liverec.runtime.compose import build_service
 
     s0 = time.perf_counter()
-    service = Service(Settings(data_dir=data_dir, scorer="cooccurrence"))
+    service = build_service(Settings(data_dir=data_dir, scorer="cooccurrence"))
     service.start()
     restart_s = time.perf_counter() - s0
     local_lat = []

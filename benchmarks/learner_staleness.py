@@ -32,11 +32,19 @@ import pandas as pd
 from liverec.config import Settings
 from liverec.evaluation.report import machine
 from liverec.events import Event
-from liverec.learning import LearnerConfig, attach
+from liverec.learning import LearnerConfig, Learners
 from liverec.model.artifacts import load_artifact
 from liverec.model.registry import ModelRegistry
+from liverec.runtime.compose import build_service
+from liverec.runtime.models import ModelServer
 from liverec.service import Service
 from liverec.store.base import Item
+
+
+def attach(service: Service, app: str, cfg: LearnerConfig, start: bool = False):
+    """Serve ``app``'s promoted model now and add an online learner over it."""
+    service.component(ModelServer).load(app)
+    return service.component(Learners).add(app, cfg, start=start)
 
 
 def initial_model(path: Path) -> tuple[Any, list[str], dict]:
@@ -85,7 +93,7 @@ def main() -> None:
 
     df, items = load(args.data)
     tmp = Path(tempfile.mkdtemp(prefix="staleness-"))
-    svc = Service(Settings(data_dir=tmp / "data"))
+    svc = build_service(Settings(data_dir=tmp / "data"))
     svc.start()
     svc.store.catalog.upsert(items)
     for it in items:

@@ -176,7 +176,6 @@ def test_telemetry_reads_negative_feedback_from_the_service_table():
 # Modules allowed to spell out several event types together, and why.
 LITERAL_TYPE_GROUPS_ALLOWED = {
     "events.py": "the type table itself",
-    "state.py": "its fold still names the like-like types; to be read from liverec.events",
     "demo.py": "the demo's simulated users choose which events to send",
 }
 

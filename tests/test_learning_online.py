@@ -11,12 +11,14 @@ import torch
 
 from liverec.config import Settings
 from liverec.events import Event
-from liverec.learning import FineTuneConfig, LearnerConfig, attach
+from liverec.learning import FineTuneConfig, LearnerConfig, Learners
 from liverec.model.registry import ModelRegistry
 from liverec.model.scorer import TransformerScorer
 from liverec.model.data import Sequences
 from liverec.model.train import TrainConfig, train
 from liverec.model.transformer import FeedbackTransformer, ModelConfig
+from liverec.runtime.compose import build_service
+from liverec.runtime.models import ModelServer
 from liverec.service import Service
 from liverec.store.base import Item
 
@@ -26,9 +28,15 @@ N_ITEMS = 30
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def attach(service: Service, app: str, cfg: LearnerConfig, start: bool = False):
+    """Serve ``app``'s promoted model now and add an online learner over it."""
+    service.component(ModelServer).load(app)
+    return service.component(Learners).add(app, cfg, start=start)
+
+
 @pytest.fixture
 def service(tmp_path):
-    svc = Service(Settings(data_dir=tmp_path / "data"))
+    svc = build_service(Settings(data_dir=tmp_path / "data"))
     svc.start()
     svc.store.catalog.upsert([Item("default", f"m{k}", f"Movie {k}", "", (f"g{k % 3}",)) for k in range(N_ITEMS + 1)])
     for k in range(N_ITEMS + 1):

@@ -9,6 +9,8 @@ from liverec.config import Settings
 from liverec.model.registry import ModelRegistry
 from liverec.model.service_data import train_from_service
 from liverec.model.serving import PromotedModels
+from liverec.runtime.compose import build_service
+from liverec.runtime.models import ModelServer
 from liverec.service import Service
 
 torch.set_num_threads(1)
@@ -28,7 +30,7 @@ def _events(n_users: int = 30, n_items: int = 15) -> list[dict]:
 
 def test_promoted_model_serves_and_reflects_new_events(tmp_path) -> None:
     settings = Settings(data_dir=tmp_path / "data")
-    svc = Service(settings)
+    svc = build_service(settings)
     svc.start()
     svc.ingest("shop", _events())
     svc.close()
@@ -38,7 +40,7 @@ def test_promoted_model_serves_and_reflects_new_events(tmp_path) -> None:
     reg.promote(v1)
     assert reg.list()[0]["metrics"]["HR@10"] >= 0.0
 
-    svc = Service(settings)
+    svc = build_service(settings)
     svc.start()
     try:
         assert isinstance(svc.pipeline.scorer, PromotedModels)
@@ -55,8 +57,7 @@ def test_promoted_model_serves_and_reflects_new_events(tmp_path) -> None:
         # a newly promoted version is picked up while serving
         v2 = train_from_service(settings.data_dir, "shop", {**RECIPE, "epochs": 1}, seed=1, progress=False)
         reg.promote(v2)
-        for w in svc.model_watchers:
-            w.check()
+        svc.component(ModelServer).check()
         assert svc.pipeline.scorer.by_app["shop"].version == v2
         assert svc.recommend("shop", "u1", n=5)["scorer"] == "transformer"
     finally:

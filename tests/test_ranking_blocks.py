@@ -18,7 +18,7 @@ def _bench():
 def test_no_block_violations_in_randomized_trials(tmp_path):
     bench = _bench()
     items, events = bench.synthetic(n_items=200, n_users=60, per_user=15, seed=1)
-    service = bench.build_service(tmp_path / "data", items, events)
+    service = bench.prepared_service(tmp_path / "data", items, events)
     try:
         lat = bench.latency_trials(service, trials=30, seed=3)
         assert lat["not_reflected"] == 0 and lat["trials"] == 30

@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from liverec.config import Settings
+from liverec.runtime.compose import build_service
 from liverec.service import Service
 from liverec.state import StateStore
 
@@ -36,14 +37,14 @@ def raw_events(draw):
 def test_live_apply_equals_rebuild_after_restart(tmp_path_factory, batches, apps):
     data_dir = tmp_path_factory.mktemp("fold")
     config = Settings(data_dir=data_dir, sequence_length=4)
-    live = Service(config)
+    live = build_service(config)
     live.start()
     for batch, app in zip(batches, apps):
         live.ingest(app, batch)
     expected = live.state.snapshot()
     live.close()
 
-    restarted = Service(config)
+    restarted = build_service(config)
     restarted.start()
     assert restarted.state.snapshot() == expected
     restarted.close()

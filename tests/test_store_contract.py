@@ -101,16 +101,16 @@ def test_batch_is_all_or_nothing(store):
 
 def test_service_restart_on_backend_rebuilds_the_same_state(store, tmp_path):
     from liverec.config import Settings
-    from liverec.service import Service
+    from liverec.runtime.compose import build_service
 
     settings = Settings(data_dir=tmp_path)
-    live = Service(settings, store=store)
+    live = build_service(settings, store=store)
     live.start()
     live.ingest("a", [{"user_id": "u", "item_id": f"i{k}", "type": "view", "timestamp": k} for k in range(5)])
     live.ingest("a", [{"user_id": "u", "type": "block", "scope": "category", "target": "X", "timestamp": 9}])
     expected = live.state.snapshot()
     recs = live.recommend("a", "v", 3)
-    restarted = Service(settings, store=store)
+    restarted = build_service(settings, store=store)
     restarted.start()
     assert restarted.state.snapshot() == expected
     assert restarted.recommend("a", "v", 3)["items"] == recs["items"]

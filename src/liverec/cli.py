@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
@@ -34,13 +35,10 @@ def _settings(data_dir: Path, store: Optional[str] = None, **extra) -> Settings:
     return Settings(**values)
 
 
-def _serve(settings: Settings, progress: bool = True) -> None:
-    import uvicorn
+def _serve(settings: Settings, progress: bool = True, workers: int = 1) -> None:
+    from .runtime.workers import serve as serve_workers
 
-    from .api.app import create_app
-
-    api = create_app(settings, progress=progress)
-    uvicorn.run(api, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    serve_workers(settings, workers, progress)
 
 
 @app.command()
@@ -49,11 +47,12 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Bind address."),
     port: int = typer.Option(8000, help="Port."),
     store: Optional[str] = StoreOpt,
+    workers: int = typer.Option(1, "--workers", min=1, help="API worker processes (each follows the shared log)."),
 ) -> None:
     """Run the HTTP service (API at /v1, docs at /docs)."""
     settings = _settings(data_dir, store, host=host, port=port)
-    console.print(f"liverec serving {settings.store_url_resolved()} on http://{host}:{port}")
-    _serve(settings)
+    console.print(f"liverec serving {settings.store_url_resolved()} on http://{host}:{port} with {workers} worker(s)")
+    _serve(settings, workers=workers)
 
 
 @contextmanager
@@ -125,20 +124,28 @@ def demo(
     port: int = typer.Option(8000),
     items: int = typer.Option(3000, help="Catalog size."),
     users: int = typer.Option(400, help="Simulated users."),
+    train_budget: Optional[float] = typer.Option(
+        None, "--train-budget", min=1.0, help="Most seconds of model training on first start (default 90)."),
 ) -> None:
-    """Generate a demo catalog and users (first run), then serve them and print the URL."""
-    from .demo import DemoConfig, load_demo
-    from .store import open_store
+    """Generate a demo catalog and users and train a Transformer on them (first run), then serve
+    them with the online learner on and print the URL."""
+    from .demo import DemoConfig, enable_demo_learner, prepare_demo
 
+    cfg = DemoConfig(items=items, users=users)
+    # The settings (and the service built from them) read the learner's environment variables
+    # when they are built, so they are set first.
+    learner = enable_demo_learner(cfg.app)
     settings = _settings(data_dir, host=host, port=port)
-    s = open_store(settings.store_url_resolved())
-    try:
-        if s.events.count() == 0:
-            console.print("generating the demo catalog and simulated users ...")
-            counts = load_demo(s, DemoConfig(items=items, users=users))
-            console.print(f"demo data: {counts['items']} items, {counts['events']} events")
-    finally:
-        s.close()
+    started = time.perf_counter()
+    setup = prepare_demo(settings, cfg, {"time_budget_s": train_budget} if train_budget else None,
+                         say=lambda line: console.print(line, highlight=False))
+    if setup.trained:
+        console.print(f"first start: data and model ready in {time.perf_counter() - started:.0f} s")
+    else:
+        console.print(f"serving the promoted model {setup.version} (no training needed)")
+    if learner["LIVEREC_LEARNER"]:
+        console.print(f"online learner on for app(s) {learner['LIVEREC_LEARNER']}, "
+                      f"updating every {learner['LIVEREC_LEARNER_INTERVAL']} s as events arrive")
     console.print(f"[bold green]liverec demo:[/bold green] open http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
     typer.echo(f"http://{host}:{port}/", file=sys.stdout)
     _serve(settings)

@@ -1,11 +1,15 @@
-"""The service core: the event path and the request path, wired together.
+"""The service core: the event path and the request path over one shared log.
 
-Event path: validate -> event log append (durable, idempotent) -> user state apply -> scorer
-observe -> listeners (online learner) -> acknowledged. The whole path runs under one write lock,
-so the next request for that user, arriving after the acknowledgement, reads a state that
-already holds the event (read-your-writes).
+Event path: validate -> event log append (durable, idempotent) -> acknowledged once the process's
+folds have caught up with the log (user state, scorer counters, listeners such as reward tracking
+and the online learner), so the next request for that user reflects the event.
 
-Request path: user state (as it is now) -> scorer -> policy -> ranker -> response.
+Request path: catch up with the log (one cheap query when nothing is new: events acknowledged by
+*another* process are reflected too) -> user state as published (no lock: states are
+copy-on-write) -> scorer -> policy -> ranking stages -> response.
+
+Every collaborator is built and wired by :func:`liverec.runtime.compose.build_service`; this
+module only runs the two paths.
 """
 
 from __future__ import annotations
@@ -14,16 +18,16 @@ import gc
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 from .catalog import CatalogIndex, parse_item, parse_items
 from .config import Settings
 from .events import Event, EventRules, EventValidationError, FieldError, parse_batch
 from .recommend.cooccurrence import CooccurrenceScorer
-from .recommend.pipeline import Pipeline, Policy, RecommendRequest
-from .recommend.scoring import Scorer
+from .recommend.pipeline import Pipeline, RecommendRequest
+from .runtime.follower import LogFollower
 from .state import StateStore
-from .store import Store, open_store
+from .store import Change, Store
 
 
 class BatchTooLarge(ValueError):
@@ -34,7 +38,7 @@ class BatchTooLarge(ValueError):
 
 @dataclass
 class Counters:
-    """Plain counters the metrics endpoint and the dashboard read."""
+    """Plain counters the metrics endpoint and the dashboard read (this process's share)."""
 
     events_accepted: int = 0
     events_duplicate: int = 0
@@ -44,41 +48,84 @@ class Counters:
     by_type: dict[str, int] = field(default_factory=dict)
 
 
-class Service:
-    """Everything behind the HTTP API; usable in-process (benchmarks, tests, evaluation)."""
+class Component(Protocol):
+    """Something that runs beside the two paths (model watchers, learners, snapshot writer)."""
 
-    def __init__(self, settings: Settings, store: Store | None = None, scorer: Scorer | None = None):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Service:
+    """Everything behind the HTTP API; usable in-process (benchmarks, tests, evaluation).
+
+    Build it with :func:`liverec.runtime.compose.build_service`; ``start`` folds the log (or
+    loads the newest snapshot and folds the log after it) and starts the components.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        catalog: CatalogIndex,
+        state: StateStore,
+        baseline: CooccurrenceScorer,
+        pipeline: Pipeline,
+        ranking: Any,
+        listeners: list[Callable[[list[Event]], None]],
+        components: list[Component] | None = None,
+        restore: Callable[["Service"], tuple[int, int] | None] | None = None,
+    ):
         self.settings = settings
         self.rules: EventRules = settings.event_rules()
-        self.store = store or open_store(settings.store_url_resolved())
-        self.catalog = CatalogIndex()
-        self.state = StateStore(self.rules.types, settings.sequence_length, user_events=self.store.events.user_events)
-        self.baseline = CooccurrenceScorer(types=self.rules.types)
-        self.pipeline = Pipeline(
-            history=self.state.get,
-            scorer=scorer or self.baseline,
-            policy=Policy(self.catalog.get),
-            fallback=self.baseline,
-        )
-        # Ranking stages after the hard filters: feedback policy, diversity, exploration, `because`.
-        from .ranking import build_ranking, open_impressions
-
-        impressions = open_impressions(self.settings.store_url_resolved(), settings.data_dir)
-        self.ranking = build_ranking(
-            self.catalog, lambda: self.pipeline.scorer, self._similar_pairs, self.rules.types, impressions,
-            pairs=self.baseline.pair_similarity,
-        )
-        self.pipeline.ranking = self.ranking
+        self.store = store
+        self.catalog = catalog
+        self.state = state
+        self.baseline = baseline
+        self.pipeline = pipeline
+        self.ranking = ranking
+        self.listeners = listeners
+        self.components = components or []
+        self._restore = restore
         self.counters = Counters()
-        self.listeners: list[Callable[[list[Event]], None]] = [self.ranking.observe]
-        self._write = threading.Lock()
+        self._count_lock = threading.Lock()
+        self.follower = LogFollower(store.events, self._apply_events, self._apply_change)
+        self._forget: dict[tuple[str, str], list[Event]] = {}  # exact forgets of this process's deletions
+        self._rebuilds: set[str] = set()  # apps whose counters are being rebuilt after a remote deletion
         self.started_at = time.time()
         self.ready = False
 
+    def scorer_name(self, app: str) -> str:
+        """The name of the scorer that answers ``app`` now (the fallback's when the main scorer
+        has no model for it)."""
+        return self.pipeline.scorer_for(app).name
+
+    def component(self, kind: type) -> Any:
+        """The running component of ``kind`` (e.g. the model server), or ``None``."""
+        return next((c for c in self.components if isinstance(c, kind)), None)
+
     # ---- start-up ---------------------------------------------------------------------------
     def start(self, progress: bool = False) -> None:
-        """Load the catalog and fold the whole event log into state and the baseline scorer."""
-        self.catalog.load(self.store.catalog.scan())
+        """Load the catalog, restore the folds (snapshot + log tail, or the whole log), start
+        the components."""
+        restored = self._restore(self) if self._restore is not None else None
+        if restored is None:
+            heads = self.store.events.heads()  # fold exactly up to here; the follower takes over after
+            self.catalog.load(self.store.catalog.scan())
+            self._fold_log(heads[0], progress)
+            self.follower.event_seq, self.follower.change_seq = heads
+        else:
+            self.follower.event_seq, self.follower.change_seq = restored
+        self.follower.catch_up()
+        # Millions of long-lived objects now exist; keep the cyclic collector from re-walking them
+        # on every full collection (those pauses show up as request-latency tails).
+        gc.collect()
+        gc.freeze()
+        for component in self.components:
+            component.start()
+        self.ready = True
+
+    def _fold_log(self, upto: int, progress: bool) -> None:
         total = self.store.events.count()
         events: list[Event] = []
         bar = None
@@ -86,7 +133,9 @@ class Service:
             from tqdm import tqdm
 
             bar = tqdm(total=total, desc="rebuilding state", unit="ev", unit_scale=True)
-        for _, event in self.store.events.scan():
+        for seq, event in self.store.events.scan():
+            if seq > upto:
+                break
             events.append(event)
             if bar is not None and len(events) % 10_000 == 0:
                 bar.update(10_000)
@@ -95,22 +144,56 @@ class Service:
             bar.close()
         self.baseline.rebuild(events)
         self.state.rebuild(events)
-        del events
-        # Millions of long-lived objects now exist; keep the cyclic collector from re-walking them
-        # on every full collection (those pauses show up as request-latency tails).
-        gc.collect()
-        gc.freeze()
-        # The promoted Transformer of each app (liverec train / liverec models promote), if any;
-        # newly promoted versions are swapped in while serving.
-        if self.settings.scorer in ("auto", "transformer"):
-            from .model.serving import attach_promoted
 
-            attach_promoted(self)
-        # In-process online learners for the apps LIVEREC_LEARNER names (none by default).
-        from .learning import attach_from_env
+    # ---- folds: what the follower hands over, in commit order ----------------------------------
+    def _apply_events(self, events: list[Event]) -> None:
+        self.state.apply_batch(events)
+        scorer = self.pipeline.scorer
+        for event in events:
+            self.baseline.observe(event.app, event)
+            if scorer is not self.baseline:
+                scorer.observe(event.app, event)
+        for listener in self.listeners:
+            listener(events)
 
-        self.learners = attach_from_env(self)
-        self.ready = True
+    def _apply_change(self, change: Change) -> None:
+        if change.kind == "item":
+            item = self.store.catalog.get(change.app, change.key)
+            if item is not None:
+                self.catalog.put(item)
+        elif change.kind == "user_deleted":
+            key = (change.app, change.key)
+            self.state.delete(*key)
+            events = self._forget.pop(key, None)
+            if events is not None:  # deleted here: subtract exactly what the events added
+                self.baseline.forget_user(change.app, events)
+                if self.pipeline.scorer is not self.baseline:
+                    self.pipeline.scorer.forget_user(change.app, events)
+            else:  # deleted by another process: the events are gone, so refold the counters
+                self._rebuild_counters(change.app)
+
+    def _rebuild_counters(self, app: str) -> None:
+        """Refold ``app``'s co-occurrence counters from the log in the background, then swap them
+        in with the events that arrived meanwhile (other reads see the old counters until then)."""
+        if app in self._rebuilds:
+            return
+        self._rebuilds.add(app)
+        upto = self.follower.event_seq
+
+        def run() -> None:
+            try:
+                fresh = CooccurrenceScorer(self.baseline.config, self.rules.types)
+                fresh.rebuild(e for s, e in self.store.events.scan(app) if s <= upto)
+                with self.follower.lock:
+                    for s, e in self.store.events.scan(app, after_seq=upto):
+                        if s > self.follower.event_seq:
+                            break
+                        fresh.observe(app, e)
+                    self.baseline.adopt(app, fresh)
+            finally:
+                self._rebuilds.discard(app)
+
+        threading.Thread(target=run, name=f"liverec-refold-{app}", daemon=True).start()
 
     # ---- event path -------------------------------------------------------------------------
     def ingest(self, app: str, raws: list[Any], single: bool = False) -> dict[str, int]:
@@ -130,16 +213,11 @@ class Service:
 
     def ingest_events(self, events: list[Event]) -> dict[str, int]:
         """Store already-validated events and apply them; the return is the acknowledgement."""
-        with self._write:
-            result = self.store.events.append(events)
+        result = self.store.events.append(events)  # durable once this returns
+        self.follower.catch_up()  # this process's folds now hold them (and whatever came before)
+        with self._count_lock:
             for event in result.accepted:
-                self.state.apply(event)
-                self.baseline.observe(event.app, event)
-                if self.pipeline.scorer is not self.baseline:
-                    self.pipeline.scorer.observe(event.app, event)
                 self.counters.by_type[event.type] = self.counters.by_type.get(event.type, 0) + 1
-            for listener in self.listeners:
-                listener(result.accepted)
             self.counters.events_accepted += len(result.accepted)
             self.counters.events_duplicate += result.duplicates
         return {"accepted": len(result.accepted), "duplicates": result.duplicates}
@@ -152,25 +230,25 @@ class Service:
         self._store_items([parse_item(raw, app=app, item_id=item_id)])
 
     def _store_items(self, items: list) -> int:
-        with self._write:
-            written = self.store.catalog.upsert(items)
-            for item in items:
-                self.catalog.put(item)
+        written = self.store.catalog.upsert(items)
+        self.follower.catch_up()
         return written
 
     def delete_user(self, app: str, user_id: str) -> dict[str, Any]:
         """Delete the user's events and state in ``app``; returns a receipt with counts."""
-        with self._write:
-            events = self.store.events.user_events(app, user_id)
-            deleted = self.store.events.delete_user(app, user_id)
-            had_state = self.state.delete(app, user_id)
-            self.baseline.forget_user(app, events)
-            if self.pipeline.scorer is not self.baseline:
-                self.pipeline.scorer.forget_user(app, events)
+        with self.follower.lock:
+            self.follower.catch_up()
+            applied = self.follower.event_seq
+            removed = self.store.events.remove_user(app, user_id)
+            # events committed by others after our catch-up were never folded here: nothing to subtract
+            self._forget[(app, user_id)] = [e for seq, e in removed if seq <= applied]
+            had_state = self.state.get(app, user_id) is not None
+            self.follower.catch_up()  # applies the deletion: state dropped, counters subtracted
+            self._forget.pop((app, user_id), None)
         return {
             "app": app,
             "user_id": user_id,
-            "events_deleted": deleted,
+            "events_deleted": len(removed),
             "state_deleted": had_state,
             "deleted_at": time.time(),
         }
@@ -190,11 +268,12 @@ class Service:
         request = RecommendRequest(
             app, user_id, n, frozenset(exclude), frozenset(categories), include_consumed, diversity, explore
         )
-        with self.state.lock:  # a consistent view of this user's state while scoring
-            recs, scorer_name = self.pipeline.recommend(request)
-        self.counters.recommendations += 1
-        if user_id is not None:
-            self.counters.impressions += len(recs)
+        self.follower.catch_up()  # read-your-writes: whatever any process acknowledged is folded
+        recs, scorer_name = self.pipeline.recommend(request)  # reads a published state: no lock
+        with self._count_lock:
+            self.counters.recommendations += 1
+            if user_id is not None:
+                self.counters.impressions += len(recs)
         items = []
         for rec in recs:
             item = self.catalog.get(app, rec.item_id)
@@ -212,17 +291,9 @@ class Service:
             out["request_id"] = recs[0].request_id
         return out
 
-    def _similar_pairs(self, app: str, item_id: str, n: int) -> list[tuple[str, float]]:
-        """The scorer's similar items, else the baseline's (the ranking stages' last resort)."""
-        pairs = self.pipeline.scorer.similar(app, item_id, n)
-        if not pairs and self.pipeline.scorer is not self.baseline:
-            pairs = self.baseline.similar(app, item_id, n)
-        return pairs
-
     def similar(self, app: str, item_id: str, n: int = 10) -> dict[str, Any]:
-        pairs = self.pipeline.scorer.similar(app, item_id, n)
-        if not pairs and self.pipeline.scorer is not self.baseline:
-            pairs = self.baseline.similar(app, item_id, n)
+        self.follower.catch_up()
+        pairs = self.pipeline.similar(app, item_id, n)
         items = []
         for other, score in pairs:
             item = self.catalog.get(app, other)
@@ -235,12 +306,12 @@ class Service:
 
     def user(self, app: str, user_id: str) -> dict[str, Any] | None:
         """The user's state as the API shows it; ``None`` for an unknown user."""
+        self.follower.catch_up()
         state = self.state.get(app, user_id)
         if state is None:
             return None
-        with self.state.lock:
-            sequence = list(state.sequence)
-            blocked = {scope: sorted(t) for scope, t in state.blocked.items()}
+        sequence = list(state.sequence)
+        blocked = {scope: sorted(t) for scope, t in state.blocked.items()}
         history = []
         for i in sequence[-50:][::-1]:
             entry: dict[str, Any] = {"item_id": i.item_id, "type": i.type, "timestamp": i.timestamp}
@@ -257,10 +328,8 @@ class Service:
         return {"user_id": user_id, "app": app, "n_events": state.n_events, "history": history, "blocked": blocked}
 
     def close(self) -> None:
-        for learner in getattr(self, "learners", []):
-            learner.stop()
-        for watcher in getattr(self, "model_watchers", []):
-            watcher.stop()
+        for component in reversed(self.components):
+            component.stop()
         self.ranking.impressions.close()
         self.store.close()
 

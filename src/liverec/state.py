@@ -10,6 +10,11 @@ the bounded sequence, the store rebuilds that user's state from their events in 
 the undone events left out: the same rule the rebuild applies, so live == rebuild still holds.
 
 Reads never create state: :meth:`StateStore.get` returns ``None`` for an unknown user.
+
+Copy-on-write: a published :class:`UserState` is never mutated. :meth:`StateStore.apply_batch`
+folds a committed batch into copies of the users it touches and publishes them when the whole
+batch is folded, so a request reads its user's state without a lock and sees a consistent prefix
+of the user's events, never half a batch.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
-from .events import DEFAULT_TYPES, Event, TypeSpec
+from .events import BLOCKS, DEFAULT_TYPES, DISLIKES, LIKE_LIKE, SKIPS, UNBLOCKS, UNDOES, Event, TypeSpec
 
 DEFAULT_SEQUENCE_LENGTH = 200
 
@@ -63,23 +68,36 @@ class UserState:
             )
         if spec.polarity == "positive" and event.item_id is not None:
             self.consumed.add(event.item_id)
-        if kind == "block" and target is not None:
+        if kind in BLOCKS and target is not None:
             self.blocked.setdefault(event.scope, set()).add(target)
-        elif kind == "unblock" and target is not None:
+        elif kind in UNBLOCKS and target is not None:
             targets = self.blocked.get(event.scope)
             if targets is not None:
                 targets.discard(target)
                 if not targets:
                     del self.blocked[event.scope]
-        elif kind in ("like", "favorite", "share", "purchase") and event.item_id is not None:
+        elif kind in LIKE_LIKE and event.item_id is not None:
             self.liked[event.item_id] = event.timestamp
             self.disliked.pop(("item", event.item_id), None)
-        elif kind == "dislike" and target is not None:
+        elif kind in DISLIKES and target is not None:
             self.disliked[(event.scope, target)] = event.timestamp
             if event.scope == "item":
                 self.liked.pop(target, None)
-        elif kind == "skip" and target is not None:
+        elif kind in SKIPS and target is not None:
             self.skipped[(event.scope, target)] = event.timestamp
+
+    def copy(self) -> "UserState":
+        """An independent copy (the fold of the same events), for copy-on-write application."""
+        other = UserState.__new__(UserState)
+        other.sequence = deque(self.sequence, maxlen=self.sequence.maxlen)
+        other.consumed = set(self.consumed)
+        other.blocked = {scope: set(targets) for scope, targets in self.blocked.items()}
+        other.liked = dict(self.liked)
+        other.disliked = dict(self.disliked)
+        other.skipped = dict(self.skipped)
+        other.n_events = self.n_events
+        other.last_timestamp = self.last_timestamp
+        return other
 
     def is_blocked(self, item_id: str, attributes: Mapping[str, Iterable[str]] | None = None) -> bool:
         """Whether ``item_id`` is blocked itself or through one of its attribute values.
@@ -121,14 +139,14 @@ def fold_user(events: Iterable[Event], types: Mapping[str, TypeSpec], max_len: i
     seen: set[str] = set()
     undone: set[str] = set()
     for e in events:
-        if e.type == "undo":
+        if e.type in UNDOES:
             if e.target in seen:
                 undone.add(e.target)  # type: ignore[arg-type]
         else:
             seen.add(e.event_id)
     state = UserState(max_len)
     for event in events:
-        if event.type == "undo" or event.event_id in undone:
+        if event.type in UNDOES or event.event_id in undone:
             continue
         state.apply(event, types[event.type])
     return state
@@ -155,21 +173,35 @@ class StateStore:
 
     def apply(self, event: Event) -> None:
         """Fold one committed event into its user's state (events arrive in log order)."""
-        key = (event.app, event.user_id)
+        self.apply_batch([event])
+
+    def apply_batch(self, events: Iterable[Event]) -> None:
+        """Fold committed events (in log order) into copies of their users' states, then publish
+        every copy at once: readers holding a state keep an unchanged object."""
         with self.lock:
-            if event.type == "undo":
-                if self._user_events is None:
-                    raise RuntimeError("undo needs the event log (StateStore(user_events=...))")
-                # The log may already hold later events of the same batch: fold up to this undo.
-                events = self._user_events(*key)
-                ids = [e.event_id for e in events]
-                upto = ids.index(event.event_id) + 1 if event.event_id in ids else len(events)
-                self._users[key] = fold_user(events[:upto], self.types, self.max_len)
-                return
-            state = self._users.get(key)
-            if state is None:
-                state = self._users[key] = UserState(self.max_len)
-            state.apply(event, self.types[event.type])
+            pending: dict[tuple[str, str], UserState] = {}
+            for event in events:
+                key = (event.app, event.user_id)
+                if event.type in UNDOES:
+                    pending[key] = self._refold_until(key, event)
+                    continue
+                state = pending.get(key)
+                if state is None:
+                    current = self._users.get(key)
+                    state = pending[key] = current.copy() if current is not None else UserState(self.max_len)
+                state.apply(event, self.types[event.type])
+            self._users.update(pending)  # one dict update per batch: each key is swapped whole
+
+    def _refold_until(self, key: tuple[str, str], undo: Event) -> UserState:
+        """The user's state rebuilt from the log up to ``undo`` (an undo can reach past the
+        bounded sequence, so it is applied by refolding)."""
+        if self._user_events is None:
+            raise RuntimeError("undo needs the event log (StateStore(user_events=...))")
+        # The log may already hold later events of the same batch: fold up to this undo.
+        events = self._user_events(*key)
+        ids = [e.event_id for e in events]
+        upto = ids.index(undo.event_id) + 1 if undo.event_id in ids else len(events)
+        return fold_user(events[:upto], self.types, self.max_len)
 
     def rebuild(self, events: Iterable[Event]) -> None:
         """Replace all state with the fold of ``events`` (the whole log, in log order)."""
@@ -195,6 +227,15 @@ class StateStore:
         if app is None:
             return len(self._users)
         return sum(1 for (a, _) in list(self._users) if a == app)
+
+    def items(self) -> list[tuple[tuple[str, str], UserState]]:
+        """Every (key, state) pair as published now (states are never mutated after publishing)."""
+        return list(self._users.items())
+
+    def replace(self, users: dict[tuple[str, str], UserState]) -> None:
+        """Install states folded elsewhere (a loaded snapshot)."""
+        with self.lock:
+            self._users = dict(users)
 
     def snapshot(self) -> dict[tuple[str, str], dict]:
         """Canonical form of every user's state (for comparisons)."""

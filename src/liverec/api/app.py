@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,6 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import ui
 from ..config import Settings
+from ..runtime.compose import build_service
+from ..runtime.workers import WorkerRegistry
 from ..service import Service
 from . import events, items, ops, stats, users
 from .ops import Metrics
@@ -22,6 +26,9 @@ from .telemetry import Telemetry
 
 def _summary(errors: list[dict[str, Any]]) -> str:
     return "; ".join(f"{e['field']}={e['value']!r}: expected {e['expected']}" for e in errors[:5])
+
+
+WORKER_ID = str(os.getpid()).encode()
 
 
 class ObserveRequests:
@@ -42,6 +49,8 @@ class ObserveRequests:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                # which worker process answered (several share the port): for operators and tests
+                message["headers"] = [*message.get("headers", []), (b"x-liverec-worker", WORKER_ID)]
             await send(message)
 
         try:
@@ -65,7 +74,9 @@ def create_app(settings: Settings | None = None, service: Service | None = None,
             app.state.service.start(progress=progress)
         for hook in app.state.on_start:
             hook(app)
+        app.state.workers.ready()
         yield
+        app.state.workers.gone()
         for hook in app.state.on_stop:
             hook(app)
         if app.state.owns_service:
@@ -74,11 +85,12 @@ def create_app(settings: Settings | None = None, service: Service | None = None,
     app = FastAPI(title="liverec", version="0.1.0", lifespan=lifespan,
                   description="Real-time, feedback-aware recommendations.")
     app.state.owns_service = service is None
-    app.state.service = service or Service(settings)
+    app.state.service = service or build_service(settings)
     app.state.metrics = Metrics(app.state.service)
+    app.state.workers = WorkerRegistry(Path(app.state.service.settings.data_dir) / "run")
     app.state.on_start = []
     app.state.on_stop = []
-    app.state.telemetry = Telemetry(app.state.service.counters)
+    app.state.telemetry = Telemetry(app.state.service.counters, types=app.state.service.rules.types)
     app.state.on_start.append(app.state.telemetry.start)
     app.state.on_stop.append(app.state.telemetry.stop)
 

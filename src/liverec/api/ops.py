@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ..service import Service
-from .deps import get_service
+from .deps import APP_ID, get_service
 
 router = APIRouter(tags=["ops"])
 
@@ -32,13 +32,20 @@ class Metrics:
 
 
 @router.get("/v1/health")
-def health(service: Service = Depends(get_service)) -> dict:
-    """200 once the state is rebuilt and the service answers."""
+def health(request: Request, service: Service = Depends(get_service)) -> dict:
+    """200 once the state is rebuilt and the service answers; ``workers`` counts the server's
+    ready worker processes, ``scorer`` names what answers the app of ``X-Liverec-App`` (health
+    is not tenant-scoped: a missing or malformed header asks about the default app)."""
+    app = request.headers.get("x-liverec-app") or "default"
+    if not APP_ID.match(app):
+        app = "default"
     return {
         "status": "ok" if service.ready else "starting",
         "uptime_s": round(time.time() - service.started_at, 3),
-        "scorer": service.pipeline.scorer.name,
+        "scorer": service.scorer_name(app),
+        "workers": len(request.app.state.workers.live()),
         "events": service.counters.events_accepted,
+        "log_position": list(service.follower.position),
     }
 
 

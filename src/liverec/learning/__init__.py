@@ -9,59 +9,66 @@ and promotes versions; the server's promotion watcher swaps them in.
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING
+import threading
+from pathlib import Path
+from typing import Callable, Sequence
 
+from ..events import Event
+from ..model.registry import ModelRegistry
+from ..model.serving import PromotedModels
+from ..state import StateStore
+from ..store.base import Item
 from .finetune import FineTuneConfig, FineTuner, UpdateResult, bias_step, init_new_items
 from .online import LearnerConfig, LearnerStats, OnlineLearner
 
-if TYPE_CHECKING:
-    from ..service import Service
 
-ENV_APPS = "LIVEREC_LEARNER"
-ENV_INTERVAL = "LIVEREC_LEARNER_INTERVAL"
-ENV_BIAS_LR = "LIVEREC_LEARNER_BIAS_LR"  # per-event output-bias rate (default 0: off)
+class Learners:
+    """The in-process online learners of a service (a component; one per app asked for).
 
+    ``observe`` is registered as a listener of the service's folds when the service is built;
+    ``start`` creates a learner for each configured app whose model is being served (apps
+    without a promoted version are skipped) and starts its loop.
+    """
 
-def attach(service: "Service", app: str, cfg: LearnerConfig | None = None, start: bool = True) -> OnlineLearner:
-    """Learn from ``app``'s committed events and serve each promoted update (needs a promoted model)."""
-    from ..model.registry import ModelRegistry
-    from ..model.serving import PromotedModels, load_scorer
+    def __init__(self, apps: Sequence[str], cfg: LearnerConfig, models_dir: Path, router: PromotedModels,
+                 state: StateStore, items: Callable[[str, str], Item | None]) -> None:
+        self.apps = list(apps)
+        self.cfg = cfg
+        self.models_dir = Path(models_dir)
+        self.router = router
+        self.state = state
+        self.items = items
+        self.running: dict[str, OnlineLearner] = {}
+        self._lock = threading.Lock()
 
-    registry = ModelRegistry.for_data_dir(service.settings.data_dir, app)
-    router = service.pipeline.scorer
-    if not isinstance(router, PromotedModels):
-        router = PromotedModels()  # apps without a model get nothing from it: the baseline answers
-        service.pipeline.set_scorer(router)
-    if app not in router.by_app:
-        router.set(app, load_scorer(registry, app))  # FileNotFoundError when nothing is promoted
-    learner = OnlineLearner(app, service.state, lambda: router.by_app[app], lambda sc: router.set(app, sc),
-                            registry, service.catalog.get, cfg)
-    service.listeners.append(learner.observe)
-    if start:
-        learner.start()
-    return learner
+    def add(self, app: str, cfg: LearnerConfig | None = None, start: bool = True) -> OnlineLearner:
+        """A learner for ``app`` over the model the router serves for it (KeyError when none)."""
+        registry = ModelRegistry(self.models_dir / app)
+        if app not in self.router.by_app:
+            raise KeyError(f"app {app!r} has no promoted model to learn from")
+        learner = OnlineLearner(app, self.state, lambda: self.router.by_app[app], lambda sc: self.router.set(app, sc),
+                                registry, self.items, cfg or self.cfg)
+        with self._lock:
+            self.running[app] = learner
+        if start:
+            learner.start()
+        return learner
 
+    def observe(self, events: list[Event]) -> None:
+        for learner in list(self.running.values()):
+            learner.observe(events)
 
-def attach_from_env(service: "Service") -> list[OnlineLearner]:
-    """The learners ``LIVEREC_LEARNER`` asks for (apps without a published version are skipped)."""
-    apps = [a for a in os.environ.get(ENV_APPS, "").split(",") if a]
-    if not apps:
-        return []
-    interval = float(os.environ.get(ENV_INTERVAL, "10"))
-    bias_lr = float(os.environ.get(ENV_BIAS_LR, "0"))
-    if not bias_lr >= 0:
-        raise ValueError(f"{ENV_BIAS_LR}={bias_lr!r}: expected a rate >= 0")
-    out = []
-    for app in apps:
-        try:
-            out.append(attach(service, app, LearnerConfig(interval_s=interval, bias_lr=bias_lr)))
-        except FileNotFoundError:
-            continue
-    return out
+    def start(self) -> None:
+        for app in self.apps:
+            if app in self.router.by_app:
+                self.add(app)
+
+    def stop(self) -> None:
+        for learner in list(self.running.values()):
+            learner.stop()
 
 
 __all__ = [
     "FineTuneConfig", "FineTuner", "UpdateResult", "bias_step", "init_new_items", "LearnerConfig", "LearnerStats",
-    "OnlineLearner", "attach", "attach_from_env",
+    "Learners", "OnlineLearner",
 ]

@@ -119,6 +119,9 @@ class TransformerScorer:
     def forget_user(self, app: str, events: Sequence[Event]) -> None:
         """The model keeps no per-user statistics."""
 
+    def serves(self, app: str) -> bool:
+        return app == self.app
+
     def score(self, app: str, state: UserState | None, n: int) -> Scored:
         """Scores of every item for the user's current sequence (popularity-like prior if none)."""
         if app != self.app:

@@ -2,8 +2,8 @@
 
 :class:`PromotedModels` is what the service installs as its scorer: it routes each call to the
 app's promoted Transformer and answers empty for apps without one (the pipeline then falls back
-to the co-occurrence baseline). :func:`attach_promoted` loads every app's promoted version at
-start and, with ``watch=True``, swaps in newly promoted versions while serving (the dict entry is
+to the co-occurrence baseline). :class:`liverec.runtime.models.ModelServer` loads every app's
+promoted version at start and swaps in newly promoted versions while serving (the dict entry is
 replaced in one assignment; requests in flight finish on the old model).
 
 Event text (searches, tags, reviews) is encoded off the request path: the sentence encoder is
@@ -15,17 +15,14 @@ swapped in keeps the vectors of the one it replaces.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from liverec.events import Event
-from liverec.model.registry import ModelRegistry, PromotionWatcher
+from liverec.model.registry import ModelRegistry
 from liverec.model.scorer import TransformerScorer
 from liverec.model.text import MiniLMEncoder, TextEncoder
 from liverec.recommend.scoring import Scored
 from liverec.state import UserState
-
-if TYPE_CHECKING:
-    from liverec.service import Service
 
 
 class PromotedModels:
@@ -71,6 +68,9 @@ class PromotedModels:
     def forget_user(self, app: str, events: Sequence[Event]) -> None:
         """No per-user statistics are kept."""
 
+    def serves(self, app: str) -> bool:
+        return app in self.by_app
+
     def score(self, app: str, state: UserState | None, n: int) -> Scored:
         s = self.by_app.get(app)
         return s.score(app, state, n) if s is not None else Scored.empty()
@@ -103,37 +103,3 @@ def load_scorer(registry: ModelRegistry, app: str, version: str | None = None,
             load()
     return TransformerScorer(app, art.model, art.item_ids, art.manifest.get("version"), enc,
                              art.manifest.get("validation", {}), text_cache_dir=text_cache_dir)
-
-
-def attach_promoted(service: "Service", watch: bool = True, interval_s: float = 2.0) -> PromotedModels | None:
-    """Install the promoted model of every app under ``<data_dir>/models`` as the service's scorer.
-
-    Returns None (baseline stays) when no app has a promoted version and ``watch`` is off.
-    """
-    root = Path(service.settings.data_dir) / "models"
-    cache = default_text_cache_dir(service.settings.data_dir)
-    router = PromotedModels()
-    watchers: list[PromotionWatcher] = []
-
-    def swap_in(app: str, reg: ModelRegistry, version: str) -> None:
-        current = router.by_app.get(app)
-        # the loaded sentence encoder of the version being replaced serves the new one too
-        enc = current.text_encoder if current is not None else None
-        router.set(app, load_scorer(reg, app, version, text_encoder=enc, text_cache_dir=cache))
-
-    apps = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
-    for app in apps:
-        reg = ModelRegistry(root / app)
-        if reg.promoted() is not None:
-            router.set(app, load_scorer(reg, app, text_cache_dir=cache))
-        if watch:
-            w = PromotionWatcher(reg, lambda v, app=app, reg=reg: swap_in(app, reg, v), interval_s)
-            w.start()
-            watchers.append(w)
-    if not router.by_app:
-        for w in watchers:
-            w.stop()
-        return None
-    service.pipeline.set_scorer(router)
-    service.model_watchers = watchers  # type: ignore[attr-defined]
-    return router

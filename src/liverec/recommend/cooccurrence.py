@@ -261,7 +261,20 @@ class CooccurrenceScorer:
                     lo = max(s, e + 1 - cfg.window)
                     model.recent[user_names[s]] = deque(zip(it[lo:e + 1].tolist(), wt[lo:e + 1].tolist()), maxlen=cfg.window)
 
+    def adopt(self, app: str, other: "CooccurrenceScorer") -> None:
+        """Take ``other``'s counters of ``app`` (rebuilt off the request path) in one assignment."""
+        with self._lock, other._lock:
+            model = other._apps.get(app)
+            if model is None:
+                self._apps.pop(app, None)
+            else:
+                self._apps[app] = model
+
     # ---- request path -----------------------------------------------------------------------
+    def serves(self, app: str) -> bool:
+        """Popularity answers for every app, even one without events (an empty slate)."""
+        return True
+
     def score(self, app: str, state: UserState | None, n: int) -> Scored:
         cfg = self.config
         with self._lock:

@@ -134,6 +134,19 @@ class Pipeline:
         recs = self.ranker.rank(scored, request.n, allow)
         return recs, scorer.name
 
+    def scorer_for(self, app: str) -> Scorer:
+        """The scorer that answers ``app``: the main one if it serves the app, else the fallback."""
+        if self.fallback is None or self.scorer.serves(app):
+            return self.scorer
+        return self.fallback
+
+    def similar(self, app: str, item_id: str, n: int) -> list[tuple[str, float]]:
+        """The scorer's similar items, else the fallback's."""
+        pairs = self.scorer.similar(app, item_id, n)
+        if not pairs and self.fallback is not None and self.fallback is not self.scorer:
+            pairs = self.fallback.similar(app, item_id, n)
+        return pairs
+
     def set_scorer(self, scorer: Scorer) -> None:
         """Swap the main scorer (one attribute assignment: requests in flight keep the old one)."""
         self.scorer = scorer

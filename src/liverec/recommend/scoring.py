@@ -95,6 +95,9 @@ class Scorer(Protocol):
         """Remove what ``events`` (one deleted user's, in log order) contributed, where the
         scorer keeps per-event statistics."""
 
+    def serves(self, app: str) -> bool:
+        """Whether the scorer has a model for ``app`` (else the pipeline's fallback answers)."""
+
     def score(self, app: str, state: UserState | None, n: int) -> Scored:
         """Score candidates for a user (``None``: no history). ``n`` is how many the caller will
         show; a scorer may return more (the policy stage filters some out)."""

@@ -58,6 +58,22 @@ class AppendResult:
     duplicates: int
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A change to the log other than an appended event, in commit order.
+
+    ``kind`` is ``item`` (``key`` is an item id upserted) or ``user_deleted`` (``key`` is the user
+    id). ``event_seq`` is the event log's head when the change committed: a follower applies the
+    events up to it first, then the change, so the order every process sees is the commit order.
+    """
+
+    seq: int
+    app: str
+    kind: str
+    key: str
+    event_seq: int
+
+
 class EventLog(Protocol):
     def append(self, events: Sequence[Event]) -> AppendResult:
         """Store events durably (committed before returning); duplicates by (app, event_id) are
@@ -72,8 +88,19 @@ class EventLog(Protocol):
     def user_events(self, app: str, user_id: str) -> list[Event]:
         """One user's events in log order."""
 
+    def remove_user(self, app: str, user_id: str) -> list[tuple[int, Event]]:
+        """Delete the user's events (recording a ``user_deleted`` change in the same transaction)
+        and return them, with their sequence numbers, in log order."""
+
     def delete_user(self, app: str, user_id: str) -> int:
-        """Delete the user's events; returns how many were deleted."""
+        """Delete the user's events (and record a ``user_deleted`` change in the same
+        transaction); returns how many were deleted."""
+
+    def heads(self) -> tuple[int, int]:
+        """(highest event seq, highest change seq): one cheap query a follower runs per request."""
+
+    def changes(self, after_seq: int = 0) -> list[Change]:
+        """Changes committed after ``after_seq``, in commit order."""
 
     def count(self, app: str | None = None) -> int: ...
 
@@ -82,7 +109,8 @@ class EventLog(Protocol):
 
 class Catalog(Protocol):
     def upsert(self, items: Sequence[Item]) -> int:
-        """Insert or replace items; returns how many were written."""
+        """Insert or replace items (recording an ``item`` change per item in the same
+        transaction); returns how many were written."""
 
     def get(self, app: str, item_id: str) -> Item | None: ...
 

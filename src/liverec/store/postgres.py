@@ -53,6 +53,13 @@ CREATE TABLE IF NOT EXISTS items (
     ord BIGSERIAL,
     PRIMARY KEY (app, item_id)
 );
+CREATE TABLE IF NOT EXISTS changes (
+    seq BIGSERIAL PRIMARY KEY,
+    app TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    event_seq BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS snapshots (
     app TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -83,6 +90,13 @@ def connect(url: str, ddl: str) -> tuple[psycopg.Connection, str]:
         conn.execute(ddl)
     conn.execute(f'SET search_path TO "{schema}"')
     return conn, schema
+
+
+def _event_head(conn: psycopg.Connection) -> int:
+    """The highest event seq ever assigned (deleted rows do not lower it)."""
+    row = conn.execute(
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM events_seq_seq").fetchone()
+    return int(row[0])
 
 
 class PostgresStore:
@@ -137,9 +151,15 @@ class _EventLog(SqlEventReads):
         accepted = accepted_events(events, [(app, event_id) for _, app, event_id in sorted(rows)])
         return AppendResult(accepted, len(events) - len(accepted))
 
-    def delete_user(self, app: str, user_id: str) -> int:
+    def remove_user(self, app: str, user_id: str) -> list[tuple[int, Event]]:
         with self._s._lock, self._s._conn.transaction():
-            return self._s._conn.execute("DELETE FROM events WHERE app = %s AND user_id = %s", (app, user_id)).rowcount
+            conn = self._s._conn
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))  # changes commit in seq order too
+            rows = conn.execute(f"DELETE FROM events WHERE app = %s AND user_id = %s RETURNING seq, {EVENT_COLUMNS}",
+                                (app, user_id)).fetchall()
+            conn.execute("INSERT INTO changes (app, kind, key, event_seq) VALUES (%s, 'user_deleted', %s, %s)",
+                         (app, user_id, _event_head(conn)))
+        return [(r[0], self._event(r[1:])) for r in sorted(rows, key=lambda r: r[0])]
 
 
 class _Catalog(SqlCatalogReads):
@@ -150,6 +170,7 @@ class _Catalog(SqlCatalogReads):
         rows = [(i.app, i.item_id, i.title, i.text, json.dumps(list(i.categories)), json.dumps(i.attributes), i.updated_at or now)
                 for i in items]
         with self._s._lock, self._s._conn.transaction():
+            self._s._conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
             with self._s._conn.cursor() as cur:
                 cur.executemany(
                     """INSERT INTO items (app, item_id, title, text, categories, attributes, updated_at)
@@ -158,6 +179,9 @@ class _Catalog(SqlCatalogReads):
                         categories = EXCLUDED.categories, attributes = EXCLUDED.attributes, updated_at = EXCLUDED.updated_at""",
                     rows,
                 )
+                head = _event_head(self._s._conn)
+                cur.executemany("INSERT INTO changes (app, kind, key, event_seq) VALUES (%s, 'item', %s, %s)",
+                                [(i.app, i.item_id, head) for i in items])
         return len(rows)
 
 

@@ -11,7 +11,7 @@ import threading
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from ..events import Event
-from .base import Item
+from .base import Change, Item
 
 EVENT_COLUMNS = "app, event_id, user_id, item_id, type, ts, value, text, scope, target, context"
 ITEM_COLUMNS = "app, item_id, title, text, categories, attributes, updated_at"
@@ -71,9 +71,20 @@ class SqlEventReads:
     def last_seq(self) -> int:
         return run(self._s, "SELECT COALESCE(MAX(seq), 0) FROM events")[0][0]
 
+    def heads(self) -> tuple[int, int]:
+        row = run(self._s, "SELECT (SELECT COALESCE(MAX(seq), 0) FROM events), (SELECT COALESCE(MAX(seq), 0) FROM changes)")[0]
+        return int(row[0]), int(row[1])
+
+    def changes(self, after_seq: int = 0) -> list[Change]:
+        rows = run(self._s, "SELECT seq, app, kind, key, event_seq FROM changes WHERE seq > ? ORDER BY seq", (after_seq,))
+        return [Change(int(r[0]), r[1], r[2], r[3], int(r[4])) for r in rows]
+
     def user_events(self, app: str, user_id: str) -> list[Event]:
         rows = run(self._s, f"SELECT {EVENT_COLUMNS} FROM events WHERE app = ? AND user_id = ? ORDER BY seq", (app, user_id))
         return [self._event(r) for r in rows]
+
+    def delete_user(self, app: str, user_id: str) -> int:
+        return len(self.remove_user(app, user_id))
 
     def count(self, app: str | None = None) -> int:
         if app is None:

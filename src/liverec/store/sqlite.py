@@ -1,4 +1,5 @@
-"""The embedded default backend: one SQLite file (WAL), one writer process.
+"""The embedded default backend: one SQLite file (WAL); several processes may write (SQLite
+serialises them), each waiting up to ``busy_timeout`` for the write lock.
 
 Durability: every append is one transaction committed with ``synchronous=FULL`` before the call
 returns, so an acknowledged batch survives a crash of the process or the machine. Idempotency: a
@@ -46,6 +47,13 @@ CREATE TABLE IF NOT EXISTS items (
     updated_at REAL NOT NULL,
     PRIMARY KEY (app, item_id)
 );
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    app TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    event_seq INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS snapshots (
     app TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -55,6 +63,12 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 """
 
+
+
+def _event_head(conn: sqlite3.Connection) -> int:
+    """The highest event seq ever assigned (AUTOINCREMENT: deleted rows do not lower it)."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _event_row(e: Event) -> tuple:
@@ -115,9 +129,8 @@ class _EventLog(SqlEventReads):
         if not events:
             return AppendResult([], 0)
         with self._s.transaction() as conn:
-            before = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
             # AUTOINCREMENT keeps seq growing even past deleted rows, so the new rows are seq > before.
-            before = max(before, conn.execute("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name='events'), 0)").fetchone()[0])
+            before = _event_head(conn)
             conn.executemany(
                 f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [_event_row(e) for e in events],
@@ -126,9 +139,14 @@ class _EventLog(SqlEventReads):
         accepted = accepted_events(events, inserted)
         return AppendResult(accepted, len(events) - len(accepted))
 
-    def delete_user(self, app: str, user_id: str) -> int:
+    def remove_user(self, app: str, user_id: str) -> list[tuple[int, Event]]:
         with self._s.transaction() as conn:
-            return conn.execute("DELETE FROM events WHERE app = ? AND user_id = ?", (app, user_id)).rowcount
+            rows = conn.execute(f"SELECT seq, {EVENT_COLUMNS} FROM events WHERE app = ? AND user_id = ? ORDER BY seq",
+                                (app, user_id)).fetchall()
+            conn.execute("DELETE FROM events WHERE app = ? AND user_id = ?", (app, user_id))
+            conn.execute("INSERT INTO changes (app, kind, key, event_seq) VALUES (?, 'user_deleted', ?, ?)",
+                         (app, user_id, _event_head(conn)))
+        return [(r[0], self._event(r[1:])) for r in rows]
 
 
 class _Catalog(SqlCatalogReads):
@@ -147,6 +165,9 @@ class _Catalog(SqlCatalogReads):
                 "categories = excluded.categories, attributes = excluded.attributes, updated_at = excluded.updated_at",
                 rows,
             )
+            head = _event_head(conn)
+            conn.executemany("INSERT INTO changes (app, kind, key, event_seq) VALUES (?, 'item', ?, ?)",
+                             [(i.app, i.item_id, head) for i in items])
         return len(rows)
 
 

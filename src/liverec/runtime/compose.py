@@ -1,0 +1,92 @@
+"""The composition root: the one place that builds and wires a service's objects.
+
+Every role (the all-in-one server, an API worker, benchmarks and tests in-process) gets its
+service from :func:`build_service`. Modules below it take their collaborators as arguments and
+never set attributes on each other's objects.
+
+>>> import tempfile
+>>> from liverec.config import Settings
+>>> service = build_service(Settings(data_dir=tempfile.mkdtemp(), scorer="cooccurrence"))
+>>> service.start(); service.recommend("default", "nobody")["items"]
+[]
+>>> service.close()
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..catalog import CatalogIndex
+from ..config import Settings
+from ..events import Event
+from ..learning import LearnerConfig, Learners
+from ..model.serving import PromotedModels
+from ..ranking import build_ranking, open_impressions, read_settings
+from ..recommend.cooccurrence import CooccurrenceScorer
+from ..recommend.pipeline import Pipeline, Policy
+from ..recommend.scoring import Scorer
+from ..service import Component, Service
+from ..state import StateStore
+from ..store import Store, open_store
+from .models import ModelServer
+
+def learner_config(settings: Settings) -> LearnerConfig:
+    """The in-process online learner's config, from the settings."""
+    return LearnerConfig(interval_s=settings.learner_interval, bias_lr=settings.learner_bias_lr)
+
+
+def _texts_of(state: StateStore) -> Callable[[str], Iterable[str]]:
+    def texts(app: str) -> Iterable[str]:
+        seen: set[str] = set()
+        for (a, _), user in state.items():
+            if a != app:
+                continue
+            for interaction in user.sequence:
+                if interaction.text and interaction.text not in seen:
+                    seen.add(interaction.text)
+        return sorted(seen)
+
+    return texts
+
+
+def build_service(settings: Settings, store: Store | None = None, scorer: Scorer | None = None,
+                  watch_models: bool = True) -> Service:
+    """A service with every collaborator built and wired (not started: call ``start``).
+
+    ``scorer`` replaces the main scorer (tests, benchmarks); by default the promoted Transformer
+    of each app serves it, and the co-occurrence baseline answers apps without one.
+    """
+    rules = settings.event_rules()
+    store = store or open_store(settings.store_url_resolved())
+    catalog = CatalogIndex()
+    state = StateStore(rules.types, settings.sequence_length, user_events=store.events.user_events)
+    baseline = CooccurrenceScorer(types=rules.types)
+    components: list[Component] = []
+    listeners: list[Callable[[list[Event]], None]] = []
+    main: Scorer = baseline
+    models_dir = Path(settings.data_dir) / "models"
+    router: PromotedModels | None = None
+    if scorer is not None:
+        main = scorer
+    elif settings.scorer in ("auto", "transformer"):
+        router = PromotedModels()  # apps without a promoted model get nothing: the baseline answers
+        main = router
+
+    # The ranking stages read the pipeline's scorer when they run (it is swapped while serving);
+    # the closures bind the name ``pipeline``, assigned just below.
+    def similar(app: str, item_id: str, n: int) -> list[tuple[str, float]]:
+        return pipeline.similar(app, item_id, n)  # the scorer's similar items, else the baseline's
+
+    impressions = open_impressions(settings.store_url_resolved(), settings.data_dir)
+    ranking = build_ranking(catalog, lambda: pipeline.scorer, similar, rules.types, impressions,
+                            settings=read_settings(settings.ranking_config), seed=settings.ranking_seed,
+                            pairs=baseline.pair_similarity)
+    pipeline = Pipeline(history=state.get, scorer=main, policy=Policy(catalog.get), fallback=baseline, ranking=ranking)
+    listeners.append(ranking.observe)
+    if router is not None:
+        components.append(ModelServer(Path(settings.data_dir), router, texts=_texts_of(state), watch=watch_models))
+        learners = Learners(settings.learner, learner_config(settings), models_dir, router, state, catalog.get)
+        listeners.append(learners.observe)
+        components.append(learners)  # after the model server: a learner needs its app's model loaded
+    return Service(settings, store, catalog, state, baseline, pipeline, ranking, listeners, components)

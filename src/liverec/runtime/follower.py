@@ -1,0 +1,103 @@
+"""Keeping a process's folds current by following the shared log.
+
+Every in-memory structure of a process (user state, co-occurrence counters, the catalog index,
+reward tracking) is a fold over the durable log. A :class:`LogFollower` reads what was committed
+after the last position it applied and hands it, in commit order, to the process's folds: events
+to ``apply_events``, other changes (item upserts, user deletions) to ``apply_change``.
+
+The request path calls :meth:`LogFollower.catch_up` before reading a user's state: one cheap
+query (``EventLog.heads``) when nothing is new, so an event acknowledged by *any* process is
+reflected in the next answer of *every* process (read-your-writes across workers). Writers that
+appended call it too, so local and remote events take the same path into the folds.
+
+Order: both backends commit appends and changes in sequence order (SQLite serialises writers;
+PostgreSQL appends take an advisory lock), and a change records the event head it committed
+after, so interleaving events and changes by that number reproduces the commit order.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from ..events import Event
+from ..store.base import Change, EventLog
+
+
+class LogFollower:
+    """Applies the log after ``(event_seq, change_seq)`` to a process's folds, in commit order."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        apply_events: Callable[[list[Event]], None],
+        apply_change: Callable[[Change], None],
+        event_seq: int = 0,
+        change_seq: int = 0,
+        batch: int = 5_000,
+    ) -> None:
+        self.log = log
+        self.apply_events = apply_events
+        self.apply_change = apply_change
+        self.event_seq = event_seq
+        self.change_seq = change_seq
+        self.batch = batch
+        self.lock = threading.RLock()  # one catch-up at a time; readers that find work wait for it
+        self.applied_events = 0
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.event_seq, self.change_seq
+
+    def behind(self) -> tuple[int, int] | None:
+        """The log's heads when they are past what this process applied, else ``None``."""
+        heads = self.log.heads()
+        return heads if heads[0] > self.event_seq or heads[1] > self.change_seq else None
+
+    def catch_up(self) -> int:
+        """Apply everything committed up to now; returns how many events were applied."""
+        heads = self.behind()
+        if heads is None:
+            return 0
+        with self.lock:
+            return self._apply_until(*heads)
+
+    def _apply_until(self, event_head: int, change_head: int) -> int:
+        if event_head <= self.event_seq and change_head <= self.change_seq:
+            return 0  # another thread caught up while this one waited
+        changes = [c for c in self.log.changes(self.change_seq) if c.seq <= change_head] if change_head > self.change_seq else []
+        applied = 0
+        pending: list[Event] = []
+        seq = self.event_seq
+        cursor = 0
+
+        def flush() -> None:
+            nonlocal applied, pending
+            if pending:
+                self.apply_events(pending)
+                applied += len(pending)
+                pending = []
+            self.event_seq = seq
+
+        if event_head > self.event_seq:
+            for s, event in self.log.scan(after_seq=self.event_seq):
+                if s > event_head:
+                    break
+                # changes committed before this event come first
+                while cursor < len(changes) and changes[cursor].event_seq < s:
+                    flush()
+                    self.apply_change(changes[cursor])
+                    self.change_seq = changes[cursor].seq
+                    cursor += 1
+                pending.append(event)
+                seq = s
+                if len(pending) >= self.batch:
+                    flush()
+        seq = max(seq, event_head)
+        flush()
+        for change in changes[cursor:]:
+            self.apply_change(change)
+            self.change_seq = change.seq
+        self.change_seq = max(self.change_seq, change_head)
+        self.applied_events += applied
+        return applied
