@@ -289,6 +289,41 @@ def test_learner_info(settings: Settings):
     service.close()
 
 
+def test_stats_show_the_service_learners(client: TestClient, tmp_path: Path):
+    """The learners the service runs (a list on the service) are what the learner panel shows:
+    the requested app's with its status, served version and staleness; all of them listed."""
+    from liverec.learning import LearnerStats, OnlineLearner
+    from liverec.model.registry import ModelRegistry
+
+    service = client.app.state.service
+    served = SimpleNamespace(version="v000003")
+    learner = OnlineLearner("default", service.state, lambda: served, lambda scorer: None,
+                            ModelRegistry(tmp_path / "models" / "default"), service.catalog.get)
+    learner.stats = LearnerStats(updates=2, accepted=1, rejected=1, last_version="v000003", last_staleness_s=4.25)
+    service.learners = [learner]
+
+    stats = client.get("/v1/stats").json()
+    info = stats["learner"]
+    assert info is not None, "a running learner must not read as 'no online learner'"
+    assert info["app"] == "default" and info["version"] == "v000003"
+    assert info["staleness_s"] == 4.25
+    assert info["status"] == "1 of 2 updates served"
+    assert info["interval_s"] == learner.cfg.interval_s and info["min_events"] == learner.cfg.min_events
+    assert [entry["app"] for entry in stats["learners"]] == ["default"]
+
+    # Another app has no learner of its own; the list still names the running one.
+    other = client.get("/v1/stats", headers={"X-Liverec-App": "shop"}).json()
+    assert other["learner"] is None and [entry["app"] for entry in other["learners"]] == ["default"]
+
+    learner.stats = LearnerStats()
+    assert client.get("/v1/stats").json()["learner"]["status"].startswith("waiting for new events")
+
+
+def test_dashboard_renders_the_learner_list(client: TestClient):
+    script = client.get("/ui/static/dashboard.js").text
+    assert "renderLearner(stats.learner, stats.learners)" in script
+
+
 def test_jsonable():
     assert jsonable({"a": (1, 2), "b": {"c": float("inf")}}) == {"a": [1, 2], "b": {"c": None}}
     assert jsonable(object()) is None

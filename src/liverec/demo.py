@@ -5,14 +5,21 @@ titles and descriptions read sensibly and text vectors cluster by topic. Simulat
 favourite categories and a favourite creator; they mostly browse those, follow series in order,
 like and buy what they love, and skip or dislike what they do not: consistent enough that
 recommendations visibly make sense (a sci-fi fan gets sci-fi).
+
+:func:`prepare_demo` is what ``liverec demo`` runs before serving: on first start it writes the
+catalog and events, trains a small Transformer on them with the same code as ``liverec train``
+and promotes it; later starts find the promoted version and reuse it.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from dataclasses import dataclass
+from typing import Any, Callable
 
+from .config import Settings
 from .events import Event
 from .store.base import Item, Store
 
@@ -160,3 +167,88 @@ def load_demo(store: Store, cfg: DemoConfig | None = None) -> dict[str, int]:
     events = generate_events(cfg, items)
     result = store.events.append(events)
     return {"items": len(items), "events": len(result.accepted), "duplicates": result.duplicates}
+
+
+#: Seconds between the demo's online-learner updates: short, so the events a visitor sends reach the
+#: served model while they watch (an update also waits for enough new events to learn from).
+DEMO_LEARNER_INTERVAL_S = 10.0
+
+
+def enable_demo_learner(app: str, interval_s: float = DEMO_LEARNER_INTERVAL_S) -> dict[str, str]:
+    """Ask for the in-process online learner of ``app`` through its environment variables.
+
+    Settings and the service read ``LIVEREC_LEARNER`` / ``LIVEREC_LEARNER_INTERVAL`` when they
+    are built, so call this before building them. Values already in the environment win
+    (``LIVEREC_LEARNER=`` keeps the demo without a learner). Returns the values in effect.
+    """
+    os.environ.setdefault("LIVEREC_LEARNER", app)
+    os.environ.setdefault("LIVEREC_LEARNER_INTERVAL", f"{interval_s:g}")
+    return {k: os.environ[k] for k in ("LIVEREC_LEARNER", "LIVEREC_LEARNER_INTERVAL")}
+
+
+#: The demo's model: small enough to train within a minute on two CPU cores (early stopping usually
+#: ends it well before ``epochs``; ``time_budget_s`` bounds it on a slow or busy machine), with item
+#: text vectors so items nobody has touched yet are scorable too.
+DEMO_RECIPE: dict[str, Any] = {
+    "d_model": 64, "n_blocks": 2, "n_heads": 1, "dropout": 0.3, "max_len": 50, "stride": None,
+    "batch_size": 32, "lr": 2e-3, "schedule": "cosine", "warmup_steps": 50, "epochs": 40,
+    "eval_every": 2, "patience": 5, "time_budget_s": 90.0, "text": True,
+}
+
+
+@dataclass(frozen=True)
+class DemoSetup:
+    """What :func:`prepare_demo` found or did."""
+
+    app: str
+    generated: dict[str, int] | None  # counts written now; None when the store already held events
+    version: str  # the promoted model version of the demo app
+    trained: bool  # True when ``version`` was trained by this call
+    manifest: dict[str, Any]  # the version's manifest (validation metrics, training time, ...)
+
+
+def prepare_demo(
+    settings: Settings,
+    cfg: DemoConfig | None = None,
+    recipe: dict[str, Any] | None = None,
+    say: Callable[[str], None] | None = None,
+    progress: bool = True,
+) -> DemoSetup:
+    """Make ``settings.data_dir`` ready for the demo: data, then a promoted Transformer.
+
+    The catalog and simulated users are written when the store has no events; a model is
+    trained (``recipe``: overrides of :data:`DEMO_RECIPE`) and promoted when the demo app has no
+    promoted version, so only the first start pays for training.
+    """
+    from .model.registry import ModelRegistry
+    from .model.service_data import train_from_service
+    from .store import open_store
+
+    cfg = cfg or DemoConfig()
+    say = say or (lambda s: None)
+    store = open_store(settings.store_url_resolved())
+    try:
+        generated = None
+        if store.events.count() == 0:
+            say("generating the demo catalog and simulated users ...")
+            generated = load_demo(store, cfg)
+            say(f"demo data: {generated['items']} items, {generated['events']} events")
+    finally:
+        store.close()  # training reads the store through its own connection
+
+    registry = ModelRegistry.for_data_dir(settings.data_dir, cfg.app)
+    version = registry.promoted()
+    trained = version is None
+    if version is None:
+        plan = {**DEMO_RECIPE, **(recipe or {})}
+        say(f"training the demo's Transformer (at most {plan['epochs']} epochs"
+            + (f" or {plan['time_budget_s']:.0f} s" if plan.get("time_budget_s") else "")
+            + "; first start only) ...")
+        version = train_from_service(settings.data_dir, cfg.app, plan, seed=cfg.seed, progress=progress)
+        registry.promote(version)
+    manifest = registry.manifest(version)
+    if trained:
+        ndcg = manifest.get("validation", {}).get("NDCG@10", float("nan"))
+        say(f"model {version} promoted: validation NDCG@10 {ndcg:.4f}, "
+            f"trained in {manifest.get('train_seconds', float('nan')):.0f} s")
+    return DemoSetup(cfg.app, generated, version, trained, manifest)

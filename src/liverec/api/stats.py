@@ -1,7 +1,8 @@
 """Operational read-outs for the dashboard and the demo page.
 
 - ``GET /v1/stats``: live throughput and latency, the sampled time series, feedback rates, the
-  model in service, online-learner staleness, and the app's catalog and users at a glance;
+  model in service, the online learners (the app's, and all of them) with their status, served
+  version and staleness, and the app's catalog and users at a glance;
 - ``GET /v1/apps``: the apps (tenants) the service knows, with item and user counts;
 - ``GET /v1/users``: known users of an app, most recently active first (``prefix`` filters).
 
@@ -11,6 +12,7 @@ objects carry them, so they keep working whichever scorer or learner is plugged 
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import time
@@ -59,40 +61,143 @@ def _read(obj: Any, name: str) -> Any:
         return None
 
 
-def model_info(service: Service) -> dict[str, Any]:
-    """The scorer in service: its name and, when it has them, version and evaluation metrics."""
-    scorer = service.pipeline.scorer
+def scorer_for_app(service: Service, app: str) -> Any:
+    """The scorer that answers ``app``: the main one, or the fallback when the main one serves
+    models per app and has none for ``app``."""
+    pipeline = service.pipeline
+    pick = getattr(pipeline, "scorer_for", None)
+    if callable(pick):
+        return pick(app)
+    by_app = getattr(pipeline.scorer, "by_app", None)
+    if isinstance(by_app, Mapping) and app not in by_app and pipeline.fallback is not None:
+        return pipeline.fallback
+    return pipeline.scorer
+
+
+def model_info(service: Service, app: str | None = None) -> dict[str, Any]:
+    """The scorer in service (for ``app`` when given): its name and, when it has them, version
+    and evaluation metrics."""
+    scorer = service.pipeline.scorer if app is None else scorer_for_app(service, app)
     info: dict[str, Any] = {"scorer": getattr(scorer, "name", type(scorer).__name__)}
+    by_app = getattr(scorer, "by_app", None)
+    # A per-app router reports every app's versions at once; the app's own model says which is its.
+    source = by_app[app] if app is not None and isinstance(by_app, Mapping) and app in by_app else scorer
     for name in MODEL_FIELDS:
-        value = jsonable(_read(scorer, name))
+        value = jsonable(_read(source, name))
         if value is not None:
             info[name] = value
-    metrics = jsonable(_read(scorer, "metrics"))
+    metrics = jsonable(_read(source, "metrics"))
     info["metrics"] = metrics if isinstance(metrics, dict) else {}
     fallback = service.pipeline.fallback
     info["fallback"] = getattr(fallback, "name", None) if fallback is not None and fallback is not scorer else None
     return info
 
 
-def learner_info(service: Service, request: Request) -> dict[str, Any] | None:
-    """The online learner's progress if one runs (on the service or the app), else ``None``."""
-    learner = getattr(service, "learner", None) or getattr(request.app.state, "learner", None)
-    if learner is None:
-        return None
+def running_learners(service: Service, request: Request) -> list[Any]:
+    """Every online learner the service runs.
+
+    The service keeps its learners in a list (``service.learners``), or in a component that
+    holds them by app (a ``running`` mapping); a lone ``learner`` attribute on the service or the
+    app state counts too.
+    """
+    found: list[Any] = []
+
+    def add(holder: Any) -> None:
+        if holder is None:
+            return
+        running = getattr(holder, "running", None)
+        if isinstance(running, Mapping):
+            holder = list(running.values())
+        elif isinstance(holder, Mapping):
+            holder = list(holder.values())
+        for learner in holder if isinstance(holder, (list, tuple)) else [holder]:
+            if learner is not None and all(learner is not seen for seen in found):
+                found.append(learner)
+
+    add(getattr(service, "learners", None))
+    for component in getattr(service, "components", None) or []:
+        if isinstance(getattr(component, "running", None), Mapping):
+            add(component)
+    add(getattr(service, "learner", None))
+    add(getattr(request.app.state, "learner", None))
+    return found
+
+
+def _fields(value: Any) -> dict[str, Any]:
+    """A dataclass's or a mapping's fields as a dict (empty for anything else)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def describe_learner(learner: Any) -> dict[str, Any]:
+    """One learner's app, status, served version, staleness and progress.
+
+    Read in this order, the first source of a field winning: a ``status()`` dict, the ``stats``
+    record (``updates``, ``accepted``, ``last_version``, ``last_staleness_s``, ...), plain
+    attributes, the ``cfg`` (update interval, events needed per update), the version of the
+    model it serves.
+    """
     info: dict[str, Any] = {"name": getattr(learner, "name", type(learner).__name__)}
+    app = getattr(learner, "app", None)
+    if isinstance(app, str):
+        info["app"] = app
     status = jsonable(_read(learner, "status"))
     if isinstance(status, dict):
         info.update(status)
+    for key, value in _fields(_read(learner, "stats")).items():
+        value = jsonable(value)
+        if value is not None:
+            info.setdefault(key, value)
     for name in LEARNER_FIELDS:
         if name not in info:
             value = jsonable(_read(learner, name))
             if value is not None:
                 info[name] = value
+    cfg = _fields(getattr(learner, "cfg", None))
+    for key in ("interval_s", "min_events"):
+        if isinstance(cfg.get(key), (int, float)):
+            info.setdefault(key, cfg[key])
+
+    # A learner's record names its last published update; what it serves now is its model's.
+    served = jsonable(_read(_read(learner, "serving"), "version"))
+    last = info.pop("last_version", None)
+    info.setdefault("version", served if served is not None else last)
     if "staleness_s" not in info:
-        last = info.get("last_update_at", info.get("last_update"))
-        if isinstance(last, (int, float)) and not isinstance(last, bool) and last > 1e9:
-            info["staleness_s"] = round(time.time() - last, 3)
+        staleness = info.pop("last_staleness_s", None)
+        if isinstance(staleness, (int, float)) and not isinstance(staleness, bool):
+            info["staleness_s"] = round(staleness, 3)
+        else:
+            last_at = info.get("last_update_at", info.get("last_update"))
+            if isinstance(last_at, (int, float)) and not isinstance(last_at, bool) and last_at > 1e9:
+                info["staleness_s"] = round(time.time() - last_at, 3)
+    if "status" not in info:
+        info["status"] = _status_line(info)
     return info
+
+
+def _status_line(info: Mapping[str, Any]) -> str:
+    if info.get("running") is False:
+        return "stopped"
+    updates = info.get("updates")
+    if not isinstance(updates, int):
+        return "running"
+    if updates == 0:
+        need = info.get("min_events")
+        return f"waiting for new events ({need} per update)" if need else "waiting for new events"
+    return f"{info.get('accepted', 0)} of {updates} updates served"
+
+
+def learner_info(service: Service, request: Request, app: str | None = None) -> dict[str, Any] | None:
+    """The online learner of ``app`` (any learner when ``app`` is None), else ``None``.
+
+    A learner that names no app counts for every app.
+    """
+    for learner in running_learners(service, request):
+        owner = getattr(learner, "app", None)
+        if app is None or not isinstance(owner, str) or owner == app:
+            return describe_learner(learner)
+    return None
 
 
 def _item_summary(service: Service, app: str, item_id: str) -> dict[str, Any]:
@@ -163,8 +268,9 @@ def stats(
             "by_type": dict(counters.by_type),
         },
         "feedback": {**telemetry.feedback(), "window_s": telemetry.ratio_window},
-        "model": model_info(service),
-        "learner": learner_info(service, request),
+        "model": model_info(service, app),
+        "learner": learner_info(service, request, app),
+        "learners": [describe_learner(learner) for learner in running_learners(service, request)],
         "catalog": catalog_info(service, app),
         "series": telemetry.series(),
     }

@@ -76,7 +76,7 @@
     Sparkline.draw($("spark-negative"), [{ values: pick("negative_share") }], pct);
 
     renderModel(stats.model);
-    renderLearner(stats.learner);
+    renderLearner(stats.learner, stats.learners);
     const c = stats.catalog;
     definitions($("totals"), [
       ["Items", count(c.items), "catalog-items"],
@@ -111,16 +111,29 @@
     definitions($("model"), pairs);
   }
 
-  function renderLearner(learner) {
+  // The app's learner first (status, served version, staleness), then the rest of what it reports;
+  // learners of other apps are named on one line so an operator sees they run.
+  function renderLearner(learner, all) {
+    const others = (all || []).filter((l) => !learner || l.app !== learner.app);
+    const elsewhere = others.length
+      ? [["Other apps", others.map((l) => `${l.app || l.name} (${l.version || "no version"})`).join(", "), "learner-others"]]
+      : [];
     if (!learner) {
-      definitions($("learner"), [["Status", "no online learner running", "learner-status"]]);
+      const note = others.length ? "no online learner for this app" : "no online learner running";
+      definitions($("learner"), [["Status", note, "learner-status"], ...elsewhere]);
       return;
     }
-    const pairs = [["Learner", learner.name], ["Staleness", duration(learner.staleness_s), "learner-staleness"]];
+    const shown = ["name", "app", "status", "version", "staleness_s"];
+    const pairs = [
+      ["Learner", learner.app ? `${learner.name} · ${learner.app}` : learner.name],
+      ["Status", shortValue(learner.status), "learner-status"],
+      ["Serving", shortValue(learner.version), "learner-version"],
+      ["Staleness", learner.staleness_s === null || learner.staleness_s === undefined ? "no update yet" : duration(learner.staleness_s), "learner-staleness"],
+    ];
     for (const [k, v] of Object.entries(learner)) {
-      if (k !== "name" && k !== "staleness_s") pairs.push([k.replaceAll("_", " "), shortValue(v)]);
+      if (!shown.includes(k)) pairs.push([k.replaceAll("_", " "), shortValue(v)]);
     }
-    definitions($("learner"), pairs.slice(0, 12));
+    definitions($("learner"), [...pairs.slice(0, 12), ...elsewhere]);
   }
 
   function renderItems(target, items, extra, emptyText) {
