@@ -318,3 +318,48 @@ def test_promoted_models_route_texts_and_keep_them_across_a_swap(tmp_path) -> No
     router.score("a", _with_texts(["old search", "new search"]), 5)
     assert enc.batches == [2, 1] and router.by_app["a"].text_misses == 0
     assert router.save_texts() == 1  # the observed text, encoded after the warm-up was saved
+
+
+def test_concurrent_requests_are_micro_batched_and_equal_one_at_a_time() -> None:
+    import threading
+    import time
+
+    sc = TransformerScorer("a", _model(), ITEMS)
+    states = [_state([f"i{(u + k) % N_ITEMS}" for k in range(1 + u % 9)]) for u in range(24)]
+    alone = [sc.score("a", s, 5).scores for s in states]
+    sizes: list[int] = []
+    plain = sc.score_many
+
+    def slow_score_many(batch, now=None):  # a pass long enough for the other callers to queue
+        sizes.append(len(batch))
+        time.sleep(0.02)
+        return plain(batch, now)
+
+    sc.score_many = slow_score_many  # type: ignore[method-assign]
+    got: dict[int, np.ndarray] = {}
+    threads = [threading.Thread(target=lambda u=u: got.__setitem__(u, sc.score("a", states[u], 5).scores))
+               for u in range(len(states))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(sizes) == len(states) and max(sizes) > 1, sizes  # several requests shared a pass
+    for u, s in enumerate(alone):
+        np.testing.assert_allclose(got[u], s, rtol=1e-5, atol=1e-5)
+
+
+def test_a_failing_batch_fails_each_of_its_callers_and_the_next_batch_runs() -> None:
+    from liverec.model.batching import MicroBatcher
+
+    calls = []
+
+    def fn(xs):
+        calls.append(list(xs))
+        if any(x < 0 for x in xs):
+            raise ValueError("negative")
+        return [x + 1 for x in xs]
+
+    b = MicroBatcher(fn)
+    with pytest.raises(ValueError):
+        b(-1)
+    assert b(1) == 2 and calls == [[-1], [1]]

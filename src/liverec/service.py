@@ -116,7 +116,7 @@ class Service:
             self.follower.event_seq, self.follower.change_seq = heads
         else:
             self.follower.event_seq, self.follower.change_seq = restored
-        self.follower.catch_up()
+        self.follower.catch_up(force=True)
         # Millions of long-lived objects now exist; keep the cyclic collector from re-walking them
         # on every full collection (those pauses show up as request-latency tails).
         gc.collect()
@@ -214,7 +214,7 @@ class Service:
     def ingest_events(self, events: list[Event]) -> dict[str, int]:
         """Store already-validated events and apply them; the return is the acknowledgement."""
         result = self.store.events.append(events)  # durable once this returns
-        self.follower.catch_up()  # this process's folds now hold them (and whatever came before)
+        self.follower.catch_up(force=True)  # this process's folds now hold them (and whatever came before)
         with self._count_lock:
             for event in result.accepted:
                 self.counters.by_type[event.type] = self.counters.by_type.get(event.type, 0) + 1
@@ -231,19 +231,19 @@ class Service:
 
     def _store_items(self, items: list) -> int:
         written = self.store.catalog.upsert(items)
-        self.follower.catch_up()
+        self.follower.catch_up(force=True)
         return written
 
     def delete_user(self, app: str, user_id: str) -> dict[str, Any]:
         """Delete the user's events and state in ``app``; returns a receipt with counts."""
         with self.follower.lock:
-            self.follower.catch_up()
+            self.follower.catch_up(force=True)
             applied = self.follower.event_seq
             removed = self.store.events.remove_user(app, user_id)
             # events committed by others after our catch-up were never folded here: nothing to subtract
             self._forget[(app, user_id)] = [e for seq, e in removed if seq <= applied]
             had_state = self.state.get(app, user_id) is not None
-            self.follower.catch_up()  # applies the deletion: state dropped, counters subtracted
+            self.follower.catch_up(force=True)  # applies the deletion: state dropped, counters subtracted
             self._forget.pop((app, user_id), None)
         return {
             "app": app,

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import ui
 from ..config import Settings
 from ..runtime.compose import build_service
-from ..runtime.workers import WorkerRegistry
+from ..runtime.readiness import WorkerRegistry
 from ..service import Service
 from . import events, items, ops, stats, users
 from .ops import Metrics

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 
 from ..service import Service
 from .deps import get_app_id, get_service
@@ -28,14 +29,17 @@ def recommendations(
     explore: bool | None = Query(None, description="Let the bandit fill its exploration slots (default: the app's setting)"),
     app: str = Depends(get_app_id),
     service: Service = Depends(get_service),
-) -> dict:
+) -> Response:
     """Ranked items for the user as they are now (reflects every acknowledged event).
 
     Every item carries `because`: the user's own events that support it most (item id, event type)
     and the feedback-policy adjustments that applied; items placed by exploration carry
     `explored` and the `propensity` with which they were chosen.
     """
-    return service.recommend(app, user_id, n, _split(exclude), _split(category), include_consumed, diversity, explore)
+    result = service.recommend(app, user_id, n, _split(exclude), _split(category), include_consumed, diversity, explore)
+    # the hottest route: orjson straight to bytes (FastAPI's generic encoder walks the nested
+    # `because` lists and cost ~0.5 ms a response)
+    return Response(orjson.dumps(result), media_type="application/json")
 
 
 @router.get("/users/{user_id}")

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from liverec.events import Event
+from liverec.model.batching import MicroBatcher
 from liverec.model.features import gap_bucket, type_id, value_bucket
 from liverec.model.text import TextEncoder, TextVectorMemo
 from liverec.model.transformer import FeedbackTransformer, ModelConfig
@@ -76,6 +77,8 @@ class TransformerScorer:
             self.text_vectors = text_vectors if text_vectors is not None else TextVectorMemo(text_encoder, text_cache_dir)
         self.text_misses = 0  # event texts a request found without a vector (read as absent)
         self._lock = threading.Lock()
+        # concurrent requests share one forward pass (equal to one at a time: tested)
+        self._batched: MicroBatcher[UserState | None, np.ndarray] = MicroBatcher(lambda states: list(self.score_many(states)))
         self._refresh()
 
     def _refresh(self) -> None:
@@ -126,7 +129,7 @@ class TransformerScorer:
         """Scores of every item for the user's current sequence (popularity-like prior if none)."""
         if app != self.app:
             return Scored.empty()
-        return Scored(self.item_ids, self.score_many([state])[0])
+        return Scored(self.item_ids, self._batched(state))
 
     def score_many(self, states: Sequence[UserState | None], now: float | None = None) -> np.ndarray:
         """(B, N) float32 scores for several users in one batched forward pass.

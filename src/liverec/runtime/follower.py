@@ -7,8 +7,10 @@ to ``apply_events``, other changes (item upserts, user deletions) to ``apply_cha
 
 The request path calls :meth:`LogFollower.catch_up` before reading a user's state: one cheap
 query (``EventLog.heads``) when nothing is new, so an event acknowledged by *any* process is
-reflected in the next answer of *every* process (read-your-writes across workers). Writers that
-appended call it too, so local and remote events take the same path into the folds.
+reflected in the next answer of *every* process (read-your-writes across workers). On SQLite
+even that query is skipped while ``PRAGMA data_version`` says no other connection committed.
+Writers that appended call it too (``force``: their own commits do not move that version), so
+local and remote events take the same path into the folds.
 
 Order: both backends commit appends and changes in sequence order (SQLite serialises writers;
 PostgreSQL appends take an advisory lock), and a change records the event head it committed
@@ -44,23 +46,34 @@ class LogFollower:
         self.batch = batch
         self.lock = threading.RLock()  # one catch-up at a time; readers that find work wait for it
         self.applied_events = 0
+        self._version: int | None = None  # the log's version when this process last caught up
 
     @property
     def position(self) -> tuple[int, int]:
         return self.event_seq, self.change_seq
 
-    def behind(self) -> tuple[int, int] | None:
-        """The log's heads when they are past what this process applied, else ``None``."""
+    def behind(self, force: bool = False) -> tuple[tuple[int, int] | None, int | None]:
+        """(the log's heads when they are past what this process applied, else ``None``; the
+        log's version read before them). ``force``: ask for the heads even if the version has
+        not moved (after this process's own commits)."""
+        version = self.log.version()
+        if not force and version is not None and version == self._version:
+            return None, version
         heads = self.log.heads()
-        return heads if heads[0] > self.event_seq or heads[1] > self.change_seq else None
+        return (heads if heads[0] > self.event_seq or heads[1] > self.change_seq else None), version
 
-    def catch_up(self) -> int:
-        """Apply everything committed up to now; returns how many events were applied."""
-        heads = self.behind()
+    def catch_up(self, force: bool = False) -> int:
+        """Apply everything committed up to now; returns how many events were applied.
+
+        ``force`` after a commit of this process's own (see :meth:`behind`)."""
+        heads, version = self.behind(force)
         if heads is None:
+            self._version = version
             return 0
         with self.lock:
-            return self._apply_until(*heads)
+            applied = self._apply_until(*heads)
+            self._version = version  # read before the heads: a later commit moves it again
+            return applied
 
     def _apply_until(self, event_head: int, change_head: int) -> int:
         if event_head <= self.event_seq and change_head <= self.change_seq:

@@ -96,6 +96,10 @@ class EventLog(Protocol):
         """Delete the user's events (and record a ``user_deleted`` change in the same
         transaction); returns how many were deleted."""
 
+    def version(self) -> int | None:
+        """A number that changes when *another* connection commits (SQLite's ``data_version``),
+        or ``None`` where the backend has no such cheap check; lets a follower skip ``heads``."""
+
     def heads(self) -> tuple[int, int]:
         """(highest event seq, highest change seq): one cheap query a follower runs per request."""
 

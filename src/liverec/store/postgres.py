@@ -126,6 +126,9 @@ class PostgresStore:
 class _EventLog(SqlEventReads):
     _s: PostgresStore
 
+    def version(self) -> int | None:
+        return None  # no cheap "did anyone commit" check: the follower asks for the heads
+
     def append(self, events: Sequence[Event]) -> AppendResult:
         if not events:
             return AppendResult([], 0)

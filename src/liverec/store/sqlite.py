@@ -125,6 +125,10 @@ class _Transaction:
 class _EventLog(SqlEventReads):
     _s: SQLiteStore
 
+    def version(self) -> int | None:
+        with self._s._lock:
+            return self._s._conn.execute("PRAGMA data_version").fetchone()[0]
+
     def append(self, events: Sequence[Event]) -> AppendResult:
         if not events:
             return AppendResult([], 0)
