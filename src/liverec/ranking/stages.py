@@ -102,6 +102,21 @@ def explain_history(
     return out
 
 
+def top_order(scores: np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` of ``np.argsort(-scores, kind="stable")`` without sorting every score:
+    everything at or above the k-th best value, in score order, ties in candidate order.
+
+    >>> top_order(np.array([0.1, 0.9, 0.5, 0.9, 0.2]), 3).tolist()
+    [1, 3, 2]
+    """
+    n = len(scores)
+    if k >= n:
+        return np.argsort(-scores, kind="stable")
+    kth = np.partition(scores, n - k)[n - k]  # the k-th best value
+    cand = np.flatnonzero(scores >= kth)  # ascending index: ties stay in candidate order
+    return cand[np.argsort(-scores[cand], kind="stable")][:k]
+
+
 class RankingStages:
     """Feedback policy, diversity, exploration and explanations (one instance per service)."""
 
@@ -149,18 +164,25 @@ class RankingStages:
         """The best ``pool`` allowed candidates, plus allowed neighbours of recent likes, plus the
         best candidates of the categories the user has recently been positive about (and, with
         ``every_category``, the best candidate of each category the pool does not have yet)."""
-        order = np.argsort(-scored.scores, kind="stable")
+        want = max(pool, request.n)
         ids: list[str] = []
         scores: list[float] = []
         taken: set[str] = set()
-        for k in order:
-            item_id = scored.item_ids[k]
-            if allow(item_id):
-                ids.append(item_id)
-                scores.append(float(scored.scores[k]))
-                taken.add(item_id)
-                if len(ids) >= max(pool, request.n):
-                    break
+        # Walk the best candidates first; a top-k selection (not a sort of every item) is enough
+        # unless the filters reject most of it, and then the next, wider selection continues.
+        seen = 0
+        k = min(len(scored.scores), 2 * want + 32)
+        while len(ids) < want and seen < len(scored.scores):
+            order = top_order(scored.scores, k)
+            for j in order[seen:].tolist():
+                item_id = scored.item_ids[j]
+                if allow(item_id):
+                    ids.append(item_id)
+                    scores.append(float(scored.scores[j]))
+                    taken.add(item_id)
+                    if len(ids) >= want:
+                        break
+            seen, k = len(order), min(len(scored.scores), 4 * k)
         if state is not None and cfg.neighbour_candidates > 0 and ids:
             floor = min(scores)
             recent = recent_positives(state, 5)
@@ -179,19 +201,20 @@ class RankingStages:
         liked_cats = sorted(summary.boosted, key=lambda c: -summary.boosted[c])[:3] if cfg.category_candidates > 0 else []
         if (liked_cats or every_category) and self.categories is not None and ids:
             cm = self.categories(request.app)
-            member = cm.of_table(*scored.base())[order]  # (S, G) in score order
+            member = cm.of_table(*scored.base())  # (S, G) in candidate order
             wanted = [(cm.col[c], cfg.category_candidates) for c in liked_cats if c in cm.col]
             if every_category:  # categories the user has not turned against
                 have = cm.of(ids).any(axis=0)  # (G,)
                 wanted += [(g, 1) for g in np.flatnonzero(~have).tolist() if cm.names[g] not in summary.against]
             for g, k in wanted:
                 added = 0
-                for j in np.flatnonzero(member[:, g]).tolist():
-                    item_id = str(scored.item_ids[order[j]])
+                in_g = np.flatnonzero(member[:, g])
+                for j in in_g[np.argsort(-scored.scores[in_g], kind="stable")].tolist():  # best first
+                    item_id = str(scored.item_ids[j])
                     if item_id in taken or not allow(item_id):
                         continue
                     ids.append(item_id)
-                    scores.append(float(scored.scores[order[j]]))
+                    scores.append(float(scored.scores[j]))
                     taken.add(item_id)
                     added += 1
                     if added >= k:
