@@ -349,7 +349,7 @@ def test_concurrent_requests_are_micro_batched_and_equal_one_at_a_time() -> None
 
 
 def test_a_failing_batch_fails_each_of_its_callers_and_the_next_batch_runs() -> None:
-    from liverec.model.batching import MicroBatcher
+    from liverec.batching import MicroBatcher
 
     calls = []
 

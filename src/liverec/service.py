@@ -1,7 +1,7 @@
 """The service core: the event path and the request path over one shared log.
 
-Event path: validate -> event log append (durable, idempotent) -> acknowledged once the process's
-folds have caught up with the log (user state, scorer counters, listeners such as reward tracking
+Event path: validate -> event log append (durable, idempotent; concurrent requests' batches share
+one transaction) -> acknowledged once the process's folds have caught up with the log (user state, scorer counters, listeners such as reward tracking
 and the online learner), so the next request for that user reflects the event.
 
 Request path: catch up with the log (one cheap query when nothing is new: events acknowledged by
@@ -18,8 +18,9 @@ import gc
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
+from .batching import MicroBatcher
 from .catalog import CatalogIndex, parse_item, parse_items
 from .config import Settings
 from .events import Event, EventRules, EventValidationError, FieldError, parse_batch
@@ -27,7 +28,7 @@ from .recommend.cooccurrence import CooccurrenceScorer
 from .recommend.pipeline import Pipeline, RecommendRequest
 from .runtime.follower import LogFollower
 from .state import StateStore
-from .store import Change, Store
+from .store import AppendResult, Change, Store
 
 
 class BatchTooLarge(ValueError):
@@ -90,6 +91,7 @@ class Service:
         self.counters = Counters()
         self._count_lock = threading.Lock()
         self.follower = LogFollower(store.events, self._apply_events, self._apply_change)
+        self._append: MicroBatcher[list[Event], AppendResult] = MicroBatcher(self._append_group)
         self._forget: dict[tuple[str, str], list[Event]] = {}  # exact forgets of this process's deletions
         self._rebuilds: set[str] = set()  # apps whose counters are being rebuilt after a remote deletion
         self.started_at = time.time()
@@ -213,14 +215,28 @@ class Service:
 
     def ingest_events(self, events: list[Event]) -> dict[str, int]:
         """Store already-validated events and apply them; the return is the acknowledgement."""
-        result = self.store.events.append(events)  # durable once this returns
-        self.follower.catch_up(force=True)  # this process's folds now hold them (and whatever came before)
+        result = self._append(events)  # durable and folded once this returns
         with self._count_lock:
             for event in result.accepted:
                 self.counters.by_type[event.type] = self.counters.by_type.get(event.type, 0) + 1
             self.counters.events_accepted += len(result.accepted)
             self.counters.events_duplicate += result.duplicates
         return {"accepted": len(result.accepted), "duplicates": result.duplicates}
+
+    def _append_group(self, batches: Sequence[list[Event]]) -> list[AppendResult]:
+        """Group commit: the batches of concurrent requests in one transaction, then one catch-up.
+
+        A batch is still all-or-nothing (a failure fails every batch of the group, none of them
+        acknowledged); an event id sent twice in the group is stored once, from the first batch.
+        """
+        result = self.store.events.append([e for batch in batches for e in batch])  # durable
+        self.follower.catch_up(force=True)  # this process's folds now hold them (and whatever came before)
+        stored = set(map(id, result.accepted))
+        out = []
+        for batch in batches:
+            accepted = [e for e in batch if id(e) in stored]
+            out.append(AppendResult(accepted, len(batch) - len(accepted)))
+        return out
 
     def upsert_items(self, app: str, raws: list[Any]) -> int:
         items = parse_items(raws, app=app)

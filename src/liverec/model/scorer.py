@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from liverec.events import Event
-from liverec.model.batching import MicroBatcher
+from liverec.batching import MicroBatcher
 from liverec.model.features import gap_bucket, type_id, value_bucket
 from liverec.model.text import TextEncoder, TextVectorMemo
 from liverec.model.transformer import FeedbackTransformer, ModelConfig

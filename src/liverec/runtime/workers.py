@@ -31,7 +31,7 @@ def worker_app():  # uvicorn calls this in each worker process (factory=True)
 def share_cores(workers: int) -> None:
     """Give each worker's PyTorch its share of the cores: N workers each running intra-op
     threads over every core oversubscribe the machine (one batched forward runs at a time per
-    worker, see :mod:`liverec.model.batching`)."""
+    worker, see :mod:`liverec.batching`)."""
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(workers, 1)))

@@ -1,8 +1,9 @@
 """Micro-batching: concurrent requests' inputs go through one batched call.
 
-Several request threads of one worker ask for scores at once; one forward pass over their
+Several request threads of one worker ask for scores at once: one forward pass over their
 sequences costs little more than one over a single sequence, and one pass at a time keeps the
-threads from competing for the same cores. :class:`MicroBatcher` does this without a thread of
+threads from competing for the same cores. Several threads append events at once: one
+transaction (one fsync) commits them all (group commit). :class:`MicroBatcher` does this without a thread of
 its own and without waiting for a batch to fill: the first caller that finds no batch running
 runs one with everything queued so far (itself included); callers arriving meanwhile queue and
 the next of them runs the next batch. An idle worker therefore adds no latency, and a busy one
