@@ -41,7 +41,7 @@ from .bandit import RewardTracker, ThompsonBandit
 from .config import RankingConfig, RankingSettings
 from .diversity import mmr
 from .examined import Examined
-from .feedback import Summary, adjust, negative_streak, recent_positives, stale_after_streak, summarise
+from .feedback import Adjustments, Summary, adjust, negative_streak, recent_positives, stale_after_streak, summarise
 from .impressions import Impression, ImpressionLog
 from .vectors import ItemSpace
 
@@ -115,6 +115,24 @@ def top_order(scores: np.ndarray, k: int) -> np.ndarray:
     kth = np.partition(scores, n - k)[n - k]  # the k-th best value
     cand = np.flatnonzero(scores >= kth)  # ascending index: ties stay in candidate order
     return cand[np.argsort(-scores[cand], kind="stable")][:k]
+
+
+Slot = tuple[int, float, "dict | None"]  # (pool index, propensity, exploration info or None)
+
+
+@dataclass(frozen=True)
+class RankContext:
+    """What the stages of one request share."""
+
+    request: RecommendRequest
+    state: UserState | None
+    cfg: RankingConfig
+    now: float  # reference time of feedback decay
+    streak: bool  # the newest events are a run of negatives
+    summary: Summary  # the user's feedback by category and item
+    explore: bool
+    explore_categories: bool
+    diversity: float
 
 
 class RankingStages:
@@ -290,56 +308,81 @@ class RankingStages:
     # ------------------------------------------------------------------------------ rank
     def rank(self, request: RecommendRequest, state: UserState | None, scored: Scored, allow: Callable[[str], bool]) -> list[Recommendation]:
         """The slate for ``request`` with ``because``, propensities, and impressions logged."""
-        cfg = self.settings.for_app(request.app)
-        now = request.now if request.now is not None else (state.last_timestamp if state is not None else 0.0)
-        streak = self._on_streak(state, cfg)
-        stale = stale_after_streak(request.app, state, self.types, cfg, self.items)
-        passed = self.examined.passed(request.app, request.user_id) if state is not None else []
-        summary = summarise(request.app, state, now, cfg, self.items, stale, passed)
-        explore = (cfg.explore if request.explore is None else request.explore) and request.user_id is not None
-        explore_cats = explore and cfg.explore_categories and bool(cfg.explore_slots) and self.categories is not None
-        ids, raw = self._pool(request, state, scored, allow, cfg, now, cfg.streak_pool if streak else cfg.pool, summary,
-                              every_category=explore_cats or streak)
+        ctx = self._context(request, state)
+        ids, raw = self._pool(request, state, scored, allow, ctx.cfg, ctx.now, ctx.cfg.streak_pool if ctx.streak else ctx.cfg.pool,
+                              ctx.summary, every_category=ctx.explore_categories or ctx.streak)
         if not ids:
             return []
+        final, adj = self._final_scores(ctx, ids, raw)
+        order, diversified = self._diversify(ctx, ids, final, adj)
+        slate = self._fill_slate(ctx, ids, final, order)
+        slate = self._blocks_last(slate, ids, allow)
+        recs, impressions = self._explain(ctx, ids, final, adj, slate, diversified)
+        self._log(ctx, recs, impressions)
+        return recs
+
+    def _context(self, request: RecommendRequest, state: UserState | None) -> RankContext:
+        """What every stage of one request reads: config, reference time, streak, feedback summary."""
+        cfg = self.settings.for_app(request.app)
+        now = request.now if request.now is not None else (state.last_timestamp if state is not None else 0.0)
+        stale = stale_after_streak(request.app, state, self.types, cfg, self.items)
+        passed = self.examined.passed(request.app, request.user_id) if state is not None else []
+        explore = (cfg.explore if request.explore is None else request.explore) and request.user_id is not None
+        diversity = cfg.diversity if request.diversity is None else request.diversity
+        streak = self._on_streak(state, cfg)
+        return RankContext(
+            request=request, state=state, cfg=cfg, now=now, streak=streak,
+            summary=summarise(request.app, state, now, cfg, self.items, stale, passed), explore=explore,
+            explore_categories=explore and cfg.explore_categories and bool(cfg.explore_slots) and self.categories is not None,
+            diversity=max(diversity, cfg.streak_diversity) if streak else diversity,
+        )
+
+    def _final_scores(self, ctx: RankContext, ids: list[str], raw: np.ndarray) -> tuple[np.ndarray, Adjustments]:
+        """(K,) model relevance scaled to [0, 1] plus the feedback policy's adjustments."""
         span = raw.max() - raw.min()
         rel = (raw - raw.min()) / span if span > 0 else np.ones(len(raw))  # (K,) in [0, 1]
-        adj = adjust(request.app, state, ids, now, cfg, self.space, self.items, summary)
-        final = rel + adj.total  # (K,)
+        adj = adjust(ctx.request.app, ctx.state, ids, ctx.now, ctx.cfg, self.space, self.items, ctx.summary)
+        return rel + adj.total, adj  # (K,)
+
+    def _diversify(self, ctx: RankContext, ids: list[str], final: np.ndarray, adj: Adjustments) -> tuple[np.ndarray, set[int]]:
+        """The pool in slate order (MMR over its head when diversity is on) and the pool indices
+        that diversity placed (on a streak: the whole slate it chose)."""
         order = np.argsort(-final, kind="stable")
-        n = min(request.n, len(ids))
-        diversity = cfg.diversity if request.diversity is None else request.diversity
-        if streak:
-            diversity = max(diversity, cfg.streak_diversity)
-        diversified: set[int] = set()
-        if diversity > 0 and n > 1:
-            # on a streak, MMR reaches deeper (the wider pool, demotions applied, is re-sorted)
-            head = order[: min(len(order), max(10 * n, 100) if streak else max(4 * n, n + 10))]
-            relevance_top = set(order[:n].tolist())  # the slate without diversity (what it changes is marked)
-            if streak:
-                head = self._streak_head(request.app, ids, order, adj.total, summary, cfg, len(head), n)
-            table = self.space.table(request.app)
-            head_ids = [ids[k] for k in head]
-            sim = self.space.similarity(request.app, head_ids, head_ids, table)  # (M, M)
-            picks = mmr(final[head], sim, n, diversity)
-            chosen = [int(head[p]) for p in picks]
-            # marked in ``because``: what diversity changed; on a streak, the whole slate it chose
-            diversified = set(chosen) if streak else {k for k in chosen if k not in relevance_top}
-            rest = [int(k) for k in order if int(k) not in set(chosen)]
-            order = np.asarray(chosen + rest, dtype=np.int64)
-        # ---- slate with exploration slots -----------------------------------------------------
-        slots = set(p for p in cfg.explore_slots if p < n) if explore else set()
+        n = min(ctx.request.n, len(ids))
+        if not (ctx.diversity > 0 and n > 1):
+            return order, set()
+        app = ctx.request.app
+        # on a streak, MMR reaches deeper (the wider pool, demotions applied, is re-sorted)
+        head = order[: min(len(order), max(10 * n, 100) if ctx.streak else max(4 * n, n + 10))]
+        relevance_top = set(order[:n].tolist())  # the slate without diversity (what it changes is marked)
+        if ctx.streak:
+            head = self._streak_head(app, ids, order, adj.total, ctx.summary, ctx.cfg, len(head), n)
+        table = self.space.table(app)
+        head_ids = [ids[k] for k in head]
+        sim = self.space.similarity(app, head_ids, head_ids, table)  # (M, M)
+        chosen = [int(head[p]) for p in mmr(final[head], sim, n, ctx.diversity)]
+        diversified = set(chosen) if ctx.streak else {k for k in chosen if k not in relevance_top}
+        picked = set(chosen)
+        rest = [int(k) for k in order if int(k) not in picked]
+        return np.asarray(chosen + rest, dtype=np.int64), diversified
+
+    def _fill_slate(self, ctx: RankContext, ids: list[str], final: np.ndarray, order: np.ndarray) -> list[Slot]:
+        """The slate's (pool index, propensity, exploration info) in order: the ranked order,
+        with the configured positions filled by Thompson exploration (one over categories)."""
+        cfg = ctx.cfg
+        n = min(ctx.request.n, len(ids))
+        slots = set(p for p in cfg.explore_slots if p < n) if ctx.explore else set()
         category_slot = None
-        if explore_cats and slots:
-            category_slot = 0 if streak else min(slots)
+        if ctx.explore_categories and slots:
+            category_slot = 0 if ctx.streak else min(slots)
             slots.discard(min(slots))
         used = np.zeros(len(ids), dtype=bool)
         queue = [int(k) for k in order]
-        slate: list[tuple[int, float, dict | None]] = []  # (pool index, propensity, exploration info)
+        slate: list[Slot] = []
         qpos = 0
         for p in range(n):
             if p == category_slot:
-                picked = self._category_slot(request.app, ids, final, queue, used, summary, cfg)
+                picked = self._category_slot(ctx.request.app, ids, final, queue, used, ctx.summary, cfg)
                 if picked is not None:
                     used[picked[0]] = True
                     slate.append(picked)
@@ -348,7 +391,7 @@ class RankingStages:
                 remaining = [k for k in queue if not used[k]][: cfg.explore_pool]
                 if len(remaining) >= 2:
                     pool_ids = [ids[k] for k in remaining]
-                    choice, dist = self.bandit.choose(request.app, pool_ids, final[remaining], cfg)
+                    choice, dist = self.bandit.choose(ctx.request.app, pool_ids, final[remaining], cfg)
                     k = remaining[choice]
                     used[k] = True
                     slate.append((k, float(dist[choice]), {"pool": pool_ids, "p": dist.tolist(), "s": final[remaining].tolist()}))
@@ -360,23 +403,33 @@ class RankingStages:
             k = queue[qpos]
             used[k] = True
             slate.append((k, 1.0, None))
-        # ---- blocks are the last word ---------------------------------------------------------
+        return slate
+
+    def _blocks_last(self, slate: list[Slot], ids: list[str], allow: Callable[[str], bool]) -> list[Slot]:
+        """Blocks are the last word: whatever a stage brought in, the hard filters apply again."""
         kept = [(k, prop, info) for k, prop, info in slate if allow(ids[k])]
         if len(kept) != len(slate):
             with self._lock:
                 self.stats.late_filtered += len(slate) - len(kept)
-        slate_ids = [ids[k] for k, _, _ in kept]
-        history = explain_history(request.app, state, slate_ids, self.space, self.types, cfg.because_events)
+        return kept
+
+    def _explain(self, ctx: RankContext, ids: list[str], final: np.ndarray, adj: Adjustments, slate: list[Slot],
+                 diversified: set[int]) -> tuple[list[Recommendation], list[Impression]]:
+        """Recommendations with ``because`` (the user's own events, the policy's adjustments,
+        diversity, exploration) and the impressions to log."""
+        request, state = ctx.request, ctx.state
+        slate_ids = [ids[k] for k, _, _ in slate]
+        history = explain_history(request.app, state, slate_ids, self.space, self.types, ctx.cfg.because_events)
         recs: list[Recommendation] = []
         request_id = uuid.uuid4().hex
         shown_at = self.clock() if request.now is None else request.now
         impressions: list[Impression] = []
-        for pos, ((k, prop, info), hist) in enumerate(zip(kept, history)):
+        for pos, ((k, prop, info), hist) in enumerate(zip(slate, history)):
             because = list(hist)
             because.extend(adj.explain(k))
             if k in diversified:
-                entry = {"kind": "policy", "adjustment": "diversity", "diversity": round(diversity, 3)}
-                if streak:
+                entry = {"kind": "policy", "adjustment": "diversity", "diversity": round(ctx.diversity, 3)}
+                if ctx.streak:
                     entry["reason"] = "negative streak"
                 because.append(entry)
             if info is not None:
@@ -386,7 +439,8 @@ class RankingStages:
                 because.append(entry)
             if not because:
                 because.append({"kind": "model", "reason": "model score" if state is not None and state.sequence else "popular"})
-            recs.append(Recommendation(ids[k], float(final[k]), because, propensity=prop, explored=info is not None))
+            recs.append(Recommendation(ids[k], float(final[k]), because, propensity=prop, explored=info is not None,
+                                       request_id=request_id))
             if request.user_id is not None:
                 impressions.append(Impression(
                     impression_id=f"{request_id}:{pos}", request_id=request_id, app=request.app,
@@ -395,16 +449,19 @@ class RankingStages:
                     pool=info["pool"] if info else [], pool_propensities=info["p"] if info else [],
                     pool_scores=info["s"] if info else [],
                 ))
+        return recs, impressions
+
+    def _log(self, ctx: RankContext, recs: list[Recommendation], impressions: list[Impression]) -> None:
+        """Counters, the last slate (for items read past), pending rewards, the impression log."""
+        request = ctx.request
         with self._lock:
             self.stats.requests += 1
             self.stats.explored += sum(1 for r in recs if r.explored)
-        if request.user_id is not None and (cfg.passed_item > 0 or cfg.passed_mass > 0):
+        if request.user_id is not None and (ctx.cfg.passed_item > 0 or ctx.cfg.passed_mass > 0):
             self.examined.served(request.app, request.user_id, [r.item_id for r in recs])
         if impressions:
+            shown_at = impressions[0].timestamp
             self.rewards.expire(shown_at)
             self.rewards.shown(impressions)
             if self.impressions is not None:
                 self.impressions.append(impressions)
-        for r in recs:
-            r.request_id = request_id
-        return recs
