@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the API listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
     workers: int = Field(1, ge=1, description="API worker processes.")
+    request_threads: int = Field(
+        8, ge=1, description="Threads per worker that run recommendation requests (Python runs one at a time; "
+        "more only queue on the interpreter lock, while concurrent requests share one model pass).",
+    )
     max_batch: int = Field(10_000, ge=1, description="Most events accepted in one POST /v1/events.")
     sequence_length: int = Field(200, ge=1, description="Recent interactions kept per user.")
     rating_min: float = Field(0.0, description="Lowest accepted rating (inclusive).")

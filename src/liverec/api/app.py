@@ -8,6 +8,7 @@ from pathlib import Path
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -70,6 +71,8 @@ def create_app(settings: Settings | None = None, service: Service | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # sync routes run in this pool: a few threads, not anyio's 40 fighting for the interpreter lock
+        anyio.to_thread.current_default_thread_limiter().total_tokens = app.state.service.settings.request_threads
         if not app.state.service.ready:
             app.state.service.start(progress=progress)
         for hook in app.state.on_start:
