@@ -14,7 +14,10 @@ Reads never create state: :meth:`StateStore.get` returns ``None`` for an unknown
 Copy-on-write: a published :class:`UserState` is never mutated. :meth:`StateStore.apply_batch`
 folds a committed batch into copies of the users it touches and publishes them when the whole
 batch is folded, so a request reads its user's state without a lock and sees a consistent prefix
-of the user's events, never half a batch.
+of the user's events, never half a batch. That is also what makes a snapshot cheap: the
+published states captured with :meth:`StateStore.items` stay as they were while
+:func:`export_states` turns them into columns (``liverec.runtime.snapshots``), and
+:func:`states_from_columns` builds the same states back without refolding the log.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import numpy as np
 
 from .events import BLOCKS, DEFAULT_TYPES, DISLIKES, LIKE_LIKE, SKIPS, UNBLOCKS, UNDOES, Event, TypeSpec
 
@@ -41,20 +46,83 @@ class Interaction:
     event_id: str | None = None
 
 
-class UserState:
-    """The fold of one user's events. Mutated only through :meth:`apply`."""
+_BLOCKED, _LIKED, _DISLIKED, _SKIPPED = 2, 4, 8, 16
+_OWNS_ALL = 31
 
-    __slots__ = ("sequence", "consumed", "blocked", "liked", "disliked", "skipped", "n_events", "last_timestamp")
+
+class SharedSet:
+    """A set that copies in O(what was added lately): a frozen part shared between copies plus a
+    small part of its own, folded into a new frozen part once it grows past an eighth of it (so
+    each add copies a bounded number of elements, amortised). The consumed items of a user with a
+    long history are copied on every folded batch otherwise.
+
+    >>> a = SharedSet(["x"]); b = a.copy(); b.add("y")
+    >>> sorted(a), sorted(b), "y" in b, len(b)
+    (['x'], ['x', 'y'], True, 2)
+    """
+
+    __slots__ = ("_base", "_new")
+
+    def __init__(self, items: Iterable[str] = (), _new: set[str] | None = None) -> None:
+        self._base = items if isinstance(items, frozenset) else frozenset(items)
+        self._new: set[str] = set() if _new is None else _new
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._new or item in self._base
+
+    def __len__(self) -> int:
+        return len(self._base) + len(self._new)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._base
+        yield from self._new
+
+    def add(self, item: str) -> None:
+        if item in self._base:
+            return
+        self._new.add(item)
+        if len(self._new) > max(64, len(self._base) // 8):
+            self._base = self._base | self._new
+            self._new = set()
+
+    def copy(self) -> "SharedSet":
+        return SharedSet(self._base, set(self._new))
+
+
+class UserState:
+    """The fold of one user's events. Mutated only through :meth:`apply`.
+
+    :meth:`copy` shares the feedback containers with the original and :meth:`apply` copies one
+    the first time it changes it (``_owns`` says which this object may change), so folding an
+    event into a copy costs the sequence and what the event touches, not the whole history.
+    """
+
+    __slots__ = ("sequence", "consumed", "blocked", "liked", "disliked", "skipped", "n_events", "last_timestamp", "_owns")
 
     def __init__(self, max_len: int = DEFAULT_SEQUENCE_LENGTH):
         self.sequence: deque[Interaction] = deque(maxlen=max_len)
-        self.consumed: set[str] = set()  # items with a positive interaction, never trimmed
+        self.consumed = SharedSet()  # items with a positive interaction, never trimmed
         self.blocked: dict[str, set[str]] = {}  # scope -> targets ("item" -> item ids)
         self.liked: dict[str, float] = {}  # item -> time of the latest like/favorite/share/purchase
         self.disliked: dict[tuple[str, str], float] = {}  # (scope, target) -> time
         self.skipped: dict[tuple[str, str], float] = {}  # (scope, target) -> time
         self.n_events = 0
         self.last_timestamp = 0.0
+        self._owns = _OWNS_ALL
+
+    def _own(self, part: int) -> None:
+        """Make the container ``part`` this object's own before changing it (copy-on-write)."""
+        if self._owns & part:
+            return
+        if part == _BLOCKED:
+            self.blocked = {scope: set(targets) for scope, targets in self.blocked.items()}
+        elif part == _LIKED:
+            self.liked = dict(self.liked)
+        elif part == _DISLIKED:
+            self.disliked = dict(self.disliked)
+        else:
+            self.skipped = dict(self.skipped)
+        self._owns |= part
 
     def apply(self, event: Event, spec: TypeSpec) -> None:
         """Fold one event into the state."""
@@ -69,34 +137,46 @@ class UserState:
         if spec.polarity == "positive" and event.item_id is not None:
             self.consumed.add(event.item_id)
         if kind in BLOCKS and target is not None:
+            self._own(_BLOCKED)
             self.blocked.setdefault(event.scope, set()).add(target)
         elif kind in UNBLOCKS and target is not None:
-            targets = self.blocked.get(event.scope)
-            if targets is not None:
+            if event.scope in self.blocked:
+                self._own(_BLOCKED)
+                targets = self.blocked[event.scope]
                 targets.discard(target)
                 if not targets:
                     del self.blocked[event.scope]
         elif kind in LIKE_LIKE and event.item_id is not None:
+            self._own(_LIKED)
             self.liked[event.item_id] = event.timestamp
-            self.disliked.pop(("item", event.item_id), None)
+            if ("item", event.item_id) in self.disliked:
+                self._own(_DISLIKED)
+                del self.disliked[("item", event.item_id)]
         elif kind in DISLIKES and target is not None:
+            self._own(_DISLIKED)
             self.disliked[(event.scope, target)] = event.timestamp
-            if event.scope == "item":
-                self.liked.pop(target, None)
+            if event.scope == "item" and target in self.liked:
+                self._own(_LIKED)
+                del self.liked[target]
         elif kind in SKIPS and target is not None:
+            self._own(_SKIPPED)
             self.skipped[(event.scope, target)] = event.timestamp
 
     def copy(self) -> "UserState":
-        """An independent copy (the fold of the same events), for copy-on-write application."""
+        """A copy for copy-on-write application: its own sequence and consumed set, the feedback
+        containers shared until :meth:`apply` changes one (neither object's fold is visible to the other)."""
         other = UserState.__new__(UserState)
         other.sequence = deque(self.sequence, maxlen=self.sequence.maxlen)
-        other.consumed = set(self.consumed)
-        other.blocked = {scope: set(targets) for scope, targets in self.blocked.items()}
-        other.liked = dict(self.liked)
-        other.disliked = dict(self.disliked)
-        other.skipped = dict(self.skipped)
+        other.consumed = self.consumed.copy()
+        other.blocked = self.blocked
+        other.liked = self.liked
+        other.disliked = self.disliked
+        other.skipped = self.skipped
         other.n_events = self.n_events
         other.last_timestamp = self.last_timestamp
+        other._owns = 0
+        # the original is published and never changed again; it may no longer change these either
+        self._owns = 0
         return other
 
     def is_blocked(self, item_id: str, attributes: Mapping[str, Iterable[str]] | None = None) -> bool:
@@ -241,3 +321,138 @@ class StateStore:
         """Canonical form of every user's state (for comparisons)."""
         with self.lock:
             return {key: state.to_dict() for key, state in self._users.items()}
+
+    def export_state(self) -> dict[str, Any]:
+        """Every user's state as columns (see :func:`export_states`)."""
+        return export_states(self.items())
+
+    def load_state(self, columns: Mapping[str, Any]) -> None:
+        """Replace all state with the states :func:`export_states` wrote."""
+        self.replace(states_from_columns(columns, self.max_len))
+
+
+# ---- columnar form --------------------------------------------------------------------------------
+# A snapshot stores users as flat columns, one entry per user or per element of a user's
+# collection, with ``*_offsets`` (n_users + 1) marking each user's slice: numbers as numpy arrays,
+# strings as lists (``None`` where a field is unset), so the file format chooses their encoding.
+
+def _offsets(lengths: list[int]) -> np.ndarray:
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
+
+
+def _floats(values: list[float]) -> np.ndarray:
+    return np.array(values, dtype=np.float64) if values else np.zeros(0, dtype=np.float64)
+
+
+def export_states(items: Iterable[tuple[tuple[str, str], UserState]]) -> dict[str, Any]:
+    """Columns of the given published states; the inverse of :func:`states_from_columns`.
+
+    Dict and set members are written in iteration order, so insertion order survives the round
+    trip.
+    """
+    apps: list[str] = []
+    users: list[str] = []
+    n_events: list[int] = []
+    last_timestamp: list[float] = []
+    flat: list[Interaction] = []
+    lengths: dict[str, list[int]] = {name: [] for name in ("seq", "consumed", "blocked", "liked", "disliked", "skipped")}
+    consumed: list[str] = []
+    blocked_scope: list[str] = []
+    blocked_target: list[str] = []
+    liked_item: list[str] = []
+    liked_time: list[float] = []
+    pairs: dict[str, tuple[list[str], list[str], list[float]]] = {"disliked": ([], [], []), "skipped": ([], [], [])}
+    for (app, user), state in items:
+        apps.append(app)
+        users.append(user)
+        n_events.append(state.n_events)
+        last_timestamp.append(state.last_timestamp)
+        flat.extend(state.sequence)
+        lengths["seq"].append(len(state.sequence))
+        consumed.extend(state.consumed)
+        lengths["consumed"].append(len(state.consumed))
+        n_blocked = 0
+        for scope, targets in state.blocked.items():
+            blocked_scope.extend([scope] * len(targets))
+            blocked_target.extend(targets)
+            n_blocked += len(targets)
+        lengths["blocked"].append(n_blocked)
+        liked_item.extend(state.liked)
+        liked_time.extend(state.liked.values())
+        lengths["liked"].append(len(state.liked))
+        for name, feedback in (("disliked", state.disliked), ("skipped", state.skipped)):
+            scopes, targets, times = pairs[name]
+            for (scope, target), t in feedback.items():
+                scopes.append(scope)
+                targets.append(target)
+                times.append(t)
+            lengths[name].append(len(feedback))
+    values = [i.value for i in flat]
+    columns: dict[str, Any] = {
+        "app": apps,
+        "user_id": users,
+        "n_events": np.array(n_events, dtype=np.int64),
+        "last_timestamp": _floats(last_timestamp),
+        "seq_item": [i.item_id for i in flat],
+        "seq_type": [i.type for i in flat],
+        "seq_value": _floats([0.0 if v is None else v for v in values]),
+        "seq_has_value": np.array([v is not None for v in values], dtype=np.bool_),
+        "seq_timestamp": _floats([i.timestamp for i in flat]),
+        "seq_text": [i.text for i in flat],
+        "seq_event_id": [i.event_id for i in flat],
+        "consumed_item": consumed,
+        "blocked_scope": blocked_scope,
+        "blocked_target": blocked_target,
+        "liked_item": liked_item,
+        "liked_time": _floats(liked_time),
+    }
+    for name, (scopes, targets, times) in pairs.items():
+        columns[f"{name}_scope"] = scopes
+        columns[f"{name}_target"] = targets
+        columns[f"{name}_time"] = _floats(times)
+    for name, lens in lengths.items():
+        columns[f"{name}_offsets"] = _offsets(lens)
+    return columns
+
+
+def states_from_columns(columns: Mapping[str, Any], max_len: int) -> dict[tuple[str, str], UserState]:
+    """The states :func:`export_states` wrote, keyed by (app, user_id)."""
+    apps, users = columns["app"], columns["user_id"]
+    n_events = columns["n_events"].tolist()
+    last_timestamp = columns["last_timestamp"].tolist()
+    # Millions of interactions: built in one pass over the columns, then sliced per user.
+    values = [v if has else None for v, has in zip(columns["seq_value"].tolist(), columns["seq_has_value"].tolist())]
+    interactions = list(map(Interaction, columns["seq_item"], columns["seq_type"], values,
+                            columns["seq_timestamp"].tolist(), columns["seq_text"], columns["seq_event_id"]))
+    seq = columns["seq_offsets"].tolist()
+    consumed, consumed_at = columns["consumed_item"], columns["consumed_offsets"].tolist()
+    blocked_scope, blocked_target, blocked_at = columns["blocked_scope"], columns["blocked_target"], columns["blocked_offsets"].tolist()
+    liked_item, liked_time, liked_at = columns["liked_item"], columns["liked_time"].tolist(), columns["liked_offsets"].tolist()
+    feedback = {
+        name: (list(zip(columns[f"{name}_scope"], columns[f"{name}_target"])), columns[f"{name}_time"].tolist(),
+               columns[f"{name}_offsets"].tolist())
+        for name in ("disliked", "skipped")
+    }
+    disliked_keys, disliked_time, disliked_at = feedback["disliked"]
+    skipped_keys, skipped_time, skipped_at = feedback["skipped"]
+    out: dict[tuple[str, str], UserState] = {}
+    for k, key in enumerate(zip(apps, users)):
+        state = UserState(max_len)  # then given containers of its own, built here
+        state.sequence.extend(interactions[seq[k]:seq[k + 1]])
+        state.consumed = set(consumed[consumed_at[k]:consumed_at[k + 1]])
+        blocked: dict[str, set[str]] = {}
+        for b in range(blocked_at[k], blocked_at[k + 1]):
+            blocked.setdefault(blocked_scope[b], set()).add(blocked_target[b])
+        state.blocked = blocked
+        lo, hi = liked_at[k], liked_at[k + 1]
+        state.liked = dict(zip(liked_item[lo:hi], liked_time[lo:hi]))
+        lo, hi = disliked_at[k], disliked_at[k + 1]
+        state.disliked = dict(zip(disliked_keys[lo:hi], disliked_time[lo:hi]))
+        lo, hi = skipped_at[k], skipped_at[k + 1]
+        state.skipped = dict(zip(skipped_keys[lo:hi], skipped_time[lo:hi]))
+        state.n_events = n_events[k]
+        state.last_timestamp = last_timestamp[k]
+        out[key] = state
+    return out
