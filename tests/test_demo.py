@@ -88,3 +88,43 @@ def test_demo_command_turns_the_learner_on_before_building_settings(tmp_path, mo
 def test_the_environment_can_keep_the_demo_learner_off():
     os.environ["LIVEREC_LEARNER"] = ""
     assert enable_demo_learner("default")["LIVEREC_LEARNER"] == ""
+
+
+def test_liverec_demo_command_ends_with_the_transformer_serving(tmp_path):
+    """The main job as a newcomer runs it (small): `liverec demo` trains at first start, promotes,
+    and its health answers with the Transformer as the scorer."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from .test_e2e_serve import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "liverec.cli", "demo", "--data-dir", str(tmp_path / "demo"), "--port", str(port),
+         "--items", "150", "--users", "40", "--train-budget", "10"],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 240
+        health = None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=2).json()
+                if health.get("scorer") == "transformer":
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        assert health is not None and health["scorer"] == "transformer", health
+        recs = httpx.get(f"http://127.0.0.1:{port}/v1/users/user-0001/recommendations", timeout=10).json()
+        assert recs["scorer"] == "transformer" and recs["items"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
