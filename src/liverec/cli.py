@@ -151,6 +151,24 @@ def demo(
     _serve(settings)
 
 
+@app.command()
+def snapshot(data_dir: Path = DataDir, store: Optional[str] = StoreOpt) -> None:
+    """Fold the log (from the stored snapshot, if any) and store a snapshot of the folds now, so
+    that the next start folds only what is logged after it (e.g. after an import)."""
+    from .runtime.compose import build_service
+    from .runtime.snapshots import write_snapshot
+
+    # The folds a snapshot holds do not depend on the scorer; no model is loaded for them.
+    settings = _settings(data_dir, store, scorer="cooccurrence", snapshot_interval_s=0)
+    service = build_service(settings, watch_models=False)
+    try:
+        service.start(progress=True)
+        result = write_snapshot(service)
+    finally:
+        service.close()
+    typer.echo(json.dumps(result.to_dict()))
+
+
 def _register_optional() -> None:
     """Commands that live beside their subsystems register themselves here."""
     for module in ("liverec.cli_model", "liverec.cli_realtime"):

@@ -441,7 +441,7 @@ def states_from_columns(columns: Mapping[str, Any], max_len: int) -> dict[tuple[
     for k, key in enumerate(zip(apps, users)):
         state = UserState(max_len)  # then given containers of its own, built here
         state.sequence.extend(interactions[seq[k]:seq[k + 1]])
-        state.consumed = set(consumed[consumed_at[k]:consumed_at[k + 1]])
+        state.consumed = SharedSet(consumed[consumed_at[k]:consumed_at[k + 1]])
         blocked: dict[str, set[str]] = {}
         for b in range(blocked_at[k], blocked_at[k + 1]):
             blocked.setdefault(blocked_scope[b], set()).add(blocked_target[b])

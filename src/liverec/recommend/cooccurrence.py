@@ -18,6 +18,11 @@ Storage: ``C`` is a CSR matrix built in bulk from the log at start (:meth:`rebui
 plus a small dict-of-dicts delta for events since; the delta is merged into the CSR matrix when
 it grows. ``rebuild`` gives exactly what ``observe`` on every event gives (tested). Every update
 depends only on the user's own events, so deleting a user subtracts what they added.
+
+Snapshots: :meth:`CooccurrenceScorer.capture` copies what ``observe`` mutates in place (the
+delta, popularity, totals, the users' recent items) and keeps a reference to the CSR base, which
+is replaced, never changed, once built; :meth:`CooccurrenceCapture.export` turns that into
+columns outside any lock and :meth:`CooccurrenceScorer.load_state` installs them again.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import math
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -89,6 +94,38 @@ class _AppModel:
             parts.append((np.fromiter(cells.keys(), np.int64, len(cells)), np.fromiter(cells.values(), np.float64, len(cells))))
         return parts
 
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, Any], window: int) -> "_AppModel":
+        """The model :meth:`CooccurrenceCapture.export` wrote for one app."""
+        model = cls()
+        model.ids = list(columns["ids"])
+        n = len(model.ids)
+        model.index = dict(zip(model.ids, range(n)))
+        capacity = max(64, n)
+        model.pop = np.zeros(capacity, dtype=np.float64)
+        model.pop[:n] = columns["pop"]
+        model.total = np.zeros(capacity, dtype=np.float64)
+        model.total[:n] = columns["total"]
+        t_ref = float(columns["t_ref"][0])
+        model.t_ref = None if math.isnan(t_ref) else t_ref
+        rows, cols = (int(x) for x in columns["base_shape"])
+        model.base = sp.csr_matrix((columns["base_data"], columns["base_indices"], columns["base_indptr"]), shape=(rows, cols))
+        delta: dict[int, dict[int, float]] = {}
+        for r, c, v in zip(columns["delta_rows"].tolist(), columns["delta_cols"].tolist(), columns["delta_values"].tolist()):
+            cells = delta.get(r)
+            if cells is None:
+                cells = delta[r] = {}
+            cells[c] = v
+        model.delta = delta
+        model.delta_cells = int(columns["delta_cells"][0])
+        at = columns["recent_offsets"].tolist()
+        items, weights = columns["recent_items"].tolist(), columns["recent_weights"].tolist()
+        model.recent = {
+            user: deque(zip(items[at[k]:at[k + 1]], weights[at[k]:at[k + 1]]), maxlen=window)
+            for k, user in enumerate(columns["recent_users"])
+        }
+        return model
+
     def merge(self) -> None:
         """Fold the delta into the CSR base."""
         n = len(self.ids)
@@ -108,6 +145,66 @@ class _AppModel:
         self.base = merged
         self.delta = {}
         self.delta_cells = 0
+
+
+@dataclass(frozen=True)
+class _AppCapture:
+    ids: list[str]
+    pop: np.ndarray
+    total: np.ndarray
+    t_ref: float | None
+    base: sp.csr_matrix  # shared, not copied: a base is replaced, never changed, once published
+    delta: dict[int, dict[int, float]]
+    delta_cells: int
+    recent: dict[str, tuple[tuple[int, float], ...]]
+
+
+class CooccurrenceCapture:
+    """The counters of every app at one moment, independent of later ``observe`` calls."""
+
+    def __init__(self, apps: dict[str, _AppCapture]):
+        self._apps = apps
+
+    def export(self) -> dict[str, dict[str, Any]]:
+        """Per app, columns: numbers as numpy arrays, strings as lists (the file format encodes
+        them); :meth:`CooccurrenceScorer.load_state` reads them back."""
+        out: dict[str, dict[str, Any]] = {}
+        for app, m in self._apps.items():
+            rows: list[int] = []
+            cols: list[int] = []
+            vals: list[float] = []
+            for r, cells in m.delta.items():
+                rows.extend([r] * len(cells))
+                cols.extend(cells)
+                vals.extend(cells.values())
+            recent_items: list[int] = []
+            recent_weights: list[float] = []
+            lengths: list[int] = []
+            for pairs in m.recent.values():
+                recent_items.extend(p[0] for p in pairs)
+                recent_weights.extend(p[1] for p in pairs)
+                lengths.append(len(pairs))
+            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            out[app] = {
+                "ids": list(m.ids),
+                "pop": m.pop,
+                "total": m.total,
+                "t_ref": np.array([math.nan if m.t_ref is None else m.t_ref], dtype=np.float64),
+                "base_shape": np.array(m.base.shape, dtype=np.int64),
+                "base_data": np.asarray(m.base.data, dtype=np.float64),
+                "base_indices": m.base.indices,  # scipy's own index dtype (int32 below 2**31 cells)
+                "base_indptr": m.base.indptr,
+                "delta_rows": np.array(rows, dtype=np.int64),
+                "delta_cols": np.array(cols, dtype=np.int64),
+                "delta_values": np.array(vals, dtype=np.float64),
+                "delta_cells": np.array([m.delta_cells], dtype=np.int64),
+                "recent_users": list(m.recent),
+                "recent_offsets": offsets,
+                "recent_items": np.array(recent_items, dtype=np.int64),
+                "recent_weights": np.array(recent_weights, dtype=np.float64),
+            }
+        return out
 
 
 class CooccurrenceScorer:
@@ -260,6 +357,36 @@ class CooccurrenceScorer:
                 for s, e in zip(starts, ends):
                     lo = max(s, e + 1 - cfg.window)
                     model.recent[user_names[s]] = deque(zip(it[lo:e + 1].tolist(), wt[lo:e + 1].tolist()), maxlen=cfg.window)
+
+    # ---- snapshots --------------------------------------------------------------------------
+    def capture(self) -> CooccurrenceCapture:
+        """Copy what ``observe`` changes in place; cheap enough to run while the log follower's
+        lock holds events back, so the copy matches one log position."""
+        with self._lock:
+            apps = {}
+            for app, model in self._apps.items():
+                n = len(model.ids)
+                apps[app] = _AppCapture(
+                    ids=list(model.ids),
+                    pop=model.pop[:n].copy(),
+                    total=model.total[:n].copy(),
+                    t_ref=model.t_ref,
+                    base=model.base,
+                    delta={r: dict(cells) for r, cells in model.delta.items() if cells},
+                    delta_cells=model.delta_cells,
+                    recent={user: tuple(pairs) for user, pairs in model.recent.items()},
+                )
+            return CooccurrenceCapture(apps)
+
+    def export_state(self) -> dict[str, dict[str, Any]]:
+        """Every app's counters as columns (see :meth:`CooccurrenceCapture.export`)."""
+        return self.capture().export()
+
+    def load_state(self, apps: Mapping[str, Mapping[str, Any]]) -> None:
+        """Replace every app's counters with those :meth:`export_state` wrote."""
+        models = {app: _AppModel.from_columns(columns, self.config.window) for app, columns in apps.items()}
+        with self._lock:
+            self._apps = models
 
     def adopt(self, app: str, other: "CooccurrenceScorer") -> None:
         """Take ``other``'s counters of ``app`` (rebuilt off the request path) in one assignment."""

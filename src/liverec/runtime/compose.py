@@ -30,6 +30,7 @@ from ..service import Component, Service
 from ..state import StateStore
 from ..store import Store, open_store
 from .models import ModelServer
+from .snapshots import SnapshotWriter, restore
 
 def learner_config(settings: Settings) -> LearnerConfig:
     """The in-process online learner's config, from the settings."""
@@ -89,4 +90,10 @@ def build_service(settings: Settings, store: Store | None = None, scorer: Scorer
         learners = Learners(settings.learner, learner_config(settings), models_dir, router, state, catalog.get)
         listeners.append(learners.observe)
         components.append(learners)  # after the model server: a learner needs its app's model loaded
-    return Service(settings, store, catalog, state, baseline, pipeline, ranking, listeners, components)
+    if settings.snapshot_interval_s > 0:
+        # Started after the folds are ready and stopped first; the closure reads ``service``,
+        # assigned just below.
+        components.append(SnapshotWriter(lambda: service, settings.snapshot_interval_s))
+    service = Service(settings, store, catalog, state, baseline, pipeline, ranking, listeners, components,
+                      restore=restore)
+    return service
