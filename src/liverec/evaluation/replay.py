@@ -53,7 +53,7 @@ class ReplayConfig:
     train_frac: float = 0.8
     max_events: int | None = None  # first N window events (None: all)
     user_stride: int = 1  # window events of every k-th user
-    # Defaults: the learner chosen on the validation replay (docs/benchmarks.md, runs 4-7)
+    # Defaults: the learner chosen on the validation replay (benchmarks/results/HISTORY.md, runs 4-7)
     cadence: int = 1000  # window events between online updates
     chunk: int = 512  # events scored per batch (and, online, per output-bias step)
     bias_lr: float = 0.03  # online: per-event SGD rate of the output bias between updates (0: off)
