@@ -93,7 +93,8 @@ class Service:
         self.follower = LogFollower(store.events, self._apply_events, self._apply_change)
         self._append: MicroBatcher[list[Event], AppendResult] = MicroBatcher(self._append_group)
         self._forget: dict[tuple[str, str], list[Event]] = {}  # exact forgets of this process's deletions
-        self._rebuilds: set[str] = set()  # apps whose counters are being rebuilt after a remote deletion
+        self._rebuilds: dict[str, bool] = {}  # app -> a refold runs (True: run it once more after)
+        self._rebuild_lock = threading.Lock()
         self.started_at = time.time()
         self.ready = False
 
@@ -174,26 +175,44 @@ class Service:
             else:  # deleted by another process: the events are gone, so refold the counters
                 self._rebuild_counters(change.app)
 
+    @property
+    def refolding(self) -> bool:
+        """Whether some app's counters are being refolded after another process deleted a user
+        (until then they still hold that user's contributions)."""
+        return bool(self._rebuilds)
+
     def _rebuild_counters(self, app: str) -> None:
         """Refold ``app``'s co-occurrence counters from the log in the background, then swap them
-        in with the events that arrived meanwhile (other reads see the old counters until then)."""
-        if app in self._rebuilds:
-            return
-        self._rebuilds.add(app)
-        upto = self.follower.event_seq
+        in with the events that arrived meanwhile (other reads see the old counters until then).
+        A deletion that arrives while a refold runs makes it run once more afterwards: the running
+        one may have read that user's events."""
+        with self._rebuild_lock:
+            if app in self._rebuilds:
+                self._rebuilds[app] = True
+                return
+            self._rebuilds[app] = False
 
         def run() -> None:
-            try:
-                fresh = CooccurrenceScorer(self.baseline.config, self.rules.types)
-                fresh.rebuild(e for s, e in self.store.events.scan(app) if s <= upto)
-                with self.follower.lock:
-                    for s, e in self.store.events.scan(app, after_seq=upto):
-                        if s > self.follower.event_seq:
-                            break
-                        fresh.observe(app, e)
-                    self.baseline.adopt(app, fresh)
-            finally:
-                self._rebuilds.discard(app)
+            while True:
+                try:
+                    upto = self.follower.event_seq
+                    fresh = CooccurrenceScorer(self.baseline.config, self.rules.types)
+                    fresh.rebuild(e for s, e in self.store.events.scan(app) if s <= upto)
+                    with self.follower.lock:
+                        for s, e in self.store.events.scan(app, after_seq=upto):
+                            if s > self.follower.event_seq:
+                                break
+                            fresh.observe(app, e)
+                        self.baseline.adopt(app, fresh)
+                except BaseException:
+                    with self._rebuild_lock:
+                        del self._rebuilds[app]
+                    raise
+                with self._rebuild_lock:  # decide and clear in one step: no deletion slips between
+                    if not self._rebuilds[app]:
+                        del self._rebuilds[app]
+                        return
+                    self._rebuilds[app] = False  # another deletion came in: once more
 
         threading.Thread(target=run, name=f"liverec-refold-{app}", daemon=True).start()
 

@@ -93,7 +93,7 @@ def capture(service: "Service") -> Capture | None:
     """
     with service.follower.lock, service.state.lock:
         acquired = time.perf_counter()
-        if service._rebuilds:
+        if service.refolding:
             return None
         position = service.follower.position
         users = service.state.items()
