@@ -87,11 +87,12 @@ def default_text_cache_dir(data_dir: str | Path) -> Path:
 
 def load_scorer(registry: ModelRegistry, app: str, version: str | None = None,
                 text_encoder: TextEncoder | None = None,
-                text_cache_dir: str | Path | None = None) -> TransformerScorer:
+                text_cache_dir: str | Path | None = None, load_encoder: bool = True) -> TransformerScorer:
     """A :class:`TransformerScorer` for ``version`` (default: promoted) of ``registry``.
 
-    When the model has text features the encoder is loaded here, so that no request waits for
-    it. ``text_cache_dir`` keeps event text vectors on disk for a restart or another worker.
+    When the model has text features the encoder is loaded here (``load_encoder``; a server
+    loads it in the background at start instead), so that no request waits for it.
+    ``text_cache_dir`` keeps event text vectors on disk for a restart or another worker.
     """
     art = registry.load(version)
     enc = text_encoder
@@ -99,7 +100,7 @@ def load_scorer(registry: ModelRegistry, app: str, version: str | None = None,
         if enc is None:
             enc = MiniLMEncoder()
         load = getattr(enc, "load", None)  # encoders without weights to load need not have one
-        if callable(load):
+        if load_encoder and callable(load):
             load()
     return TransformerScorer(app, art.model, art.item_ids, art.manifest.get("version"), enc,
                              art.manifest.get("validation", {}), text_cache_dir=text_cache_dir)

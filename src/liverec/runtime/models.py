@@ -9,10 +9,12 @@ swapped in while serving: one dict assignment, requests in flight finish on the 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Callable, Iterable
 
 from ..model.registry import ModelRegistry, PromotionWatcher
+from ..model.scorer import TransformerScorer
 from ..model.serving import PromotedModels, default_text_cache_dir, load_scorer
 
 
@@ -20,7 +22,7 @@ class ModelServer:
     """Loads and watches the promoted models of every app (a service component)."""
 
     def __init__(self, data_dir: Path, router: PromotedModels, texts: Callable[[str], Iterable[str]] | None = None,
-                 watch: bool = True, interval_s: float = 2.0) -> None:
+                 watch: bool = True, interval_s: float = 2.0, background: bool = True) -> None:
         self.models_dir = Path(data_dir) / "models"
         self.text_cache_dir = default_text_cache_dir(data_dir)
         self.router = router
@@ -28,23 +30,45 @@ class ModelServer:
         self.watch = watch
         self.interval_s = interval_s
         self.watchers: list[PromotionWatcher] = []
+        self.background = background  # load sentence encoders after start instead of during it
+        self.loading: list[threading.Thread] = []
 
-    def _load(self, registry: ModelRegistry, app: str, version: str | None = None) -> None:
+    def _load(self, registry: ModelRegistry, app: str, version: str | None = None, background: bool = False) -> None:
         current = self.router.by_app.get(app)
         # the loaded sentence encoder of the version being replaced serves the new one too
         encoder = current.text_encoder if current is not None else None
-        scorer = load_scorer(registry, app, version, text_encoder=encoder, text_cache_dir=self.text_cache_dir)
+        scorer = load_scorer(registry, app, version, text_encoder=encoder, text_cache_dir=self.text_cache_dir,
+                             load_encoder=not background)
         self.router.set(app, scorer)  # takes over the replaced version's text vectors
+        if background:
+            # Loading the sentence model takes seconds (most of a start from a snapshot); the
+            # service answers meanwhile: a text not encoded yet reads as absent, never encoded
+            # in a request, and the event path waits for the model only if text arrives first.
+            thread = threading.Thread(target=self._texts_ready, args=(app, scorer), name=f"liverec-text-{app}", daemon=True)
+            thread.start()
+            self.loading.append(thread)
+        else:
+            self._texts_ready(app, scorer)
+
+    def _texts_ready(self, app: str, scorer: TransformerScorer) -> None:
+        load = getattr(scorer.text_encoder, "load", None)
+        if callable(load):
+            load()
         if self.texts is not None:
             # text vectors off the request path: the texts in folded state are encoded here, once
             self.router.warm_texts(app, self.texts(app))
+
+    def wait_loaded(self, timeout: float | None = None) -> None:
+        """Wait until the sentence encoders started at start-up are loaded and warm (tests)."""
+        for thread in self.loading:
+            thread.join(timeout)
 
     def start(self) -> None:
         apps = sorted(p.name for p in self.models_dir.iterdir() if p.is_dir()) if self.models_dir.exists() else []
         for app in apps:
             registry = ModelRegistry(self.models_dir / app)
             if registry.promoted() is not None:
-                self._load(registry, app)
+                self._load(registry, app, background=self.background)
             if self.watch:
                 watcher = PromotionWatcher(registry, lambda v, app=app, reg=registry: self._load(reg, app, v), self.interval_s)
                 watcher.start()
@@ -66,4 +90,5 @@ class ModelServer:
         for watcher in self.watchers:
             watcher.stop()
         self.watchers = []
+        self.wait_loaded(timeout=30)
         self.router.save_texts()
