@@ -41,12 +41,14 @@ def serve(settings: Settings, workers: int = 1, progress: bool = True) -> None:
     """Serve the API: in this process (``workers == 1``) or as ``workers`` worker processes."""
     import uvicorn
 
-    from ..api.app import create_app
-
     if workers <= 1:
+        from ..api.app import create_app
+
         uvicorn.run(create_app(settings, progress=progress), host=settings.host, port=settings.port,
                     log_level="warning", access_log=False)
         return
+    # The supervising parent imports none of the service (torch, the API): the workers it spawns
+    # import it themselves, so importing it here would only delay them.
     os.environ[SETTINGS_ENV] = settings.model_copy(update={"workers": workers}).model_dump_json()
     uvicorn.run("liverec.runtime.workers:worker_app", factory=True, workers=workers, host=settings.host,
                 port=settings.port, log_level="warning", access_log=False, timeout_worker_healthcheck=30)
