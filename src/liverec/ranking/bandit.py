@@ -29,15 +29,17 @@ off-policy evaluation of other policies needs).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 from collections import deque
-from typing import Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ..events import DEFAULT_TYPES, Event, TypeSpec
 from .config import RankingConfig
-from .impressions import Impression, feedback_reward
+from .impressions import Impression, Shown, feedback_reward
 
 
 class ThompsonBandit:
@@ -54,6 +56,16 @@ class ThompsonBandit:
             st = self._stats.setdefault((app, item_id), [0.0, 0.0])
             st[0] += reward
             st[1] += 1.0 - reward
+
+    def posteriors(self) -> dict[tuple[str, str], tuple[float, float]]:
+        """Every (app, item)'s (successes, failures): the fold workers compare."""
+        with self._lock:
+            return {key: (st[0], st[1]) for key, st in self._stats.items()}
+
+    def clear(self) -> None:
+        """Forget every posterior (before they are folded again from the logs)."""
+        with self._lock:
+            self._stats.clear()
 
     def stats(self, app: str, item_id: str) -> tuple[float, float]:
         """(successes, failures) seen for the item; (0, 0) if none (never creates an entry)."""
@@ -99,78 +111,156 @@ class ThompsonBandit:
         return self.sample(p), p
 
 
+Key = tuple[str, str, str]  # (app, user, item)
+
+
 class RewardTracker:
     """Joins committed feedback events to pending impressions and updates the bandit.
 
-    An impression waits ``window_s`` for feedback on its (user, item); the first positive or
-    negative event in that window gives reward 1 or 0, and an impression still waiting when its
-    window closes gives 0.5. ``max_pending`` bounds memory (the oldest waiting impressions are
-    closed early with 0.5).
+    The reward of an impression is decided by the first feedback event (positive or negative) on
+    its (app, user, item) committed after the event log position it was shown at
+    (``Impression.event_seq``): 1 or 0 when the event's timestamp lies within ``window_s`` of the
+    impression's, 0.5 when it lies beyond. An impression with no such feedback is closed with 0.5
+    by the first :meth:`expire` past ``window_s + grace_s`` (the grace lets feedback that was on
+    its way, or timestamped by a clock a little behind this one, still count). Every impression
+    waiting on the same item of the same user is decided by the same event.
+
+    That definition reads only the two logs, so it has the same value in every process whatever
+    order it learns of impressions and events in: an impression another process showed can be
+    read from the impression log after its feedback was applied here, and is then decided from
+    the recent feedback this tracker keeps (``max_recent`` events, by (app, user, item), with their
+    log positions). ``max_pending`` bounds memory (the oldest waiting impressions are closed early
+    with 0.5).
     """
 
-    def __init__(self, bandit: ThompsonBandit, window_s: float, types: Mapping[str, TypeSpec] = DEFAULT_TYPES, max_pending: int = 200_000) -> None:
+    def __init__(self, bandit: ThompsonBandit, window_s: float, types: Mapping[str, TypeSpec] = DEFAULT_TYPES,
+                 max_pending: int = 200_000, grace_s: float = 60.0, max_recent: int = 100_000) -> None:
         self.bandit = bandit
         self.window_s = window_s
+        self.grace_s = grace_s
         self.types = types
         self.max_pending = max_pending
-        self._pending: dict[tuple[str, str, str], deque[tuple[float, str]]] = {}  # key -> (ts, impression id)
-        self._order: deque[tuple[float, tuple[str, str, str], str]] = deque()  # by time shown
-        self._open: set[str] = set()
+        self.max_recent = max_recent
+        self._pending: dict[Key, list[tuple[float, str, int]]] = {}  # key -> (ts shown, impression id, event_seq)
+        self._due: list[tuple[float, int, Key, str]] = []  # heap: (closes at, tiebreak, key, impression id)
+        self._tiebreak = itertools.count()
+        self._open: dict[str, Key] = {}
+        # key -> (event seq, ts, reward) in log order (short lists: a deque per key costs a 64-slot block)
+        self._recent: dict[Key, list[tuple[int, float, float]]] = {}
+        self._recent_order: deque[tuple[int, Key]] = deque()
+        self.horizon = 0  # feedback at or below this position may have left the recent index
+        self.position = 0  # the last event position observed
+        self.undecidable = 0  # impressions read after their feedback had left the recent index
         self._lock = threading.Lock()
         self.rewards = {1.0: 0, 0.0: 0, 0.5: 0}
 
-    def shown(self, impressions: list[Impression]) -> None:
+    def shown(self, impressions: Iterable[Impression | Shown]) -> None:
+        """Impressions shown after the events observed so far (or, for another process's, after
+        ``event_seq``): each one waits for feedback, unless feedback on it was already observed."""
         with self._lock:
             for imp in impressions:
                 key = (imp.app, imp.user_id, imp.item_id)
-                self._pending.setdefault(key, deque()).append((imp.timestamp, imp.impression_id))
-                self._order.append((imp.timestamp, key, imp.impression_id))
-                self._open.add(imp.impression_id)
-            while len(self._open) > self.max_pending and self._order:
-                self._close_oldest()
+                after = self.position if imp.event_seq is None else imp.event_seq
+                if after < self.position:  # read late: its feedback may have been observed already
+                    if after < self.horizon:
+                        self.undecidable += 1
+                    first = next((f for f in self._recent.get(key, ()) if f[0] > after), None)
+                    if first is not None:
+                        self._reward(key, self._decide(imp.timestamp, first[1], first[2]))
+                        continue
+                self._pending.setdefault(key, []).append((imp.timestamp, imp.impression_id, after))
+                heapq.heappush(self._due, (imp.timestamp + self.window_s + self.grace_s, next(self._tiebreak), key, imp.impression_id))
+                self._open[imp.impression_id] = key
+            while len(self._open) > self.max_pending and self._due:
+                self._close_first()
 
-    def _close_oldest(self) -> None:
-        _, key, imp_id = self._order.popleft()
-        if imp_id not in self._open:
+    def _decide(self, shown_at: float, feedback_at: float, reward: float) -> float:
+        return reward if feedback_at <= shown_at + self.window_s else 0.5
+
+    def _close_first(self) -> None:
+        _, _, key, imp_id = heapq.heappop(self._due)
+        if self._open.pop(imp_id, None) is None:
             return  # already rewarded by feedback
-        self._open.discard(imp_id)
         waiting = self._pending.get(key)
         if waiting:
-            waiting.popleft()  # the oldest waiting impression of this key is this one
+            waiting[:] = [w for w in waiting if w[1] != imp_id]
             if not waiting:
                 del self._pending[key]
         self._reward(key, 0.5)
 
-    def _reward(self, key: tuple[str, str, str], r: float) -> None:
+    def _reward(self, key: Key, r: float) -> None:
         self.bandit.update(key[0], key[2], r)
         self.rewards[r] = self.rewards.get(r, 0) + 1
 
-    def observe(self, events: list[Event]) -> None:
-        """Committed events (a listener of the service): reward the oldest open impression."""
+    def observe(self, events: Sequence[Event], seqs: Sequence[int] | None = None) -> None:
+        """Committed events in log order, with their positions (a listener of the service):
+        feedback decides every impression waiting on its (app, user, item)."""
         with self._lock:
-            for e in events:
+            if seqs is None:  # a caller without positions: number them on from the last one
+                seqs = range(self.position + 1, self.position + 1 + len(events))
+            for e, seq in zip(events, seqs, strict=True):
                 r = feedback_reward(e, self.types)
                 if r is None:
                     continue
                 key = (e.app, e.user_id, str(e.item_id))
+                self._remember(seq, key, e.timestamp, r)
                 waiting = self._pending.get(key)
-                while waiting and waiting[0][0] < e.timestamp - self.window_s:
-                    _, imp_id = waiting.popleft()  # its window closed before this feedback
-                    self._open.discard(imp_id)
-                    self._reward(key, 0.5)
-                if waiting:
-                    _, imp_id = waiting.popleft()
-                    self._open.discard(imp_id)
-                    self._reward(key, r)
-                if waiting is not None and not waiting:
+                if waiting is None:
+                    continue
+                # an impression read from another process that had seen more of the log than this
+                # one has is not decided by events it was shown after
+                later = [w for w in waiting if w[2] >= seq]
+                for shown_at, imp_id, after in waiting:
+                    if after < seq:
+                        del self._open[imp_id]
+                        self._reward(key, self._decide(shown_at, e.timestamp, r))
+                if later:
+                    self._pending[key] = later
+                else:
                     del self._pending[key]
+            if len(seqs):
+                self.position = max(self.position, seqs[-1])
+
+    def _remember(self, seq: int, key: Key, ts: float, r: float) -> None:
+        self._recent.setdefault(key, []).append((seq, ts, r))
+        self._recent_order.append((seq, key))
+        while len(self._recent_order) > self.max_recent:
+            old, old_key = self._recent_order.popleft()
+            fb = self._recent[old_key]
+            del fb[0]  # the key's oldest is this one: both are in log order
+            if not fb:
+                del self._recent[old_key]
+            self.horizon = old
 
     def expire(self, now: float) -> None:
-        """Close every impression whose window ended before ``now`` with reward 0.5."""
+        """Close every impression whose window and grace ended before ``now`` with reward 0.5."""
         with self._lock:
-            while self._order and self._order[0][0] + self.window_s < now:
-                self._close_oldest()
+            while self._due and self._due[0][0] < now:
+                self._close_first()
+
+    def advance(self, position: int) -> None:
+        """Every event up to ``position`` has been observed (a rebuild that read them elsewhere)."""
+        with self._lock:
+            self.position = max(self.position, position)
+
+    def clear(self, position: int = 0) -> None:
+        """Forget pending impressions and recent feedback (the bandit is not touched); the next
+        events observed come after ``position``."""
+        with self._lock:
+            self._pending.clear()
+            self._due.clear()
+            self._open.clear()
+            self._recent.clear()
+            self._recent_order.clear()
+            self.horizon = self.position = position
+            self.undecidable = 0
+            self.rewards = {1.0: 0, 0.0: 0, 0.5: 0}
 
     def pending(self) -> int:
         """Impressions still waiting for feedback."""
         return len(self._open)
+
+    def pending_ids(self) -> set[str]:
+        """The ids of the impressions still waiting for feedback."""
+        with self._lock:
+            return set(self._open)

@@ -11,23 +11,32 @@ it moves on from a genre the user has just scrolled past instead of offering it 
 inferred below the lowest item the user reacted to (they may not have read that far). Off unless an
 app sets ``passed_item`` or ``passed_mass`` (a feed read top-down; a grid has no reading order).
 
-Only each user's latest slate is kept (the one their next events are about), in memory, for the
-users seen most recently; a restart forgets them, as it forgets nothing else of weight: these are
-seconds-to-minutes signals of the current session.
+Only each user's latest slates are kept (the newest is the one their next events are about), in
+memory, for the users served most recently. Like every in-memory structure of a worker they are a
+fold of the durable logs: a slate is the impressions of one response, and which events are
+reactions to it is fixed by the event log position it was served at (a slate is current from its
+position until the next slate's), so a restart rebuilds them and every worker folds the slates the
+others served (:mod:`liverec.ranking.replicas`). Another worker's slate can be read after the
+user's reactions to it were applied here; the reactions are then taken back from the older slate
+they were applied to and applied again, from the recent reaction events kept per user.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from ..events import DEFAULT_TYPES, TARGETED, UNDOES, Event
 
 # Events that show the user read down to their item: every type that reacts to an item rather
 # than taking back an earlier event (undo, unblock); a service passes its own table.
 READ_TO = frozenset(DEFAULT_TYPES) - TARGETED
+
+SlateKey = tuple[int, float, str]  # (event log position served at, time served, request id): their order
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,68 +51,167 @@ class Passed:
 @dataclass
 class _Slate:
     items: list[str]
+    key: SlateKey
     reacted: set[str] = field(default_factory=set)
     read_to: int = -1  # lowest position with a reaction so far
+    base: tuple[Passed, ...] = ()  # what the user had passed over when this slate was served
+
+
+@dataclass
+class _Reader:
+    slates: list[_Slate]  # the latest few, in key order: the last one is current
+    passed: deque[Passed]
+    complete: bool = True  # no older slate of this user was dropped here (one read late can go first)
 
 
 class Examined:
-    """Each user's latest slate and the items they passed over (newest last, ``per_user`` at most)."""
+    """Each user's latest slates and the items they passed over (newest last, ``per_user`` at most).
 
-    def __init__(self, max_users: int = 100_000, per_user: int = 50, reactions: Iterable[str] = READ_TO) -> None:
+    ``keep`` slates per user are kept so that one read late from another worker can still be put
+    in its place; ``max_recent`` reaction events (of every user) are kept with their log positions
+    to apply again when that happens.
+    """
+
+    def __init__(self, max_users: int = 100_000, per_user: int = 50, reactions: Iterable[str] = READ_TO,
+                 keep: int = 4, max_recent: int = 100_000) -> None:
         self.reactions = frozenset(reactions) - TARGETED  # the app's own event types count too
         self.max_users = max_users
         self.per_user = per_user
-        self._slates: OrderedDict[tuple[str, str], _Slate] = OrderedDict()  # least recently served first
-        self._passed: dict[tuple[str, str], deque[Passed]] = {}
+        self.keep = keep
+        self.max_recent = max_recent
+        self._readers: OrderedDict[tuple[str, str], _Reader] = OrderedDict()  # least recently served first
+        self._recent: dict[tuple[str, str], list[tuple[int, Event]]] = {}  # user -> (seq, reaction or undo), log order
+        self._recent_order: deque[tuple[int, tuple[str, str]]] = deque()
+        self.horizon = 0  # reactions at or below this position may have left the recent index
+        self.position = 0  # the last event position observed
+        self.unplaced = 0  # slates read too late to be put in their place (their reactions stay where they were applied)
+        self._local = itertools.count()
         self._lock = threading.Lock()
 
-    def served(self, app: str, user_id: str, slate: list[str]) -> None:
-        """The slate the user was just shown, top first (replaces their previous one)."""
-        key = (app, user_id)
+    def served(self, app: str, user_id: str, slate: list[str], key: SlateKey | None = None) -> None:
+        """The slate the user was shown, top first. ``key``: where it goes among the user's slates
+        (see :data:`SlateKey`); without one, it was served now, after every event observed."""
+        user = (app, user_id)
         with self._lock:
-            self._slates[key] = _Slate(list(slate))
-            self._slates.move_to_end(key)
-            while len(self._slates) > self.max_users:
-                old, _ = self._slates.popitem(last=False)
-                self._passed.pop(old, None)
+            new = _Slate(list(slate), key if key is not None else (self.position, float(next(self._local)), ""))
+            reader = self._readers.get(user)
+            if reader is None:
+                reader = self._readers[user] = _Reader([], deque(maxlen=self.per_user))
+                while len(self._readers) > self.max_users:
+                    self._readers.popitem(last=False)
+            self._readers.move_to_end(user)
+            self._place(user, reader, new)
+            while len(reader.slates) > self.keep:
+                reader.slates.pop(0)
+                reader.complete = False
 
-    def observe(self, events: Iterable[Event]) -> None:
-        """Committed events: a reaction to a slate item marks the unreacted items above it as
-        passed; ``undo`` of that reaction takes back what it showed."""
+    def _place(self, user: tuple[str, str], reader: _Reader, new: _Slate) -> None:
+        recent = self._recent.get(user, ())
+        at = bisect.bisect([s.key for s in reader.slates], new.key)
+        reacted_since = bool(recent) and recent[-1][0] > new.key[0]
+        if at == len(reader.slates) and not reacted_since:  # the usual case: served after everything known
+            new.base = tuple(reader.passed)
+            reader.slates.append(new)
+            return
+        if at == 0 and not reader.complete:
+            # older than every slate kept here: its place is known only if the user did not react
+            # between it and the oldest kept one (then it was never read, and changes nothing)
+            first = reader.slates[0].key[0]
+            if self.horizon > new.key[0] or any(new.key[0] < seq <= first for seq, _ in recent):
+                self.unplaced += 1
+            return
+        reader.slates.insert(at, new)
+        self._replay(user, reader, max(at - 1, 0))
+
+    def _replay(self, user: tuple[str, str], reader: _Reader, start: int) -> None:
+        """Read the slates from ``start`` on again, each with the user's reactions between it and
+        the next, from what the user had passed over before ``start``."""
+        first = reader.slates[start]
+        passed: deque[Passed] = deque(first.base if start > 0 or not reader.complete else (), maxlen=self.per_user)
+        if self.horizon > first.key[0]:
+            self.unplaced += 1  # some reactions to re-read have left the recent index
+        events = [(seq, e) for seq, e in self._recent.get(user, ()) if seq > first.key[0]]
+        k = 0
+        for i in range(start, len(reader.slates)):
+            slate = reader.slates[i]
+            slate.reacted, slate.read_to, slate.base = set(), -1, tuple(passed)
+            until = reader.slates[i + 1].key[0] if i + 1 < len(reader.slates) else None
+            while k < len(events) and (until is None or events[k][0] <= until):
+                self._apply(slate, passed, events[k][1])
+                k += 1
+        reader.passed = passed
+
+    def observe(self, events: Sequence[Event], seqs: Sequence[int] | None = None) -> None:
+        """Committed events in log order, with their positions: a reaction to a slate item marks
+        the unreacted items above it as passed; ``undo`` of that reaction takes back what it showed."""
         with self._lock:
-            for e in events:
-                if e.type in UNDOES and e.target:
-                    self._undo(e.app, e.user_id, e.target)
+            if seqs is None:  # a caller without positions: number them on from the last one
+                seqs = range(self.position + 1, self.position + 1 + len(events))
+            for e, seq in zip(events, seqs, strict=True):
+                if not ((e.type in UNDOES and e.target) or (e.item_id is not None and e.type in self.reactions)):
                     continue
-                if e.item_id is None or e.type not in self.reactions:
-                    continue
-                key = (e.app, e.user_id)
-                slate = self._slates.get(key)
-                if slate is None:
-                    continue
-                try:
-                    p = slate.items.index(e.item_id)
-                except ValueError:
-                    continue
-                slate.reacted.add(e.item_id)
-                if p <= slate.read_to:
-                    continue
-                passed = self._passed.setdefault(key, deque(maxlen=self.per_user))
-                for above in slate.items[max(slate.read_to, 0):p]:
-                    if above not in slate.reacted:
-                        passed.append(Passed(above, e.timestamp, e.event_id))
-                slate.read_to = p
+                user = (e.app, e.user_id)
+                self._remember(seq, user, e)
+                reader = self._readers.get(user)
+                if reader is not None:
+                    self._apply(reader.slates[-1], reader.passed, e)
+            if len(seqs):
+                self.position = max(self.position, seqs[-1])
 
-    def _undo(self, app: str, user_id: str, event_id: str) -> None:
-        passed = self._passed.get((app, user_id))
-        if passed:
-            kept = [p for p in passed if p.event_id != event_id]
-            passed.clear()
-            passed.extend(kept)
+    def _apply(self, slate: _Slate, passed: deque[Passed], e: Event) -> None:
+        if e.type in UNDOES and e.target:
+            kept = [p for p in passed if p.event_id != e.target]
+            if len(kept) != len(passed):
+                passed.clear()
+                passed.extend(kept)
+            return
+        try:
+            p = slate.items.index(e.item_id)  # type: ignore[arg-type]
+        except ValueError:
+            return  # not about this slate: says nothing about reading order
+        slate.reacted.add(e.item_id)  # type: ignore[arg-type]
+        if p <= slate.read_to:
+            return
+        for above in slate.items[max(slate.read_to, 0):p]:
+            if above not in slate.reacted:
+                passed.append(Passed(above, e.timestamp, e.event_id))
+        slate.read_to = p
+
+    def _remember(self, seq: int, user: tuple[str, str], e: Event) -> None:
+        self._recent.setdefault(user, []).append((seq, e))
+        self._recent_order.append((seq, user))
+        while len(self._recent_order) > self.max_recent:
+            old, old_user = self._recent_order.popleft()
+            recent = self._recent[old_user]
+            del recent[0]  # the user's oldest is this one: both are in log order
+            if not recent:
+                del self._recent[old_user]
+            self.horizon = old
+
+    def advance(self, position: int) -> None:
+        """Every event up to ``position`` has been observed (a rebuild that read them elsewhere)."""
+        with self._lock:
+            self.position = max(self.position, position)
+
+    def clear(self, position: int = 0) -> None:
+        """Forget every slate, reading and recent reaction; the next events observed come after
+        ``position``."""
+        with self._lock:
+            self._readers.clear()
+            self._recent.clear()
+            self._recent_order.clear()
+            self.horizon = self.position = position
+            self.unplaced = 0
 
     def passed(self, app: str, user_id: str | None) -> list[Passed]:
         """The items ``user_id`` passed over, oldest first (empty for an unknown user)."""
         if user_id is None:
             return []
         with self._lock:
-            return list(self._passed.get((app, user_id), ()))
+            reader = self._readers.get((app, user_id))
+            return list(reader.passed) if reader is not None else []
+
+    def readings(self) -> dict[tuple[str, str], tuple[list[str], list[Passed]]]:
+        """Every user's current slate and what they passed over: the fold workers compare."""
+        with self._lock:
+            return {user: (list(r.slates[-1].items), list(r.passed)) for user, r in self._readers.items()}

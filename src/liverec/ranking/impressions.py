@@ -16,19 +16,33 @@ Storage by role: :class:`ImpressionLog` is a small protocol, chosen with the sto
 event log (the request path never waits on the event log's writer), :class:`PostgresImpressionLog`
 a table in the store's schema shared by every API worker, :class:`MemoryImpressionLog` serves
 tests. Both databases are written by a background thread (:class:`QueuedImpressionLog`).
+
+The log is also what every worker's bandit posteriors, pending impressions and last slates are a
+fold of (:mod:`liverec.ranking.replicas`), so it is read like the event log: by position
+(``seq``, :meth:`ImpressionLog.scan_after`, :meth:`ImpressionLog.head`). A reader that has applied
+everything up to ``seq`` must never see a smaller ``seq`` commit later: SQLite serialises its
+writers, and PostgreSQL inserts take an advisory lock for the same reason. Each impression
+records where the event log stood when it was shown (``event_seq``): feedback committed after that
+position is feedback on it, whichever worker reads the two logs and in whatever interleaving.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence
+
+import orjson
 
 from ..events import DEFAULT_TYPES, Event, TypeSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +63,10 @@ class Impression:
     pool: list[str] = field(default_factory=list)
     pool_propensities: list[float] = field(default_factory=list)
     pool_scores: list[float] = field(default_factory=list)
+    # The event log position the serving process had applied when it showed the slate (``None`` in
+    # records written before positions were kept), and which process that was (``""``: unknown).
+    event_seq: int | None = None
+    origin: str = ""
 
     def to_dict(self) -> dict:
         # Explicit (dataclasses.asdict deep-copies recursively: too slow for the request path).
@@ -62,6 +80,26 @@ class Impression:
 _FIELDS = tuple(Impression.__dataclass_fields__)
 
 
+class Shown(NamedTuple):
+    """What the ranking's folds read of an impression: kept in columns of the log beside the
+    record, so following the log decodes no JSON (the candidate pool is for off-policy evaluation)."""
+
+    impression_id: str
+    request_id: str
+    app: str
+    user_id: str
+    item_id: str
+    position: int
+    timestamp: float
+    event_seq: int | None
+    origin: str
+
+    @staticmethod
+    def of(imp: Impression) -> "Shown":
+        return Shown(imp.impression_id, imp.request_id, imp.app, imp.user_id, imp.item_id, imp.position, imp.timestamp,
+                     imp.event_seq, imp.origin)
+
+
 class ImpressionLog(Protocol):
     def append(self, impressions: Sequence[Impression]) -> None:
         """Store impressions (in the order shown)."""
@@ -71,11 +109,25 @@ class ImpressionLog(Protocol):
 
     def count(self, app: str | None = None) -> int: ...
 
+    def scan_after(self, seq: int, limit: int = 10_000) -> list[tuple[int, Impression]]:
+        """Up to ``limit`` committed impressions (every app) with position ``> seq``, in log order."""
+
+    def shown_after(self, seq: int, limit: int = 10_000, upto: int | None = None,
+                    other_than: str | None = None) -> list[tuple[int, Shown]]:
+        """What the folds read of the impressions with position in ``(seq, upto]``, in log order,
+        leaving out those logged by process ``other_than`` (at most ``limit``)."""
+
+    def head(self) -> int:
+        """The highest committed position (0 for an empty log)."""
+
+    def flush(self) -> None:
+        """Wait until this handle's appends are committed."""
+
     def close(self) -> None: ...
 
 
 class MemoryImpressionLog:
-    """Impressions in a list (tests, in-process evaluation)."""
+    """Impressions in a list (tests, in-process evaluation); position = 1-based index."""
 
     def __init__(self) -> None:
         self._rows: list[Impression] = []
@@ -91,6 +143,23 @@ class MemoryImpressionLog:
 
     def count(self, app: str | None = None) -> int:
         return sum(1 for _ in self.scan(app))
+
+    def scan_after(self, seq: int, limit: int = 10_000) -> list[tuple[int, Impression]]:
+        start = max(seq, 0)
+        with self._lock:
+            rows = self._rows[start:start + limit]
+        return [(start + k + 1, imp) for k, imp in enumerate(rows)]
+
+    def shown_after(self, seq: int, limit: int = 10_000, upto: int | None = None,
+                    other_than: str | None = None) -> list[tuple[int, Shown]]:
+        rows = self.scan_after(seq, len(self._rows) if upto is None else max(upto - max(seq, 0), 0))
+        return [(s, Shown.of(imp)) for s, imp in rows if other_than is None or imp.origin != other_than][:limit]
+
+    def head(self) -> int:
+        return len(self._rows)
+
+    def flush(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -138,8 +207,8 @@ class QueuedImpressionLog(ABC):
             self._cond.notify()
 
     def _run(self) -> None:
-        marks = ",".join([self.placeholder] * 5)
-        sql = f"INSERT INTO impressions (app, user_id, item_id, ts, record) VALUES ({marks})"
+        marks = ",".join([self.placeholder] * (5 + len(_FOLD_COLUMNS)))
+        sql = f"INSERT INTO impressions (app, user_id, item_id, ts, record, {', '.join(_FOLD_COLUMNS)}) VALUES ({marks})"
         while True:
             with self._cond:
                 while not self._queue and not self._closed:
@@ -148,14 +217,23 @@ class QueuedImpressionLog(ABC):
                     return
                 batch, self._queue = self._queue, []
                 self._writing = True
+            failed = False
             try:
-                rows = [(i.app, i.user_id, i.item_id, i.timestamp, json.dumps(i.to_dict(), separators=(",", ":"))) for i in batch]
+                rows = [(i.app, i.user_id, i.item_id, i.timestamp, json.dumps(i.to_dict(), separators=(",", ":")),
+                         i.impression_id, i.request_id, i.position, i.event_seq, i.origin) for i in batch]
                 with self._lock:
                     self._insert(sql, rows)
+            except Exception:  # noqa: BLE001 - the thread must outlive a busy or unreachable database
+                failed = True
+                log.exception("impression log %s: writing %d impressions failed", self.name, len(batch))
             finally:
                 with self._cond:
+                    if failed and not self._closed:
+                        self._queue[:0] = batch  # kept, in order, for the next try
                     self._writing = False
                     self._cond.notify_all()
+            if failed:
+                time.sleep(0.5)
 
     def flush(self) -> None:
         """Wait until every queued impression is committed."""
@@ -175,6 +253,38 @@ class QueuedImpressionLog(ABC):
         where, params = self._where(app)
         with self._lock:
             return int(self._fetch(f"SELECT COUNT(*) FROM impressions{where}", params)[0][0])
+
+    def scan_after(self, seq: int, limit: int = 10_000) -> list[tuple[int, Impression]]:
+        """What is committed after ``seq`` (this handle's queue is not waited for: ``flush`` first
+        to include it)."""
+        p = self.placeholder
+        with self._lock:
+            rows = self._fetch(f"SELECT seq, record FROM impressions WHERE seq > {p} ORDER BY seq LIMIT {p}", (seq, limit))
+        return [(int(r[0]), Impression.from_dict(orjson.loads(r[1]))) for r in rows]
+
+    def shown_after(self, seq: int, limit: int = 10_000, upto: int | None = None,
+                    other_than: str | None = None) -> list[tuple[int, Shown]]:
+        p = self.placeholder
+        where, params = [f"seq > {p}"], [seq]
+        if upto is not None:
+            where.append(f"seq <= {p}")
+            params.append(upto)
+        if other_than is not None:
+            where.append(f"(origin IS NULL OR origin <> {p})")
+            params.append(other_than)
+        # rows written before the columns existed have only the record
+        sql = (f"SELECT seq, impression_id, request_id, app, user_id, item_id, position, ts, event_seq, origin, "
+               f"CASE WHEN impression_id IS NULL THEN record END FROM impressions WHERE {' AND '.join(where)} "
+               f"ORDER BY seq LIMIT {p}")
+        with self._lock:
+            rows = self._fetch(sql, (*params, limit))
+        return [(int(r[0]), Shown.of(Impression.from_dict(orjson.loads(r[10]))) if r[1] is None else
+                 Shown(r[1], r[2], r[3], r[4], r[5], int(r[6]), float(r[7]), None if r[8] is None else int(r[8]), r[9]))
+                for r in rows]
+
+    def head(self) -> int:
+        with self._lock:
+            return int(self._fetch("SELECT COALESCE(MAX(seq), 0) FROM impressions", ())[0][0])
 
     def close(self) -> None:
         with self._cond:
@@ -197,23 +307,49 @@ CREATE TABLE IF NOT EXISTS impressions (
 CREATE INDEX IF NOT EXISTS impressions_app ON impressions (app, seq);
 """
 
+# What the ranking's folds read (:class:`Shown`), beside the record; added to logs created without them.
+_FOLD_COLUMNS = {"impression_id": "TEXT", "request_id": "TEXT", "position": "INTEGER", "event_seq": "BIGINT", "origin": "TEXT"}
+
+
+def _add_fold_columns(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")  # one worker at a time: the others find the columns there
+    try:
+        have = {row[1] for row in conn.execute("PRAGMA table_info(impressions)")}
+        for name, kind in _FOLD_COLUMNS.items():
+            if name not in have:
+                conn.execute(f"ALTER TABLE impressions ADD COLUMN {name} {kind}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
 
 class SQLiteImpressionLog(QueuedImpressionLog):
     """Impressions in their own SQLite file beside the event log (WAL, ``synchronous=NORMAL``: an
-    impression lost in a machine crash costs one OPE sample, never an acknowledged event)."""
+    impression lost in a machine crash costs one OPE sample, never an acknowledged event).
+
+    Every API worker process opens the file and writes to it. SQLite lets one writer in at a time;
+    the others wait for it (``busy_timeout``) rather than fail, and a write transaction takes the
+    write lock when it begins (``BEGIN IMMEDIATE``), so rows commit in the order of their ``seq``."""
+
+    busy_timeout_ms = 30_000
 
     def __init__(self, path: str | Path) -> None:
         self.path = self.name = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                     timeout=self.busy_timeout_ms / 1000)
+        # before anything else: workers that start together create the file and its schema at once
+        self._conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SQLITE_SCHEMA)
+        _add_fold_columns(self._conn)
         super().__init__()
 
     def _insert(self, sql: str, rows: list[tuple]) -> None:
-        self._conn.execute("BEGIN")
+        self._conn.execute("BEGIN IMMEDIATE")
         self._conn.executemany(sql, rows)
         self._conn.execute("COMMIT")
 
@@ -234,7 +370,10 @@ CREATE TABLE IF NOT EXISTS impressions (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS impressions_app ON impressions (app, seq);
-"""
+""" + "ALTER TABLE impressions " + ", ".join(f"ADD COLUMN IF NOT EXISTS {c} {t}" for c, t in _FOLD_COLUMNS.items()) + ";\n"
+
+
+IMPRESSION_APPEND_LOCK = 0x6C69766573  # advisory lock key of impression inserts (not the event log's)
 
 
 class PostgresImpressionLog(QueuedImpressionLog):
@@ -253,6 +392,9 @@ class PostgresImpressionLog(QueuedImpressionLog):
 
     def _insert(self, sql: str, rows: list[tuple]) -> None:
         with self._conn.transaction(), self._conn.cursor() as cur:
+            # Serialised across workers: a BIGSERIAL value is taken at insert, not at commit, so
+            # without the lock a reader could pass a seq whose transaction commits after it.
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (IMPRESSION_APPEND_LOCK,))
             cur.executemany(sql, rows)
 
     def _fetch(self, sql: str, params: tuple) -> list[tuple]:

@@ -19,6 +19,13 @@
 
 Every candidate any stage can place comes from the allowed pool, and the final slate is checked
 once more, so no boost, neighbour expansion or exploration can bring back a blocked item.
+
+What the stages learn from traffic (bandit posteriors, impressions waiting for feedback, each
+user's last slates) is a fold of the impression log and the event log: every impression records
+the event log position it was shown at, and events and impressions enter the folds under one lock
+(:meth:`RankingStages.observe`, the request's own impressions, :meth:`RankingStages.adopt` for
+other workers'), so that position is exact. :mod:`liverec.ranking.replicas` rebuilds the folds at
+start and adopts the impressions other workers log.
 """
 
 from __future__ import annotations
@@ -26,8 +33,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -42,7 +49,7 @@ from .config import RankingConfig, RankingSettings
 from .diversity import mmr
 from .examined import Examined
 from .feedback import Adjustments, Summary, adjust, negative_streak, recent_positives, stale_after_streak, summarise
-from .impressions import Impression, ImpressionLog
+from .impressions import Impression, ImpressionLog, Shown
 from .vectors import ItemSpace
 
 
@@ -161,6 +168,10 @@ class RankingStages:
         self.examined = Examined(reactions=self.types)
         self.stats = RankStats()
         self._lock = threading.Lock()
+        self.origin = uuid.uuid4().hex  # tags this process's impressions, which it folds when it shows them
+        self.position = 0  # the last event log position folded into rewards and readings
+        self._fold = threading.Lock()  # events and impressions enter the folds one at a time
+        self._reads: dict[str, bool] = {}
 
     def candidates_wanted(self, request: RecommendRequest, state: UserState | None = None) -> int:
         """The pool size of the request's app (the pipeline adds it to what it asks the scorer)."""
@@ -170,11 +181,64 @@ class RankingStages:
     def _on_streak(self, state: UserState | None, cfg: RankingConfig) -> bool:
         return cfg.streak_negatives > 0 and negative_streak(state, self.types) >= cfg.streak_negatives
 
-    def observe(self, events: list) -> None:
-        """Service listener: committed events close pending impressions with their reward and
-        say which items of the user's last slate they read past."""
-        self.rewards.observe(events)
-        self.examined.observe(events)
+    def reads_slates(self, app: str) -> bool:
+        """Whether ``app`` reads its slates top-down (items read past count as weak negatives)."""
+        reads = self._reads.get(app)
+        if reads is None:
+            cfg = self.settings.for_app(app)
+            reads = self._reads[app] = cfg.passed_item > 0 or cfg.passed_mass > 0
+        return reads
+
+    def observe(self, events: Sequence, seqs: Sequence[int] | None = None) -> None:
+        """Service listener: committed events, in log order with their log positions (``None``:
+        numbered on from the last one), close pending impressions with their reward and say which
+        items of the user's last slate they read past."""
+        with self._fold:
+            if seqs is None:
+                seqs = range(self.position + 1, self.position + 1 + len(events))
+            if not len(seqs):
+                return
+            self.rewards.observe(events, seqs)
+            read = [k for k, e in enumerate(events) if self.reads_slates(e.app)]
+            if len(read) == len(events):
+                self.examined.observe(events, seqs)
+            elif read:
+                self.examined.observe([events[k] for k in read], [seqs[k] for k in read])
+            self.position = max(self.position, seqs[-1])
+
+    def adopt(self, impressions: Sequence[Shown]) -> None:
+        """Impressions another process showed, read from the impression log in log order (their
+        ``event_seq`` at most the position folded here): folded as if shown here at that position."""
+        with self._fold:
+            start = 0
+            for k in range(1, len(impressions) + 1):
+                if k < len(impressions) and impressions[k].request_id == impressions[start].request_id:
+                    continue
+                shown = impressions[start:k]  # one response
+                first = shown[0]
+                at = self.position if first.event_seq is None else first.event_seq
+                if self.reads_slates(first.app):
+                    slate = [i.item_id for i in sorted(shown, key=lambda i: i.position)]
+                    self.examined.served(first.app, first.user_id, slate, (at, first.timestamp, first.request_id))
+                self.rewards.expire(first.timestamp)  # as the process that showed them did
+                self.rewards.shown(shown)
+                start = k
+
+    def reset(self, position: int = 0) -> None:
+        """Forget everything folded (posteriors, pending impressions, readings): nothing up to
+        ``position`` of the event log is to be folded again."""
+        with self._fold:
+            self.bandit.clear()
+            self.rewards.clear(position)
+            self.examined.clear(position)
+            self.position = position
+
+    def advance(self, position: int) -> None:
+        """Every event up to ``position`` has been folded (read by a rebuild, not observed)."""
+        with self._fold:
+            self.rewards.advance(position)
+            self.examined.advance(position)
+            self.position = max(self.position, position)
 
     # ------------------------------------------------------------------------------ pool
     def _pool(self, request: RecommendRequest, state: UserState | None, scored: Scored, allow: Callable[[str], bool], cfg: RankingConfig, now: float,
@@ -317,7 +381,7 @@ class RankingStages:
         order, diversified = self._diversify(ctx, ids, final, adj)
         slate = self._fill_slate(ctx, ids, final, order)
         slate = self._blocks_last(slate, ids, allow)
-        recs, impressions = self._explain(ctx, ids, final, adj, slate, diversified)
+        recs, impressions = self._explain(ctx, ids, final, adj, slate, diversified, self.position)
         self._log(ctx, recs, impressions)
         return recs
 
@@ -414,9 +478,9 @@ class RankingStages:
         return kept
 
     def _explain(self, ctx: RankContext, ids: list[str], final: np.ndarray, adj: Adjustments, slate: list[Slot],
-                 diversified: set[int]) -> tuple[list[Recommendation], list[Impression]]:
+                 diversified: set[int], position: int) -> tuple[list[Recommendation], list[Impression]]:
         """Recommendations with ``because`` (the user's own events, the policy's adjustments,
-        diversity, exploration) and the impressions to log."""
+        diversity, exploration) and the impressions to log (shown at event log ``position``)."""
         request, state = ctx.request, ctx.state
         slate_ids = [ids[k] for k, _, _ in slate]
         history = explain_history(request.app, state, slate_ids, self.space, self.types, ctx.cfg.because_events)
@@ -447,7 +511,7 @@ class RankingStages:
                     user_id=request.user_id, item_id=ids[k], position=pos, timestamp=shown_at,
                     propensity=prop, explored=info is not None, policy=info.get("policy", "thompson") if info is not None else "rank",
                     pool=info["pool"] if info else [], pool_propensities=info["p"] if info else [],
-                    pool_scores=info["s"] if info else [],
+                    pool_scores=info["s"] if info else [], event_seq=position, origin=self.origin,
                 ))
         return recs, impressions
 
@@ -457,11 +521,17 @@ class RankingStages:
         with self._lock:
             self.stats.requests += 1
             self.stats.explored += sum(1 for r in recs if r.explored)
-        if request.user_id is not None and (ctx.cfg.passed_item > 0 or ctx.cfg.passed_mass > 0):
-            self.examined.served(request.app, request.user_id, [r.item_id for r in recs])
-        if impressions:
-            shown_at = impressions[0].timestamp
-            self.rewards.expire(shown_at)
+        if not impressions:
+            return
+        first = impressions[0]
+        with self._fold:
+            if first.event_seq != self.position:
+                # events were folded while this request ranked: the slate is shown after them
+                impressions = [replace(i, event_seq=self.position) for i in impressions]
+            if self.reads_slates(request.app):
+                self.examined.served(request.app, first.user_id, [r.item_id for r in recs],
+                                     (self.position, first.timestamp, first.request_id))
+            self.rewards.expire(first.timestamp)
             self.rewards.shown(impressions)
-            if self.impressions is not None:
-                self.impressions.append(impressions)
+        if self.impressions is not None:
+            self.impressions.append(impressions)

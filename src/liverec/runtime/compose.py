@@ -23,6 +23,7 @@ from ..events import Event
 from ..learning import LearnerConfig, Learners
 from ..model.serving import PromotedModels
 from ..ranking import build_ranking, open_impressions, read_settings
+from ..ranking.replicas import ImpressionFollower
 from ..recommend.cooccurrence import CooccurrenceScorer
 from ..recommend.pipeline import Pipeline, Policy
 from ..recommend.scoring import Scorer
@@ -84,7 +85,10 @@ def build_service(settings: Settings, store: Store | None = None, scorer: Scorer
                             settings=read_settings(settings.ranking_config), seed=settings.ranking_seed,
                             pairs=baseline.pair_similarity)
     pipeline = Pipeline(history=state.get, scorer=main, policy=Policy(catalog.get), fallback=baseline, ranking=ranking)
-    listeners.append(ranking.observe)
+    # with each event's log position (impressions record the position they were shown at); the
+    # follower keeps the ranking's folds equal to the fold of the impression and event logs
+    listeners.append(lambda events: ranking.observe(events, service.follower.applying))
+    components.append(ImpressionFollower(ranking, impressions, store.events, lambda: service.follower))
     if router is not None:
         components.append(ModelServer(Path(settings.data_dir), router, texts=_texts_of(state), watch=watch_models))
         learners = Learners(settings.learner, learner_config(settings), models_dir, router, state, catalog.get)

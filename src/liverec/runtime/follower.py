@@ -46,6 +46,9 @@ class LogFollower:
         self.batch = batch
         self.lock = threading.RLock()  # one catch-up at a time; readers that find work wait for it
         self.applied_events = 0
+        # The log positions of the events being handed to ``apply_events`` (one per event), for
+        # folds that record where in the log they stand.
+        self.applying: list[int] = []
         self._version: int | None = None  # the log's version when this process last caught up
 
     @property
@@ -81,15 +84,17 @@ class LogFollower:
         changes = [c for c in self.log.changes(self.change_seq) if c.seq <= change_head] if change_head > self.change_seq else []
         applied = 0
         pending: list[Event] = []
+        positions: list[int] = []
         seq = self.event_seq
         cursor = 0
 
         def flush() -> None:
-            nonlocal applied, pending
+            nonlocal applied, pending, positions
             if pending:
+                self.applying = positions
                 self.apply_events(pending)
                 applied += len(pending)
-                pending = []
+                pending, positions = [], []
             self.event_seq = seq
 
         if event_head > self.event_seq:
@@ -103,6 +108,7 @@ class LogFollower:
                     self.change_seq = changes[cursor].seq
                     cursor += 1
                 pending.append(event)
+                positions.append(s)
                 seq = s
                 if len(pending) >= self.batch:
                     flush()

@@ -1,0 +1,261 @@
+"""The ranking's learned state as a fold of the impression log and the event log, in every worker.
+
+``liverec serve --workers N`` runs N processes over one store. What the ranking stages learn from
+traffic (the bandit's posteriors, the impressions waiting for feedback, each user's last slates)
+lives in each process's memory; for it not to be lost at a restart nor differ between workers, it
+is a fold of the two durable logs, as the user state is a fold of the event log:
+
+* an impression records the event log position its process had folded when it was shown
+  (``Impression.event_seq``); feedback committed after that position decides its reward
+  (:class:`~liverec.ranking.bandit.RewardTracker`), and reactions committed after it are read
+  against its slate (:class:`~liverec.ranking.examined.Examined`);
+* :class:`ImpressionFollower` rebuilds the folds at start by replaying both logs in that order
+  (the same code that folds them while serving), then polls the impression log every
+  ``interval_s`` and folds what the other workers showed (:meth:`RankingStages.adopt`). A
+  process folds its own impressions when it shows them and skips them when it reads them back
+  (they carry its ``origin``).
+
+Why a background poll rather than a check on the request path: every worker writes impressions on
+nearly every request, so a per-request check would find new rows almost every time and add a
+query and the folding of other workers' impressions to each request; the exploration bandit does
+not need another worker's last half second of traffic to choose well. A poll reads only the
+columns the folds need (:class:`~liverec.ranking.impressions.Shown`), and leaves this process's
+own rows out in the query.
+
+The race: feedback on another worker's impression is often folded here before that impression is
+read from the log. The folds keep the recent feedback and reactions with their log positions, so
+the impression, when it arrives, is decided (and its slate read) as if it had been shown here at
+its position. An impression is folded only once this process has applied the event log up to its
+position (the poll catches the event log up first), so events it was shown after are never taken
+for feedback on it.
+
+Exact (every worker, and a restart, reach the same posteriors, pending impressions and last
+slates, once they have read the same prefix of both logs):
+
+* rewards decided by feedback, and 0.5 for impressions whose window and grace
+  (``RewardTracker.grace_s``) passed without feedback, as long as feedback is committed before
+  the window and grace close on the clock of the process that closes it, and the impression is
+  read by every worker while its feedback is still among the last ``RewardTracker.max_recent``
+  feedback events (``undecidable`` counts the ones that were not);
+* the last slates and items read past, as long as a slate is read while the user's reactions to it
+  are among the last ``Examined.max_recent`` reactions and fewer than ``Examined.keep`` newer
+  slates of the user arrived first (``unplaced`` counts the ones that did not).
+
+Eventually consistent: a worker folds another's impressions up to ``interval_s`` (plus that
+worker's write delay) late, so for that long its posteriors and that user's last slate lag.
+
+Not exact: feedback committed after the window and grace closed but timestamped inside the window
+(counted by processes that had not closed the impression yet, and by a rebuild); impressions closed
+early because more than ``RewardTracker.max_pending`` were waiting; users evicted from
+``Examined.max_users``; a deleted user's impressions (the impression log keeps them, their events
+are gone, so a rebuild rewards them 0.5). Impressions logged before positions were recorded
+(``event_seq`` is ``None``) get the rewards :func:`~liverec.ranking.impressions.assign_rewards`
+gives them from the event log.
+
+Cost: a start reads the whole impression log (its columns, not the records) and the event log
+from the first impression's position on, and the whole event log again if any impression has no
+position (the folds have no snapshot of their own yet).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Iterable, Iterator, Protocol
+
+from ..events import Event
+from ..store.base import EventLog
+from .impressions import ImpressionLog, Shown, assign_rewards, feedback_reward
+from .stages import RankingStages
+
+log = logging.getLogger(__name__)
+
+
+class EventPosition(Protocol):
+    """What the impression follower needs of the process's event log follower
+    (:class:`liverec.runtime.follower.LogFollower`)."""
+
+    lock: threading.RLock  # held while events are folded
+    event_seq: int  # every event up to here is folded
+
+    def catch_up(self, force: bool = False) -> int: ...
+
+
+def _responses(shown: list[Shown]) -> list[list[Shown]]:
+    """Consecutive impressions of one request (one response is appended, so logged, together)."""
+    out: list[list[Shown]] = []
+    for imp in shown:
+        if out and out[-1][0].request_id == imp.request_id:
+            out[-1].append(imp)
+        else:
+            out.append([imp])
+    return out
+
+
+class ImpressionFollower:
+    """Keeps a process's ranking folds equal to the fold of the impression and event logs
+    (a service component: ``start`` rebuilds them and starts following, ``stop`` stops)."""
+
+    def __init__(
+        self,
+        ranking: RankingStages,
+        impressions: ImpressionLog,
+        events: EventLog,
+        follower: Callable[[], EventPosition],
+        interval_s: float = 0.5,
+        batch: int = 5_000,
+        lookback: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ranking = ranking
+        self.impressions = impressions
+        self.events = events
+        self.follower = follower
+        self.interval_s = interval_s
+        self.batch = batch
+        # events replayed at start even before the first impression: the recent feedback that
+        # impressions other workers showed but had not written yet are decided from
+        self.lookback = lookback
+        self.clock = clock
+        self.seq = 0  # the impression log position folded up to
+        self.adopted = 0  # other processes' impressions folded while following
+        self._lock = threading.Lock()  # one poll at a time
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- component ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self.rebuild()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="liverec-impression-follower", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - a failed poll is retried at the next one
+                log.exception("following the impression log failed")
+
+    # ---- start-up -----------------------------------------------------------------------------
+    def rebuild(self) -> None:
+        """Fold both logs from the start into the ranking (replacing whatever it holds): every
+        impression committed now, up to the first one shown after what this process has folded
+        of the event log (the polls take it from there, in log order)."""
+        self.impressions.flush()  # this process's own, if it has served already
+        follower = self.follower()
+        with self._lock, follower.lock:  # no event is folded meanwhile
+            follower.catch_up(force=True)
+            upto = follower.event_seq
+            head = self.impressions.head()
+            shown: list[Shown] = []
+            legacy: list[Shown] = []
+            seq, done = 0, False
+            while not done and seq < head:
+                rows = self.impressions.shown_after(seq, self.batch, upto=head)
+                done = not rows
+                for s, imp in rows:
+                    if imp.event_seq is not None and imp.event_seq > upto:
+                        done = True
+                        break
+                    (legacy if imp.event_seq is None else shown).append(imp)
+                    seq = s
+            self.seq = head if not done else seq
+            self._replay(shown, upto)
+            if legacy:
+                self._fold_legacy(legacy, upto)
+        log.info("ranking folds rebuilt from %d impressions, event log up to %d", len(shown) + len(legacy), upto)
+
+    def _replay(self, shown: list[Shown], upto: int) -> None:
+        """Events and responses in the order they were folded where they were shown: a response
+        shown at position ``p`` after every event up to ``p`` and before the next one."""
+        responses = _responses(shown)
+        responses.sort(key=lambda r: (r[0].event_seq, r[0].timestamp, r[0].request_id))
+        first = min((r[0].event_seq for r in responses), default=upto)
+        start = max(0, min(first, upto - self.lookback))
+        ranking = self.ranking
+        ranking.reset(start)
+        k = 0
+        events: list[Event] = []
+        seqs: list[int] = []
+
+        def fold_events() -> None:
+            if events:
+                ranking.observe(events, seqs)
+                events.clear()
+                seqs.clear()
+
+        for seq, event in self._events_after(start, upto):
+            if k < len(responses) and responses[k][0].event_seq < seq:  # type: ignore[operator]
+                fold_events()
+                due = []
+                while k < len(responses) and responses[k][0].event_seq < seq:  # type: ignore[operator]
+                    due.extend(responses[k])
+                    k += 1
+                ranking.adopt(due)
+            events.append(event)
+            seqs.append(seq)
+            if len(events) >= self.batch:
+                fold_events()
+        fold_events()
+        ranking.adopt([imp for r in responses[k:] for imp in r])
+        ranking.advance(upto)
+
+    def _events_after(self, start: int, upto: int) -> Iterator[tuple[int, Event]]:
+        for seq, event in self.events.scan(after_seq=start):
+            if seq > upto:
+                return
+            yield seq, event
+
+    def _fold_legacy(self, legacy: list[Shown], upto: int) -> None:
+        """Impressions without a position: rewarded from the event log as off-policy evaluation
+        rewards them; those whose window is still open wait for feedback from now on."""
+        keys = {(i.app, i.user_id, i.item_id) for i in legacy}
+        types = self.ranking.types
+        feedback: Iterable[Event] = (e for _, e in self._events_after(0, upto)
+                                     if (e.app, e.user_id, e.item_id) in keys and feedback_reward(e, types) is not None)
+        tracker = self.ranking.rewards
+        decided = assign_rewards(legacy, feedback, tracker.window_s, types, now=self.clock())
+        for imp, reward in decided:
+            self.ranking.bandit.update(imp.app, imp.item_id, reward)
+        done = {imp.impression_id for imp, _ in decided}
+        tracker.shown([i for i in legacy if i.impression_id not in done])
+
+    # ---- following ----------------------------------------------------------------------------
+    def poll(self) -> int:
+        """Fold the impressions other processes logged since the last poll; returns how many."""
+        with self._lock:
+            head = self.impressions.head()
+            if head <= self.seq:
+                return 0
+            origin = self.ranking.origin
+            rows = self.impressions.shown_after(self.seq, self.batch, upto=head, other_than=origin)
+            reached = head  # every other process's impression up to here is in ``rows``
+            if len(rows) == self.batch:
+                reached = rows[-1][0]
+                if rows[0][1].request_id != rows[-1][1].request_id:
+                    # the batch may end inside a response: leave that response for the next poll
+                    last = rows[-1][1].request_id
+                    rows = [r for r in rows if r[1].request_id != last]
+                    reached = rows[-1][0]
+            follower = self.follower()
+            if max((imp.event_seq or 0 for _, imp in rows), default=0) > follower.event_seq:
+                follower.catch_up(force=True)  # the events they were shown after come first
+            folded = follower.event_seq
+            adopt: list[Shown] = []
+            for s, imp in rows:
+                if imp.event_seq is not None and imp.event_seq > folded:
+                    reached = s - 1  # shown after events not committed when we read: the next poll
+                    break
+                adopt.append(imp)
+            self.ranking.adopt(adopt)
+            self.seq = reached
+            self.adopted += len(adopt)
+            return len(adopt)
