@@ -441,6 +441,14 @@ def prepare(args: argparse.Namespace, env: dict[str, str]) -> tuple[Path, dict[s
     else:
         print(f"train: cached ({done.get('version')}, {args.epochs} epochs)", flush=True)
     info["train"] = json.loads(trained.read_text())
+    # A snapshot of the folds, as a running server leaves one behind (every 60 s by default):
+    # `restart` then measures a start from it plus the log's tail. Code without snapshots
+    # ignores the stored blob and folds the whole log.
+    snapped = prepared / ".snapshot.json"
+    if not snapped.exists():
+        out = run_logged([liverec, "snapshot", "--data-dir", str(prepared)], env, log)
+        snapped.write_text(out.strip().splitlines()[-1])
+    info["snapshot"] = json.loads(snapped.read_text())
     return prepared, info
 
 

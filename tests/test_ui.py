@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from liverec.api.app import create_app
 from liverec.api.stats import jsonable, learner_info, model_info
+from liverec.learning import Learners
 from liverec.api.telemetry import RECOMMEND_ROUTE, Telemetry, percentile
 from liverec.config import Settings
 
@@ -278,11 +279,18 @@ def test_learner_info(settings: Settings):
 
     class Learner:
         name = "online"
+        app = "default"
 
         def status(self):
             return {"lag_events": 3, "last_update_at": time.time() - 5.0}
 
-    app.state.learner = Learner()
+        def observe(self, events):
+            pass
+
+        def stop(self):
+            pass
+
+    service.component(Learners).register(Learner())
     info = learner_info(service, request)
     assert info["name"] == "online" and info["lag_events"] == 3
     assert 4.0 <= info["staleness_s"] <= 60.0
@@ -290,7 +298,7 @@ def test_learner_info(settings: Settings):
 
 
 def test_stats_show_the_service_learners(client: TestClient, tmp_path: Path):
-    """The learners the service runs (a list on the service) are what the learner panel shows:
+    """The learners the service runs (its Learners component) are what the learner panel shows:
     the requested app's with its status, served version and staleness; all of them listed."""
     from liverec.learning import LearnerStats, OnlineLearner
     from liverec.model.registry import ModelRegistry
@@ -300,7 +308,7 @@ def test_stats_show_the_service_learners(client: TestClient, tmp_path: Path):
     learner = OnlineLearner("default", service.state, lambda: served, lambda scorer: None,
                             ModelRegistry(tmp_path / "models" / "default"), service.catalog.get)
     learner.stats = LearnerStats(updates=2, accepted=1, rejected=1, last_version="v000003", last_staleness_s=4.25)
-    service.learners = [learner]
+    service.component(Learners).register(learner)
 
     stats = client.get("/v1/stats").json()
     info = stats["learner"]

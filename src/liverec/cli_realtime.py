@@ -169,19 +169,21 @@ def learn(
     steps: int = typer.Option(20, help="Fine-tuning steps per update."),
     bias_lr: float = typer.Option(0.0, envvar="LIVEREC_LEARNER_BIAS_LR", help="Per-event output-bias rate before each update (0: off)."),
     once: bool = typer.Option(False, "--once", help="Catch up with the log, try one update and exit."),
+    store_url: Optional[str] = typer.Option(None, "--store", help="Store URL (default sqlite:///DATA_DIR/liverec.db)."),
 ) -> None:
-    """Tail the event log and promote fine-tuned versions (a process beside `liverec serve`, whose
-    promotion watcher swaps them in)."""
+    """The learner role: follow the shared log and promote fine-tuned versions (a process beside
+    `liverec serve`, whose workers' model servers swap them in)."""
     from .catalog import CatalogIndex
     from .config import Settings
     from .evaluation.replay import load_model
     from .learning import LearnerConfig, OnlineLearner
     from .model.registry import ModelRegistry
     from .model.serving import load_scorer
+    from .runtime.follower import LogFollower
     from .state import StateStore
     from .store import open_store
 
-    settings = Settings(data_dir=data_dir)
+    settings = Settings(data_dir=data_dir, **({"store_url": store_url} if store_url else {}))
     registry = ModelRegistry.for_data_dir(data_dir, app_id)
     if registry.promoted() is None:
         if init is None:
@@ -205,16 +207,27 @@ def learn(
     cfg.finetune.steps = steps
     learner = OnlineLearner(app_id, state, lambda: holder["scorer"], lambda sc: holder.__setitem__("scorer", sc),
                             registry, catalog.get, cfg)
-    last_seq = 0
+
+    def apply_events(events: list) -> None:
+        mine = [e for e in events if e.app == app_id]
+        if mine:
+            state.apply_batch(mine)
+            learner.observe(mine)
+
+    def apply_change(change) -> None:  # the same changes the API workers fold
+        if change.app != app_id:
+            return
+        if change.kind == "item":
+            item = store.catalog.get(change.app, change.key)
+            if item is not None:
+                catalog.put(item)
+        elif change.kind == "user_deleted":
+            state.delete(change.app, change.key)
+
+    follower = LogFollower(store.events, apply_events, apply_change)
     try:
         while True:
-            batch = []
-            for seq, event in store.events.scan(app_id, after_seq=last_seq):
-                state.apply(event)
-                batch.append(event)
-                last_seq = seq
-            if batch:
-                learner.observe(batch)
+            follower.catch_up(force=True)
             result = learner.step()
             if result is not None:
                 typer.echo(json.dumps(result))

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from ..learning import Learners
 from ..service import Service
 from .deps import get_app_id, get_service
 from .telemetry import EVENTS_ROUTE, RECOMMEND_ROUTE, Telemetry
@@ -93,34 +94,10 @@ def model_info(service: Service, app: str | None = None) -> dict[str, Any]:
     return info
 
 
-def running_learners(service: Service, request: Request) -> list[Any]:
-    """Every online learner the service runs.
-
-    The service keeps its learners in a list (``service.learners``), or in a component that
-    holds them by app (a ``running`` mapping); a lone ``learner`` attribute on the service or the
-    app state counts too.
-    """
-    found: list[Any] = []
-
-    def add(holder: Any) -> None:
-        if holder is None:
-            return
-        running = getattr(holder, "running", None)
-        if isinstance(running, Mapping):
-            holder = list(running.values())
-        elif isinstance(holder, Mapping):
-            holder = list(holder.values())
-        for learner in holder if isinstance(holder, (list, tuple)) else [holder]:
-            if learner is not None and all(learner is not seen for seen in found):
-                found.append(learner)
-
-    add(getattr(service, "learners", None))
-    for component in getattr(service, "components", None) or []:
-        if isinstance(getattr(component, "running", None), Mapping):
-            add(component)
-    add(getattr(service, "learner", None))
-    add(getattr(request.app.state, "learner", None))
-    return found
+def running_learners(service: Service, request: Request | None = None) -> list[Any]:
+    """Every online learner the service runs (its :class:`~liverec.learning.Learners` component)."""
+    learners = service.component(Learners)
+    return list(learners.running.values()) if learners is not None else []
 
 
 def _fields(value: Any) -> dict[str, Any]:

@@ -48,11 +48,15 @@ class Learners:
             raise KeyError(f"app {app!r} has no promoted model to learn from")
         learner = OnlineLearner(app, self.state, lambda: self.router.by_app[app], lambda sc: self.router.set(app, sc),
                                 registry, self.items, cfg or self.cfg)
-        with self._lock:
-            self.running[app] = learner
+        self.register(learner)
         if start:
             learner.start()
         return learner
+
+    def register(self, learner: OnlineLearner) -> None:
+        """Run ``learner`` as this service's learner of its app (fed every committed event)."""
+        with self._lock:
+            self.running[learner.app] = learner
 
     def observe(self, events: list[Event]) -> None:
         for learner in list(self.running.values()):
