@@ -103,6 +103,13 @@ class Service:
         has no model for it)."""
         return self.pipeline.scorer_for(app).name
 
+    def wait_warm(self, timeout: float | None = None) -> None:
+        """Wait for the components' background start-up work (e.g. the sentence encoder loading)."""
+        for component in self.components:
+            wait = getattr(component, "wait_loaded", None)
+            if callable(wait):
+                wait(timeout)
+
     def component(self, kind: type) -> Any:
         """The running component of ``kind`` (e.g. the model server), or ``None``."""
         return next((c for c in self.components if isinstance(c, kind)), None)

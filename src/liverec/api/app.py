@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from contextlib import asynccontextmanager
@@ -78,6 +79,12 @@ def create_app(settings: Settings | None = None, service: Service | None = None,
         for hook in app.state.on_start:
             hook(app)
         app.state.workers.ready()
+
+        def warm() -> None:  # readiness says when the background start-up work is done too
+            app.state.service.wait_warm()
+            app.state.workers.ready(warm=True)
+
+        threading.Thread(target=warm, name="liverec-warm", daemon=True).start()
         yield
         app.state.workers.gone()
         for hook in app.state.on_stop:

@@ -44,6 +44,7 @@ def health(request: Request, service: Service = Depends(get_service)) -> dict:
         "uptime_s": round(time.time() - service.started_at, 3),
         "scorer": service.scorer_name(app),
         "workers": len(request.app.state.workers.live()),
+        "warm_workers": request.app.state.workers.warm(),  # background start-up work done too
         "events": service.counters.events_accepted,
         "log_position": list(service.follower.position),
     }

@@ -21,12 +21,23 @@ class WorkerRegistry:
     def __init__(self, run_dir: Path, server_pid: int | None = None) -> None:
         self.dir = Path(run_dir) / str(server_pid or server_process())
 
-    def ready(self, pid: int | None = None) -> None:
+    def ready(self, pid: int | None = None, warm: bool = False) -> None:
+        """Mark the worker ready (it serves); ``warm``: its background start-up work is done too."""
         pid = pid or os.getpid()
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{pid}.tmp"
-        tmp.write_text(json.dumps({"pid": pid, "ready_at": time.time()}))
+        tmp.write_text(json.dumps({"pid": pid, "ready_at": time.time(), "warm": warm}))
         os.replace(tmp, self.dir / f"{pid}.json")
+
+    def warm(self) -> int:
+        """How many of the live workers have finished their background start-up work."""
+        count = 0
+        for pid in self.live():
+            try:
+                count += bool(json.loads((self.dir / f"{pid}.json").read_text()).get("warm"))
+            except (OSError, ValueError):
+                continue
+        return count
 
     def gone(self, pid: int | None = None) -> None:
         (self.dir / f"{pid or os.getpid()}.json").unlink(missing_ok=True)
