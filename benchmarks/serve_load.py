@@ -47,7 +47,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import platform
 import queue
 import random
 import shlex
@@ -66,6 +65,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tqdm import tqdm
+
+from liverec.evaluation.report import machine
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = ("recs", "events1", "events1000", "ack", "restart")
@@ -651,18 +652,6 @@ def git_commit(path: Path) -> dict[str, Any]:
         return {"commit": None}
     dirty = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": bool(dirty), "repo": git("rev-parse", "--show-toplevel")}
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
 
 
 def log_problems(log: Path, limit: int = 20) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from liverec.runtime.compose import build_service
 from liverec.service import Service
 
 from .test_store_contract import PG_URL, _postgres_available
+from .test_impressions import url  # noqa: F401 - the backend fixture
 
 GENRES = "cdhs"
 
@@ -248,22 +249,10 @@ def test_a_slate_read_after_the_reactions_to_it_is_read_as_if_it_came_first():
 
 
 # ---- the impression log, read by position -------------------------------------------------------------
-@pytest.fixture(params=["sqlite", "postgresql", "memory"])
-def log_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/store.db"
-    elif request.param == "memory":
-        yield "sqlite:///:memory:"
-    else:
-        reason = _postgres_available()
-        if reason:
-            pytest.skip(reason)
-        schema = f"t_{uuid.uuid4().hex[:12]}"
-        yield f"{PG_URL}?schema={schema}"
-        import psycopg
-
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+@pytest.fixture
+def log_url(url):
+    """The impression log on each backend (the fixture of tests/test_impressions.py)."""
+    return url
 
 
 def test_the_impression_log_is_read_after_a_position(log_url, tmp_path):
