@@ -47,12 +47,14 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Bind address."),
     port: int = typer.Option(8000, help="Port."),
     store: Optional[str] = StoreOpt,
-    workers: int = typer.Option(1, "--workers", min=1, help="API worker processes (each follows the shared log)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1,
+                                          help="API worker processes, each following the shared log (default LIVEREC_WORKERS, 1)."),
 ) -> None:
     """Run the HTTP service (API at /v1, docs at /docs)."""
-    settings = _settings(data_dir, store, host=host, port=port)
-    console.print(f"liverec serving {settings.store_url_resolved()} on http://{host}:{port} with {workers} worker(s)")
-    _serve(settings, workers=workers)
+    settings = _settings(data_dir, store, host=host, port=port, **({"workers": workers} if workers else {}))
+    console.print(f"liverec serving {settings.store_url_resolved()} on http://{host}:{port} "
+                  f"with {settings.workers} worker(s)")
+    _serve(settings, workers=settings.workers)
 
 
 @contextmanager
