@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
 
 def connect(url: str, ddl: str) -> tuple[psycopg.Connection, str]:
     """An autocommit connection whose ``search_path`` is the URL's schema, after creating the schema
-    (if absent) and running ``ddl`` (``CREATE ... IF NOT EXISTS`` statements).
+    (if absent) and running ``ddl`` (``CREATE ... IF NOT EXISTS`` statements; empty: neither, a
+    plain connection to the schema).
 
     Both run under the advisory lock: PostgreSQL's ``IF NOT EXISTS`` does not make concurrent
     creation safe, and several workers start at once.
@@ -83,11 +84,12 @@ def connect(url: str, ddl: str) -> tuple[psycopg.Connection, str]:
     if not schema.replace("_", "").isalnum():
         raise ValueError(f"store URL {url!r}: schema {schema!r} must be letters, digits and _")
     conn = psycopg.connect(urlunparse(parsed._replace(scheme="postgresql", query="")), autocommit=True)
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        conn.execute(f'SET LOCAL search_path TO "{schema}"')
-        conn.execute(ddl)
+    if ddl:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            conn.execute(f'SET LOCAL search_path TO "{schema}"')
+            conn.execute(ddl)
     conn.execute(f'SET search_path TO "{schema}"')
     return conn, schema
 
@@ -109,6 +111,10 @@ class PostgresStore:
     def __init__(self, url: str):
         self._conn, self.schema = connect(url, SCHEMA)
         self._lock = threading.RLock()
+        # reads on a connection of their own: a request's catch-up never queues behind an append
+        # of this process waiting for the advisory lock another worker holds
+        self._read_conn, _ = connect(url, "")
+        self._read_lock = threading.RLock()
         self.events = _EventLog(self)
         self.catalog = _Catalog(self)
         self.snapshots = _Snapshots(self)
@@ -121,6 +127,8 @@ class PostgresStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+        with self._read_lock:
+            self._read_conn.close()
 
 
 class _EventLog(SqlEventReads):

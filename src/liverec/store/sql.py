@@ -20,17 +20,19 @@ ITEM_COLUMNS = "app, item_id, title, text, categories, attributes, updated_at"
 class SqlBackend(Protocol):
     _conn: Any
     _lock: threading.RLock
+    _read_conn: Any  # reads go here (SQLite: a second connection, so they never queue behind a write)
+    _read_lock: threading.RLock
     placeholder: str  # "?" or "%s"
     item_order: str  # column that keeps insertion order of items
     decode_json: Callable[[Any], Any]  # a JSON column as the driver returns it -> Python value
 
 
 def run(store: SqlBackend, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-    """Execute ``sql`` (written with ``?``) under the store's lock and fetch every row."""
+    """Execute the read ``sql`` (written with ``?``) on the store's read connection and fetch every row."""
     if store.placeholder != "?":
         sql = sql.replace("?", store.placeholder)
-    with store._lock:
-        return store._conn.execute(sql, params).fetchall()
+    with store._read_lock:
+        return store._read_conn.execute(sql, params).fetchall()
 
 
 def accepted_events(events: Sequence[Event], inserted: Sequence[tuple[str, str]]) -> list[Event]:

@@ -94,6 +94,15 @@ class SQLiteStore:
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA busy_timeout=10000")
             self._conn.executescript(SCHEMA)
+        # Reads on a connection of their own: in WAL mode they never wait for a writer, so a
+        # request's catch-up does not queue behind this process's append waiting for the write
+        # lock another process holds. (":memory:" is one database per connection: it shares.)
+        if self.path == ":memory:":
+            self._read_conn, self._read_lock = self._conn, self._lock
+        else:
+            self._read_conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._read_conn.execute("PRAGMA busy_timeout=10000")
+            self._read_lock = threading.RLock()
         self.events = _EventLog(self)
         self.catalog = _Catalog(self)
         self.snapshots = _Snapshots(self)
@@ -104,6 +113,9 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+        if self._read_conn is not self._conn:
+            with self._read_lock:
+                self._read_conn.close()
 
 
 class _Transaction:
@@ -126,8 +138,9 @@ class _EventLog(SqlEventReads):
     _s: SQLiteStore
 
     def version(self) -> int | None:
-        with self._s._lock:
-            return self._s._conn.execute("PRAGMA data_version").fetchone()[0]
+        # on the read connection, every commit but its own moves it: this process's writes too
+        with self._s._read_lock:
+            return self._s._read_conn.execute("PRAGMA data_version").fetchone()[0]
 
     def append(self, events: Sequence[Event]) -> AppendResult:
         if not events:
