@@ -326,6 +326,13 @@ def test_the_writer_writes_only_when_the_position_moved(sqlite_settings):
         # one behind the stored snapshot does not overwrite it either
         service.ingest("default", [ev("u1", "view", 2, "i2")])
         assert writer.write_if_moved().written
+        # a tail shorter than min_tail waits for more
+        patient = SnapshotWriter(lambda: service, 3600, min_tail=3)
+        patient.write_if_moved()  # finds the stored one at its position
+        service.ingest("default", [ev("u1", "view", 3, "i3"), ev("u1", "view", 4, "i4")])
+        assert patient.write_if_moved() is None
+        service.ingest("default", [ev("u1", "view", 5, "i5")])
+        assert patient.write_if_moved().written
         lagging = build_service(sqlite_settings, watch_models=False)
         lagging.start()
         lagging.follower.event_seq -= 1  # as if it had not read the newest event yet
@@ -338,7 +345,7 @@ def test_the_writer_writes_only_when_the_position_moved(sqlite_settings):
 
 
 def test_the_writer_runs_in_the_background_and_stops_with_the_service(sqlite_settings):
-    service = started(sqlite_settings.model_copy(update={"snapshot_interval_s": 0.05}))
+    service = started(sqlite_settings.model_copy(update={"snapshot_interval_s": 0.05, "snapshot_min_tail": 1}))
     writer = service.component(SnapshotWriter)
     assert writer is not None
     service.ingest("default", [ev("u1", "view", 1, "i1")])

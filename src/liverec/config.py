@@ -50,6 +50,10 @@ class Settings(BaseSettings):
         60.0, ge=0, allow_inf_nan=False,
         description="Seconds between background snapshots of the in-memory folds; 0 = no snapshots.",
     )
+    snapshot_min_tail: int = Field(
+        10_000, ge=1, description="Events and changes logged since the newest snapshot before another is written "
+        "(a shorter tail folds in well under a second at start; encoding every fold again costs seconds of CPU).",
+    )
     # NoDecode: the variable is a comma-separated list (LIVEREC_LEARNER=shop,news), not JSON.
     learner: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Apps that run an in-process online learner; none by default."

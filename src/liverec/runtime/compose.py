@@ -97,7 +97,7 @@ def build_service(settings: Settings, store: Store | None = None, scorer: Scorer
     if settings.snapshot_interval_s > 0:
         # Started after the folds are ready and stopped first; the closure reads ``service``,
         # assigned just below.
-        components.append(SnapshotWriter(lambda: service, settings.snapshot_interval_s))
+        components.append(SnapshotWriter(lambda: service, settings.snapshot_interval_s, settings.snapshot_min_tail))
     service = Service(settings, store, catalog, state, baseline, pipeline, ranking, listeners, components,
                       restore=restore)
     return service

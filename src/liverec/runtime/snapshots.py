@@ -323,14 +323,16 @@ def write_snapshot(service: "Service") -> WriteResult:
 
 class SnapshotWriter:
     """Writes a snapshot every ``interval_s`` seconds in a background thread, when the log
-    position has moved since the last one (a component: started once the folds are ready).
+    position has moved since the last one by at least ``min_tail`` events and changes (a
+    component: started once the folds are ready).
 
     ``service`` returns the service whose folds are written (it is built after its components).
     """
 
-    def __init__(self, service: Callable[[], "Service"], interval_s: float):
+    def __init__(self, service: Callable[[], "Service"], interval_s: float, min_tail: int = 1):
         self.service = service
         self.interval_s = interval_s
+        self.min_tail = min_tail  # events + changes since the last snapshot before the next
         self.last: WriteResult | None = None  # the latest attempt (read by tests and benchmarks)
         self._position: tuple[int, int] | None = None  # the position last written or found stored
         self._stop = threading.Event()
@@ -357,9 +359,13 @@ class SnapshotWriter:
                 log.exception("writing a snapshot of the folds failed")
 
     def write_if_moved(self) -> WriteResult | None:
-        """Write a snapshot if the position moved since the last one; ``None`` if it did not."""
+        """Write a snapshot if the position moved since the last one by ``min_tail`` events and
+        changes; ``None`` if it did not."""
         service = self.service()
-        if service.follower.position == self._position:
+        position = service.follower.position
+        if self._position is not None and (position[0] - self._position[0]) + (position[1] - self._position[1]) < self.min_tail:
+            return None
+        if position == self._position:
             return None
         result = write_snapshot(service)
         if result.position is not None:  # written, or one as new is stored: nothing to do until it moves
