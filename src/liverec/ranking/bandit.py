@@ -32,7 +32,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
-from collections import deque
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -40,6 +39,7 @@ import numpy as np
 from ..events import DEFAULT_TYPES, Event, TypeSpec
 from .config import RankingConfig
 from .impressions import Impression, Shown, feedback_reward
+from .recent import RecentIndex
 
 
 class ThompsonBandit:
@@ -145,10 +145,7 @@ class RewardTracker:
         self._due: list[tuple[float, int, Key, str]] = []  # heap: (closes at, tiebreak, key, impression id)
         self._tiebreak = itertools.count()
         self._open: dict[str, Key] = {}
-        # key -> (event seq, ts, reward) in log order (short lists: a deque per key costs a 64-slot block)
-        self._recent: dict[Key, list[tuple[int, float, float]]] = {}
-        self._recent_order: deque[tuple[int, Key]] = deque()
-        self.horizon = 0  # feedback at or below this position may have left the recent index
+        self._recent: RecentIndex[Key, tuple[float, float]] = RecentIndex(max_recent)  # key -> (seq, (ts, reward))
         self.position = 0  # the last event position observed
         self.undecidable = 0  # impressions read after their feedback had left the recent index
         self._lock = threading.Lock()
@@ -162,11 +159,11 @@ class RewardTracker:
                 key = (imp.app, imp.user_id, imp.item_id)
                 after = self.position if imp.event_seq is None else imp.event_seq
                 if after < self.position:  # read late: its feedback may have been observed already
-                    if after < self.horizon:
+                    if after < self._recent.horizon:
                         self.undecidable += 1
-                    first = next((f for f in self._recent.get(key, ()) if f[0] > after), None)
+                    first = next((f for seq, f in self._recent.get(key) if seq > after), None)
                     if first is not None:
-                        self._reward(key, self._decide(imp.timestamp, first[1], first[2]))
+                        self._reward(key, self._decide(imp.timestamp, first[0], first[1]))
                         continue
                 self._pending.setdefault(key, []).append((imp.timestamp, imp.impression_id, after))
                 heapq.heappush(self._due, (imp.timestamp + self.window_s + self.grace_s, next(self._tiebreak), key, imp.impression_id))
@@ -222,15 +219,7 @@ class RewardTracker:
                 self.position = max(self.position, seqs[-1])
 
     def _remember(self, seq: int, key: Key, ts: float, r: float) -> None:
-        self._recent.setdefault(key, []).append((seq, ts, r))
-        self._recent_order.append((seq, key))
-        while len(self._recent_order) > self.max_recent:
-            old, old_key = self._recent_order.popleft()
-            fb = self._recent[old_key]
-            del fb[0]  # the key's oldest is this one: both are in log order
-            if not fb:
-                del self._recent[old_key]
-            self.horizon = old
+        self._recent.add(seq, key, (ts, r))
 
     def expire(self, now: float) -> None:
         """Close every impression whose window and grace ended before ``now`` with reward 0.5."""
@@ -250,9 +239,8 @@ class RewardTracker:
             self._pending.clear()
             self._due.clear()
             self._open.clear()
-            self._recent.clear()
-            self._recent_order.clear()
-            self.horizon = self.position = position
+            self._recent.clear(position)
+            self.position = position
             self.undecidable = 0
             self.rewards = {1.0: 0, 0.0: 0, 0.5: 0}
 

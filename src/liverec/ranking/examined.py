@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from ..events import DEFAULT_TYPES, TARGETED, UNDOES, Event
+from .recent import RecentIndex
 
 # Events that show the user read down to their item: every type that reacts to an item rather
 # than taking back an earlier event (undo, unblock); a service passes its own table.
@@ -80,9 +81,7 @@ class Examined:
         self.keep = keep
         self.max_recent = max_recent
         self._readers: OrderedDict[tuple[str, str], _Reader] = OrderedDict()  # least recently served first
-        self._recent: dict[tuple[str, str], list[tuple[int, Event]]] = {}  # user -> (seq, reaction or undo), log order
-        self._recent_order: deque[tuple[int, tuple[str, str]]] = deque()
-        self.horizon = 0  # reactions at or below this position may have left the recent index
+        self._recent: RecentIndex[tuple[str, str], Event] = RecentIndex(max_recent)  # user -> (seq, reaction or undo)
         self.position = 0  # the last event position observed
         self.unplaced = 0  # slates read too late to be put in their place (their reactions stay where they were applied)
         self._local = itertools.count()
@@ -106,7 +105,7 @@ class Examined:
                 reader.complete = False
 
     def _place(self, user: tuple[str, str], reader: _Reader, new: _Slate) -> None:
-        recent = self._recent.get(user, ())
+        recent = self._recent.get(user)
         at = bisect.bisect([s.key for s in reader.slates], new.key)
         reacted_since = bool(recent) and recent[-1][0] > new.key[0]
         if at == len(reader.slates) and not reacted_since:  # the usual case: served after everything known
@@ -117,7 +116,7 @@ class Examined:
             # older than every slate kept here: its place is known only if the user did not react
             # between it and the oldest kept one (then it was never read, and changes nothing)
             first = reader.slates[0].key[0]
-            if self.horizon > new.key[0] or any(new.key[0] < seq <= first for seq, _ in recent):
+            if self._recent.horizon > new.key[0] or any(new.key[0] < seq <= first for seq, _ in recent):
                 self.unplaced += 1
             return
         reader.slates.insert(at, new)
@@ -128,9 +127,9 @@ class Examined:
         the next, from what the user had passed over before ``start``."""
         first = reader.slates[start]
         passed: deque[Passed] = deque(first.base if start > 0 or not reader.complete else (), maxlen=self.per_user)
-        if self.horizon > first.key[0]:
+        if self._recent.horizon > first.key[0]:
             self.unplaced += 1  # some reactions to re-read have left the recent index
-        events = [(seq, e) for seq, e in self._recent.get(user, ()) if seq > first.key[0]]
+        events = [(seq, e) for seq, e in self._recent.get(user) if seq > first.key[0]]
         k = 0
         for i in range(start, len(reader.slates)):
             slate = reader.slates[i]
@@ -178,15 +177,7 @@ class Examined:
         slate.read_to = p
 
     def _remember(self, seq: int, user: tuple[str, str], e: Event) -> None:
-        self._recent.setdefault(user, []).append((seq, e))
-        self._recent_order.append((seq, user))
-        while len(self._recent_order) > self.max_recent:
-            old, old_user = self._recent_order.popleft()
-            recent = self._recent[old_user]
-            del recent[0]  # the user's oldest is this one: both are in log order
-            if not recent:
-                del self._recent[old_user]
-            self.horizon = old
+        self._recent.add(seq, user, e)
 
     def advance(self, position: int) -> None:
         """Every event up to ``position`` has been observed (a rebuild that read them elsewhere)."""
@@ -198,9 +189,8 @@ class Examined:
         ``position``."""
         with self._lock:
             self._readers.clear()
-            self._recent.clear()
-            self._recent_order.clear()
-            self.horizon = self.position = position
+            self._recent.clear(position)
+            self.position = position
             self.unplaced = 0
 
     def passed(self, app: str, user_id: str | None) -> list[Passed]:

@@ -1,0 +1,49 @@
+"""A bounded index of the newest log entries by key, shared by the ranking folds that must decide
+late-arriving impressions from feedback already folded (rewards, items read past).
+
+>>> index = RecentIndex(limit=2)
+>>> index.add(1, "u", "a"); index.add(2, "v", "b"); index.add(3, "u", "c")
+>>> index.get("u"), index.horizon
+([(3, 'c')], 1)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Generic, Hashable, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class RecentIndex(Generic[K, V]):
+    """The last ``limit`` entries (log position, value) over every key, each key's in log order.
+
+    ``horizon`` is the position of the newest entry dropped: whatever is at or below it may be
+    gone, so a reader asking about earlier positions knows its answer may be incomplete.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._by_key: dict[K, list[tuple[int, V]]] = {}
+        self._order: deque[tuple[int, K]] = deque()
+        self.horizon = 0
+
+    def add(self, seq: int, key: K, value: V) -> None:
+        self._by_key.setdefault(key, []).append((seq, value))
+        self._order.append((seq, key))
+        while len(self._order) > self.limit:
+            old, old_key = self._order.popleft()
+            entries = self._by_key[old_key]
+            del entries[0]  # the key's oldest is this one: both are in log order
+            if not entries:
+                del self._by_key[old_key]
+            self.horizon = old
+
+    def get(self, key: K) -> list[tuple[int, V]]:
+        return self._by_key.get(key, [])
+
+    def clear(self, horizon: int = 0) -> None:
+        self._by_key.clear()
+        self._order.clear()
+        self.horizon = horizon
