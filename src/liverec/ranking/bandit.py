@@ -32,7 +32,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -66,6 +66,12 @@ class ThompsonBandit:
         """Forget every posterior (before they are folded again from the logs)."""
         with self._lock:
             self._stats.clear()
+
+    def load(self, rows: list[list]) -> None:
+        """Replace the posteriors with ``[app, item, successes, failures]`` rows (a snapshot's)."""
+        stats = {(str(app), str(item)): [float(s), float(f)] for app, item, s, f in rows}
+        with self._lock:
+            self._stats = stats
 
     def stats(self, app: str, item_id: str) -> tuple[float, float]:
         """(successes, failures) seen for the item; (0, 0) if none (never creates an entry)."""
@@ -244,6 +250,43 @@ class RewardTracker:
             self.undecidable = 0
             self.rewards = {1.0: 0, 0.0: 0, 0.5: 0}
 
+    def copy(self) -> dict[str, Any]:
+        """What the fold holds, copied (the caller keeps events and impressions out meanwhile);
+        :func:`encode_rewards` turns it into plain data after the locks are released."""
+        with self._lock:
+            return {
+                "pending": {key: list(waiting) for key, waiting in self._pending.items()},
+                "due": list(self._due),
+                "recent": copy_recent(self._recent),
+                "position": self.position,
+                "undecidable": self.undecidable,
+                "rewards": dict(self.rewards),
+            }
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        """Replace the fold with :func:`encode_rewards`'s data."""
+        pending: dict[Key, list[tuple[float, str, int]]] = {}
+        opened: dict[str, Key] = {}
+        due: list[tuple[float, int, Key, str]] = []
+        for app, user, item, waiting in data["pending"]:
+            key = (app, user, item)
+            pending[key] = [(float(ts), str(imp), int(after)) for ts, imp, after, _ in waiting]
+            for ts, imp, _, tie in waiting:
+                opened[imp] = key
+                # closes when :meth:`shown` said it would (the same sum, so the same float)
+                due.append((float(ts) + self.window_s + self.grace_s, int(tie), key, str(imp)))
+        heapq.heapify(due)
+        recent: RecentIndex[Key, tuple[float, float]] = load_recent(
+            self.max_recent, data["recent"], lambda k: (k[0], k[1], k[2]), lambda v: (float(v[0]), float(v[1])))
+        rewards = {float(r): int(n) for r, n in data["rewards"]}
+        with self._lock:
+            self._pending, self._due, self._open, self._recent = pending, due, opened, recent
+            # only the order of the waiting impressions' closing times needs the tiebreak
+            self._tiebreak = itertools.count(max((d[1] for d in due), default=-1) + 1)
+            self.position = int(data["position"])
+            self.undecidable = int(data["undecidable"])
+            self.rewards = rewards
+
     def pending(self) -> int:
         """Impressions still waiting for feedback."""
         return len(self._open)
@@ -252,3 +295,44 @@ class RewardTracker:
         """The ids of the impressions still waiting for feedback."""
         with self._lock:
             return set(self._open)
+
+
+# ---- snapshots of the folds ----------------------------------------------------------------------
+def copy_recent(index: RecentIndex) -> tuple[list, dict, int]:
+    """A copy of a recent index that :func:`recent_entries` reads after the locks are released."""
+    return list(index._order), {key: list(entries) for key, entries in index._by_key.items()}, index.horizon
+
+
+def recent_entries(copied: tuple[list, dict, int], key_out: Callable[[Any], list], value_out: Callable[[Any], Any]) -> dict[str, Any]:
+    """A copied recent index as plain data: its entries in log order and its horizon."""
+    order, by_key, horizon = copied
+    cursor: dict[Hashable, int] = {}
+    entries = []
+    for seq, key in order:
+        k = cursor.get(key, 0)
+        cursor[key] = k + 1
+        entries.append([seq, key_out(key), value_out(by_key[key][k][1])])
+    return {"entries": entries, "horizon": horizon}
+
+
+def load_recent(limit: int, data: Mapping[str, Any], key_in: Callable[[Any], Hashable], value_in: Callable[[Any], Any]) -> RecentIndex:
+    """The recent index :func:`recent_entries` described."""
+    index: RecentIndex = RecentIndex(limit)
+    for seq, key, value in data["entries"]:
+        index.add(int(seq), key_in(key), value_in(value))
+    index.horizon = max(index.horizon, int(data["horizon"]))
+    return index
+
+
+def encode_rewards(copied: Mapping[str, Any]) -> dict[str, Any]:
+    """:meth:`RewardTracker.copy` as plain data (JSON: lists, strings and numbers)."""
+    # the closing queue is rebuilt from the waiting impressions: only each one's tiebreak is kept
+    # (entries of impressions already decided are skipped when popped, so they are left out)
+    ties = {imp: tie for _, tie, _, imp in copied["due"]}
+    return {
+        "pending": [[*key, [[*w, ties[w[1]]] for w in waiting]] for key, waiting in copied["pending"].items()],
+        "recent": recent_entries(copied["recent"], list, list),
+        "position": copied["position"],
+        "undecidable": copied["undecidable"],
+        "rewards": [[r, n] for r, n in copied["rewards"].items()],
+    }

@@ -28,9 +28,10 @@ import itertools
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..events import DEFAULT_TYPES, TARGETED, UNDOES, Event
+from .bandit import copy_recent, load_recent, recent_entries
 from .recent import RecentIndex
 
 # Events that show the user read down to their item: every type that reacts to an item rather
@@ -193,6 +194,32 @@ class Examined:
             self.position = position
             self.unplaced = 0
 
+    def copy(self) -> dict[str, Any]:
+        """What the fold holds, copied (the caller keeps events and slates out meanwhile; a slate's
+        reactions and a reader's passed items change in place, so they are copied too);
+        :func:`encode_examined` turns it into plain data after the locks are released."""
+        with self._lock:
+            readers = [(user, [(s.items, s.key, set(s.reacted), s.read_to, s.base) for s in r.slates], list(r.passed), r.complete)
+                       for user, r in self._readers.items()]
+            return {"readers": readers, "recent": copy_recent(self._recent), "position": self.position,
+                    "unplaced": self.unplaced}
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        """Replace the fold with :func:`encode_examined`'s data (least recently served user first)."""
+        readers: OrderedDict[tuple[str, str], _Reader] = OrderedDict()
+        for app, user, slates, passed, complete in data["readers"]:
+            readers[(app, user)] = _Reader(
+                [_Slate(list(items), (int(key[0]), float(key[1]), str(key[2])), set(reacted), int(read_to),
+                        tuple(Passed(*p) for p in base))
+                 for items, key, reacted, read_to, base in slates],
+                deque((Passed(*p) for p in passed), maxlen=self.per_user), bool(complete))
+        recent: RecentIndex[tuple[str, str], Event] = load_recent(
+            self.max_recent, data["recent"], lambda k: (k[0], k[1]), lambda v: Event(*v))
+        with self._lock:
+            self._readers, self._recent = readers, recent
+            self.position = int(data["position"])
+            self.unplaced = int(data["unplaced"])
+
     def passed(self, app: str, user_id: str | None) -> list[Passed]:
         """The items ``user_id`` passed over, oldest first (empty for an unknown user)."""
         if user_id is None:
@@ -205,3 +232,22 @@ class Examined:
         """Every user's current slate and what they passed over: the fold workers compare."""
         with self._lock:
             return {user: (list(r.slates[-1].items), list(r.passed)) for user, r in self._readers.items()}
+
+
+def _passed_out(p: Passed) -> list:
+    return [p.item_id, p.timestamp, p.event_id]
+
+
+def _event_out(e: Event) -> list:
+    return [e.app, e.event_id, e.user_id, e.type, e.timestamp, e.item_id, e.value, e.text, e.scope, e.target, e.context]
+
+
+def encode_examined(copied: Mapping[str, Any]) -> dict[str, Any]:
+    """:meth:`Examined.copy` as plain data (JSON: lists, strings and numbers)."""
+    readers = [[user[0], user[1],
+                [[items, list(key), sorted(reacted), read_to, [_passed_out(p) for p in base]]
+                 for items, key, reacted, read_to, base in slates],
+                [_passed_out(p) for p in passed], complete]
+               for user, slates, passed, complete in copied["readers"]]
+    return {"readers": readers, "recent": recent_entries(copied["recent"], list, _event_out),
+            "position": copied["position"], "unplaced": copied["unplaced"]}

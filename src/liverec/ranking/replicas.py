@@ -52,24 +52,112 @@ are gone, so a rebuild rewards them 0.5). Impressions logged before positions we
 (``event_seq`` is ``None``) get the rewards :func:`~liverec.ranking.impressions.assign_rewards`
 gives them from the event log.
 
-Cost: a start reads the whole impression log (its columns, not the records) and the event log
-from the first impression's position on, and the whole event log again if any impression has no
-position (the folds have no snapshot of their own yet).
+Cost: without a snapshot, a start reads the whole impression log (its columns, not the records)
+and the event log from the first impression's position on, and the whole event log again if any
+impression has no position: minutes after a day of traffic. So the folds are also snapshotted
+(:meth:`ImpressionFollower.write_snapshot`, called by the snapshot writer of the user folds) with
+the two positions they hold: the event log position folded up to and the impression log position
+adopted up to. A start installs the newest snapshot and replays only what follows both positions,
+as the poll would have folded it; the logs stay the source of truth, so a snapshot that is missing,
+unreadable, of another format version or folded under other settings means the full rebuild.
+
+This process's own impressions are folded when shown, not when read back, so a snapshot holds
+some that lie after its impression position (shown since the last poll, or still queued for the
+log). A start skips those of the snapshot's ``origin`` that were folded before it was taken: every
+one shown at an event position before the snapshot's, every one at that position that was in the
+log when it was taken, and every one at that position still waiting for feedback in it. Only one
+shown at exactly that position, queued but not yet written when the snapshot was taken, and
+already closed early by then, would be folded twice.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
-from typing import Callable, Iterable, Iterator, Protocol
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+import orjson
 
 from ..events import Event
-from ..store.base import EventLog
+from ..store.base import EventLog, Snapshots
+from .bandit import encode_rewards
+from .examined import encode_examined
 from .impressions import ImpressionLog, Shown, assign_rewards, feedback_reward
 from .stages import RankingStages
 
 log = logging.getLogger(__name__)
+
+SNAPSHOT_FORMAT = 1
+SNAPSHOT_APP = "_liverec"  # the service's own records in the store's snapshot role
+SNAPSHOT_NAME = "ranking"
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Building many small objects that hold no reference cycles: without the pause the cyclic
+    collector walks the growing heap again and again."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _reads(cfg: Any) -> bool:
+    return cfg.passed_item > 0 or cfg.passed_mass > 0
+
+
+def fold_settings(ranking: RankingStages) -> dict[str, Any]:
+    """What the folds depend on besides the two logs: a snapshot folded under other settings is
+    not the fold of this process's logs."""
+    rewards, examined = ranking.rewards, ranking.examined
+    settings = {
+        "window_s": rewards.window_s, "grace_s": rewards.grace_s, "max_pending": rewards.max_pending,
+        "rewards_recent": rewards.max_recent, "max_users": examined.max_users, "per_user": examined.per_user,
+        "keep": examined.keep, "reactions_recent": examined.max_recent, "reactions": sorted(examined.reactions),
+        # which apps' slates are read (the others' reactions are not folded into the readings)
+        "reads_slates": {"": _reads(ranking.settings.default),
+                         **{app: _reads(cfg) for app, cfg in sorted(ranking.settings.apps.items())}},
+    }
+    return orjson.loads(orjson.dumps(settings))  # as it reads back from the blob
+
+
+@dataclass
+class RankingSnapshot:
+    """A decoded snapshot of the ranking folds, ready to install."""
+
+    event_seq: int  # every event up to here is folded
+    impression_seq: int  # every other process's impression up to here is adopted
+    impression_head: int  # the snapshot's own process's impressions up to here are folded
+    origin: str  # that process
+    at_position: set[str]  # its impressions shown at ``event_seq`` and still waiting for feedback
+    data: dict[str, Any]
+
+
+def decode_snapshot(blob: bytes, ranking: RankingStages) -> RankingSnapshot:
+    """The snapshot in ``blob``; ``ValueError`` when it cannot be used by ``ranking``."""
+    try:
+        with _collector_paused():
+            data = orjson.loads(zlib.decompress(blob))
+        version = data.get("format")
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with the bytes, the logs remain
+        raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from None
+    if version != SNAPSHOT_FORMAT:
+        raise ValueError(f"format version {version!r}, this process reads {SNAPSHOT_FORMAT}")
+    if data.get("settings") != fold_settings(ranking):
+        raise ValueError("folded under other settings")
+    try:
+        return RankingSnapshot(int(data["event_seq"]), int(data["impression_seq"]), int(data["impression_head"]),
+                               str(data["origin"]), set(data["at_position"]), data)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from None
 
 
 class EventPosition(Protocol):
@@ -107,6 +195,7 @@ class ImpressionFollower:
         batch: int = 5_000,
         lookback: int = 10_000,
         clock: Callable[[], float] = time.time,
+        snapshots: Snapshots | None = None,
     ) -> None:
         self.ranking = ranking
         self.impressions = impressions
@@ -118,6 +207,9 @@ class ImpressionFollower:
         # impressions other workers showed but had not written yet are decided from
         self.lookback = lookback
         self.clock = clock
+        self.snapshots = snapshots  # where snapshots of the folds are kept (none: every start rebuilds)
+        self.restored: int | None = None  # the event position of the snapshot the last start installed
+        self._written: tuple[int, int] | None = None  # the positions of the last snapshot written
         self.seq = 0  # the impression log position folded up to
         self.adopted = 0  # other processes' impressions folded while following
         self._lock = threading.Lock()  # one poll at a time
@@ -146,18 +238,31 @@ class ImpressionFollower:
 
     # ---- start-up -----------------------------------------------------------------------------
     def rebuild(self) -> None:
-        """Fold both logs from the start into the ranking (replacing whatever it holds): every
-        impression committed now, up to the first one shown after what this process has folded
-        of the event log (the polls take it from there, in log order)."""
+        """Fold both logs into the ranking (replacing whatever it holds): from the stored snapshot
+        of the folds when there is a usable one, else from the start; every impression committed
+        now, up to the first one shown after what this process has folded of the event log (the
+        polls take it from there, in log order)."""
         self.impressions.flush()  # this process's own, if it has served already
+        snap = self._stored_snapshot()
         follower = self.follower()
         with self._lock, follower.lock:  # no event is folded meanwhile
             follower.catch_up(force=True)
             upto = follower.event_seq
             head = self.impressions.head()
+            if snap is not None and (snap.event_seq > upto or snap.impression_seq > head):
+                log.warning("snapshot of the ranking folds ignored, rebuilding them from the logs: its positions "
+                            "(%d, %d) are past the logs' (%d, %d)", snap.event_seq, snap.impression_seq, upto, head)
+                snap = None
+            if snap is not None:
+                try:
+                    self._install(snap)
+                except Exception as exc:  # noqa: BLE001 - any fault in a snapshot falls back to the logs
+                    log.warning("snapshot of the ranking folds ignored, rebuilding them from the logs: %s: %s",
+                                type(exc).__name__, exc)
+                    snap = None
             shown: list[Shown] = []
             legacy: list[Shown] = []
-            seq, done = 0, False
+            seq, done = (snap.impression_seq if snap is not None else 0), False
             while not done and seq < head:
                 rows = self.impressions.shown_after(seq, self.batch, upto=head)
                 done = not rows
@@ -165,23 +270,106 @@ class ImpressionFollower:
                     if imp.event_seq is not None and imp.event_seq > upto:
                         done = True
                         break
-                    (legacy if imp.event_seq is None else shown).append(imp)
                     seq = s
+                    if snap is not None and imp.origin == snap.origin and self._in_snapshot(snap, s, imp):
+                        continue
+                    (legacy if imp.event_seq is None else shown).append(imp)
             self.seq = head if not done else seq
-            self._replay(shown, upto)
-            if legacy:
-                self._fold_legacy(legacy, upto)
-        log.info("ranking folds rebuilt from %d impressions, event log up to %d", len(shown) + len(legacy), upto)
+            if snap is None:
+                self._replay(shown, upto)
+                if legacy:
+                    self._fold_legacy(legacy, upto)
+            else:
+                self.ranking.adopt(legacy)  # as a poll adopts them: shown at the position folded
+                self._replay(shown, upto, restored=snap.event_seq)
+        self.restored = snap.event_seq if snap is not None else None
+        log.info("ranking folds %s %d impressions, event log up to %d",
+                 "restored from a snapshot and" if snap is not None else "rebuilt from", len(shown) + len(legacy), upto)
 
-    def _replay(self, shown: list[Shown], upto: int) -> None:
+    @staticmethod
+    def _in_snapshot(snap: RankingSnapshot, s: int, imp: Shown) -> bool:
+        """Whether the snapshot's own process had folded ``imp`` (log position ``s``) when it was taken."""
+        at = imp.event_seq
+        return at is not None and (at < snap.event_seq or (at == snap.event_seq and (
+            s <= snap.impression_head or imp.impression_id in snap.at_position)))
+
+    # ---- snapshots ----------------------------------------------------------------------------
+    def _stored_snapshot(self) -> RankingSnapshot | None:
+        if self.snapshots is None:
+            return None
+        blob = self.snapshots.get(SNAPSHOT_APP, SNAPSHOT_NAME)
+        if not blob:
+            log.info("no snapshot of the ranking folds: rebuilding them from the logs")
+            return None
+        try:
+            return decode_snapshot(blob, self.ranking)
+        except ValueError as exc:
+            log.warning("snapshot of the ranking folds ignored, rebuilding them from the logs: %s", exc)
+            return None
+
+    def _install(self, snap: RankingSnapshot) -> None:
+        """Replace the folds with the snapshot's (a fault part way leaves them to the full
+        rebuild, which resets every one)."""
+        ranking = self.ranking
+        data = snap.data
+        with ranking._fold, _collector_paused():
+            ranking.bandit.load(data["bandit"])
+            ranking.rewards.load(data["rewards"])
+            ranking.examined.load(data["examined"])
+            ranking.position = snap.event_seq
+
+    def write_snapshot(self) -> dict[str, Any] | None:
+        """Store a snapshot of the folds unless one at the same positions was written last;
+        returns what was written (positions, size, time the locks were held), or ``None``.
+
+        The locks are held only while the folds are copied: the poll's (no impression is adopted),
+        the event follower's (no event is folded) and the ranking's (no slate is shown); the
+        encoding runs after they are released."""
+        if self.snapshots is None:
+            return None
+        # not flushed first: under traffic the writer's queue may never be empty; this process's
+        # impressions still queued are told apart at the start (see the module's docstring)
+        ranking = self.ranking
+        follower = self.follower()
+        with self._lock, follower.lock:
+            head = self.impressions.head()
+            with ranking._fold:
+                acquired = time.perf_counter()
+                position, seq = ranking.position, self.seq
+                if (position, seq) == self._written:
+                    return None
+                bandit = ranking.bandit.posteriors()
+                rewards = ranking.rewards.copy()
+                examined = ranking.examined.copy()
+                held = time.perf_counter() - acquired
+        started = time.perf_counter()
+        at_position = sorted(imp for waiting in rewards["pending"].values() for _, imp, after in waiting if after == position)
+        data = {
+            "format": SNAPSHOT_FORMAT, "settings": fold_settings(ranking), "event_seq": position, "impression_seq": seq,
+            "impression_head": head, "origin": ranking.origin, "at_position": at_position,
+            "bandit": [[app, item, sf[0], sf[1]] for (app, item), sf in bandit.items()],
+            "rewards": encode_rewards(rewards), "examined": encode_examined(examined), "created_at": time.time(),
+        }
+        blob = zlib.compress(orjson.dumps(data), 6)
+        self.snapshots.put(SNAPSHOT_APP, SNAPSHOT_NAME, blob)
+        self._written = (position, seq)
+        return {"event_seq": position, "impression_seq": seq, "bytes": len(blob), "lock_held_s": held,
+                "encode_s": time.perf_counter() - started}
+
+    def _replay(self, shown: list[Shown], upto: int, restored: int | None = None) -> None:
         """Events and responses in the order they were folded where they were shown: a response
-        shown at position ``p`` after every event up to ``p`` and before the next one."""
+        shown at position ``p`` after every event up to ``p`` and before the next one. From scratch,
+        or (``restored``) onto folds installed at that event position, where responses shown
+        before it are adopted first, as a poll adopts them when they are read late."""
         responses = _responses(shown)
         responses.sort(key=lambda r: (r[0].event_seq, r[0].timestamp, r[0].request_id))
-        first = min((r[0].event_seq for r in responses), default=upto)
-        start = max(0, min(first, upto - self.lookback))
         ranking = self.ranking
-        ranking.reset(start)
+        if restored is None:
+            first = min((r[0].event_seq for r in responses), default=upto)
+            start = max(0, min(first, upto - self.lookback))
+            ranking.reset(start)
+        else:
+            start = restored
         k = 0
         events: list[Event] = []
         seqs: list[int] = []

@@ -88,7 +88,8 @@ def build_service(settings: Settings, store: Store | None = None, scorer: Scorer
     # with each event's log position (impressions record the position they were shown at); the
     # follower keeps the ranking's folds equal to the fold of the impression and event logs
     listeners.append(lambda events: ranking.observe(events, service.follower.applying))
-    components.append(ImpressionFollower(ranking, impressions, store.events, lambda: service.follower))
+    components.append(ImpressionFollower(ranking, impressions, store.events, lambda: service.follower,
+                                          snapshots=store.snapshots))
     if router is not None:
         components.append(ModelServer(Path(settings.data_dir), router, texts=_texts_of(state), watch=watch_models))
         learners = Learners(settings.learner, learner_config(settings), models_dir, router, state, catalog.get)

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 import numpy as np
 import orjson
 
+from ..ranking.replicas import ImpressionFollower
 from ..recommend.cooccurrence import CooccurrenceCapture, CooccurrenceScorer
 from ..state import StateStore, UserState, export_states, states_from_columns
 
@@ -324,17 +325,22 @@ def write_snapshot(service: "Service") -> WriteResult:
 class SnapshotWriter:
     """Writes a snapshot every ``interval_s`` seconds in a background thread, when the log
     position has moved since the last one by at least ``min_tail`` events and changes (a
-    component: started once the folds are ready).
+    component: started once the folds are ready). The ranking's folds
+    (:class:`~liverec.ranking.replicas.ImpressionFollower`) are written with the user folds, and
+    on their own when ``ranking_tail`` impressions were adopted since their last snapshot.
 
     ``service`` returns the service whose folds are written (it is built after its components).
     """
 
-    def __init__(self, service: Callable[[], "Service"], interval_s: float, min_tail: int = 1):
+    def __init__(self, service: Callable[[], "Service"], interval_s: float, min_tail: int = 1, ranking_tail: int = 10_000):
         self.service = service
         self.interval_s = interval_s
         self.min_tail = min_tail  # events + changes since the last snapshot before the next
+        self.ranking_tail = ranking_tail  # impression log positions since the ranking's last snapshot
         self.last: WriteResult | None = None  # the latest attempt (read by tests and benchmarks)
+        self.last_ranking: dict[str, Any] | None = None  # the latest snapshot of the ranking's folds written
         self._position: tuple[int, int] | None = None  # the position last written or found stored
+        self._ranking_seq: int | None = None  # the impression position of the ranking's last snapshot
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -354,9 +360,26 @@ class SnapshotWriter:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                self.write_if_moved()
+                result = self.write_if_moved()
+                self.write_ranking(result is not None and result.written)
             except Exception:  # noqa: BLE001 - the next interval tries again; serving goes on
                 log.exception("writing a snapshot of the folds failed")
+
+    def write_ranking(self, with_users: bool = False) -> dict[str, Any] | None:
+        """Write a snapshot of the ranking's folds if the user folds were just written
+        (``with_users``) or ``ranking_tail`` impressions were adopted since the last one."""
+        follower = self.service().component(ImpressionFollower)
+        if follower is None:
+            return None
+        if not with_users and self._ranking_seq is not None and follower.seq - self._ranking_seq < self.ranking_tail:
+            return None
+        written = follower.write_snapshot()
+        if written is not None:
+            self._ranking_seq = written["impression_seq"]
+            self.last_ranking = written
+            log.info("snapshot of the ranking folds at event %d, impression %d: %.1f MB, lock held %.1f ms",
+                     written["event_seq"], written["impression_seq"], written["bytes"] / 1e6, written["lock_held_s"] * 1e3)
+        return written
 
     def write_if_moved(self) -> WriteResult | None:
         """Write a snapshot if the position moved since the last one by ``min_tail`` events and
