@@ -72,18 +72,17 @@ already closed early by then, would be folded twice.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import orjson
 
 from ..events import Event
+from ..memory import collector_paused
 from ..store.base import EventLog, Snapshots
 from .bandit import encode_rewards
 from .examined import encode_examined
@@ -95,19 +94,6 @@ log = logging.getLogger(__name__)
 SNAPSHOT_FORMAT = 1
 SNAPSHOT_APP = "_liverec"  # the service's own records in the store's snapshot role
 SNAPSHOT_NAME = "ranking"
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Building many small objects that hold no reference cycles: without the pause the cyclic
-    collector walks the growing heap again and again."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _reads(cfg: Any) -> bool:
@@ -144,7 +130,7 @@ class RankingSnapshot:
 def decode_snapshot(blob: bytes, ranking: RankingStages) -> RankingSnapshot:
     """The snapshot in ``blob``; ``ValueError`` when it cannot be used by ``ranking``."""
     try:
-        with _collector_paused():
+        with collector_paused():
             data = orjson.loads(zlib.decompress(blob))
         version = data.get("format")
     except Exception as exc:  # noqa: BLE001 - whatever is wrong with the bytes, the logs remain
@@ -312,7 +298,7 @@ class ImpressionFollower:
         rebuild, which resets every one)."""
         ranking = self.ranking
         data = snap.data
-        with ranking._fold, _collector_paused():
+        with ranking._fold, collector_paused():
             ranking.bandit.load(data["bandit"])
             ranking.rewards.load(data["rewards"])
             ranking.examined.load(data["examined"])

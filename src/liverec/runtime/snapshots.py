@@ -30,20 +30,19 @@ the lock is released.
 
 from __future__ import annotations
 
-import gc
 import io
 import json
 import logging
 import threading
 import time
 import zipfile
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import orjson
 
+from ..memory import collector_paused
 from ..ranking.replicas import ImpressionFollower
 from ..recommend.cooccurrence import CooccurrenceCapture, CooccurrenceScorer
 from ..state import StateStore, UserState, export_states, states_from_columns
@@ -237,20 +236,6 @@ def stored_position(service: "Service") -> tuple[int, int] | None:
 
 
 # ---- start: restore ------------------------------------------------------------------------
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Building millions of objects that hold no reference cycles: without the pause the cyclic
-    collector walks the growing heap again and again (on ML-1M the user states take 0.8 s to
-    build with it paused, 2.1 to 2.8 s without)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def restore(service: "Service") -> tuple[int, int] | None:
     """Install the stored snapshot's folds (and the catalog) into ``service``; returns the log
     position to follow from, or ``None`` (nothing installed) when the whole log must be folded.
@@ -271,7 +256,7 @@ def restore(service: "Service") -> tuple[int, int] | None:
         heads = service.store.events.heads()
         if snapshot.position[0] > heads[0] or snapshot.position[1] > heads[1]:
             raise SnapshotError(f"position {snapshot.position} is past the log's heads {heads}")
-        with _collector_paused():
+        with collector_paused():
             state_columns, counter_columns = snapshot.columns()
             users = states_from_columns(state_columns, service.state.max_len)
             service.baseline.load_state(counter_columns)  # swapped in whole, or not at all
