@@ -41,3 +41,26 @@ def shared_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"dataset {path} is not present on this machine")
     return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request):
+    """A store URL on each backend: None for the embedded SQLite default of the data dir, or a
+    fresh PostgreSQL schema (dropped afterwards; skipped where the server is not reachable)."""
+    if request.param == "sqlite":
+        yield None
+        return
+    from .test_store_contract import PG_URL, _postgres_available
+
+    reason = _postgres_available()
+    if reason:
+        pytest.skip(reason)
+    import uuid
+
+    from liverec.store import open_store
+
+    url = f"{PG_URL}?schema=t_{uuid.uuid4().hex[:12]}"
+    yield url
+    store = open_store(url)
+    store.drop()
+    store.close()

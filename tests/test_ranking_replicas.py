@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import uuid
 
 import pytest
 
@@ -20,7 +19,6 @@ from liverec.ranking.replicas import ImpressionFollower
 from liverec.runtime.compose import build_service
 from liverec.service import Service
 
-from .test_store_contract import PG_URL, _postgres_available
 from .test_impressions import url  # noqa: F401 - the backend fixture
 
 GENRES = "cdhs"
@@ -92,20 +90,6 @@ def test_a_restart_folds_the_same_posteriors_pending_impressions_and_last_slates
         again.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield None  # the embedded default in the data dir
-        return
-    reason = _postgres_available()
-    if reason:
-        pytest.skip(reason)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    yield f"{PG_URL}?schema={schema}"
-    import psycopg
-
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def test_two_workers_over_one_store_reach_the_same_folds(tmp_path, store_url):

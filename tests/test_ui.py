@@ -274,8 +274,7 @@ def test_model_info_reads_optional_attributes(settings: Settings):
 def test_learner_info(settings: Settings):
     app = create_app(settings)
     service = app.state.service
-    request = SimpleNamespace(app=app)
-    assert learner_info(service, request) is None
+    assert learner_info(service) is None
 
     class Learner:
         name = "online"
@@ -291,7 +290,7 @@ def test_learner_info(settings: Settings):
             pass
 
     service.component(Learners).register(Learner())
-    info = learner_info(service, request)
+    info = learner_info(service)
     assert info["name"] == "online" and info["lag_events"] == 3
     assert 4.0 <= info["staleness_s"] <= 60.0
     service.close()

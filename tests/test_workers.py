@@ -15,16 +15,13 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import httpx
-import pytest
 
 from liverec.store import open_store
 
 from .test_e2e_serve import free_port, stop
-from .test_store_contract import PG_URL, _postgres_available
 
 N_ITEMS = 40
 
@@ -74,19 +71,6 @@ def fresh(method: str, url: str, **kw) -> httpx.Response:
         return client.request(method, url, **kw)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield None
-        return
-    reason = _postgres_available()
-    if reason:
-        pytest.skip(reason)
-    url = f"{PG_URL}?schema=w_{uuid.uuid4().hex[:12]}"
-    yield url
-    s = open_store(url)
-    s.drop()
-    s.close()
 
 
 def _seed(url: str) -> None:

@@ -18,7 +18,7 @@ import gc
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 from .batching import MicroBatcher
 from .catalog import CatalogIndex, parse_item, parse_items
@@ -55,6 +55,13 @@ class Component(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+
+@runtime_checkable
+class Warming(Protocol):
+    """A component with start-up work that goes on in the background after ``start``."""
+
+    def wait_loaded(self, timeout: float | None = None) -> None: ...
 
 
 class Service:
@@ -106,9 +113,8 @@ class Service:
     def wait_warm(self, timeout: float | None = None) -> None:
         """Wait for the components' background start-up work (e.g. the sentence encoder loading)."""
         for component in self.components:
-            wait = getattr(component, "wait_loaded", None)
-            if callable(wait):
-                wait(timeout)
+            if isinstance(component, Warming):
+                component.wait_loaded(timeout)
 
     def component(self, kind: type) -> Any:
         """The running component of ``kind`` (e.g. the model server), or ``None``."""

@@ -62,23 +62,10 @@ def _read(obj: Any, name: str) -> Any:
         return None
 
 
-def scorer_for_app(service: Service, app: str) -> Any:
-    """The scorer that answers ``app``: the main one, or the fallback when the main one serves
-    models per app and has none for ``app``."""
-    pipeline = service.pipeline
-    pick = getattr(pipeline, "scorer_for", None)
-    if callable(pick):
-        return pick(app)
-    by_app = getattr(pipeline.scorer, "by_app", None)
-    if isinstance(by_app, Mapping) and app not in by_app and pipeline.fallback is not None:
-        return pipeline.fallback
-    return pipeline.scorer
-
-
 def model_info(service: Service, app: str | None = None) -> dict[str, Any]:
     """The scorer in service (for ``app`` when given): its name and, when it has them, version
     and evaluation metrics."""
-    scorer = service.pipeline.scorer if app is None else scorer_for_app(service, app)
+    scorer = service.pipeline.scorer if app is None else service.pipeline.scorer_for(app)
     info: dict[str, Any] = {"scorer": getattr(scorer, "name", type(scorer).__name__)}
     by_app = getattr(scorer, "by_app", None)
     # A per-app router reports every app's versions at once; the app's own model says which is its.
@@ -94,7 +81,7 @@ def model_info(service: Service, app: str | None = None) -> dict[str, Any]:
     return info
 
 
-def running_learners(service: Service, request: Request | None = None) -> list[Any]:
+def running_learners(service: Service) -> list[Any]:
     """Every online learner the service runs (its :class:`~liverec.learning.Learners` component)."""
     learners = service.component(Learners)
     return list(learners.running.values()) if learners is not None else []
@@ -165,12 +152,12 @@ def _status_line(info: Mapping[str, Any]) -> str:
     return f"{info.get('accepted', 0)} of {updates} updates served"
 
 
-def learner_info(service: Service, request: Request, app: str | None = None) -> dict[str, Any] | None:
+def learner_info(service: Service, app: str | None = None) -> dict[str, Any] | None:
     """The online learner of ``app`` (any learner when ``app`` is None), else ``None``.
 
     A learner that names no app counts for every app.
     """
-    for learner in running_learners(service, request):
+    for learner in running_learners(service):
         owner = getattr(learner, "app", None)
         if app is None or not isinstance(owner, str) or owner == app:
             return describe_learner(learner)
@@ -246,8 +233,8 @@ def stats(
         },
         "feedback": {**telemetry.feedback(), "window_s": telemetry.ratio_window},
         "model": model_info(service, app),
-        "learner": learner_info(service, request, app),
-        "learners": [describe_learner(learner) for learner in running_learners(service, request)],
+        "learner": learner_info(service, app),
+        "learners": [describe_learner(learner) for learner in running_learners(service)],
         "catalog": catalog_info(service, app),
         "series": telemetry.series(),
     }
