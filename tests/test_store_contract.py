@@ -86,6 +86,12 @@ def test_snapshots(store):
     store.snapshots.put("a", "state", b"\x00\x01")
     store.snapshots.put("a", "state", b"\x02")
     assert store.snapshots.get("a", "state") == b"\x02"
+    store.snapshots.put("a", "streams/k%_/0", b"")
+    store.snapshots.put("a", "streams/k%_/1", b"")
+    store.snapshots.put("a", "streamsX", b"")
+    store.snapshots.put("b", "streams/other", b"")
+    assert store.snapshots.names("a", "streams/k%_/") == ["streams/k%_/0", "streams/k%_/1"]
+    assert store.snapshots.names("a") == ["state", "streams/k%_/0", "streams/k%_/1", "streamsX"]
     assert store.snapshots.get("b", "state") is None
 
 

@@ -173,7 +173,7 @@ def snapshot(data_dir: Path = DataDir, store: Optional[str] = StoreOpt) -> None:
 
 def _register_optional() -> None:
     """Commands that live beside their subsystems register themselves here."""
-    for module in ("liverec.cli_model", "liverec.cli_realtime"):
+    for module in ("liverec.cli_model", "liverec.cli_realtime", "liverec.cli_streams"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -22,7 +22,9 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from ..learning import Learners
 from ..service import Service
+from ..streams.progress import StreamProgress
 from .deps import get_app_id, get_service
+from .schemas import Apps, Stats, Users, errors
 from .telemetry import EVENTS_ROUTE, RECOMMEND_ROUTE, Telemetry
 
 router = APIRouter(prefix="/v1", tags=["ops"])
@@ -200,7 +202,7 @@ def get_telemetry(request: Request) -> Telemetry:
     return request.app.state.telemetry
 
 
-@router.get("/stats")
+@router.get("/stats", response_model=Stats, responses=errors(400))
 def stats(
     request: Request,
     app: str = Depends(get_app_id),
@@ -223,6 +225,8 @@ def stats(
             "all": telemetry.latency_ms(),
             "window_s": telemetry.timing_window,
         },
+        "events_total": service.store.events.count(app),  # in the log, however they arrived (HTTP, Kafka, import)
+        "streams": [lag.to_dict() for lag in StreamProgress(service.store.snapshots).read()],
         "totals": {
             "events_accepted": counters.events_accepted,
             "events_duplicate": counters.events_duplicate,
@@ -240,7 +244,7 @@ def stats(
     }
 
 
-@router.get("/apps")
+@router.get("/apps", response_model=Apps)
 def apps(service: Service = Depends(get_service)) -> dict:
     """Apps with events or items, each with its item and user counts."""
     names = set(service.store.events.apps())
@@ -252,7 +256,7 @@ def apps(service: Service = Depends(get_service)) -> dict:
     }
 
 
-@router.get("/users")
+@router.get("/users", response_model=Users, responses=errors(400, 422))
 def users(
     limit: int = Query(50, ge=1, le=1000, description="How many users"),
     prefix: str = Query("", max_length=256, description="Only user ids starting with this"),

@@ -128,6 +128,9 @@ class Snapshots(Protocol):
 
     def get(self, app: str, name: str) -> bytes | None: ...
 
+    def names(self, app: str, prefix: str = "") -> list[str]:
+        """The names stored for ``app`` that start with ``prefix``, sorted."""
+
 
 class Store(Protocol):
     """A backend serving all three roles."""

@@ -133,3 +133,8 @@ class SqlSnapshotReads:
     def get(self, app: str, name: str) -> bytes | None:
         rows = run(self._s, "SELECT blob FROM snapshots WHERE app = ? AND name = ?", (app, name))
         return bytes(rows[0][0]) if rows else None
+
+    def names(self, app: str, prefix: str = "") -> list[str]:
+        # substr, not LIKE (a prefix may hold LIKE's wildcards) nor a range (collations differ)
+        rows = run(self._s, "SELECT name FROM snapshots WHERE app = ? AND substr(name, 1, ?) = ?", (app, len(prefix), prefix))
+        return sorted(r[0] for r in rows)

@@ -1,0 +1,80 @@
+"""Where each stream consumer stands: per-partition lag records in the store.
+
+A consumer (:mod:`liverec.streams.kafka`) may run on another machine than the API workers; the
+store is what they all share, so the consumer writes one small record per partition into the
+store's snapshot role and every worker reads them for ``/metrics`` and the dashboard.
+
+>>> from liverec.store import open_store
+>>> progress = StreamProgress(open_store("sqlite:///:memory:").snapshots)
+>>> progress.write([PartitionLag("g", "events", 0, 90, 100, 10, "host:1", 0.0)])
+>>> [(p.topic, p.partition, p.lag) for p in progress.read()]
+[('events', 0, 10)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import orjson
+
+from ..store.base import Snapshots
+
+PROGRESS_APP = "_liverec"  # the store's internal app, beside the snapshots of the folds
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    """Where one consumer group stands on one partition."""
+
+    group: str
+    topic: str
+    partition: int
+    position: int  # next offset the group will read (its committed offset), -1 before any commit
+    high: int  # the partition's high watermark
+    lag: int  # messages not yet consumed
+    consumer: str  # host:pid of the process that reported it
+    updated_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+class StreamProgress:
+    """Per-partition lag records kept in the store's snapshot role (one small record per
+    partition, so consumers of one group never overwrite each other's partitions)."""
+
+    PREFIX = "streams/kafka/"
+
+    def __init__(self, snapshots: Snapshots):
+        self._snapshots = snapshots
+
+    def write(self, lags: Iterable[PartitionLag]) -> None:
+        for lag in lags:
+            name = f"{self.PREFIX}{lag.group}/{lag.topic}/{lag.partition}"
+            self._snapshots.put(PROGRESS_APP, name, orjson.dumps(lag.to_dict()))
+
+    def read(self) -> list[PartitionLag]:
+        out = []
+        for name in self._snapshots.names(PROGRESS_APP, self.PREFIX):
+            blob = self._snapshots.get(PROGRESS_APP, name)
+            if blob:
+                out.append(PartitionLag(**orjson.loads(blob)))
+        return sorted(out, key=lambda lag: (lag.group, lag.topic, lag.partition))
+
+
+def lags_from_statistics(stats: Mapping[str, Any], group: str, consumer: str, now: float) -> list[PartitionLag]:
+    """Per-partition lag from librdkafka's statistics JSON (``statistics.interval.ms``)."""
+    out = []
+    for topic, t in (stats.get("topics") or {}).items():
+        for key, p in (t.get("partitions") or {}).items():
+            partition = int(key)
+            if partition < 0 or p.get("fetch_state") in (None, "none", "stopped"):
+                continue  # the internal "-1" partition, or one this consumer is not assigned
+            high = int(p.get("hi_offset", -1))
+            position = int(p.get("committed_offset", -1))
+            lag = int(p.get("consumer_lag", -1))
+            if lag < 0 and high >= 0:
+                lag = high - max(position, 0)
+            out.append(PartitionLag(group, topic, partition, position, high, max(lag, 0), consumer, now))
+    return out
