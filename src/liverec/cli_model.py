@@ -39,8 +39,23 @@ def _threads(threads: Optional[int]) -> None:
         torch.set_num_threads(threads)
 
 
+NPROC_HELP = ("training processes on this machine (DDP: gloo on CPU, NCCL on GPUs; the global batch "
+              "stays the recipe's; each gets cores // N threads, or --threads)")
+
+
+def _launch(nproc: int, threads: Optional[int], nnodes: int = 1, node_rank: int = 0,
+            master_addr: Optional[str] = None, master_port: Optional[int] = None) -> Any:
+    from liverec.model.distributed import Launch
+
+    try:
+        return Launch(nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr,
+                      master_port=master_port, threads=threads)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
 def _run_evaluation(log: Any, out: Path, seed: int, recipe: dict[str, Any], baselines: bool,
-                    text_cache: Optional[Path], model_out: Optional[Path], no_text: bool) -> None:
+                    text_cache: Optional[Path], model_out: Optional[Path], no_text: bool, launch: Any = None) -> None:
     from liverec.evaluation.offline import evaluate_log
     from liverec.evaluation.report import write_json, write_markdown
     from liverec.model.artifacts import save_artifact
@@ -50,7 +65,7 @@ def _run_evaluation(log: Any, out: Path, seed: int, recipe: dict[str, Any], base
     command = "liverec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     report, model = evaluate_log(
         log, recipe, seed=seed, text_cache=text_cache, baselines=baselines, progress=True,
-        log_fn=lambda s: console.print(s, highlight=False), command=command,
+        log_fn=lambda s: console.print(s, highlight=False), command=command, launch=launch,
     )
     write_json(report, out)
     write_markdown(report, out.with_suffix(".md"))
@@ -83,16 +98,18 @@ def register(app: typer.Typer) -> None:
         no_text: bool = typer.Option(False, "--no-text", help="do not use item text vectors"),
         text_cache: Optional[Path] = typer.Option(None, "--text-cache", help="directory caching text vectors"),
         model_out: Optional[Path] = typer.Option(None, "--model-out", help="also save the trained model here"),
+        nproc: int = typer.Option(1, "--nproc", help=NPROC_HELP),
     ) -> None:
         """Run the ML-1M protocol end to end (split, train, evaluate, baselines) and write the report."""
         from liverec.evaluation.protocol import load_movielens
 
+        launch = _launch(nproc, threads)
         _threads(threads)
         if not path.exists():
             raise typer.BadParameter(f"{path}: no such file or directory")
         log = load_movielens(path)
         cache = text_cache or Path(out).parent / ".liverec-text-cache"
-        _run_evaluation(log, out, seed, _recipe(recipe, epochs), baselines, cache, model_out, no_text)
+        _run_evaluation(log, out, seed, _recipe(recipe, epochs), baselines, cache, model_out, no_text, launch)
 
     @evaluate_app.command("events")
     def evaluate_events(
@@ -107,10 +124,12 @@ def register(app: typer.Typer) -> None:
         no_text: bool = typer.Option(False, "--no-text"),
         text_cache: Optional[Path] = typer.Option(None, "--text-cache"),
         model_out: Optional[Path] = typer.Option(None, "--model-out"),
+        nproc: int = typer.Option(1, "--nproc", help=NPROC_HELP),
     ) -> None:
         """Run the same protocol on an interaction log in the generic import format."""
         from liverec.evaluation.protocol import load_events_csv
 
+        launch = _launch(nproc, threads)
         _threads(threads)
         try:
             log = load_events_csv(events, items)
@@ -118,7 +137,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from exc
         cache = text_cache or Path(out).parent / ".liverec-text-cache"
-        _run_evaluation(log, out, seed, _recipe(recipe, epochs), baselines, cache, model_out, no_text)
+        _run_evaluation(log, out, seed, _recipe(recipe, epochs), baselines, cache, model_out, no_text, launch)
 
     _register_train_and_models(app, models_app)
 
@@ -134,15 +153,24 @@ def _register_train_and_models(app: typer.Typer, models_app: typer.Typer) -> Non
         threads: Optional[int] = typer.Option(None, "--threads"),
         no_text: bool = typer.Option(False, "--no-text"),
         promote: bool = typer.Option(True, "--promote/--no-promote", help="promote the new version"),
+        nproc: int = typer.Option(1, "--nproc", help=NPROC_HELP),
+        nnodes: int = typer.Option(1, "--nnodes", help="machines training together (each runs this command)"),
+        node_rank: int = typer.Option(0, "--node-rank", help="this machine's place, 0..nnodes-1 (0 registers)"),
+        master_addr: Optional[str] = typer.Option(None, "--master-addr", help="node 0's address (several machines)"),
+        master_port: Optional[int] = typer.Option(None, "--master-port",
+                                                  help="a free port on node 0 (several machines; one: picked)"),
     ) -> None:
         """Train on what the service holds (its event log + catalog) and register a version."""
         from liverec.model.registry import ModelRegistry
         from liverec.model.service_data import train_from_service
 
+        launch = _launch(nproc, threads, nnodes, node_rank, master_addr, master_port)
         _threads(threads)
         extra = {"text": False} if no_text else {}
         version = train_from_service(data_dir, app_id, _recipe(recipe, epochs, extra), seed=seed,
-                                     log_fn=lambda s: console.print(s, highlight=False))
+                                     log_fn=lambda s: console.print(s, highlight=False), launch=launch)
+        if version is None:  # another machine of a multi-machine run: node 0 registers
+            return
         reg = ModelRegistry.for_data_dir(data_dir, app_id)
         if promote:
             reg.promote(version)

@@ -17,9 +17,10 @@ import numpy as np
 from liverec.evaluation.baselines import run_baselines
 from liverec.evaluation.protocol import PROTOCOL, InteractionLog, leave_one_out
 from liverec.evaluation.report import PUBLISHED_REFERENCES, machine, now_iso
+from liverec.model.distributed import Launch, train_parallel
 from liverec.model.features import TYPE_IDS
 from liverec.model.text import MINILM_DIM, HashingEncoder, MiniLMEncoder, TextEncoder, text_matrix
-from liverec.model.train import TrainConfig, ValidationSet, evaluate_windows, train
+from liverec.model.train import TrainConfig, ValidationSet, evaluate_windows
 from liverec.model.transformer import ModelConfig
 
 #: The recipe behind the reported figures (chosen on the validation position only).
@@ -63,9 +64,17 @@ def evaluate_log(
     progress: bool = True,
     log_fn: Callable[[str], None] | None = None,
     command: str = "",
+    launch: Launch | None = None,
 ) -> tuple[dict[str, Any], Any]:
-    """Run the whole protocol; returns (report dict, trained model)."""
+    """Run the whole protocol; returns (report dict, trained model).
+
+    ``launch`` (one machine) trains data-parallel on ``launch.nproc`` local processes (same global
+    batch, same schedule; :mod:`liverec.model.distributed`); everything else runs here once.
+    """
     say = log_fn or (lambda s: None)
+    launch = launch or Launch()
+    if launch.nnodes > 1:
+        raise ValueError(f"nnodes={launch.nnodes}: the offline evaluation trains on one machine (nproc processes)")
     recipe = {**DEFAULT_RECIPE, **(recipe or {})}
     mo, to, use_text = split_overrides(recipe)
     split = leave_one_out(log, max_len=mo.get("max_len", 200))
@@ -84,8 +93,9 @@ def evaluate_log(
     mc = ModelConfig(n_items=log.n_items, text_dim=text_dim, **mo)
     tc = TrainConfig(seed=seed, **to)
     say(f"split: {len(split.eval_users)} evaluated users, {split.train.n_events} training events")
-    res = train(mc, tc, split.train, ValidationSet(split.valid_windows, split.valid_targets),
-                item_text=item_text, event_text=event_text, progress=progress, log=say)
+    res = train_parallel(launch, mc, tc, split.train, ValidationSet(split.valid_windows, split.valid_targets),
+                         item_text=item_text, event_text=event_text, progress=progress, log=say)
+    assert res is not None  # one machine: this process is node 0
     say(f"trained in {res.train_seconds:.0f}s, best epoch {res.best_epoch}")
     import torch
 
@@ -104,6 +114,7 @@ def evaluate_log(
         "dataset": {"name": log.name, "users": log.seqs.n_users, "items": log.n_items, "events": log.seqs.n_events,
                     "evaluated_users": int(len(split.eval_users)), "fingerprint": log.source_fingerprint},
         "train_seconds": round(res.train_seconds, 3),
+        "ranks": launch.world_size,
         "epochs_run": res.epochs_run,
         "best_epoch": res.best_epoch,
         "seed": seed,

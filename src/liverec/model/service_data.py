@@ -4,6 +4,10 @@ The served model learns from every event; the user's **last** target event is th
 position (early stopping, the metrics stored with the version), everything before it is training
 data. Catalog items with text but no events are added as text-only items (cold start), so the
 served version knows the whole catalog.
+
+With a :class:`~liverec.model.distributed.Launch` of several processes (``liverec train
+--nproc N``) the data is read and encoded once here, the ranks train, and this process registers
+rank 0's model: one version per run, from node 0 only.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import numpy as np
 
 from liverec.evaluation.offline import DEFAULT_RECIPE, split_overrides
 from liverec.evaluation.protocol import InteractionLog, build_log, leave_one_out
+from liverec.model.distributed import Launch, train_parallel
 from liverec.model.registry import ModelRegistry
 from liverec.model.text import MiniLMEncoder, TextEncoder, text_matrix
-from liverec.model.train import TrainConfig, ValidationSet, train
+from liverec.model.train import TrainConfig, ValidationSet
 from liverec.model.transformer import ModelConfig
 
 
@@ -68,8 +73,10 @@ def train_from_service(
     text_encoder: TextEncoder | None = None,
     log_fn: Callable[[str], None] | None = None,
     progress: bool = True,
-) -> str:
-    """Train on the app's events, register the model; returns the new version name."""
+    launch: Launch | None = None,
+) -> str | None:
+    """Train on the app's events, register the model; returns the new version name (None on a
+    machine other than node 0 of a multi-machine ``launch``: node 0 registers)."""
     say = log_fn or (lambda s: None)
     log, catalog = log_from_store(data_dir, app)
     recipe = {**DEFAULT_RECIPE, "time_budget_s": None, **(recipe or {})}
@@ -90,8 +97,12 @@ def train_from_service(
     mc = ModelConfig(n_items=log.n_items, text_dim=text_dim, **mo)
     tc = TrainConfig(seed=seed, **to)
     # Serve-time split: train on everything before each user's last target, validate on it.
-    res = train(mc, tc, split.test_prefix, ValidationSet(split.test_windows, split.test_targets),
-                item_text=item_text, event_text=event_text, progress=progress, log=say)
+    launch = launch or Launch()
+    res = train_parallel(launch, mc, tc, split.test_prefix, ValidationSet(split.test_windows, split.test_targets),
+                         item_text=item_text, event_text=event_text, progress=progress, log=say)
+    if res is None:
+        say(f"node {launch.node_rank}: training done; node 0 registers the version")
+        return None
     model, item_ids = res.model, [str(i) for i in log.item_ids]
     cold = [i for i in catalog if i not in set(item_ids) and catalog[i]]
     if cold and enc is not None and text_dim:
@@ -109,6 +120,7 @@ def train_from_service(
                  "text_only_items": len(item_ids) - log.n_items},
         "validation": res.best_metrics,
         "train_config": tc.to_dict(),
+        "ranks": launch.world_size,
         "train_seconds": round(res.train_seconds, 1),
         "best_epoch": res.best_epoch,
         "text_encoder": enc.name if enc is not None else None,

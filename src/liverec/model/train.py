@@ -4,12 +4,19 @@
 :class:`~liverec.model.transformer.FeedbackTransformer` and keeps the weights of the epoch with the
 best validation NDCG@10 (full ranking over all items, seen items included: the headline metric).
 All randomness (initialisation, dropout, batch order) comes from ``TrainConfig.seed``.
+
+Inside a ``torch.distributed`` process group (see :mod:`liverec.model.distributed`) every rank
+runs the same loop over the same global batches and computes the gradient of its share of each
+one; DDP sums the shares, so a step is the step of one process on the whole batch. Rank 0 alone
+validates and decides when to stop; the others follow its decision.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,6 +24,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
 
 from liverec.evaluation.metrics import RankingAccumulator
 from liverec.model.data import Sequences, Windows, input_windows, training_windows
@@ -195,6 +204,96 @@ def _batches(windows: Windows, batch_size: int, rng: np.random.Generator) -> lis
     return batches
 
 
+class _Ranks:
+    """This process's place in the ``torch.distributed`` group, and the points where ranks agree
+    (one rank, and every agreement a no-op, when no group is set up)."""
+
+    def __init__(self, device: str) -> None:
+        self.on = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.on else 0
+        self.world = dist.get_world_size() if self.on else 1
+        self.device = device  # NCCL reduces tensors on the GPU, gloo on the CPU
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, idx: np.ndarray) -> np.ndarray:
+        """This rank's rows of a global batch (strided: the batch is sorted by length, so every
+        rank gets rows of similar length)."""
+        return idx[self.rank::self.world]
+
+    def total(self, values: list[float]) -> list[float]:
+        """Element-wise sum over ranks."""
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.tolist()
+
+    def main_number(self, value: float) -> float:
+        """Rank 0's ``value`` on every rank (one small tensor: cheap enough for every step)."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.broadcast(t, src=0)
+        return float(t.item())
+
+    def from_main(self, value: Any) -> Any:
+        """Rank 0's ``value`` (any picklable object) on every rank."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0, device=torch.device(self.device))
+        return box[0]
+
+    def check_same(self, fingerprint: str) -> None:
+        """Fail on every rank unless all ranks train on the same windows with the same settings."""
+        if self.world == 1:
+            return
+        seen: list[Any] = [None] * self.world
+        dist.all_gather_object(seen, fingerprint)
+        if len(set(seen)) > 1:
+            raise ValueError(f"ranks disagree on the training data or settings (fingerprints by rank: {seen}); "
+                             "every node must read the same log and the same recipe")
+
+    def copy_main_weights(self, model: nn.Module) -> None:
+        if self.world > 1:
+            for p in model.parameters():
+                dist.broadcast(p.data, src=0)
+
+
+def _job_fingerprint(windows: Windows, model_cfg: ModelConfig, train_cfg: TrainConfig) -> str:
+    h = hashlib.sha256()
+    for a in (windows.items, windows.types, windows.values, windows.targets):
+        h.update(np.ascontiguousarray(a).tobytes())
+    cfg = {k: v for k, v in train_cfg.to_dict().items() if k not in ("threads", "device")}
+    h.update(json.dumps([model_cfg.to_dict(), cfg], sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+class _ShareLoss(nn.Module):
+    """A rank's share of a global batch's loss, as the module DDP wraps (DDP syncs gradients of
+    what runs through its ``forward``).
+
+    The loss of a batch is a mean over its M target positions; a rank with m of them returns its
+    mean times ``m * world / M``, so the average DDP takes over ranks is the mean over the whole
+    batch. A rank with no target in its share returns a zero that touches every parameter.
+    """
+
+    def __init__(self, model: FeedbackTransformer, label_smoothing: float, bf16: bool,
+                 event_text_table: torch.Tensor | None) -> None:
+        super().__init__()
+        self.model = model
+        self.label_smoothing, self.bf16 = label_smoothing, bf16
+        self.event_text_table = event_text_table  # a plain attribute: DDP neither syncs nor owns it
+
+    def forward(self, t: dict[str, torch.Tensor] | None, scale: float) -> torch.Tensor:  # type: ignore[override]
+        if t is None:
+            return sum(p.sum() for p in self.model.parameters()) * 0.0  # type: ignore[return-value]
+        return batch_loss(self.model, t, self.label_smoothing, self.bf16, self.event_text_table) * scale
+
+
 def train(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -210,15 +309,23 @@ def train(
     ``valid`` (optional) drives early stopping and best-epoch selection by NDCG@10;
     ``item_text`` is an (N+1, text_dim) matrix of item text vectors (row 0 and text-less items
     zero); ``event_text`` a (K, text_dim) matrix indexed by ``Sequences.text_ids``.
+
+    Called on every rank of a ``torch.distributed`` group (same arguments everywhere), it trains
+    one model data-parallel: the global batch stays ``batch_size``, rank 0 validates, and every
+    rank returns rank 0's chosen weights and history.
     """
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
-    torch.manual_seed(train_cfg.seed)
-    rng = np.random.default_rng(train_cfg.seed)
     device = train_cfg.device
+    ranks = _Ranks(device)
+    if not ranks.main:
+        progress, log = False, None
+    torch.manual_seed(train_cfg.seed)
+    rng = np.random.default_rng(train_cfg.seed)  # the same batches, in the same order, on every rank
     windows = training_windows(train_seqs, model_cfg.max_len, train_cfg.stride)
     if len(windows) == 0:
         raise ValueError("no training windows: every user has fewer than 2 events")
+    ranks.check_same(_job_fingerprint(windows, model_cfg, train_cfg))
     if model_cfg.use_request_gap and windows.next_gaps is not None:
         model_cfg = dataclasses.replace(model_cfg, request_gap_max=int(windows.next_gaps.max()))
     model = FeedbackTransformer(model_cfg).to(device)
@@ -228,6 +335,19 @@ def train(
     if event_text is not None and model_cfg.text_dim > 0 and len(event_text):
         et = np.concatenate([np.asarray(event_text, np.float32), np.zeros((1, model_cfg.text_dim), np.float32)])
         ev_table = torch.from_numpy(et).to(device)
+    net: nn.Module = _ShareLoss(model, train_cfg.label_smoothing, train_cfg.bf16, ev_table)
+    if ranks.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Construction broadcasts rank 0's parameters and buffers; the buffers (item text) never
+        # change, so they are not re-sent every step. The event-text projection sits out the steps
+        # whose share has no event text: DDP must look for parameters without a gradient.
+        dev = torch.device(device)
+        net = DistributedDataParallel(net, device_ids=[dev] if dev.type == "cuda" else None,
+                                      forward_sync_buffers=False,
+                                      find_unused_parameters=model.event_text_proj is not None)
+        # Dropout: each rank's rows draw their own masks, as rows of one batch do in one process.
+        torch.manual_seed(int(np.random.SeedSequence([train_cfg.seed, ranks.rank]).generate_state(1)[0]))
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.ndim >= 2 and "emb" not in name else no_decay).append(p)
@@ -237,6 +357,10 @@ def train(
     )
     steps_per_epoch = math.ceil(len(windows) / train_cfg.batch_size)
     total_steps = steps_per_epoch * train_cfg.epochs
+    # The learning rate follows the clock only with a time budget and a cosine decay; then every
+    # rank reads rank 0's clock, so all apply the same rate.
+    clocked = bool(train_cfg.time_budget_s) and train_cfg.schedule == "cosine"
+    has_target = windows.targets > 0  # (N, T)
     best_state: dict[str, torch.Tensor] | None = None
     best_score, best_epoch, best_metrics = -1.0, 0, {}
     history: list[dict[str, float]] = []
@@ -250,24 +374,36 @@ def train(
         bar = tqdm(total=train_cfg.epochs, desc="train", unit="epoch", dynamic_ncols=True)
     epoch = 0
     for epoch in range(1, train_cfg.epochs + 1):
-        model.train()
+        net.train()
         total, count = 0.0, 0
         for idx in _batches(windows, train_cfg.batch_size, rng):
+            elapsed = time.perf_counter() - t0
+            if clocked:
+                elapsed = ranks.main_number(elapsed)
             for g in opt.param_groups:
-                g["lr"] = train_cfg.lr * _lr_factor(step, total_steps, train_cfg, time.perf_counter() - t0)
-            t = _tensors(windows.select(idx), device)
-            loss = batch_loss(model, t, train_cfg.label_smoothing, train_cfg.bf16, ev_table)
+                g["lr"] = train_cfg.lr * _lr_factor(step, total_steps, train_cfg, elapsed)
+            if ranks.world == 1:
+                loss = net(_tensors(windows.select(idx), device), 1.0)
+            else:
+                mine = ranks.share(idx)
+                m_all, m_mine = int(has_target[idx].sum()), int(has_target[mine].sum())
+                t = _tensors(windows.select(mine), device) if m_mine else None
+                loss = net(t, m_mine * ranks.world / max(m_all, 1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
-            total += float(loss.detach())
+            total += float(loss.detach()) / ranks.world  # summed over ranks below: the batch's mean
             count += 1
-        rec: dict[str, float] = {"epoch": epoch, "loss": total / max(count, 1), "seconds": time.perf_counter() - t0}
-        # Stop when the next epoch would not finish inside the time budget (epochs take similar time).
+        # Stop when the next epoch would not finish inside the time budget (epochs take similar
+        # time); every rank stops when any rank would run out.
         elapsed = time.perf_counter() - t0
         out_of_time = bool(train_cfg.time_budget_s) and elapsed * (epoch + 1) / epoch >= train_cfg.time_budget_s
-        if valid is not None and (epoch % train_cfg.eval_every == 0 or epoch == train_cfg.epochs or out_of_time):
+        total, late = ranks.total([total, float(out_of_time)])
+        out_of_time = late > 0
+        rec: dict[str, float] = {"epoch": epoch, "loss": total / max(count, 1), "seconds": elapsed}
+        stop = out_of_time
+        if ranks.main and valid is not None and (epoch % train_cfg.eval_every == 0 or epoch == train_cfg.epochs or out_of_time):
             m = evaluate_windows(model, valid.windows, valid.targets, device=device, event_text_table=ev_table)
             rec.update({f"val_{k}": v for k, v in m.items() if k in ("NDCG@10", "HR@10")})
             if m["NDCG@10"] > best_score:
@@ -275,17 +411,20 @@ def train(
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 bad_checks += 1
+            stop = stop or bad_checks >= train_cfg.patience
         history.append(rec)
         msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items())
         say(msg)
         if bar is not None:
             bar.update(1)
             bar.set_postfix({k: round(v, 4) for k, v in rec.items() if k != "epoch"})
-        if valid is not None and bad_checks >= train_cfg.patience:
-            say(f"early stop at epoch {epoch} (best {best_epoch}: NDCG@10={best_score:.4f})")
-            break
-        if out_of_time:
-            say(f"time budget reached at epoch {epoch}")
+        if valid is not None and ranks.world > 1:
+            stop = bool(ranks.main_number(float(stop)))  # rank 0 validated: it decides for all
+        if stop:
+            if out_of_time:
+                say(f"time budget reached at epoch {epoch}")
+            else:
+                say(f"early stop at epoch {epoch} (best {best_epoch}: NDCG@10={best_score:.4f})")
             break
     if bar is not None:
         bar.close()
@@ -294,5 +433,9 @@ def train(
         model.load_state_dict(best_state)
     else:
         best_epoch = epoch
+    if valid is not None and ranks.world > 1:
+        # Rank 0 chose the epoch: every rank returns its weights and its record of the run.
+        best_epoch, best_metrics, history = ranks.from_main((best_epoch, best_metrics, history))
+        ranks.copy_main_weights(model)
     model.eval()
     return TrainResult(model, best_epoch, best_metrics, history, train_seconds, epoch)
