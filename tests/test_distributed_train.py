@@ -18,6 +18,7 @@ from liverec.config import Settings
 from liverec.evaluation.protocol import leave_one_out
 from liverec.model.distributed import Launch, RankInfo, free_port, spawn
 from liverec.model.registry import ModelRegistry
+from liverec.model.service_data import train_from_service
 from liverec.model.synthetic import sequential_log
 from liverec.model.train import TrainConfig, ValidationSet, evaluate_windows, train
 from liverec.model.transformer import ModelConfig
@@ -43,15 +44,22 @@ def _job() -> tuple[ModelConfig, TrainConfig, object, ValidationSet]:
 def _rank_trains(info: RankInfo, mc: ModelConfig, tc: TrainConfig, seqs: object, valid: ValidationSet,
                  out: str) -> None:
     """Each rank: one run without validation (nothing is copied from rank 0 at the end, so equal
-    weights mean the steps were in sync), then one with it (rank 0 validates and chooses)."""
+    weights mean the steps were in sync), one with it (rank 0 validates and chooses), and one
+    whose settings differ by rank (refused)."""
     plain = train(mc, tc, seqs, None, progress=False)
     save_file(dict(plain.model.state_dict()), f"{out}/plain-{info.rank}.safetensors")
     chosen = train(mc, tc, seqs, valid, progress=False)
     save_file(dict(chosen.model.state_dict()), f"{out}/chosen-{info.rank}.safetensors")
+    try:
+        train(mc, TrainConfig(**{**tc.to_dict(), "seed": info.rank}), seqs, None, progress=False)
+        refused = ""
+    except ValueError as exc:
+        refused = str(exc)
     m = evaluate_windows(plain.model, valid.windows, valid.targets)
     Path(f"{out}/rank-{info.rank}.json").write_text(json.dumps({
         "plain_ndcg": m["NDCG@10"], "plain_loss": [h["loss"] for h in plain.history],
-        "best_metrics": chosen.best_metrics, "best_epoch": chosen.best_epoch, "history": chosen.history}))
+        "best_metrics": chosen.best_metrics, "best_epoch": chosen.best_epoch, "history": chosen.history,
+        "refused": refused}))
 
 
 def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -61,6 +69,8 @@ def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
 
 
 def test_two_ranks_stay_identical_and_match_one_process(tmp_path) -> None:
+    """2 ranks: equal weights on every rank, within noise of one process at the same epochs, and
+    ranks whose settings differ refuse to train."""
     mc, tc, seqs, valid = _job()
     spawn(_rank_trains, Launch(nproc=2, threads=1, timeout_s=120), mc, tc, seqs, valid, str(tmp_path))
 
@@ -73,6 +83,7 @@ def test_two_ranks_stay_identical_and_match_one_process(tmp_path) -> None:
     ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["best_metrics"] == ranks[1]["best_metrics"] and ranks[0]["history"] == ranks[1]["history"]
     assert all("val_NDCG@10" in h for h in ranks[0]["history"])  # rank 0 validated every epoch
+    assert all("ranks disagree" in r["refused"] for r in ranks), [r["refused"] for r in ranks]
 
     one = train(mc, tc, seqs, valid, progress=False)
     one_plain = train(mc, tc, seqs, None, progress=False)
@@ -122,23 +133,25 @@ def test_launch_checks_its_fields() -> None:
         Launch(nproc=0)
 
 
-def _rank_checks_data(info: RankInfo, mc: ModelConfig, tc: TrainConfig, seqs: object, out: str) -> None:
-    try:
-        train(mc, TrainConfig(**{**tc.to_dict(), "seed": info.rank}), seqs, None, progress=False)
-    except ValueError as exc:
-        Path(f"{out}/error-{info.rank}.txt").write_text(str(exc))
-
-
-def test_two_machines_of_one_rank_each_and_disagreeing_ranks_fail(tmp_path) -> None:
+def test_two_machines_train_on_the_same_log_and_register_once(tmp_path) -> None:
     """The multi-machine layout on one host: node 0 and node 1 (one rank each) meet at node 0's
-    address; ranks whose settings differ (here the seed) refuse to train."""
-    mc, tc, seqs, _ = _job()
+    address and read the log up to node 0's head, though node 1's copy has grown since."""
+    dirs = [tmp_path / "node0", tmp_path / "node1"]
+    for d in dirs:
+        _ingest(d)
+    svc = build_service(Settings(data_dir=dirs[1]))
+    svc.start()
+    svc.ingest("shop", [{"event_id": "late", "user_id": "u1", "item_id": "i3", "type": "rating", "value": 5,
+                         "timestamp": 2_000_000}])
+    svc.close()
     port = free_port()
-    launches = [Launch(nproc=1, nnodes=2, node_rank=k, master_addr="127.0.0.1", master_port=port, threads=1,
-                       timeout_s=120) for k in (0, 1)]
+    recipe = {"d_model": 16, "n_blocks": 1, "epochs": 1, "batch_size": 16, "stride": None, "max_len": 20,
+              "text": False}
     with ThreadPoolExecutor(2) as pool:
-        done = [pool.submit(spawn, _rank_checks_data, launch, mc, tc, seqs, str(tmp_path)) for launch in launches]
-        for f in done:
-            f.result(timeout=180)
-    errors = [(tmp_path / f"error-{r}.txt").read_text() for r in (0, 1)]
-    assert all("ranks disagree" in e for e in errors), errors
+        runs = [pool.submit(train_from_service, d, "shop", recipe, progress=False, launch=Launch(
+            nproc=1, nnodes=2, node_rank=k, master_addr="127.0.0.1", master_port=port, threads=1, timeout_s=120))
+            for k, d in enumerate(dirs)]
+        versions = [r.result(timeout=180) for r in runs]
+    assert versions[0] is not None and versions[1] is None
+    assert len(ModelRegistry.for_data_dir(dirs[0], "shop").list()) == 1
+    assert ModelRegistry.for_data_dir(dirs[1], "shop").list() == []

@@ -159,6 +159,7 @@ def _register_train_and_models(app: typer.Typer, models_app: typer.Typer) -> Non
         master_addr: Optional[str] = typer.Option(None, "--master-addr", help="node 0's address (several machines)"),
         master_port: Optional[int] = typer.Option(None, "--master-port",
                                                   help="a free port on node 0 (several machines; one: picked)"),
+        store_url: Optional[str] = typer.Option(None, "--store", help="Store URL (default sqlite:///DATA_DIR/liverec.db)."),
     ) -> None:
         """Train on what the service holds (its event log + catalog) and register a version."""
         from liverec.model.registry import ModelRegistry
@@ -168,7 +169,8 @@ def _register_train_and_models(app: typer.Typer, models_app: typer.Typer) -> Non
         _threads(threads)
         extra = {"text": False} if no_text else {}
         version = train_from_service(data_dir, app_id, _recipe(recipe, epochs, extra), seed=seed,
-                                     log_fn=lambda s: console.print(s, highlight=False), launch=launch)
+                                     log_fn=lambda s: console.print(s, highlight=False), launch=launch,
+                                     store_url=store_url)
         if version is None:  # another machine of a multi-machine run: node 0 registers
             return
         reg = ModelRegistry.for_data_dir(data_dir, app_id)

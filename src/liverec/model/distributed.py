@@ -6,9 +6,12 @@
 is the one that evaluates, saves or registers the model, so it happens once. The data is prepared
 once per machine, by the caller, and handed to the ranks.
 
-The ranks are started with ``torch.multiprocessing`` (spawn): a fixed group needs no rendezvous
+The ranks are started with ``torch.multiprocessing`` (spawn): a fixed group needs no elastic
 agent, a rank's exception reaches the caller with its traceback and stops the others, and a
-spawned child inherits no OpenMP thread pool from the parent (a forked one would).
+spawned child inherits no OpenMP thread pool from the parent (a forked one would). The ranks
+find each other through a :class:`Rendezvous`, a key-value store that node 0's calling process
+hosts (on a port the OS picks, on one machine): the machines' callers meet there first, to agree
+on what to train on.
 
 Each rank gets ``max(1, cores // nproc)`` PyTorch threads, gloo on CPU, NCCL and GPU
 ``local_rank`` when the recipe's ``device`` is ``cuda``.
@@ -115,18 +118,40 @@ def _cores() -> int:
 
 
 def free_port(host: str = DEFAULT_MASTER_ADDR) -> int:
-    """A TCP port free on ``host`` now (the OS picks it; rank 0 binds it a moment later)."""
+    """A TCP port free on ``host`` now (tests that stand in for several machines on one)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
-def spawn(fn: Callable[..., None], launch: Launch, *args: Any, device: str = "cpu") -> None:
+class Rendezvous:
+    """The meeting point of one run: a ``TCPStore`` served by node 0's calling process at
+    ``master_addr:master_port`` (one machine: a port the OS picks, so none is taken by surprise),
+    to which the other machines' callers and then every rank connect. It lives as long as this
+    object; node 0's caller outlives its ranks, so the store outlives every use of it.
+    """
+
+    def __init__(self, launch: Launch) -> None:
+        self.launch = launch
+        self.store = dist.TCPStore(launch.addr, launch.master_port or 0, is_master=launch.node_rank == 0,
+                                   wait_for_workers=False, timeout=timedelta(seconds=launch.timeout_s))
+        self.port = int(self.store.port)
+
+    def agree(self, key: str, value: str) -> str:
+        """Node 0's ``value`` for ``key`` on every machine (the others wait for it)."""
+        if self.launch.node_rank == 0:
+            self.store.set(f"liverec/{key}", value)
+            return value
+        return self.store.get(f"liverec/{key}").decode()
+
+
+def spawn(fn: Callable[..., None], launch: Launch, *args: Any, device: str = "cpu",
+          rendezvous: Rendezvous | None = None) -> None:
     """Run ``fn(info: RankInfo, *args)`` on this machine's ``launch.nproc`` ranks, each inside the
     process group, and wait for all of them. ``fn`` and ``args`` must be picklable (``fn`` a
     module-level function). Raises when any rank fails."""
-    port = launch.master_port or free_port(launch.addr)
-    mp.start_processes(_rank_entry, args=(fn, launch, port, device, args), nprocs=launch.nproc, join=True,
+    rdv = rendezvous or Rendezvous(launch)
+    mp.start_processes(_rank_entry, args=(fn, launch, rdv.port, device, args), nprocs=launch.nproc, join=True,
                        start_method="spawn")
 
 
@@ -140,8 +165,9 @@ def _rank_entry(local_rank: int, fn: Callable[..., None], launch: Launch, port: 
     else:
         device, backend = "cpu", "gloo"
     rank = launch.first_rank + local_rank
-    dist.init_process_group(backend, init_method=f"tcp://{launch.addr}:{port}", rank=rank,
-                            world_size=launch.world_size, timeout=timedelta(seconds=launch.timeout_s))
+    timeout = timedelta(seconds=launch.timeout_s)
+    store = dist.TCPStore(launch.addr, port, is_master=False, timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=launch.world_size, timeout=timeout)
     try:
         fn(RankInfo(rank, local_rank, launch.world_size, device), *args)
         dist.barrier()  # no rank leaves while another still needs the group
@@ -159,18 +185,20 @@ def train_parallel(
     event_text: np.ndarray | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    rendezvous: Rendezvous | None = None,
 ) -> TrainResult | None:
     """:func:`~liverec.model.train.train` on ``launch.world_size`` ranks; rank 0's result here on
     node 0, None on the other machines. One process (``nproc=1, nnodes=1``) trains in this process.
 
     With several ranks, rank 0 writes its progress and ``log`` lines to stderr itself (a callable
-    does not cross into a spawned process; ``log`` only says whether to write them).
+    does not cross into a spawned process; ``log`` only says whether to write them). Pass the
+    ``rendezvous`` the machines used to agree on their data, if they did.
     """
     if not launch.parallel:
         return train(model_cfg, train_cfg, train_seqs, valid, item_text, event_text, progress, log)
     with tempfile.TemporaryDirectory(prefix="liverec-train-") as tmp:
         spawn(_train_rank, launch, model_cfg, train_cfg, train_seqs, valid, item_text, event_text, progress,
-              log is not None, tmp, device=train_cfg.device)
+              log is not None, tmp, device=train_cfg.device, rendezvous=rendezvous)
         if launch.node_rank != 0:
             return None
         return _read_result(Path(tmp))

@@ -13,39 +13,54 @@ rank 0's model: one version per run, from node 0 only.
 from __future__ import annotations
 
 import time
+from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from liverec.evaluation.offline import DEFAULT_RECIPE, split_overrides
 from liverec.evaluation.protocol import InteractionLog, build_log, leave_one_out
-from liverec.model.distributed import Launch, train_parallel
+from liverec.model.distributed import Launch, Rendezvous, train_parallel
 from liverec.model.registry import ModelRegistry
 from liverec.model.text import MiniLMEncoder, TextEncoder, text_matrix
 from liverec.model.train import TrainConfig, ValidationSet
 from liverec.model.transformer import ModelConfig
 
 
-def log_from_store(data_dir: str | Path, app: str, store_url: str | None = None) -> tuple[InteractionLog, dict[str, str]]:
-    """The app's events (log order) as an :class:`InteractionLog`, and every catalog item's text."""
+@contextmanager
+def _open_store(data_dir: str | Path, store_url: str | None) -> Iterator[Any]:
     from liverec.config import Settings
     from liverec.store import open_store
 
-    settings = Settings(data_dir=Path(data_dir), store_url=store_url)
-    store = open_store(settings.store_url_resolved())
+    store = open_store(Settings(data_dir=Path(data_dir), store_url=store_url).store_url_resolved())
     try:
+        yield store
+    finally:
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()
+
+
+def log_from_store(data_dir: str | Path, app: str, store_url: str | None = None,
+                   until_seq: int | None = None) -> tuple[InteractionLog, dict[str, str]]:
+    """The app's events (log order, up to ``until_seq`` when given) as an :class:`InteractionLog`,
+    and every catalog item's text."""
+    with _open_store(data_dir, store_url) as store:
         users, items, ts, types, values, texts = [], [], [], [], [], []
-        for _, e in store.events.scan(app):
-            if e.scope != "item":  # scoped feedback (a whole category, a creator) is policy input
-                continue
-            users.append(e.user_id)
-            items.append(e.item_id)
-            ts.append(e.timestamp)
-            types.append(e.type)
-            values.append(np.nan if e.value is None else e.value)
-            texts.append(e.text)
+        with closing(store.events.scan(app)) as events:
+            for seq, e in events:
+                if until_seq is not None and seq > until_seq:
+                    break
+                if e.scope != "item":  # scoped feedback (a whole category, a creator) is policy input
+                    continue
+                users.append(e.user_id)
+                items.append(e.item_id)
+                ts.append(e.timestamp)
+                types.append(e.type)
+                values.append(np.nan if e.value is None else e.value)
+                texts.append(e.text)
         catalog: dict[str, str] = {}
         for it in store.catalog.scan(app):
             parts = [p for p in (it.title, it.text) if p]
@@ -53,16 +68,17 @@ def log_from_store(data_dir: str | Path, app: str, store_url: str | None = None)
             if it.categories:
                 text = f"{text} ({', '.join(it.categories)})" if text else ", ".join(it.categories)
             catalog[it.item_id] = text
-    finally:
-        close = getattr(store, "close", None)
-        if close is not None:
-            close()
     if not users:
         raise ValueError(f"app {app!r} in {data_dir}: no events to train on")
     log = build_log(app, np.asarray(users, dtype=object), np.asarray(items, dtype=object), np.asarray(ts),
                     types=np.asarray(types, dtype=object), values=np.asarray(values, dtype=np.float64),
                     event_texts=np.asarray(texts, dtype=object), item_text=catalog)
     return log, catalog
+
+
+def _log_head(data_dir: str | Path, store_url: str | None) -> int:
+    with _open_store(data_dir, store_url) as store:
+        return store.events.last_seq()
 
 
 def train_from_service(
@@ -74,11 +90,23 @@ def train_from_service(
     log_fn: Callable[[str], None] | None = None,
     progress: bool = True,
     launch: Launch | None = None,
+    store_url: str | None = None,
 ) -> str | None:
     """Train on the app's events, register the model; returns the new version name (None on a
-    machine other than node 0 of a multi-machine ``launch``: node 0 registers)."""
+    machine other than node 0 of a multi-machine ``launch``: node 0 registers).
+
+    Several machines read the log up to the position node 0 saw when they met, so they train on
+    the same events while the log grows.
+    """
     say = log_fn or (lambda s: None)
-    log, catalog = log_from_store(data_dir, app)
+    launch = launch or Launch()
+    rendezvous = until = None
+    if launch.parallel:
+        rendezvous = Rendezvous(launch)
+        if launch.nnodes > 1:
+            until = int(rendezvous.agree("log_head", str(_log_head(data_dir, store_url))))
+            say(f"node {launch.node_rank}: training on the log up to seq {until}")
+    log, catalog = log_from_store(data_dir, app, store_url, until)
     recipe = {**DEFAULT_RECIPE, "time_budget_s": None, **(recipe or {})}
     mo, to, use_text = split_overrides(recipe)
     split = leave_one_out(log, max_len=mo.get("max_len", 200))
@@ -97,9 +125,9 @@ def train_from_service(
     mc = ModelConfig(n_items=log.n_items, text_dim=text_dim, **mo)
     tc = TrainConfig(seed=seed, **to)
     # Serve-time split: train on everything before each user's last target, validate on it.
-    launch = launch or Launch()
     res = train_parallel(launch, mc, tc, split.test_prefix, ValidationSet(split.test_windows, split.test_targets),
-                         item_text=item_text, event_text=event_text, progress=progress, log=say)
+                         item_text=item_text, event_text=event_text, progress=progress, log=say,
+                         rendezvous=rendezvous)
     if res is None:
         say(f"node {launch.node_rank}: training done; node 0 registers the version")
         return None
