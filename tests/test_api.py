@@ -185,3 +185,91 @@ def test_non_finite_rating_literals_are_rejected(client):
         assert r.status_code == 422, literal
         assert r.json()["errors"][0]["field"] == "value"
     assert client.get("/v1/users/u").status_code == 404
+
+
+def test_openapi_defines_every_body_and_error(client):
+    doc = client.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    refs = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                refs.add(node["$ref"].rsplit("/", 1)[-1])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(doc)
+    assert refs <= set(schemas), refs - set(schemas)  # nothing referenced that is not defined
+    assert {"EventIn", "EventBatchIn", "ItemIn", "ItemBatchIn", "ErrorResponse"} <= refs
+    assert "HTTPValidationError" not in schemas
+    for path, operations in doc["paths"].items():
+        for method, op in operations.items():
+            assert "$ref" in str(op["responses"]["200"]["content"]["application/json"]["schema"]), (method, path)
+            for status, response in op["responses"].items():
+                if status != "200":
+                    assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+    events = doc["paths"]["/v1/events"]["post"]
+    assert set(events["responses"]) == {"200", "400", "413", "422"}
+    header = next(p for p in events["parameters"] if p["in"] == "header")
+    assert header["schema"]["pattern"] == "^[A-Za-z0-9_.-]{1,64}$" and header["schema"]["minLength"] == 1
+
+
+def test_errors_have_one_shape(client):
+    for r in (
+        client.post("/v1/events", json={"user_id": "u", "type": "view"}),
+        client.get("/v1/users/u/recommendations", params={"n": 0}),
+        client.get("/v1/users/nobody"),
+        client.get("/v1/users/u", headers={"X-Liverec-App": ""}),  # an empty app id is malformed
+        client.request("TRACE", "/v1/events"),
+    ):
+        body = r.json()
+        assert set(body) == {"detail", "errors"} and isinstance(body["detail"], str), body
+        assert all(set(e) == {"field", "value", "expected"} for e in body["errors"])
+    assert client.get("/v1/users/u", headers={"X-Liverec-App": ""}).status_code == 400
+
+
+def test_method_not_allowed_says_what_is(client):
+    for path, allowed in (("/v1/users/u", "DELETE, GET"), ("/v1/items/a", "GET, PUT"), ("/v1/events", "POST"),
+                          ("/v1/users/u/recommendations", "GET"), ("/v1/items/a/similar", "GET")):
+        r = client.request("TRACE", path)
+        assert r.status_code == 405 and r.headers["allow"] == allowed, (path, r.headers.get("allow"))
+
+
+def test_ids_with_slashes_are_addressable(client):
+    assert client.put("/v1/items/a%2Fb", json={"title": "AB"}).status_code == 200
+    assert client.get("/v1/items/a%2Fb").json()["item_id"] == "a/b"
+    assert client.get("/v1/items/a%2Fb/similar").json()["item_id"] == "a/b"
+    client.post("/v1/events", json={"user_id": "u/1", "item_id": "a/b", "type": "view"})
+    assert client.get("/v1/users/u%2F1").json()["n_events"] == 1
+    assert client.get("/v1/users/u%2F1/recommendations").json()["user_id"] == "u/1"
+    assert client.delete("/v1/users/u%2F1").json()["events_deleted"] == 1
+
+
+def test_batches_take_nothing_beside_their_list(client):
+    r = client.post("/v1/items", json={"items": [], "extra": 1})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "extra"
+
+
+def test_deleted_user_is_a_new_visitor(client):
+    """After deletion the user's recommendations are what a never-seen user gets: nothing of theirs
+    (history, feedback, blocks, last slates) shapes them."""
+    seed(client)
+    client.post("/v1/events", json={"user_id": "gone", "item_id": "c0", "type": "like"})
+    client.post("/v1/events", json={"user_id": "gone", "type": "block", "scope": "category", "target": "Drama"})
+    client.post("/v1/events", json={"user_id": "gone", "item_id": "c1", "type": "skip"})
+    mine = client.get("/v1/users/gone/recommendations", params={"explore": False}).json()
+    assert mine["items"] and not [i for i in mine["items"] if i["item_id"].startswith("d")]
+    assert client.delete("/v1/users/gone").json()["events_deleted"] == 3
+    assert client.get("/v1/users/gone").status_code == 404
+
+    def strip(body):
+        return [(i["item_id"], i["score"], i["because"]) for i in body["items"]]
+
+    after = client.get("/v1/users/gone/recommendations", params={"explore": False}).json()
+    stranger = client.get("/v1/users/never-seen/recommendations", params={"explore": False}).json()
+    assert strip(after) == strip(stranger)
+    assert all(i["because"] == [{"kind": "model", "reason": "popular"}] for i in after["items"])

@@ -87,10 +87,15 @@ def test_scoped_block_and_search():
 
 
 def test_timestamps():
-    assert parse_timestamp("2000-01-01T00:00:00") == 946684800.0
     assert parse_timestamp("2000-01-01T01:00:00+01:00") == 946684800.0
+    assert parse_timestamp("2000-01-01t00:00:00.5z") == 946684800.5
+    assert parse_timestamp("1998-12-31T23:59:60Z") == 915148800.0  # a leap second
     assert parse_timestamp("946684800") == 946684800.0
-    assert parse_timestamp(True) is None
+    # no instant without an offset; no calendar day that does not exist; nothing JSON Schema's
+    # date-time format refuses (the documented schema is the validator's)
+    for bad in ("2000-01-01T00:00:00", "2000-01-01", "2000-02-30T00:00:00Z", "2000-01-01 00:00:00Z",
+                "2000-01-01T00:00:60Z", " 12", "1e5", "-1", "nan", "\u0661", True, -3, 10**400):
+        assert parse_timestamp(bad) is None, bad
 
 
 # ---- the type vocabulary: every role set comes from the type table ---------------------------

@@ -9,29 +9,52 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .events import MAX_ID_LEN, MAX_TEXT_LEN, EventValidationError, FieldError
+from .events import ID_SCHEMA, MAX_ID_LEN, MAX_TEXT_LEN, EventValidationError, FieldError, FieldSpec, id_text, object_schema
 from .recommend.scoring import TableMemo
 from .store.base import Item
 
 
+MAX_TITLE_LEN = 1000
+
+ITEM_FIELD_SPECS: dict[str, FieldSpec] = {
+    "item_id": FieldSpec(ID_SCHEMA, "The item's id (an integer id is read as its decimal text)", required=True),
+    "title": FieldSpec({"type": "string", "maxLength": MAX_TITLE_LEN}, "Shown to users; default empty", nullable=False),
+    "text": FieldSpec({"type": "string", "maxLength": MAX_TEXT_LEN}, "Description the text encoder reads; default empty", nullable=False),
+    "categories": FieldSpec({"type": "array", "items": {"type": "string", "minLength": 1}},
+                            "Category names (scoped feedback and filters use them); default none", nullable=False),
+    "attributes": FieldSpec({"type": "object"}, "Any other attributes (creator, ...): each is a scope for feedback", nullable=False),
+}
+
+
+def item_schema(*, omit: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The JSON Schema of a raw item: what :func:`parse_item` accepts (``omit``: fields a route
+    takes from elsewhere, the URL's ``item_id``).
+
+    >>> item_schema()["required"], item_schema(omit=("item_id",))["required"]
+    (['item_id'], [])
+    """
+    return object_schema(ITEM_FIELD_SPECS, omit=omit, title="Item")
+
+
 def parse_item(raw: Any, *, app: str, prefix: str = "", item_id: str | None = None, now: float | None = None) -> Item:
-    """Validate one raw item object. ``item_id`` (from the URL) overrides/must match the body."""
+    """Validate one raw item object (:data:`ITEM_FIELD_SPECS`). ``item_id`` (from the URL)
+    overrides/must match the body."""
     errors: list[FieldError] = []
     if not isinstance(raw, Mapping):
         raise EventValidationError([FieldError(prefix.rstrip(".") or "body", raw, "a JSON object (an item)")])
-    known = ("item_id", "title", "text", "categories", "attributes")
     for key in raw:
-        if key not in known:
-            errors.append(FieldError(prefix + str(key), raw[key], f"no such field; known: {', '.join(known)}"))
+        if key not in ITEM_FIELD_SPECS:
+            errors.append(FieldError(prefix + str(key), raw[key], f"no such field; known: {', '.join(ITEM_FIELD_SPECS)}"))
     body_id = raw.get("item_id")
-    if item_id is not None and body_id is not None and str(body_id) != item_id:
+    if item_id is not None and body_id is not None and id_text(body_id) != item_id:
         errors.append(FieldError(prefix + "item_id", body_id, f"'{item_id}' (the id in the URL) or absent"))
-    the_id = item_id if item_id is not None else body_id
-    if isinstance(the_id, bool) or not isinstance(the_id, (str, int)) or not str(the_id) or len(str(the_id)) > MAX_ID_LEN:
-        errors.append(FieldError(prefix + "item_id", the_id, f"a string id of 1 to {MAX_ID_LEN} characters"))
+    the_id = item_id if item_id is not None else id_text(body_id)
+    if the_id is None or len(the_id) > MAX_ID_LEN:
+        errors.append(FieldError(prefix + "item_id", body_id if item_id is None else item_id,
+                                 f"a string of 1 to {MAX_ID_LEN} characters or a 64-bit integer"))
     title = raw.get("title", "")
-    if not isinstance(title, str) or len(title) > 1000:
-        errors.append(FieldError(prefix + "title", title, "a string of at most 1000 characters"))
+    if not isinstance(title, str) or len(title) > MAX_TITLE_LEN:
+        errors.append(FieldError(prefix + "title", title, f"a string of at most {MAX_TITLE_LEN} characters"))
     text = raw.get("text", "")
     if not isinstance(text, str) or len(text) > MAX_TEXT_LEN:
         errors.append(FieldError(prefix + "text", text, f"a string of at most {MAX_TEXT_LEN} characters"))
@@ -43,7 +66,7 @@ def parse_item(raw: Any, *, app: str, prefix: str = "", item_id: str | None = No
         errors.append(FieldError(prefix + "attributes", attributes, "a JSON object"))
     if errors:
         raise EventValidationError(errors)
-    return Item(app, str(the_id), title, text, tuple(dict.fromkeys(categories)), dict(attributes), now or time.time())
+    return Item(app, the_id, title, text, tuple(dict.fromkeys(categories)), dict(attributes), now or time.time())  # type: ignore[arg-type]
 
 
 def parse_items(raws: Iterable[Any], *, app: str) -> list[Item]:

@@ -16,10 +16,10 @@ modules test for (positive, scoped, kept as a like...) is a set of :class:`Vocab
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any, Callable, Iterable, Literal, Mapping
 
@@ -177,13 +177,124 @@ SKIPS = VOCABULARY.skips
 DISLIKES = VOCABULARY.dislikes
 BLOCKS = VOCABULARY.blocks
 
-EVENT_FIELDS = (
-    "event_id", "user_id", "item_id", "type", "timestamp", "value", "text", "scope", "target",
-    "context", "app",
-)
-_FIELD_SET = frozenset(EVENT_FIELDS)
 MAX_ID_LEN = 256
 MAX_TEXT_LEN = 10_000
+# An integer id is a 64-bit integer (its decimal text is the id): what every client language holds.
+ID_MIN, ID_MAX = -(2**63), 2**63 - 1
+# Epoch seconds written as a string (rows of CSV files): digits, an optional fraction.
+EPOCH_TEXT = r"^[0-9]{1,20}(\.[0-9]{1,9})?$"
+_EPOCH_TEXT = re.compile(EPOCH_TEXT)
+# The characters ``str.strip()`` strips (``str.isspace``): a text needs one character outside them.
+WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK = f"[^{WHITESPACE}]"
+
+ID_SCHEMA: dict[str, Any] = {"anyOf": [
+    {"type": "string", "minLength": 1, "maxLength": MAX_ID_LEN},
+    {"type": "integer", "minimum": ID_MIN, "maximum": ID_MAX},
+]}
+TIMESTAMP_SCHEMA: dict[str, Any] = {"anyOf": [
+    {"type": "number", "minimum": 0},
+    {"type": "string", "pattern": EPOCH_TEXT},
+    {"type": "string", "format": "date-time"},
+]}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One field of a raw input object: the JSON Schema of its value, whether it must be present
+    (and not null), whether null stands for absent, and what it means.
+
+    The validators (:func:`parse_event`, :func:`liverec.catalog.parse_item`) check exactly these
+    constraints, and :func:`object_schema` documents them, so the API's schema is the validator's.
+    """
+
+    schema: Mapping[str, Any]
+    description: str
+    required: bool = False
+    nullable: bool = True
+
+
+EVENT_FIELD_SPECS: dict[str, FieldSpec] = {
+    "event_id": FieldSpec(ID_SCHEMA, "Client id for idempotency (a repeated id is counted as a duplicate); generated if absent"),
+    "user_id": FieldSpec(ID_SCHEMA, "Who acted (an integer id is read as its decimal text)", required=True),
+    "item_id": FieldSpec(ID_SCHEMA, "The item acted on; required unless the type needs none (search, undo) or the scope is not item"),
+    "type": FieldSpec({"type": "string"}, "The event type (the service's type table)", required=True),
+    "timestamp": FieldSpec(TIMESTAMP_SCHEMA, "When: epoch seconds >= 0 (a number, or a string of digits), or an RFC 3339 date-time; default now"),
+    "value": FieldSpec({"type": "number"}, "A finite number; for a rating, required and within the rating range"),
+    "text": FieldSpec({"type": "string", "maxLength": MAX_TEXT_LEN}, "Search query, review or tag text (required, not blank, for those types)"),
+    "scope": FieldSpec({"type": "string", "minLength": 1, "maxLength": MAX_ID_LEN},
+                       "What scoped feedback applies to: item (default), category, or any item attribute (creator, ...)"),
+    "target": FieldSpec(ID_SCHEMA, "The scoped value (a category, a creator...), or the event_id an undo reverts"),
+    "context": FieldSpec({"type": "object"}, "Free-form context of the event (device, page, ...)"),
+    "app": FieldSpec({"type": "string"}, "The tenant: must be the app the event is read for"),
+}
+EVENT_FIELDS = tuple(EVENT_FIELD_SPECS)
+_FIELD_SET = frozenset(EVENT_FIELDS)
+
+
+def object_schema(specs: Mapping[str, FieldSpec], *, omit: Iterable[str] = (), title: str | None = None) -> dict[str, Any]:
+    """The JSON Schema (2020-12) of an object made of ``specs``' fields (less ``omit``), no others.
+
+    >>> s = object_schema({"a": FieldSpec({"type": "string"}, "an a", required=True), "b": FieldSpec({"type": "number"}, "a b")})
+    >>> s["required"], s["properties"]["b"]["anyOf"][1]
+    (['a'], {'type': 'null'})
+    """
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for name, spec in specs.items():
+        if name in omit:
+            continue
+        schema = dict(spec.schema)
+        if spec.nullable and not spec.required:
+            schema = {"anyOf": [*schema["anyOf"], {"type": "null"}]} if list(schema) == ["anyOf"] else {"anyOf": [schema, {"type": "null"}]}
+        properties[name] = {**schema, "description": spec.description}
+        if spec.required:
+            required.append(name)
+    out: dict[str, Any] = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+    if title:
+        out["title"] = title
+    return out
+
+
+def event_schema(rules: EventRules | None = None, *, omit: Iterable[str] = ()) -> dict[str, Any]:
+    """The JSON Schema (2020-12) of a raw event: what :func:`parse_event` accepts, no more, no
+    less. The fields come from :data:`EVENT_FIELD_SPECS`; what each type requires (an item, a
+    rating in range, non-blank text, a target) from the type table of ``rules``. ``omit`` leaves
+    fields out (the HTTP API names the app in a header, so its events carry no ``app``).
+
+    >>> s = event_schema(omit=("app",))
+    >>> s["required"], "app" in s["properties"], s["properties"]["type"]["enum"][:3]
+    (['user_id', 'type'], False, ['view', 'click', 'add_to_cart'])
+    """
+    rules = rules or EventRules()
+    vocabulary = Vocabulary.of(rules.types)
+    out = object_schema(EVENT_FIELD_SPECS, omit=omit, title="Event")
+    out["properties"]["type"]["enum"] = list(rules.types)
+    item_scope = {"enum": [None, "item"]}
+
+    def when(types: frozenset[str], then: dict[str, Any], **also: Any) -> dict[str, Any]:
+        condition = {"required": ["type"], "properties": {"type": {"enum": [t for t in rules.types if t in types]}, **also}}
+        return {"if": condition, "then": then}
+
+    def needs(name: str, schema: Mapping[str, Any]) -> dict[str, Any]:
+        return {"required": [name], "properties": {name: schema}}
+
+    clauses = []
+    if vocabulary.needs_item:
+        clauses.append(when(vocabulary.needs_item, needs("item_id", ID_SCHEMA), scope=item_scope))
+    if vocabulary.names - vocabulary.scoped:
+        clauses.append(when(vocabulary.names - vocabulary.scoped, {"properties": {"scope": item_scope}}))
+    # feedback on a scope other than item names the value it applies to
+    clauses.append({"if": {"required": ["scope"], "properties": {"scope": {"type": "string", "not": {"const": "item"}}}},
+                    "then": needs("target", ID_SCHEMA)})
+    if vocabulary.undoes:
+        clauses.append(when(vocabulary.undoes, needs("target", ID_SCHEMA)))
+    if vocabulary.rated:
+        clauses.append(when(vocabulary.rated, needs("value", {"type": "number", "minimum": rules.rating_min, "maximum": rules.rating_max})))
+    if vocabulary.needs_text:
+        clauses.append(when(vocabulary.needs_text, needs("text", {"type": "string", "pattern": NOT_BLANK})))
+    out["allOf"] = clauses
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,36 +354,66 @@ class EventRules:
 
 
 def parse_timestamp(raw: Any) -> float | None:
-    """Epoch seconds from a number or an ISO-8601 string; ``None`` if it cannot be read.
-
-    Naive ISO times are taken as UTC.
+    """Epoch seconds from a number >= 0, a string of digits, or an RFC 3339 date-time (its offset
+    required: a time without one names no instant); ``None`` if it is none of them.
 
     >>> parse_timestamp("2000-01-01T00:00:00Z")
     946684800.0
-    >>> parse_timestamp(12.5)
-    12.5
+    >>> parse_timestamp(12.5), parse_timestamp("12.5"), parse_timestamp("2000-01-01T00:00:00")
+    (12.5, 12.5, None)
     """
     if isinstance(raw, bool):
         return None
     if isinstance(raw, (int, float)):
-        value = float(raw)
-        return value if math.isfinite(value) and value >= 0 else None
+        value = _finite(raw)
+        return value if value is not None and value >= 0 else None
     if isinstance(raw, str):
-        text = raw.strip()
-        if not text:
-            return None
-        try:
-            return parse_timestamp(float(text))
-        except ValueError:
-            pass
-        try:
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
-        return parsed.timestamp()
+        if _EPOCH_TEXT.match(raw):
+            return float(raw)
+        return _date_time(raw)
     return None
+
+
+def _finite(raw: int | float) -> float | None:
+    """``raw`` as a float, ``None`` if it is not finite (or an integer too large for one)."""
+    try:
+        value = float(raw)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+_DATE_TIME = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
+)
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _date_time(text: str) -> float | None:
+    """Epoch seconds of an RFC 3339 ``date-time`` (JSON Schema's format: years 0000-9999, a
+    leap second only at 23:59:60 UTC), ``None`` for anything else."""
+    m = _DATE_TIME.fullmatch(text)
+    if m is None:
+        return None
+    year, month, day, hour, minute, second = map(int, m.group(1, 2, 3, 4, 5, 6))
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if not 1 <= month <= 12 or not 1 <= day <= _MONTH_DAYS[month - 1] + (month == 2 and leap):
+        return None
+    offset = 0  # minutes east of UTC
+    if m.group(8):
+        off_hour, off_minute = int(m.group(9)), int(m.group(10))
+        if off_hour > 23 or off_minute > 59:
+            return None
+        offset = (off_hour * 60 + off_minute) * (1 if m.group(8) == "+" else -1)
+    if hour > 23 or minute > 59 or second > 60 or (second == 60 and (hour * 60 + minute - offset) % 1440 != 1439):
+        return None
+    # days from 1970-01-01 in the proleptic Gregorian calendar (H. Hinnant's days_from_civil)
+    y = year - (month <= 2)
+    era, yoe = divmod(y, 400)
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    fraction = float(m.group(7)) if m.group(7) else 0.0
+    return days * 86400.0 + hour * 3600 + (minute - offset) * 60 + second + fraction
 
 
 def _one_of(names: list[str]) -> str:
@@ -280,18 +421,36 @@ def _one_of(names: list[str]) -> str:
     return " or ".join(filter(None, [", ".join(names[:-1]), names[-1]])) if names else "none"
 
 
+def id_text(raw: Any) -> str | None:
+    """The id ``raw`` names (:data:`ID_SCHEMA`: 1 to 256 characters, or a 64-bit integer read as
+    its decimal text), ``None`` if it names none.
+
+    >>> id_text("a"), id_text(7), id_text(7.0), id_text(True), id_text("")
+    ('a', '7', '7', None, None)
+    """
+    if isinstance(raw, str):
+        return raw if 0 < len(raw) <= MAX_ID_LEN else None
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, float):
+        # JSON (and its schema) do not tell 7.0 from 7; past 2**53 a float is not the integer it
+        # was written as (a parser may read an integer beyond 64 bits as one)
+        if not (raw.is_integer() and abs(raw) <= 2**53):
+            return None
+        raw = int(raw)
+    if isinstance(raw, int) and ID_MIN <= raw <= ID_MAX:
+        return str(raw)
+    return None
+
+
 def _id(raw: Any, name: str, errors: list[FieldError], prefix: str, required: bool) -> str | None:
     if raw is None:
         if required:
             errors.append(FieldError(prefix + name, None, "a non-empty string (required)"))
         return None
-    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
-        errors.append(FieldError(prefix + name, raw, "a string or integer id"))
-        return None
-    text = str(raw)
-    if not text or len(text) > MAX_ID_LEN:
-        errors.append(FieldError(prefix + name, raw, f"1 to {MAX_ID_LEN} characters"))
-        return None
+    text = id_text(raw)
+    if text is None:
+        errors.append(FieldError(prefix + name, raw, f"a string of 1 to {MAX_ID_LEN} characters or a 64-bit integer"))
     return text
 
 
@@ -355,20 +514,16 @@ def parse_event(
     else:
         parsed = parse_timestamp(raw_ts)
         if parsed is None:
-            errors.append(FieldError(prefix + "timestamp", raw_ts, "epoch seconds >= 0 or an ISO-8601 date-time"))
+            errors.append(FieldError(prefix + "timestamp", raw_ts, "epoch seconds >= 0 (a number or a string of digits) or an RFC 3339 date-time"))
             parsed = 0.0
         timestamp = parsed
 
     value = raw.get("value")
     if value is not None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = None if isinstance(value, bool) or not isinstance(value, (int, float)) else _finite(value)
+        if number is None:
             errors.append(FieldError(prefix + "value", value, "a finite number"))
-            value = None
-        elif not math.isfinite(value):
-            errors.append(FieldError(prefix + "value", value, "a finite number"))
-            value = None
-        else:
-            value = float(value)
+        value = number
     if spec is not None and spec.rated:
         if value is None and not any(e.field == prefix + "value" for e in errors):
             errors.append(FieldError(prefix + "value", None, f"a rating between {rules.rating_min:g} and {rules.rating_max:g}"))

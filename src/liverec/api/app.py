@@ -12,8 +12,10 @@ from typing import Any
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import ui
@@ -23,6 +25,7 @@ from ..runtime.readiness import WorkerRegistry
 from ..service import Service
 from . import events, items, ops, stats, users
 from .ops import Metrics
+from .schemas import body_schemas
 from .telemetry import Telemetry
 
 
@@ -59,7 +62,8 @@ class ObserveRequests:
             await self.app(scope, receive, send_and_note)
         finally:
             elapsed = time.perf_counter() - start
-            path = getattr(scope.get("route"), "path", "unmatched")  # the router fills in scope["route"]
+            # the router fills in scope["route"]; its path without convertors, as documented
+            path = getattr(scope.get("route"), "path_format", "unmatched")
             state = scope["app"].state
             state.metrics.requests.labels(path, scope["method"], str(status)).inc()
             state.metrics.latency.labels(path, scope["method"]).observe(elapsed)
@@ -109,9 +113,14 @@ def create_app(settings: Settings | None = None, service: Service | None = None,
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         detail = exc.detail
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method the path takes, not only those of the first route matched
+            headers["Allow"] = ", ".join(allowed_methods(request))
         if isinstance(detail, dict) and "errors" in detail:
-            return JSONResponse({"detail": _summary(detail["errors"]), "errors": detail["errors"]}, status_code=exc.status_code)
-        return JSONResponse({"detail": detail}, status_code=exc.status_code)
+            body = {"detail": _summary(detail["errors"]), "errors": detail["errors"]}
+        else:
+            body = {"detail": str(detail), "errors": []}
+        return JSONResponse(body, status_code=exc.status_code, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def request_error(request: Request, exc: RequestValidationError):
@@ -128,4 +137,40 @@ def create_app(settings: Settings | None = None, service: Service | None = None,
         app.include_router(router)
     app.include_router(stats.router)
     app.include_router(ui.router)
+    app.openapi = lambda: openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the request's path answers to (for ``Allow`` on a 405)."""
+    methods: set[str] = set()
+    routes = list(request.app.router.routes)
+    while routes:
+        route = routes.pop()
+        if route.matches(request.scope)[0] == Match.NONE:
+            continue
+        methods |= getattr(route, "methods", None) or set()
+        # an included router matches for its routes: look into them
+        routes.extend(getattr(getattr(route, "original_router", route), "routes", None) or [])
+    return sorted(methods)
+
+
+def openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, with the request bodies' schemas built for this service's type
+    table, rating range and batch limit (the routes refer to them by name)."""
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version, openapi_version=app.openapi_version,
+                               description=app.description, routes=app.routes)
+        service = app.state.service
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(body_schemas(service.rules, service.settings.max_batch))
+        # FastAPI adds its own 422 to every route with parameters; a route that can answer 422
+        # lists it (with ErrorResponse), the others cannot
+        for operations in document["paths"].values():
+            for operation in operations.values():
+                if "HTTPValidationError" in str(operation.get("responses", {}).get("422")):
+                    del operation["responses"]["422"]
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        app.openapi_schema = document
+    return app.openapi_schema

@@ -10,12 +10,12 @@ from fastapi.concurrency import run_in_threadpool
 from ..events import EventValidationError
 from ..service import BatchTooLarge, Service, field_errors
 from .deps import get_app_id, get_service, json_body, validation_error
-from .schemas import EVENTS_BODY, IngestResponse
+from .schemas import IngestResponse, body, errors
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
 
-@router.post("/events", response_model=IngestResponse, openapi_extra=EVENTS_BODY)
+@router.post("/events", response_model=IngestResponse, responses=errors(400, 413, 422), openapi_extra=body("EventsBody"))
 async def post_events(
     request: Request,
     app: str = Depends(get_app_id),

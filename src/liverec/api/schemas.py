@@ -1,51 +1,255 @@
-"""Response models and documented request bodies (validation itself lives in events/catalog)."""
+"""The API's contract: response models, error bodies and the documented request bodies.
+
+Request bodies are validated by hand on the hot path (``liverec.events.parse_batch``,
+``liverec.catalog.parse_items``); their schemas here are built from the same field tables those
+validators check (:func:`liverec.events.event_schema`, :func:`liverec.catalog.item_schema`),
+for the service's own type table and rating range, so the document is the validator's.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..catalog import item_schema
+from ..events import EventRules, event_schema
+from .deps import APP_HEADER
+
+# ---- errors ------------------------------------------------------------------------------------
 
 
-class EventIn(BaseModel):
-    event_id: str | None = Field(None, description="Client id for idempotency; generated if absent")
-    user_id: str
-    item_id: str | None = Field(None, description="Absent for search and scoped feedback")
-    type: str = Field(description="impression, view, click, add_to_cart, purchase, rating, like, favorite, share, skip, dislike, block, unblock, search, review, tag, undo")
-    timestamp: float | str | None = Field(None, description="Epoch seconds or ISO-8601; default now")
-    value: float | None = Field(None, description="Rating value")
-    text: str | None = Field(None, description="Search query, review or tag text")
-    scope: str | None = Field("item", description="item | category | any item attribute (creator, ...)")
-    target: str | None = Field(None, description="The scoped value (e.g. a category), or the event_id an undo reverts")
-    context: dict[str, Any] | None = None
+class FieldErrorOut(BaseModel):
+    """One problem with one part of the request."""
+
+    field: str = Field(description="Where: a body field (`events[3].type`), a parameter, `body` or the header's name")
+    value: Any = Field(description="The value found there (long or non-JSON values shortened)")
+    expected: str = Field(description="What was expected instead")
 
 
-class EventBatchIn(BaseModel):
-    events: list[EventIn]
+class ErrorResponse(BaseModel):
+    """Every error answer: a one-line summary and the field errors (empty when the error is not
+    about a field: an unknown route, a method the route does not take)."""
+
+    detail: str
+    errors: list[FieldErrorOut]
+
+
+# Every error a route can answer, described once; a route lists the statuses it can give.
+ERROR_RESPONSES: dict[int, str] = {
+    400: f"Unreadable request: the body is not JSON, or the `{APP_HEADER}` header is malformed",
+    404: "No such resource in this app",
+    413: "Too many events in one request (`max_batch`)",
+    422: "Invalid request: every field error, with the field, the value and what was expected",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` of a route that can answer ``statuses``."""
+    return {status: {"model": ErrorResponse, "description": ERROR_RESPONSES[status]} for status in statuses}
+
+
+# ---- request bodies ----------------------------------------------------------------------------
+
+def body_schemas(rules: EventRules, max_batch: int) -> dict[str, dict[str, Any]]:
+    """The request bodies' component schemas, for the service's type table and batch limit."""
+    ref = "#/components/schemas/{}".format
+    return {
+        "EventIn": {**event_schema(rules, omit=("app",)), "title": "EventIn",
+                    "description": f"One event. The app is the `{APP_HEADER}` header's."},
+        "EventBatchIn": {
+            "title": "EventBatchIn", "type": "object", "additionalProperties": False, "required": ["events"],
+            # the limit is a 413 (too large), not a malformed body: described, not a schema bound
+            "properties": {"events": {"type": "array", "items": {"$ref": ref("EventIn")},
+                                      "description": f"Stored all-or-nothing, in this order; at most {max_batch} (413 beyond)"}},
+        },
+        "EventsBody": {"title": "EventsBody", "anyOf": [{"$ref": ref("EventIn")}, {"$ref": ref("EventBatchIn")}]},
+        "ItemIn": {**item_schema(), "title": "ItemIn"},
+        "ItemUpdate": {**item_schema(omit=("item_id",)), "title": "ItemUpdate",
+                       "description": "One item; its id is the URL's (a body `item_id` must equal it)"},
+        "ItemBatchIn": {
+            "title": "ItemBatchIn", "type": "object", "additionalProperties": False, "required": ["items"],
+            "properties": {"items": {"type": "array", "items": {"$ref": ref("ItemIn")}}},
+        },
+    }
+
+
+def body(component: str) -> dict[str, Any]:
+    """``openapi_extra`` for a route whose JSON body is the component ``component``."""
+    schema = {"$ref": f"#/components/schemas/{component}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+# ---- responses ---------------------------------------------------------------------------------
 
 
 class IngestResponse(BaseModel):
-    accepted: int
-    duplicates: int
+    accepted: int = Field(description="Events stored")
+    duplicates: int = Field(description="Events whose event_id was already stored (not stored again)")
 
 
-class ItemIn(BaseModel):
+class UpsertResponse(BaseModel):
+    upserted: int = Field(description="Items inserted or replaced")
+
+
+class ItemOut(BaseModel):
     item_id: str
-    title: str = ""
-    text: str = ""
-    categories: list[str] = []
-    attributes: dict[str, Any] = {}
+    title: str
+    text: str
+    categories: list[str]
+    attributes: dict[str, Any]
 
 
-class ItemBatchIn(BaseModel):
-    items: list[ItemIn]
+class Reason(BaseModel):
+    """Why an item is in the list. ``kind``: ``event`` (one of the user's events supports it:
+    `item_id`, `type`, `weight`), ``policy`` (a feedback or diversity adjustment), ``exploration``
+    (placed by the bandit: `policy`, `propensity`) or ``model`` (`reason`: model score, popular)."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: str
 
 
-def _body(*models: type[BaseModel]) -> dict[str, Any]:
-    schemas = [m.model_json_schema(ref_template="#/components/schemas/{model}") for m in models]
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {"anyOf": schemas} if len(schemas) > 1 else schemas[0]}}}}
+class Recommendation(BaseModel):
+    item_id: str
+    score: float
+    title: str | None = Field(None, description="Absent for an item not in the catalog")
+    categories: list[str] | None = None
+    because: list[Reason]
+    explored: bool | None = Field(None, description="Present (true) when exploration placed the item")
+    propensity: float | None = Field(None, description="The probability with which exploration chose it")
 
 
-EVENTS_BODY = _body(EventIn, EventBatchIn)
-ITEMS_BODY = _body(ItemBatchIn)
-ITEM_BODY = _body(ItemIn)
+class Recommendations(BaseModel):
+    user_id: str | None
+    app: str
+    scorer: str = Field(description="What scored the list (the app's model, or the co-occurrence baseline)")
+    items: list[Recommendation]
+    request_id: str | None = Field(None, description="Names the logged impressions of this list (absent when empty)")
+
+
+class SimilarItem(BaseModel):
+    item_id: str
+    score: float
+    title: str | None = None
+    categories: list[str] | None = None
+
+
+class SimilarItems(BaseModel):
+    item_id: str
+    app: str
+    items: list[SimilarItem]
+
+
+class HistoryEntry(BaseModel):
+    item_id: str | None = Field(description="Null for an event without an item (search)")
+    type: str
+    timestamp: float
+    value: float | None = None
+    text: str | None = None
+    event_id: str | None = None
+    title: str | None = None
+
+
+class UserOut(BaseModel):
+    user_id: str
+    app: str
+    n_events: int
+    history: list[HistoryEntry] = Field(description="The most recent events first (at most 50)")
+    blocked: dict[str, list[str]] = Field(description="Blocked values by scope (item, category, creator, ...)")
+
+
+class DeleteReceipt(BaseModel):
+    app: str
+    user_id: str
+    events_deleted: int
+    state_deleted: bool = Field(description="Whether the user had online state")
+    deleted_at: float
+
+
+class Health(BaseModel):
+    status: str = Field(description="`ok`, or `starting` while the state is rebuilt")
+    uptime_s: float
+    scorer: str
+    workers: int = Field(description="Ready worker processes of the server")
+    warm_workers: int = Field(description="Workers whose background start-up work is done too")
+    events: int = Field(description="Events accepted by this process since start")
+    log_position: list[int]
+
+
+class AppSummary(BaseModel):
+    app: str
+    items: int
+    users: int
+
+
+class Apps(BaseModel):
+    apps: list[AppSummary]
+
+
+class UserSummary(BaseModel):
+    user_id: str
+    n_events: int
+    last_seen: float
+
+
+class Users(BaseModel):
+    app: str
+    total: int = Field(description="Users matching the prefix")
+    users: list[UserSummary]
+
+
+class Latency(BaseModel):
+    p50: float | None
+    p99: float | None
+    count: int
+
+
+class Latencies(BaseModel):
+    recommendations: Latency
+    events: Latency
+    all: Latency
+    window_s: float
+
+
+class Totals(BaseModel):
+    events_accepted: int
+    events_duplicate: int
+    events_rejected: int
+    recommendations: int
+    impressions: int
+    by_type: dict[str, int]
+
+
+class CatalogEntry(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    item_id: str
+    title: str | None = None
+    categories: list[str] | None = None
+
+
+class CatalogGlance(BaseModel):
+    items: int
+    users: int
+    popular: list[CatalogEntry] = Field(description="Most popular items now, with `popularity` (1 = the most)")
+    newest: list[CatalogEntry] = Field(description="Newest items, with `updated_at`")
+
+
+class Stats(BaseModel):
+    """The dashboard's figures. Parts that describe pluggable components (`model`, `learner`)
+    carry what the component reports."""
+
+    model_config = ConfigDict(extra="allow")
+    app: str
+    time: float
+    uptime_s: float
+    ready: bool
+    interval_s: float
+    throughput: dict[str, float]
+    latency_ms: Latencies
+    totals: Totals
+    feedback: dict[str, Any]
+    model: dict[str, Any]
+    learner: dict[str, Any] | None
+    learners: list[dict[str, Any]]
+    catalog: CatalogGlance
+    series: list[dict[str, Any]]

@@ -202,7 +202,7 @@ def get_telemetry(request: Request) -> Telemetry:
     return request.app.state.telemetry
 
 
-@router.get("/stats", response_model=Stats, responses=errors(400))
+@router.get("/stats", response_model=Stats, response_model_exclude_unset=True, responses=errors(400))
 def stats(
     request: Request,
     app: str = Depends(get_app_id),

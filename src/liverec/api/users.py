@@ -7,23 +7,26 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response
 
 from ..service import Service
 from .deps import get_app_id, get_service
+from .schemas import DeleteReceipt, Recommendations, UserOut, errors
 
+# Ids may hold any character, "/" too: the path takes them whole (deps.UserId), and the route whose
+# path extends a user's comes first.
 router = APIRouter(prefix="/v1", tags=["users"])
 
 
-def _split(values: list[str] | None) -> list[str]:
+def _split(values: list[str]) -> list[str]:
     out: list[str] = []
-    for value in values or []:
+    for value in values:
         out.extend(v for v in value.split(",") if v)
     return out
 
 
-@router.get("/users/{user_id}/recommendations")
+@router.get("/users/{user_id:path}/recommendations", response_model=Recommendations, responses=errors(400, 422))
 def recommendations(
     user_id: str,
     n: int = Query(10, ge=1, le=1000, description="How many items"),
-    exclude: list[str] | None = Query(None, description="Item ids to leave out (repeat or comma-separate)"),
-    category: list[str] | None = Query(None, description="Only items in one of these categories"),
+    exclude: list[str] = Query([], description="Item ids to leave out (repeat or comma-separate)"),
+    category: list[str] = Query([], description="Only items in one of these categories"),
     include_consumed: bool = Query(False, description="Allow items the user already consumed"),
     diversity: float | None = Query(None, ge=0.0, le=1.0, description="MMR trade-off: 0 = relevance only, 1 = most diverse (default: the app's setting)"),
     explore: bool | None = Query(None, description="Let the bandit fill its exploration slots (default: the app's setting)"),
@@ -31,6 +34,9 @@ def recommendations(
     service: Service = Depends(get_service),
 ) -> Response:
     """Ranked items for the user as they are now (reflects every acknowledged event).
+
+    Any user id has recommendations: one without events (never seen, or deleted) gets what a
+    new visitor gets, the app's popular items, and nothing of a deleted user's is used.
 
     Every item carries `because`: the user's own events that support it most (item id, event type)
     and the feedback-policy adjustments that applied; items placed by exploration carry
@@ -42,7 +48,7 @@ def recommendations(
     return Response(orjson.dumps(result), media_type="application/json")
 
 
-@router.get("/users/{user_id}")
+@router.get("/users/{user_id:user_id}", response_model=UserOut, response_model_exclude_unset=True, responses=errors(400, 404))
 def get_user(user_id: str, app: str = Depends(get_app_id), service: Service = Depends(get_service)) -> dict:
     """The user's recent history and blocks (404 for a user without events)."""
     user = service.user(app, user_id)
@@ -51,7 +57,7 @@ def get_user(user_id: str, app: str = Depends(get_app_id), service: Service = De
     return user
 
 
-@router.delete("/users/{user_id}")
+@router.delete("/users/{user_id:user_id}", response_model=DeleteReceipt, responses=errors(400))
 def delete_user(user_id: str, app: str = Depends(get_app_id), service: Service = Depends(get_service)) -> dict:
     """Delete the user's events and state in this app; returns a receipt with counts."""
     return service.delete_user(app, user_id)
