@@ -148,10 +148,12 @@ class _EventLog(SqlEventReads):
         with self._s.transaction() as conn:
             # AUTOINCREMENT keeps seq growing even past deleted rows, so the new rows are seq > before.
             before = _event_head(conn)
-            conn.executemany(
+            written = conn.executemany(
                 f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [_event_row(e) for e in events],
-            )
+            ).rowcount
+            if written == len(events):  # no duplicate: the batch went in as it is (no read-back)
+                return AppendResult(list(events), 0)
             inserted = conn.execute("SELECT app, event_id FROM events WHERE seq > ? ORDER BY seq", (before,)).fetchall()
         accepted = accepted_events(events, inserted)
         return AppendResult(accepted, len(events) - len(accepted))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
@@ -105,6 +106,16 @@ class SourceConfig:
         return self.dlq_topic or f"{self.topic}.dlq"
 
 
+@dataclass
+class _Batch:
+    """One consume call's worth, decoded: what the writer appends, dead-letters and commits."""
+
+    messages: int
+    events: list[Event] = field(default_factory=list)
+    dead: list[tuple[StreamMessage, DeadLetter]] = field(default_factory=list)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> next offset
+
+
 class KafkaEventSource:
     """Consume events from a topic into the event log; see the module docstring for the order of
     append, dead letters and commit that makes delivery lossless and duplicate-free."""
@@ -129,6 +140,7 @@ class KafkaEventSource:
         self.totals = SourceTotals()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.lags: list[PartitionLag] = []
+        self._committed: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset, as committed here
         self._stop = threading.Event()
         self._consumer = Consumer(client_config(
             config.bootstrap, config.properties,
@@ -151,29 +163,65 @@ class KafkaEventSource:
         signal.signal(signal.SIGINT, self.stop)
 
     def run(self) -> SourceTotals:
-        """Consume until :meth:`stop` (or ``max_idle_s`` without messages); returns the totals."""
+        """Consume until :meth:`stop` (or ``max_idle_s`` without messages); returns the totals.
+
+        Two threads share the work: this one consumes and decodes batch N+1 while a writer
+        appends batch N (SQLite and PostgreSQL drivers release the GIL while they write); this
+        one commits the offsets of the batches the writer has finished, in order, between two
+        consume calls. At most two decoded batches wait; a rebalance or a stop first lets the
+        writer finish them and commits them, so an offset is never committed before its append.
+        """
         cfg = self.config
         started = time.monotonic()
         self._last_message = started
         self._assigned = False
-        self._consumer.subscribe([cfg.topic], on_assign=self._on_assign)
+        self._failure: BaseException | None = None
+        self._pending: queue.Queue[_Batch | None] = queue.Queue(maxsize=2)
+        self._written: queue.SimpleQueue[_Batch] = queue.SimpleQueue()
+        writer = threading.Thread(target=self._write_loop, name="liverec-kafka-writer", daemon=True)
+        writer.start()
+        self._consumer.subscribe([cfg.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and self._failure is None:
+                self._commit_written()
                 messages = self._consumer.consume(cfg.batch, cfg.poll_s)
                 if not messages:
                     if self._idle_for_good(started):
                         break
                     continue
                 self._last_message = time.monotonic()
-                self._handle(messages)
+                batch = self._decode(messages)
+                if batch is not None:
+                    self._put(batch)
         finally:
+            self._put(None)
+            writer.join()
+            if self._failure is None:
+                self._commit_written()
+                self._final_lags()
             self._producer.flush(10)
             self._consumer.close()  # leaves the group at once: its partitions move to the others
+        if self._failure is not None:
+            raise self._failure
         return self.totals
+
+    def _put(self, batch: _Batch | None) -> None:
+        while self._failure is None:
+            try:
+                self._pending.put(batch, timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
     def _on_assign(self, _consumer: Any, _partitions: list[Any]) -> None:
         self._assigned = True
         self._last_message = time.monotonic()  # idle time counts from the (re)assignment
+
+    def _on_revoke(self, _consumer: Any, _partitions: list[Any]) -> None:
+        # the partitions move to another consumer: append and commit what was decoded from them first
+        while self._failure is None and self._pending.unfinished_tasks:
+            time.sleep(0.005)
+        self._commit_written()
 
     def _idle_for_good(self, started: float) -> bool:
         limit = self.config.max_idle_s
@@ -184,13 +232,12 @@ class KafkaEventSource:
         return time.monotonic() - self._last_message >= limit
 
     # ---- one batch ---------------------------------------------------------------------------
-    def _handle(self, messages: list[Any]) -> None:
-        from confluent_kafka import KafkaError, KafkaException, TopicPartition
+    def _decode(self, messages: list[Any]) -> _Batch | None:
+        from confluent_kafka import KafkaError, KafkaException
 
         now = self.clock()
-        events: list[Event] = []
-        dead: list[tuple[StreamMessage, DeadLetter]] = []
-        offsets: dict[tuple[str, int], int] = {}
+        app, rules = self.config.app, self.rules
+        batch = _Batch(len(messages))
         for m in messages:
             err = m.error()
             if err is not None:
@@ -199,26 +246,62 @@ class KafkaEventSource:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("kafka: %s", err)
                 continue
-            msg = StreamMessage(m.topic(), m.partition(), m.offset(), m.value(), m.key(), _app_header(m.headers()))
+            headers = m.headers()
+            msg = StreamMessage(m.topic(), m.partition(), m.offset(), m.value(), m.key(),
+                                _app_header(headers) if headers else None)
             try:
-                events.extend(decode_message(msg, app=self.config.app, rules=self.rules, now=now))
+                batch.events.extend(decode_message(msg, app=app, rules=rules, now=now))
             except DeadLetter as letter:
-                dead.append((msg, letter))
-            offsets[(msg.topic, msg.partition)] = msg.offset + 1
-        if not offsets:
-            return
-        if events:
-            result = self._append(events)  # durable from here
+                batch.dead.append((msg, letter))
+            batch.offsets[(msg.topic, msg.partition)] = msg.offset + 1
+        return batch if batch.offsets else None
+
+    def _write_loop(self) -> None:
+        try:
+            while True:
+                batch = self._pending.get()
+                try:
+                    if batch is None:
+                        return
+                    self._write(batch)
+                finally:
+                    self._pending.task_done()
+        except BaseException as exc:  # handed to run(), which stops consuming and raises it
+            self._failure = exc
+
+    def _write(self, batch: _Batch) -> None:
+        if batch.events:
+            result = self._append(batch.events)  # durable from here
             self.totals.events += len(result.accepted)
             self.totals.duplicates += result.duplicates
-        if dead:
-            self._dead_letters(dead)  # acknowledged by the broker from here
+        if batch.dead:
+            self._dead_letters(batch.dead)  # acknowledged by the broker from here
+        self._written.put(batch)
+
+    def _commit_written(self) -> None:
+        """Commit the offsets of the batches the writer has finished (on the consuming thread:
+        a synchronous commit from another thread waits on this thread's next poll)."""
+        from confluent_kafka import TopicPartition
+
+        offsets: dict[tuple[str, int], int] = {}
+        done: list[_Batch] = []
+        while True:
+            try:
+                batch = self._written.get_nowait()
+            except queue.Empty:
+                break
+            offsets.update(batch.offsets)  # batches come in order: the last is the furthest
+            done.append(batch)
+        if not done:
+            return
         t0 = time.perf_counter()
         self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
         self.totals.commit_seconds += time.perf_counter() - t0
-        self.totals.messages += len(messages)
-        self.totals.dead_letters += len(dead)
-        self.totals.batches += 1
+        for batch in done:
+            self.totals.messages += batch.messages
+            self.totals.dead_letters += len(batch.dead)
+            self.totals.batches += 1
+        self._committed.update(offsets)
         if self.on_batch is not None:
             self.on_batch(self.totals)
 
@@ -247,15 +330,30 @@ class KafkaEventSource:
             # not acknowledged: do not commit past the poison messages (the batch comes again)
             raise RuntimeError(f"dead-letter topic {topic!r} did not acknowledge: {self._dlq_errors or remaining}")
 
+    def _report_lags(self) -> None:
+        if self.progress is not None and self.lags:
+            self.progress.write(self.lags)
+
+    def _final_lags(self) -> None:
+        """The last word before leaving: lags as of the final commit (statistics are up to a
+        second old), so a stopped consumer does not stay reported behind."""
+        now = self.clock()
+        self.lags = [PartitionLag(lag.group, lag.topic, lag.partition, self._committed.get((lag.topic, lag.partition), lag.position),
+                                  lag.high, max(lag.high - self._committed.get((lag.topic, lag.partition), lag.high - lag.lag), 0),
+                                  lag.consumer, now) for lag in self.lags]
+        try:
+            self._report_lags()
+        except Exception:
+            log.exception("kafka: writing the final lag failed")
+
     def _on_dlq_delivery(self, err: Any, _msg: Any) -> None:
         if err is not None:
             self._dlq_errors.append(str(err))
 
     def _on_stats(self, raw: str) -> None:
         try:
-            self.lags = lags_from_statistics(orjson.loads(raw), self.config.group, self.name, self.clock())
-            if self.progress is not None and self.lags:
-                self.progress.write(self.lags)
+            self.lags = lags_from_statistics(orjson.loads(raw), self.config.group, self.name, self.clock(), self._committed)
+            self._report_lags()
         except Exception:  # statistics are advisory: never let them stop the stream
             log.exception("kafka: reading consumer statistics failed")
 

@@ -63,8 +63,18 @@ class StreamProgress:
         return sorted(out, key=lambda lag: (lag.group, lag.topic, lag.partition))
 
 
-def lags_from_statistics(stats: Mapping[str, Any], group: str, consumer: str, now: float) -> list[PartitionLag]:
-    """Per-partition lag from librdkafka's statistics JSON (``statistics.interval.ms``)."""
+def lags_from_statistics(stats: Mapping[str, Any], group: str, consumer: str, now: float,
+                         committed: Mapping[tuple[str, int], int] | None = None) -> list[PartitionLag]:
+    """Per-partition lag from librdkafka's statistics JSON (``statistics.interval.ms``) for the
+    partitions this consumer is assigned; ``committed`` (what it committed itself) takes
+    precedence over the statistics' committed offset, which lags behind explicit commits.
+
+    >>> stats = {"topics": {"t": {"partitions": {"0": {"fetch_state": "active", "hi_offset": 120,
+    ...          "committed_offset": -1001, "app_offset": 100}, "-1": {}}}}}
+    >>> [(p.partition, p.position, p.lag) for p in lags_from_statistics(stats, "g", "c", 0.0, {("t", 0): 110})]
+    [(0, 110, 10)]
+    """
+    committed = committed or {}
     out = []
     for topic, t in (stats.get("topics") or {}).items():
         for key, p in (t.get("partitions") or {}).items():
@@ -72,9 +82,11 @@ def lags_from_statistics(stats: Mapping[str, Any], group: str, consumer: str, no
             if partition < 0 or p.get("fetch_state") in (None, "none", "stopped"):
                 continue  # the internal "-1" partition, or one this consumer is not assigned
             high = int(p.get("hi_offset", -1))
-            position = int(p.get("committed_offset", -1))
-            lag = int(p.get("consumer_lag", -1))
-            if lag < 0 and high >= 0:
-                lag = high - max(position, 0)
-            out.append(PartitionLag(group, topic, partition, position, high, max(lag, 0), consumer, now))
+            position = committed.get((topic, partition), int(p.get("committed_offset", -1)))
+            if position < 0:  # nothing committed yet: behind by what the partition holds
+                position = -1
+                lag = max(high - int(p.get("lo_offset", 0) or 0), 0)
+            else:
+                lag = max(high - position, 0)
+            out.append(PartitionLag(group, topic, partition, position, high, lag, consumer, now))
     return out
