@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from liverec.catalog import item_schema, parse_item
 from liverec.events import (
-    DEFAULT_TYPES, ID_MAX, ID_MIN, MAX_ID_LEN, NOT_BLANK, WHITESPACE, EventRules, EventValidationError, TypeSpec,
-    event_schema, parse_event,
+    DEFAULT_TYPES, ID_MAX, ID_MIN, ID_SCHEMA, MAX_ID_LEN, NOT_BLANK, TIMESTAMP_SCHEMA, WHITESPACE, EventRules,
+    EventValidationError, TypeSpec, event_schema, id_text, parse_event, parse_timestamp,
 )
 
 jsonschema_rs = pytest.importorskip("jsonschema_rs")
@@ -35,10 +35,13 @@ ids = st.one_of(
 timestamps = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False), st.integers(-5, 10**12), st.booleans(), st.none(),
     st.from_regex(r"\A[0-9]{1,21}(\.[0-9]{0,10})?\Z"),
+    # date-time shaped, with digits anywhere in their range (most name no instant)
+    st.from_regex(r"\A[0-9]{4}-[01][0-9]-[0-3][0-9][Tt][0-2][0-9]:[0-6][0-9]:[0-6][0-9](\.[0-9]{1,8})?([Zz]|[+-][0-2][0-9]:[0-9]{2})\Z"),
     st.sampled_from([
         "2000-01-01T00:00:00Z", "2000-01-01t00:00:00.25z", "2000-01-01T01:00:00+01:00", "1998-12-31T23:59:60Z",
         "1999-12-31T23:59:60Z", "2000-01-01T00:59:60+01:00", "2000-02-29T00:00:00Z", "1900-02-29T00:00:00Z",
         "2000-02-30T00:00:00Z", "2000-13-01T00:00:00Z", "2000-01-01T24:00:00Z", "2000-01-01T00:00:00+24:00",
+        "2000-01-01T00:00:00+00:60", "2000-01-01T23:60:00Z", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
         "2000-01-01T00:00:00", "2000-01-01", "2000-01-01 00:00:00Z", "2000-01-01T00:00:00.Z", "0001-01-01T00:00:00Z",
         "0000-01-01T00:00:00Z", " 12", "1e5", "-1", "nan", "inf", "\u0661", "", "soon",
     ]),
@@ -149,6 +152,24 @@ def test_item_schema_accepts_what_the_validator_accepts(raw):
     agree(ITEMS, raw, lambda r: parse_item(r, app="a"))
     raw.pop("item_id", None)  # PUT /v1/items/{id}: the id is the URL's
     agree(ITEM_UPDATES, raw, lambda r: parse_item(r, app="a", item_id="from-url"))
+
+
+TIMESTAMPS = jsonschema_rs.validator_for(TIMESTAMP_SCHEMA, validate_formats=True)
+IDS = jsonschema_rs.validator_for(ID_SCHEMA)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(timestamps)
+def test_timestamp_schema_is_the_reader(raw):
+    raw = json.loads(json.dumps(raw))
+    assert TIMESTAMPS.is_valid(raw) == (raw is not None and parse_timestamp(raw) is not None), raw
+
+
+@settings(max_examples=1000, deadline=None)
+@given(ids)
+def test_id_schema_is_the_reader(raw):
+    raw = json.loads(json.dumps(raw))
+    assert IDS.is_valid(raw) == (id_text(raw) is not None), raw
 
 
 def test_schema_names_the_table():

@@ -20,6 +20,7 @@ import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Callable, Iterable, Literal, Mapping
 
@@ -395,16 +396,21 @@ def _date_time(text: str) -> float | None:
     m = _DATE_TIME.fullmatch(text)
     if m is None:
         return None
+    offset = 0  # minutes east of UTC
+    if m.group(8):
+        off_hour, off_minute = int(m.group(9)), int(m.group(10))
+        if off_hour > 23 or off_minute > 59:  # (Python's reader takes +00:99)
+            return None
+        offset = (off_hour * 60 + off_minute) * (1 if m.group(8) == "+" else -1)
+    if m.group(6) != "60":
+        try:  # the common case, in C
+            return datetime.fromisoformat(text).timestamp()
+        except (ValueError, OverflowError):
+            pass  # a lowercase z, year 0000, a time before year 1 in UTC, or no such date: read below
     year, month, day, hour, minute, second = map(int, m.group(1, 2, 3, 4, 5, 6))
     leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
     if not 1 <= month <= 12 or not 1 <= day <= _MONTH_DAYS[month - 1] + (month == 2 and leap):
         return None
-    offset = 0  # minutes east of UTC
-    if m.group(8):
-        off_hour, off_minute = int(m.group(9)), int(m.group(10))
-        if off_hour > 23 or off_minute > 59:
-            return None
-        offset = (off_hour * 60 + off_minute) * (1 if m.group(8) == "+" else -1)
     if hour > 23 or minute > 59 or second > 60 or (second == 60 and (hour * 60 + minute - offset) % 1440 != 1439):
         return None
     # days from 1970-01-01 in the proleptic Gregorian calendar (H. Hinnant's days_from_civil)
