@@ -62,3 +62,25 @@ def test_promoted_model_serves_and_reflects_new_events(tmp_path) -> None:
         assert svc.recommend("shop", "u1", n=5)["scorer"] == "transformer"
     finally:
         svc.close()
+
+
+def test_an_apps_first_model_promoted_while_serving_is_picked_up(tmp_path) -> None:
+    """A tenant with no model at start (nothing under models/) gets its first trained version
+    served without a restart: the trainer is another process."""
+    import time
+
+    settings = Settings(data_dir=tmp_path / "data")
+    svc = build_service(settings)
+    svc.start()
+    try:
+        svc.ingest("news", _events())
+        assert svc.recommend("news", "u1", n=5)["scorer"] != "transformer"
+        version = train_from_service(settings.data_dir, "news", RECIPE, seed=0, progress=False)
+        ModelRegistry.for_data_dir(settings.data_dir, "news").promote(version)
+        deadline = time.monotonic() + 30
+        while svc.recommend("news", "u1", n=5)["scorer"] != "transformer" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert svc.recommend("news", "u1", n=5)["scorer"] == "transformer"
+        assert svc.pipeline.scorer.by_app["news"].version == version
+    finally:
+        svc.close()
