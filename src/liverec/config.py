@@ -46,6 +46,10 @@ class Settings(BaseSettings):
         default_factory=dict, description="Override per-type weights, e.g. {\"view\": 0.5}; the sign sets polarity."
     )
     scorer: str = Field("auto", description="auto (promoted model if any, else cooccurrence) | cooccurrence | transformer")
+    ann_threshold: int = Field(
+        200_000, ge=1, description="Catalogs of at least this many items retrieve the Transformer's candidates from an "
+        "approximate index (faiss IVF, int8 codes) instead of scoring every item exactly.",
+    )
     snapshot_interval_s: float = Field(
         60.0, ge=0, allow_inf_nan=False,
         description="Seconds between background snapshots of the in-memory folds; 0 = no snapshots.",

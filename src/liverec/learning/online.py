@@ -256,7 +256,8 @@ class OnlineLearner:
         })
         self.registry.promote(version)
         self._opt = (version, self._tuner.opt.state_dict(), self._tuner.steps_taken)
-        self.swap(TransformerScorer(self.app, model, item_ids, version, current.text_encoder, metrics))
+        # a large catalog's index is built here, in the learner's thread, before the swap
+        self.swap(TransformerScorer(self.app, model, item_ids, version, current.text_encoder, metrics, ann=current.ann))
         served_at = time.time()
         self.stats.accepted += 1
         self.stats.last_version = version

@@ -6,6 +6,14 @@ cached item vectors (exact, no candidate pre-selection). Items added with text o
 (:meth:`TransformerScorer.add_items`) get a zero ID embedding and their projected text vector, so
 they are scored and have similar items from the first second (cold start).
 
+A catalog of at least ``AnnConfig.threshold`` items is retrieved approximately instead
+(:mod:`liverec.recommend.retrieval`): the user vector ``[h, 1]`` searches an index of the rows
+``[E[i], b[i]]`` (so the inner product is the model's score without the repeat term) for a pool a
+few times larger than the caller needs; the pool plus the items of the sequence (whose repeat
+term can lift them) are then scored exactly, and the pipeline's filters and ranking stages work on
+that pool. Similar items come from a second index over the unit item vectors (cosine). Items
+added later join both indexes (incremental); a new version builds its own.
+
 Several users can be scored in one forward pass (:meth:`score_many`); it gives the same scores as
 one-by-one scoring (tested).
 
@@ -28,6 +36,7 @@ from liverec.batching import MicroBatcher
 from liverec.model.features import gap_bucket, type_id, value_bucket
 from liverec.model.text import TextEncoder, TextVectorMemo
 from liverec.model.transformer import FeedbackTransformer, ModelConfig
+from liverec.recommend.retrieval import AnnConfig, ItemIndex
 from liverec.recommend.scoring import Scored
 from liverec.state import UserState
 
@@ -47,6 +56,9 @@ class TransformerScorer:
             once is reused after a restart and by other worker processes (None: memory only).
         text_vectors: event text vectors to share with another scorer of the same encoder
             (default: a new, empty store).
+        ann: when catalogs are retrieved approximately (None: always exact).
+        build_index: build the indexes of a catalog retrieved approximately now (else call
+            :meth:`build_index` later, e.g. in the background; requests are exact until then).
     """
 
     name = "transformer"
@@ -62,6 +74,8 @@ class TransformerScorer:
         *,
         text_cache_dir: str | Path | None = None,
         text_vectors: TextVectorMemo | None = None,
+        ann: AnnConfig | None = None,
+        build_index: bool = True,
     ) -> None:
         if len(item_ids) != model.cfg.n_items:
             raise ValueError(f"{len(item_ids)} item ids for a model of {model.cfg.n_items} items")
@@ -79,14 +93,27 @@ class TransformerScorer:
         self._lock = threading.Lock()
         # concurrent requests share one forward pass (equal to one at a time: tested)
         self._batched: MicroBatcher[UserState | None, np.ndarray] = MicroBatcher(lambda states: list(self.score_many(states)))
+        self.ann = ann
+        self.approximate = ann is not None and ann.approximate(len(self.item_ids))
+        self._retrieval: ItemIndex | None = None  # rows [E[i], b[i]]: candidates for a user vector [h, 1]
+        self._neighbours: ItemIndex | None = None  # rows E[i] / |E[i]|: similar items
+        self._top_batched: MicroBatcher[tuple[UserState | None, int], tuple[np.ndarray, np.ndarray]] = MicroBatcher(self._top_many)
+        self._popular: np.ndarray | None = None  # rows by bias, best first (the prior without history)
         self._refresh()
+        if self.approximate and build_index:
+            self.build_index()
 
     def _refresh(self) -> None:
         with torch.inference_mode():
-            self._vecs = self.model.item_vectors().detach().clone()  # (N+1, D)
+            vecs = self.model.item_vectors().detach().clone()  # (N+1, D)
             self._bias = self.model.bias().detach().clone()  # (N,)
-            unit = torch.nn.functional.normalize(self._vecs[1:], dim=1)
-            self._unit = unit  # (N, D) for similar items
+            if self.approximate and self.ann is not None and self.ann.matrix == "bf16":
+                # A large catalog's item matrix is read only at the rows of the sequence and of the
+                # retrieved pool: bf16 halves it (the recall it costs: docs/benchmarks.md).
+                vecs = vecs.to(torch.bfloat16)
+            self._vecs = vecs  # (N+1, D); the encoder promotes bf16 rows to float32
+            # (N, D) unit vectors for exact similar items; a large catalog searches its index
+            self._unit = None if self.approximate else torch.nn.functional.normalize(vecs[1:], dim=1)
 
     # ------------------------------------------------------------------ seam
     def observe(self, app: str, event: Event) -> None:
@@ -126,10 +153,15 @@ class TransformerScorer:
         return app == self.app
 
     def score(self, app: str, state: UserState | None, n: int) -> Scored:
-        """Scores of every item for the user's current sequence (popularity-like prior if none)."""
+        """Scores of every item for the user's current sequence (popularity-like prior if none);
+        for a catalog retrieved approximately, of a pool of at least ``AnnConfig.pool(n)``
+        retrieved candidates (every item when that is the whole catalog)."""
         if app != self.app:
             return Scored.empty()
-        return Scored(self.item_ids, self._batched(state))
+        if self._retrieval is None or self.ann is None or self.ann.pool(n) >= len(self.item_ids):
+            return Scored(self.item_ids, self._batched(state))
+        rows, scores = self._top_batched((state, self.ann.pool(n)))
+        return Scored(self.item_ids[rows], scores, self.item_ids, rows)
 
     def score_many(self, states: Sequence[UserState | None], now: float | None = None) -> np.ndarray:
         """(B, N) float32 scores for several users in one batched forward pass.
@@ -137,6 +169,30 @@ class TransformerScorer:
         ``now`` (epoch seconds, default the clock) is when the recommendation is asked for; a
         model trained with ``use_request_gap`` reads the time since each user's newest event.
         """
+        h, ti, tt, tv, empty = self._encode(states, now)
+        with torch.inference_mode():
+            scores = self._dot_all(h) + self._bias  # (B, N)
+            if self.model.cfg.repeat_term:
+                idx, src = self.model.repeat_sparse_last(ti, tt, tv)
+                scores = scores.scatter_add(1, idx, src)
+            if bool(empty.any()):  # no history: the learned item bias is the prior
+                scores[empty] = self._bias
+        return scores.numpy().astype(np.float32, copy=False)
+
+    def _dot_all(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, N) ``h @ E[1:].T`` for (B, D) user vectors; a bf16 matrix is read in float32 slices."""
+        vecs = self._vecs[1:]  # (N, D)
+        if vecs.dtype == h.dtype:
+            return h @ vecs.T
+        out = torch.empty(h.shape[0], vecs.shape[0], dtype=h.dtype)
+        step = 1 << 16
+        for a in range(0, vecs.shape[0], step):
+            out[:, a:a + step] = h @ vecs[a:a + step].to(h.dtype).T
+        return out
+
+    def _encode(self, states: Sequence[UserState | None], now: float | None) -> tuple[torch.Tensor, ...]:
+        """The user vectors h (B, D) after each state's newest event, the left-padded (B, T)
+        items, types and value buckets, and (B,) whether a state has no history."""
         now = time.time() if now is None else now
         arrays = [self._arrays(s, now) for s in states]
         t = max(max((len(a[0]) for a in arrays), default=1), 1)
@@ -164,28 +220,137 @@ class TransformerScorer:
             ng = torch.from_numpy(next_gaps) if self.model.cfg.use_request_gap else None
             h = self.model.encode(ti, tt, tv, torch.from_numpy(gaps), et, self._vecs, last_only=True,
                                   next_gaps=ng)[:, -1]  # (B, D)
-            scores = h @ self._vecs[1:].T + self._bias  # (B, N)
-            if self.model.cfg.repeat_term:
-                idx, src = self.model.repeat_sparse_last(ti, tt, tv)
-                scores = scores.scatter_add(1, idx, src)
-            empty = torch.from_numpy(np.array([len(a[0]) == 0 for a in arrays]))
-            if bool(empty.any()):  # no history: the learned item bias is the prior
-                scores[empty] = self._bias
-        return scores.numpy().astype(np.float32, copy=False)
+        empty = torch.from_numpy(np.array([len(a[0]) == 0 for a in arrays], dtype=bool))
+        return h, ti, tt, tv, empty
+
+    # ------------------------------------------------------------------ approximate retrieval
+    def build_index(self) -> None:
+        """Build the retrieval and neighbour indexes of a catalog retrieved approximately (about
+        ten seconds a million items on two cores); requests are scored exactly until both are
+        in place. Nothing to do for a catalog scored exactly or one whose indexes exist."""
+        if not self.approximate or self.ann is None or self._retrieval is not None:
+            return
+        n = len(self.item_ids)
+        with torch.inference_mode():
+            neighbours = ItemIndex.train(self._unit_rows, n, self.ann)
+            retrieval = ItemIndex.train(self._index_rows, n, self.ann)
+            for a in range(0, n, 1 << 16):  # in slices: float32 copies of a slice, not of the matrix
+                rows = np.arange(a, min(n, a + (1 << 16)))
+                neighbours.add(self._unit_rows(rows))
+                retrieval.add(self._index_rows(rows))
+        self._neighbours = neighbours
+        self._retrieval = retrieval  # set last: score() searches once this is in place
+
+    def _item_rows(self, rows: np.ndarray) -> torch.Tensor:
+        """(K, D) float32 item vectors of item positions ``rows`` (0-based)."""
+        return self._vecs[torch.from_numpy(np.asarray(rows, dtype=np.int64) + 1)].float()
+
+    def _unit_rows(self, rows: np.ndarray) -> np.ndarray:
+        """(K, D) unit item vectors: rows of the neighbour index (inner product = cosine)."""
+        return torch.nn.functional.normalize(self._item_rows(rows), dim=1).numpy()
+
+    def _index_rows(self, rows: np.ndarray) -> np.ndarray:
+        """(K, D+1) ``[E[i], b[i]]``: rows of the retrieval index (inner product with ``[h, 1]``
+        = the model's score without the repeat term)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return torch.cat([self._item_rows(rows), self._bias[torch.from_numpy(rows)][:, None]], dim=1).numpy()
+
+    def index_bytes(self) -> dict[str, int]:
+        """Bytes of the item matrix and of each index (0 where there is none)."""
+        r, nb = self._retrieval, self._neighbours
+        return {"item_matrix": self._vecs.element_size() * self._vecs.numel(),
+                "retrieval_index": r.nbytes() if r is not None else 0,
+                "neighbour_index": nb.nbytes() if nb is not None else 0}
+
+    def _best_by_bias(self, k: int) -> np.ndarray:
+        """(k,) item positions with the largest bias, best first, ties in catalog order (what the
+        exact scores of a user without history put first)."""
+        top = self._popular
+        if top is None or len(top) < min(k, len(self.item_ids)):
+            bias = self._bias.numpy()
+            m = min(len(bias), max(k, 1024))
+            part = np.argpartition(-bias, m - 1)[:m] if m < len(bias) else np.arange(len(bias))
+            kth = bias[part].min()
+            cand = np.flatnonzero(bias >= kth)  # every tie of the m-th value, in catalog order
+            top = cand[np.argsort(-bias[cand], kind="stable")][:m]
+            self._popular = top
+        return top[:k]
+
+    def _top_many(self, requests: Sequence[tuple[UserState | None, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per (state, k): (K,) item positions, ascending, and their exact float32 scores, for the
+        ``k`` retrieved candidates plus the sequence's items. One forward pass and one index
+        search for the batch."""
+        retrieval = self._retrieval
+        if retrieval is None:
+            raise RuntimeError("no retrieval index: build_index() first")
+        n = len(self.item_ids)
+        k = max(k for _, k in requests)
+        h, ti, tt, tv, empty = self._encode([s for s, _ in requests], None)
+        with torch.inference_mode():
+            query = torch.cat([h, torch.ones(h.shape[0], 1)], dim=1).numpy()  # (B, D+1)
+            _, found = retrieval.search(query, k)  # (B, k)
+            src = self.model.repeat_sparse_last(ti, tt, tv)[1] if self.model.cfg.repeat_term else None  # (B, T)
+            out = []
+            for b in range(len(requests)):
+                if bool(empty[b]):  # no history: the prior, exactly
+                    rows = np.sort(self._best_by_bias(k))
+                    out.append((rows, self._bias[torch.from_numpy(rows)].numpy().astype(np.float32)))
+                    continue
+                seq = ti[b][ti[b] > 0].numpy() - 1  # the sequence's items: the repeat term may lift them
+                got = found[b]
+                # ascending positions: equal scores keep catalog order, as in the exact scores; an
+                # index shared with a larger catalog (add_items) may return rows beyond this one
+                rows = np.unique(np.concatenate([got[(got >= 0) & (got < n)], seq]))
+                r = torch.from_numpy(rows)
+                scores = self._item_rows(rows) @ h[b] + self._bias[r]  # (K,)
+                if src is not None:
+                    active = ti[b] > 0
+                    at = torch.from_numpy(np.searchsorted(rows, ti[b][active].numpy() - 1))
+                    scores = scores.index_add(0, at, src[b][active])
+                out.append((rows, scores.numpy().astype(np.float32, copy=False)))
+        return out
 
     def similar(self, app: str, item_id: str, n: int) -> list[tuple[str, float]]:
-        """Items with the most similar item vectors (cosine), excluding the item itself."""
+        """Items with the most similar item vectors (cosine), excluding the item itself; for a
+        catalog retrieved approximately, the best of the neighbour index's candidates."""
         if app != self.app or item_id not in self.index:
             return []
         j = self.index[item_id] - 1
+        k = min(n, len(self.item_ids) - 1)
+        if k <= 0:
+            return []
+        if self.approximate:
+            return self._similar_approximate(j, k)
         with torch.inference_mode():
             sims = self._unit @ self._unit[j]  # (N,)
             sims[j] = -float("inf")
-            k = min(n, len(self.item_ids) - 1)
-            if k <= 0:
-                return []
             top = torch.topk(sims, k)
         return [(str(self.item_ids[i]), float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist())]
+
+    def _similar_approximate(self, j: int, k: int) -> list[tuple[str, float]]:
+        """The ``k`` best of ``2k + 16`` neighbour-index candidates of item position ``j`` by exact
+        cosine (a slice-wise exact pass while the index is being built)."""
+        with torch.inference_mode():
+            q = self._unit_rows(np.array([j]))  # (1, D)
+            neighbours = self._neighbours
+            if neighbours is not None:
+                found = neighbours.search(q, 2 * k + 17)[1][0]
+                rows = np.unique(found[(found >= 0) & (found < len(self.item_ids)) & (found != j)])
+                sims = self._unit_rows(rows) @ q[0]  # (K,)
+            else:
+                sims = np.concatenate([self._unit_rows(np.arange(a, min(len(self.item_ids), a + (1 << 16)))) @ q[0]
+                                       for a in range(0, len(self.item_ids), 1 << 16)])
+                sims[j] = -np.inf
+                rows = np.arange(len(self.item_ids))
+            best = np.argsort(-sims, kind="stable")[:k]
+        return [(str(self.item_ids[rows[i]]), float(sims[i])) for i in best]
+
+    def item_embeddings(self, app: str) -> tuple[list[str], np.ndarray] | None:
+        """(item ids, (N, D) float32 item vectors) of ``app`` (the vectors the scores use)."""
+        if app != self.app:
+            return None
+        with torch.inference_mode():
+            return self.item_ids.tolist(), self._vecs[1:].float().numpy()
 
     # ------------------------------------------------------------------ inputs
     def _event_text(self, text: str) -> np.ndarray | None:
@@ -262,5 +427,26 @@ class TransformerScorer:
             else:
                 state[name] = tensor
         model.load_state_dict(state)
-        return TransformerScorer(self.app, model, list(self.item_ids) + [str(i) for i, _ in new], self.version,
-                                 self.text_encoder, self.metrics, text_vectors=self.text_vectors)
+        grown = TransformerScorer(self.app, model, list(self.item_ids) + [str(i) for i, _ in new], self.version,
+                                  self.text_encoder, self.metrics, text_vectors=self.text_vectors, ann=self.ann,
+                                  build_index=False)
+        grown._extend_indexes(self)
+        return grown
+
+    def _extend_indexes(self, base: TransformerScorer) -> None:
+        """Take over ``base``'s indexes and add the rows this scorer has beyond it (incremental:
+        its first rows are ``base``'s, unchanged); build new ones when ``base`` has none to give
+        (exact below the threshold, or indexes that already hold rows of another scorer)."""
+        if not self.approximate:
+            return
+        start = len(base.item_ids)
+        retrieval, neighbours = base._retrieval, base._neighbours
+        if retrieval is None or neighbours is None or retrieval.ntotal != start or neighbours.ntotal != start:
+            self.build_index()
+            return
+        with torch.inference_mode():
+            rows = np.arange(start, len(self.item_ids))
+            neighbours.add(self._unit_rows(rows))
+            retrieval.add(self._index_rows(rows))
+        # the base scorer, still serving until this one is swapped in, skips rows beyond its own
+        self._neighbours, self._retrieval = neighbours, retrieval

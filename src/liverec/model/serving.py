@@ -21,6 +21,7 @@ from liverec.events import Event
 from liverec.model.registry import ModelRegistry
 from liverec.model.scorer import TransformerScorer
 from liverec.model.text import MiniLMEncoder, TextEncoder
+from liverec.recommend.retrieval import AnnConfig
 from liverec.recommend.scoring import Scored
 from liverec.state import UserState
 
@@ -87,12 +88,15 @@ def default_text_cache_dir(data_dir: str | Path) -> Path:
 
 def load_scorer(registry: ModelRegistry, app: str, version: str | None = None,
                 text_encoder: TextEncoder | None = None,
-                text_cache_dir: str | Path | None = None, load_encoder: bool = True) -> TransformerScorer:
+                text_cache_dir: str | Path | None = None, load_encoder: bool = True,
+                ann: AnnConfig | None = None, build_index: bool = True) -> TransformerScorer:
     """A :class:`TransformerScorer` for ``version`` (default: promoted) of ``registry``.
 
     When the model has text features the encoder is loaded here (``load_encoder``; a server
     loads it in the background at start instead), so that no request waits for it.
     ``text_cache_dir`` keeps event text vectors on disk for a restart or another worker.
+    ``ann``: when the catalog is retrieved approximately; ``build_index`` False leaves the
+    index to :meth:`TransformerScorer.build_index` (requests are exact until then).
     """
     art = registry.load(version)
     enc = text_encoder
@@ -103,4 +107,5 @@ def load_scorer(registry: ModelRegistry, app: str, version: str | None = None,
         if load_encoder and callable(load):
             load()
     return TransformerScorer(app, art.model, art.item_ids, art.manifest.get("version"), enc,
-                             art.manifest.get("validation", {}), text_cache_dir=text_cache_dir)
+                             art.manifest.get("validation", {}), text_cache_dir=text_cache_dir, ann=ann,
+                             build_index=build_index)

@@ -4,7 +4,8 @@ The feedback policy needs "neighbours of an item" and the diversity reranker "ho
 are". Both read one :class:`ItemSpace`, which takes its vectors from the best source available:
 
 1. the model's item embeddings, when the scorer offers ``item_embeddings(app)`` (the Transformer's
-   output vectors: items the model treats alike);
+   output vectors: items the model treats alike; a large catalog's neighbours come from the
+   scorer's index over them);
 2. text vectors of the catalog: a category one-hot block plus hashed title/text tokens
    (:class:`liverec.model.text.HashingEncoder`), so a new item has neighbours from its first second;
 3. the scorer's own ``similar`` lists (co-occurrence) for items that have no vector at all.
@@ -24,16 +25,22 @@ from ..model.text import HashingEncoder
 
 
 class VectorTable:
-    """Row ``index[item_id]`` of ``matrix`` (N, D) float32 is the item's unit vector."""
+    """Row ``index[item_id]`` of ``matrix`` (N, D) float32 is the item's unit vector.
 
-    __slots__ = ("index", "matrix", "source", "ids")
+    ``nearest(item_id, k)``, when given, answers :meth:`ItemSpace.neighbours` from an index over
+    the same vectors instead of a pass over every row (a catalog retrieved approximately).
+    """
 
-    def __init__(self, index: dict[str, int], matrix: np.ndarray, source: str) -> None:
+    __slots__ = ("index", "matrix", "source", "ids", "nearest")
+
+    def __init__(self, index: dict[str, int], matrix: np.ndarray, source: str,
+                 nearest: Callable[[str, int], list[tuple[str, float]]] | None = None) -> None:
         if len(index) != matrix.shape[0]:
             raise ValueError(f"{len(index)} item ids for {matrix.shape[0]} vector rows")
         self.index = index
         self.matrix = matrix  # (N, D) float32, rows L2-normalised
         self.source = source
+        self.nearest = nearest
         self.ids: list[str] = [""] * len(index)  # item ids in row order
         for item, r in index.items():
             self.ids[r] = item
@@ -137,7 +144,11 @@ class ScorerEmbeddings:
         if got is None:
             return None
         ids, vecs = got
-        table = VectorTable({str(i): r for r, i in enumerate(ids)}, _normalise(np.asarray(vecs, dtype=np.float32)), "model")
+        nearest = None
+        if getattr(scorer, "approximate", False):  # its similar items come from an index over these vectors
+            nearest = lambda item_id, k, s=scorer: s.similar(app, item_id, k)  # noqa: E731
+        table = VectorTable({str(i): r for r, i in enumerate(ids)}, _normalise(np.asarray(vecs, dtype=np.float32)), "model",
+                            nearest)
         self._cache[app] = (id(scorer), table)
         return table
 
@@ -202,6 +213,8 @@ class ItemSpace:
     def neighbours(self, app: str, item_id: str, k: int, min_similarity: float = 0.0) -> list[tuple[str, float]]:
         """The ``k`` items most similar to ``item_id`` (not itself), best first."""
         table = self.table(app)
+        if table is not None and table.nearest is not None and item_id in table.index:
+            return [(i, s) for i, s in table.nearest(item_id, k) if s >= min_similarity]
         if table is not None and item_id in table.index:
             sims = table.matrix @ table.matrix[table.index[item_id]]  # (N,)
             sims[table.index[item_id]] = -np.inf

@@ -4,8 +4,10 @@ Each stage is a plain object with one method, so any of them can be replaced:
 
 - history: the user's online state (:class:`liverec.state.StateStore`), read as it is now;
 - candidates + scorer: a :class:`~liverec.recommend.scoring.Scorer` returns scores for its
-  candidate set (all items for the Transformer; neighbours + popular items for the baseline);
-  a fallback scorer (popularity) is used when the main one has nothing for this app;
+  candidate set (all items for the Transformer, or a retrieved pool of a large catalog:
+  :mod:`liverec.recommend.retrieval`; neighbours + popular items for the baseline); a scorer
+  that returned part of its catalog is asked for more while fewer than ``n`` candidates pass the
+  policy; a fallback scorer (popularity) is used when the main one has nothing for this app;
 - policy: hard filters (blocks by any scope, consumed items unless asked, ``exclude``, category
   filter) — see :class:`Policy`;
 - ranker: the top ``n`` by score, ties kept in the scorer's candidate order (deterministic);
@@ -97,6 +99,19 @@ class Ranker:
         return out
 
 
+def _passing(item_ids: np.ndarray, allow: Callable[[str], bool], n: int) -> bool:
+    """Whether at least ``n`` of ``item_ids`` pass ``allow`` (stops at the ``n``-th)."""
+    if n <= 0:
+        return True
+    found = 0
+    for item_id in item_ids:
+        if allow(item_id):
+            found += 1
+            if found >= n:
+                return True
+    return False
+
+
 class Pipeline:
     """history -> scorer (with fallback) -> policy -> ranker."""
 
@@ -129,10 +144,25 @@ class Pipeline:
             scorer = self.fallback
             scored = scorer.score(request.app, state, want)
         allow = lambda item: self.policy.allows(request, state, item)  # noqa: E731
+        scored = self._enough(scorer, request, state, scored, want, allow)
         if self.ranking is not None:
             return self.ranking.rank(request, state, scored, allow), scorer.name
         recs = self.ranker.rank(scored, request.n, allow)
         return recs, scorer.name
+
+    @staticmethod
+    def _enough(scorer: Scorer, request: RecommendRequest, state: UserState | None, scored: Scored, want: int,
+                allow: Callable[[str], bool]) -> Scored:
+        """Candidates of which at least ``request.n`` pass the filters: a scorer that retrieved a
+        part of its catalog is asked again for 4x as many while fewer pass (blocks of a whole
+        category can empty a pool), until it returns every item or no more."""
+        while scored.partial and not _passing(scored.item_ids, allow, request.n):
+            want *= 4
+            wider = scorer.score(request.app, state, want)
+            if len(wider.item_ids) <= len(scored.item_ids):
+                break
+            scored = wider
+        return scored
 
     def scorer_for(self, app: str) -> Scorer:
         """The scorer that answers ``app``: the main one if it serves the app, else the fallback."""

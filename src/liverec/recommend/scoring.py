@@ -33,6 +33,11 @@ class Scored:
     table: np.ndarray | None = None  # (N,) the scorer's id table, the same object between requests
     index: np.ndarray | None = None  # (K,) with ``table``: positions of ``item_ids`` in it
 
+    @property
+    def partial(self) -> bool:
+        """Whether the candidates are a part of the scorer's table (retrieved, not every item)."""
+        return self.index is not None and self.table is not None and len(self.index) < len(self.table)
+
     @staticmethod
     def empty() -> "Scored":
         return Scored(np.empty(0, dtype=object), np.empty(0, dtype=np.float32))
@@ -46,10 +51,14 @@ class Scored:
         table, index = self.base()
         pos = table_positions(table)
         at = np.fromiter((pos.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
-        if index is not None:  # table position -> candidate position
-            inverse = np.full(len(table), -1, dtype=np.int64)
-            inverse[index] = np.arange(len(index))
-            at = np.where(at >= 0, inverse[np.maximum(at, 0)], -1)
+        if index is not None and len(index):  # table position -> candidate position
+            # by search in the sorted candidates: a pool of a large catalog is a small part of it
+            order = np.argsort(index, kind="stable")
+            ranked = index[order]
+            p = np.minimum(np.searchsorted(ranked, at), len(ranked) - 1)
+            at = np.where((at >= 0) & (ranked[p] == at), order[p], -1)
+        elif index is not None:
+            at = np.full(len(at), -1, dtype=np.int64)
         return np.where(at >= 0, self.scores[np.maximum(at, 0)].astype(np.float64), default)
 
 

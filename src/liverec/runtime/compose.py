@@ -26,6 +26,7 @@ from ..ranking import build_ranking, open_impressions, read_settings
 from ..ranking.replicas import ImpressionFollower
 from ..recommend.cooccurrence import CooccurrenceScorer
 from ..recommend.pipeline import Pipeline, Policy
+from ..recommend.retrieval import AnnConfig
 from ..recommend.scoring import Scorer
 from ..service import Component, Service
 from ..state import StateStore
@@ -91,7 +92,8 @@ def build_service(settings: Settings, store: Store | None = None, scorer: Scorer
     components.append(ImpressionFollower(ranking, impressions, store.events, lambda: service.follower,
                                           snapshots=store.snapshots))
     if router is not None:
-        components.append(ModelServer(Path(settings.data_dir), router, texts=_texts_of(state), watch=watch_models))
+        components.append(ModelServer(Path(settings.data_dir), router, texts=_texts_of(state), watch=watch_models,
+                                      ann=AnnConfig(threshold=settings.ann_threshold)))
         learners = Learners(settings.learner, learner_config(settings), models_dir, router, state, catalog.get)
         listeners.append(learners.observe)
         components.append(learners)  # after the model server: a learner needs its app's model loaded

@@ -5,10 +5,15 @@ pipeline scores with. ``start`` loads the promoted version of each app under
 ``<data_dir>/models`` and polls each registry's pointer, so a version promoted by ``liverec
 train``, ``liverec models promote`` or the online learner (in this process or another) is
 swapped in while serving: one dict assignment, requests in flight finish on the old model.
+
+A catalog retrieved approximately (``ann``) gets its index built before a new version is
+swapped in (in the watcher's thread: the old version serves meanwhile); at start the version
+serves at once, exactly, and its index is built in the background.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Callable, Iterable
@@ -16,13 +21,17 @@ from typing import Callable, Iterable
 from ..model.registry import ModelRegistry, PromotionWatcher
 from ..model.scorer import TransformerScorer
 from ..model.serving import PromotedModels, default_text_cache_dir, load_scorer
+from ..recommend.retrieval import AnnConfig
+
+log = logging.getLogger(__name__)
 
 
 class ModelServer:
     """Loads and watches the promoted models of every app (a service component)."""
 
     def __init__(self, data_dir: Path, router: PromotedModels, texts: Callable[[str], Iterable[str]] | None = None,
-                 watch: bool = True, interval_s: float = 2.0, background: bool = True) -> None:
+                 watch: bool = True, interval_s: float = 2.0, background: bool = True,
+                 ann: AnnConfig | None = None) -> None:
         self.models_dir = Path(data_dir) / "models"
         self.text_cache_dir = default_text_cache_dir(data_dir)
         self.router = router
@@ -30,15 +39,19 @@ class ModelServer:
         self.watch = watch
         self.interval_s = interval_s
         self.watchers: list[PromotionWatcher] = []
+        self._served: set[str] = set()  # apps loaded or watched
+        self._stopping = threading.Event()
         self.background = background  # load sentence encoders after start instead of during it
         self.loading: list[threading.Thread] = []
+        self.ann = ann  # when a catalog is retrieved approximately (None: always exact)
 
     def _load(self, registry: ModelRegistry, app: str, version: str | None = None, background: bool = False) -> None:
         current = self.router.by_app.get(app)
         # the loaded sentence encoder of the version being replaced serves the new one too
         encoder = current.text_encoder if current is not None else None
+        # a version replacing a served one builds its index here, before the swap
         scorer = load_scorer(registry, app, version, text_encoder=encoder, text_cache_dir=self.text_cache_dir,
-                             load_encoder=not background)
+                             load_encoder=not background, ann=self.ann, build_index=not background)
         self.router.set(app, scorer)  # takes over the replaced version's text vectors
         if background:
             # Loading the sentence model takes seconds (most of a start from a snapshot); the
@@ -51,6 +64,7 @@ class ModelServer:
             self._texts_ready(app, scorer)
 
     def _texts_ready(self, app: str, scorer: TransformerScorer) -> None:
+        scorer.build_index()  # a large catalog's index (nothing to do otherwise)
         load = getattr(scorer.text_encoder, "load", None)
         if callable(load):
             load()
@@ -59,20 +73,43 @@ class ModelServer:
             self.router.warm_texts(app, self.texts(app))
 
     def wait_loaded(self, timeout: float | None = None) -> None:
-        """Wait until the sentence encoders started at start-up are loaded and warm (tests)."""
+        """Wait until the sentence encoders and indexes started at start-up are loaded, warm and
+        built (tests)."""
         for thread in self.loading:
             thread.join(timeout)
 
     def start(self) -> None:
-        apps = sorted(p.name for p in self.models_dir.iterdir() if p.is_dir()) if self.models_dir.exists() else []
-        for app in apps:
-            registry = ModelRegistry(self.models_dir / app)
-            if registry.promoted() is not None:
-                self._load(registry, app, background=self.background)
-            if self.watch:
-                watcher = PromotionWatcher(registry, lambda v, app=app, reg=registry: self._load(reg, app, v), self.interval_s)
-                watcher.start()
-                self.watchers.append(watcher)
+        for app in self._apps():
+            self._serve(app, background=self.background)
+        if self.watch:
+            # an app whose first model is promoted while serving (the trainer of a new tenant)
+            self._discovery = threading.Thread(target=self._discover, name="liverec-model-discovery", daemon=True)
+            self._discovery.start()
+
+    def _apps(self) -> list[str]:
+        return sorted(p.name for p in self.models_dir.iterdir() if p.is_dir()) if self.models_dir.exists() else []
+
+    def _serve(self, app: str, background: bool) -> None:
+        """Load ``app``'s promoted version (if any) and watch its registry for promotions."""
+        registry = ModelRegistry(self.models_dir / app)
+        self._served.add(app)
+        if self.watch:  # the watcher's idea of "current" is read before the load: nothing promoted in between is missed
+            watcher = PromotionWatcher(registry, lambda v, app=app, reg=registry: self._load(reg, app, v), self.interval_s)
+        if registry.promoted() is not None:
+            self._load(registry, app, background=background)
+        if self.watch:
+            watcher.start()
+            self.watchers.append(watcher)
+
+    def _discover(self) -> None:
+        while not self._stopping.wait(self.interval_s):
+            for app in self._apps():
+                if app not in self._served:
+                    try:
+                        self._serve(app, background=False)
+                    except Exception:  # a broken first version: keep serving the fallback, try the next one
+                        log.exception("loading the first model of app %r failed", app)
+                        self._served.discard(app)
 
     def load(self, app: str) -> None:
         """Serve ``app``'s promoted version now (FileNotFoundError when none is promoted)."""
@@ -87,6 +124,7 @@ class ModelServer:
             watcher.check()
 
     def stop(self) -> None:
+        self._stopping.set()
         for watcher in self.watchers:
             watcher.stop()
         self.watchers = []
