@@ -14,7 +14,6 @@ serves at once, exactly, and its index is built in the background.
 from __future__ import annotations
 
 import logging
-import logging
 import threading
 from pathlib import Path
 from typing import Callable, Iterable
@@ -23,8 +22,6 @@ from ..model.registry import ModelRegistry, PromotionWatcher
 from ..model.scorer import TransformerScorer
 from ..model.serving import PromotedModels, default_text_cache_dir, load_scorer
 from ..recommend.retrieval import AnnConfig
-
-log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +39,6 @@ class ModelServer:
         self.watch = watch
         self.interval_s = interval_s
         self.watchers: list[PromotionWatcher] = []
-        self._served: set[str] = set()  # apps loaded or watched
-        self._stopping = threading.Event()
         self._served: set[str] = set()  # apps loaded or watched
         self._stopping = threading.Event()
         self.background = background  # load sentence encoders after start instead of during it
