@@ -304,6 +304,8 @@ def test_dashboard_updates_after_events(server: Server, page):
     wait_until(lambda: int(tab.get_attribute("#spark-events", "data-points") or 0) >= 3, "three samples in the plots")
     assert tab.locator("#spark-events path.line").count() >= 1
     assert tab.locator("#popular li").count() >= 1 and tab.locator("#newest li").count() >= 1
+    wait_until(lambda: int(tab.locator("#log-events").inner_text().replace(",", "")) >= start + 25, "the log's event count")
+    assert "no stream consumer" in tab.locator("#streams-note").inner_text()  # events came over HTTP only
     shot(tab, "dashboard.png")
     assert console.errors == []
 

@@ -77,10 +77,12 @@
 
     renderModel(stats.model);
     renderLearner(stats.learner, stats.learners);
+    renderStreams(stats.streams || [], stats.time);
     const c = stats.catalog;
     definitions($("totals"), [
       ["Items", count(c.items), "catalog-items"],
       ["Users", count(c.users), "catalog-users"],
+      ["Events in the log", count(stats.events_total), "log-events"],
       ["Events accepted", count(stats.totals.events_accepted), "total-events"],
       ["Duplicates ignored", count(stats.totals.events_duplicate)],
       ["Recommendations", count(stats.totals.recommendations), "total-recs"],
@@ -96,6 +98,23 @@
       "No positive interactions yet.");
     renderItems($("newest"), c.newest, (i) => el("span", { class: "muted" }, i.updated_at ? new Date(i.updated_at * 1000).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" }) : ""),
       "The catalog is empty.");
+  }
+
+  // Lag per partition as each stream consumer (`liverec consume kafka`, any machine) last reported
+  // it to the store; a report older than 30 s means that consumer is gone or stuck.
+  function renderStreams(streams, now) {
+    const rows = streams.map((s) => {
+      const age = Math.max(0, now - s.updated_at);
+      return el("tr", { class: age > 30 ? "stale" : "" },
+        el("td", {}, s.group), el("td", {}, s.topic), el("td", {}, String(s.partition)),
+        el("td", { "data-testid": `lag-${s.topic}-${s.partition}` }, count(s.lag)),
+        el("td", { class: "muted" }, `${duration(age)} ago`));
+    });
+    $("streams").tBodies[0].replaceChildren(...rows);
+    const behind = streams.reduce((n, s) => n + s.lag, 0);
+    $("streams-note").textContent = streams.length
+      ? `${count(behind)} messages not yet in the log`
+      : "no stream consumer has reported (events arrive over HTTP only)";
   }
 
   function renderModel(model) {
