@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 
-def test_simulated_users_aversions_and_blocks(client):
+def test_simulated_users_aversions_and_blocks(api):
     world = synthetic_world(n_categories=6, per_category=15, n_background=40, seed=2)
     # 16 users per cohort: with 8, as few as 5 are measured and one user moves the share by 0.2
-    report = run(client, world, SimConfig(users=16, steps=10, shift_at=6, seed=1), app="sim")
+    report = run(api, world, SimConfig(users=16, steps=10, shift_at=6, seed=1), app="sim")
     assert report["requests"] == 2 * 16 * 10
     for cohort in ("explore", "no_explore"):
         r = report["cohorts"][cohort]
@@ -28,7 +28,7 @@ def test_ndcg_graded_by_hidden_utility():
     assert 0 < ndcg_at(np.array([1.0, -1.0, 2.0]), ideal) < 1.0
 
 
-def test_feed_mode_reacts_once_per_request(client):
+def test_feed_mode_reacts_once_per_request(api):
     """Feed mode: the app asks again after every reaction, so a request draws at most one event
     (a click with its like counts as one reaction)."""
     from liverec.evaluation.simulate import SimUser
@@ -43,7 +43,7 @@ def test_feed_mode_reacts_once_per_request(client):
     whole = SimUser(world, "v", world.tastes[0], np.random.default_rng(0), slate_cfg)
     whole.averse = {world.names[0]}
     assert len(whole.react(slate, 0)) == 10  # every averse item read and reacted to
-    report = run(client, world, SimConfig(users=4, steps=12, shift_at=6, seed=1, mode="feed"), app="feed")
+    report = run(api, world, SimConfig(users=4, steps=12, shift_at=6, seed=1, mode="feed"), app="feed")
     for cohort in ("explore", "no_explore"):
         assert report["cohorts"][cohort]["blocked_recurrences"] == 0
         r = report["cohorts"][cohort]

@@ -81,10 +81,10 @@ def simulate(
     shift: str = typer.Option("swap", help="swap: favourite and least liked category trade places; user: the taste of another fitted user."),
     app_id: Optional[str] = typer.Option(None, "--app", help="App to simulate in (default: a fresh sim-<seed>-<time> app)."),
     timeout: float = typer.Option(30.0, help="HTTP timeout in seconds."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="API key sent as a bearer token (a server that requires keys)."),
 ) -> None:
     """Simulated users with hidden tastes click, like, skip, dislike and block over HTTP."""
-    import httpx
-
+    from .client import Client
     from .evaluation.simulate import SimConfig, run, synthetic_world, world_from_movielens
 
     if mode not in ("slate", "feed"):
@@ -94,7 +94,7 @@ def simulate(
     world = world_from_movielens(data, history_events, seed) if data else synthetic_world(seed=seed)
     cfg = SimConfig(users=users, steps=steps, shift_at=shift_at, seed=seed, diversity=diversity, mode=mode, shift=shift)
     app_name = app_id or f"sim-{seed}-{int(time.time())}"
-    with httpx.Client(base_url=url, timeout=timeout) as client:
+    with Client(url, api_key=api_key, timeout=timeout) as client:
         report = run(client, world, cfg, app_name)
     report["world"] = "ml-1m" if data else "synthetic"
     report["url"] = url

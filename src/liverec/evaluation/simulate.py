@@ -1,4 +1,4 @@
-"""Simulated users against a running service, over HTTP.
+"""Simulated users against a running service, over HTTP (``liverec.client``).
 
 Each simulated user has a hidden taste: an affinity per category, fitted on real data (ML-1M:
 ``a[g] = log P(g | user) - log P(g)`` from the genres of the user's ratings, smoothed), or drawn
@@ -37,19 +37,12 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from ..client import Client, Item
 from ..ranking.diversity import intra_list_diversity
-
-
-class HTTP(Protocol):
-    """What the simulator needs of an HTTP client (``httpx.Client`` and FastAPI's TestClient)."""
-
-    def get(self, url: str, **kwargs: Any) -> Any: ...
-
-    def post(self, url: str, **kwargs: Any) -> Any: ...
 
 
 @dataclass
@@ -265,27 +258,21 @@ def _median_or_never(values: list[float], total: int) -> float | None:
     return None if math.isinf(m) or math.isnan(m) else m
 
 
-def _check(resp: Any, what: str) -> Any:
-    if resp.status_code != 200:
-        raise RuntimeError(f"{what}: HTTP {resp.status_code}: {resp.text[:300]}")
-    return resp.json()
-
-
-def setup_app(client: HTTP, world: World, app: str, batch: int = 5000) -> None:
+def setup_app(client: Client, world: World, app: str, batch: int = 5000) -> None:
     """Post the catalog and the background history into ``app``."""
-    headers = {"X-Liverec-App": app}
-    items = [{"item_id": m, "title": t, "categories": c} for m, t, c in zip(world.item_ids, world.titles, world.categories)]
+    api = client.with_app(app)
+    items = [Item(m, title=t, categories=c) for m, t, c in zip(world.item_ids, world.titles, world.categories)]
     for s in range(0, len(items), 1000):
-        _check(client.post("/v1/items", json={"items": items[s:s + 1000]}, headers=headers), "POST /v1/items")
+        api.upsert_items(items[s:s + 1000])
     for s in range(0, len(world.history), batch):
-        _check(client.post("/v1/events", json={"events": world.history[s:s + batch]}, headers=headers), "POST /v1/events")
+        api.send_events(world.history[s:s + batch])
 
 
-def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True, progress: bool = False) -> dict[str, Any]:
-    """Run both cohorts (exploration on / off) and return the report."""
+def run(client: Client, world: World, cfg: SimConfig, app: str, setup: bool = True, progress: bool = False) -> dict[str, Any]:
+    """Run both cohorts (exploration on / off) in ``app`` and return the report."""
     if setup:
         setup_app(client, world, app)
-    headers = {"X-Liverec-App": app}
+    api = client.with_app(app)
     rng = np.random.default_rng(cfg.seed)
     taste_rows = rng.choice(len(world.tastes), size=cfg.users, replace=len(world.tastes) < cfg.users)
     user_seeds = rng.integers(0, 2**31, size=cfg.users)
@@ -324,12 +311,8 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
                 if step == cfg.shift_at:
                     user.shift()
                     shift_events = user.feedback_events
-                params: dict[str, Any] = {"n": cfg.n, "explore": str(explore).lower()}
-                if cfg.diversity is not None:
-                    params["diversity"] = cfg.diversity
-                body = _check(client.get(f"/v1/users/{user.uid}/recommendations", params=params, headers=headers), "GET recommendations")
+                slate = api.recommend(user.uid, n=cfg.n, explore=explore, diversity=cfg.diversity).item_ids
                 requests += 1
-                slate = [i["item_id"] for i in body["items"]]
                 rows = np.array([user.index[i] for i in slate if i in user.index], dtype=np.int64)
                 shown.update(slate)
                 if len(rows) > 1:
@@ -368,7 +351,7 @@ def run(client: HTTP, world: World, cfg: SimConfig, app: str, setup: bool = True
                     ticks += 1
                     ts = clock_start + 0.001 * ticks
                     batch = [{"user_id": user.uid, "timestamp": ts, **e} for e in events]
-                    _check(client.post("/v1/events", json={"events": batch}, headers=headers), "POST /v1/events")
+                    api.send_events(batch)
             ndcg_steps.append(trace)
             dropped_flags.append(dropped)
             blocked_total += len(user.blocked_items) + len(user.blocked_cats)
