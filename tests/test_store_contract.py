@@ -120,3 +120,24 @@ def test_service_restart_on_backend_rebuilds_the_same_state(store, tmp_path):
     restarted.start()
     assert restarted.state.snapshot() == expected
     assert restarted.recommend("a", "v", 3)["items"] == recs["items"]
+
+
+def test_api_keys(store):
+    from liverec.store.base import ApiKey
+
+    assert not store.keys.exists() and store.keys.get("k1") is None and store.keys.list() == []
+    a = ApiKey("k1", "shop", ("ingest", "read"), "d1", 10.0, 20.0, 100.0)
+    b = ApiKey("k2", "news", ("admin",), "d2", 1.5, 3.0, 101.0)
+    store.keys.add(a)
+    store.keys.add(b)
+    assert store.keys.exists() and store.keys.get("k1") == a
+    assert store.keys.list() == [a, b] and store.keys.list("news") == [b]
+    with pytest.raises(Exception):  # noqa: B017 - each backend's own unique-key error
+        store.keys.add(a)
+    store.keys.touch({"k1": 150.0, "k2": 140.0})
+    store.keys.touch({"k1": 120.0})  # an older time never replaces a newer one
+    assert store.keys.get("k1").last_used_at == 150.0 and store.keys.get("k2").last_used_at == 140.0
+    assert store.keys.revoke("k1", 200.0) and store.keys.revoke("k1", 300.0)
+    assert store.keys.get("k1").revoked_at == 200.0  # revoked once, at the first time
+    assert not store.keys.revoke("nope", 1.0)
+    assert store.keys.exists()  # revoked keys still count: revoking every key keeps auth on

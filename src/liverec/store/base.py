@@ -5,7 +5,9 @@ Each role has its own protocol so a backend can serve some roles and not others:
 - :class:`EventLog` — the append-only, idempotent event log (the source of truth);
 - :class:`Catalog` — item records (title, text, categories, attributes);
 - :class:`Snapshots` — opaque blobs for derived state and models (online-state snapshots,
-  cached vectors), keyed by (app, name).
+  cached vectors), keyed by (app, name);
+- :class:`ApiKeys` — the API keys' records (never the keys: a keyed hash of each), so every
+  worker on every machine verifies the same keys.
 
 A backend is chosen by URL (see :func:`liverec.store.open_store`).
 """
@@ -132,11 +134,50 @@ class Snapshots(Protocol):
         """The names stored for ``app`` that start with ``prefix``, sorted."""
 
 
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key's record. ``digest`` is the keyed hash of the whole key (see
+    :mod:`liverec.auth.keys`); the key itself is never stored. ``rate`` (requests per second)
+    and ``burst`` are the key's token bucket."""
+
+    key_id: str
+    app: str
+    scopes: tuple[str, ...]
+    digest: str
+    rate: float
+    burst: float
+    created_at: float
+    revoked_at: float | None = None
+    last_used_at: float | None = None
+
+
+class ApiKeys(Protocol):
+    def add(self, key: ApiKey) -> None:
+        """Store a new key record (its ``key_id`` must be new)."""
+
+    def get(self, key_id: str) -> ApiKey | None:
+        """The record of ``key_id``, revoked or not (one primary-key read: every request pays it)."""
+
+    def list(self, app: str | None = None) -> list[ApiKey]:
+        """Every record (of one app), oldest first."""
+
+    def revoke(self, key_id: str, at: float) -> bool:
+        """Mark the key revoked (the record stays); False when there is no such key."""
+
+    def touch(self, used: dict[str, float]) -> None:
+        """Record when keys were last used (key id -> time; an older time never replaces a newer)."""
+
+    def exists(self) -> bool:
+        """Whether any key was ever created (revoked ones count: revoking every key keeps the
+        service closed)."""
+
+
 class Store(Protocol):
-    """A backend serving all three roles."""
+    """A backend serving every role."""
 
     events: EventLog
     catalog: Catalog
     snapshots: Snapshots
+    keys: ApiKeys
 
     def close(self) -> None: ...

@@ -20,8 +20,9 @@ from urllib.parse import parse_qs, urlparse, urlunparse
 import psycopg
 
 from ..events import Event
-from .base import AppendResult, Item
-from .sql import EVENT_COLUMNS, SqlCatalogReads, SqlEventReads, SqlSnapshotReads, accepted_events
+from .base import ApiKey, AppendResult, Item
+from .sql import (EVENT_COLUMNS, KEY_COLUMNS, KEY_TOUCH, SqlCatalogReads, SqlEventReads, SqlKeyReads, SqlSnapshotReads,
+                  accepted_events, key_row)
 
 APPEND_LOCK = 0x6C69766572  # advisory lock key ("liver")
 
@@ -67,6 +68,17 @@ CREATE TABLE IF NOT EXISTS snapshots (
     updated_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (app, name)
 );
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    rate DOUBLE PRECISION NOT NULL,
+    burst DOUBLE PRECISION NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    revoked_at DOUBLE PRECISION,
+    last_used_at DOUBLE PRECISION
+);
 """
 
 
@@ -102,7 +114,7 @@ def _event_head(conn: psycopg.Connection) -> int:
 
 
 class PostgresStore:
-    """Event log, catalog and snapshots in one PostgreSQL schema."""
+    """Event log, catalog, snapshots and API keys in one PostgreSQL schema."""
 
     placeholder = "%s"
     item_order = "ord"
@@ -118,6 +130,7 @@ class PostgresStore:
         self.events = _EventLog(self)
         self.catalog = _Catalog(self)
         self.snapshots = _Snapshots(self)
+        self.keys = _Keys(self)
 
     def drop(self) -> None:
         """Remove the schema and everything in it (tests)."""
@@ -206,3 +219,21 @@ class _Snapshots(SqlSnapshotReads):
                 ON CONFLICT (app, name) DO UPDATE SET blob = EXCLUDED.blob, updated_at = EXCLUDED.updated_at""",
                 (app, name, blob, time.time()),
             )
+
+
+class _Keys(SqlKeyReads):
+    _s: PostgresStore
+
+    def add(self, key: ApiKey) -> None:
+        with self._s._lock, self._s._conn.transaction():
+            self._s._conn.execute(f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)", key_row(key))
+
+    def revoke(self, key_id: str, at: float) -> bool:
+        with self._s._lock, self._s._conn.transaction():
+            return self._s._conn.execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, %s) WHERE key_id = %s",
+                                         (at, key_id)).rowcount > 0
+
+    def touch(self, used: dict[str, float]) -> None:
+        if used:
+            with self._s._lock, self._s._conn.transaction(), self._s._conn.cursor() as cur:
+                cur.executemany(KEY_TOUCH.replace("?", "%s"), [(at, key_id, at) for key_id, at in used.items()])

@@ -11,10 +11,12 @@ import threading
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from ..events import Event
-from .base import Change, Item
+from .base import ApiKey, Change, Item
 
 EVENT_COLUMNS = "app, event_id, user_id, item_id, type, ts, value, text, scope, target, context"
 ITEM_COLUMNS = "app, item_id, title, text, categories, attributes, updated_at"
+KEY_COLUMNS = "key_id, app, scopes, digest, rate, burst, created_at, revoked_at, last_used_at"
+KEY_TOUCH = "UPDATE api_keys SET last_used_at = ? WHERE key_id = ? AND (last_used_at IS NULL OR last_used_at < ?)"
 
 
 class SqlBackend(Protocol):
@@ -138,3 +140,34 @@ class SqlSnapshotReads:
         # substr, not LIKE (a prefix may hold LIKE's wildcards) nor a range (collations differ)
         rows = run(self._s, "SELECT name FROM snapshots WHERE app = ? AND substr(name, 1, ?) = ?", (app, len(prefix), prefix))
         return sorted(r[0] for r in rows)
+
+
+def key_row(key: ApiKey) -> tuple:
+    """``key`` as the values of :data:`KEY_COLUMNS` (scopes comma-separated)."""
+    return (key.key_id, key.app, ",".join(key.scopes), key.digest, key.rate, key.burst, key.created_at,
+            key.revoked_at, key.last_used_at)
+
+
+class SqlKeyReads:
+    """The read half of :class:`~liverec.store.base.ApiKeys`."""
+
+    def __init__(self, store: SqlBackend):
+        self._s = store
+
+    @staticmethod
+    def _key(row: Sequence[Any]) -> ApiKey:
+        key_id, app, scopes, digest, rate, burst, created_at, revoked_at, last_used_at = row
+        return ApiKey(key_id, app, tuple(s for s in scopes.split(",") if s), digest, float(rate), float(burst),
+                      float(created_at), revoked_at, last_used_at)
+
+    def get(self, key_id: str) -> ApiKey | None:
+        rows = run(self._s, f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,))
+        return self._key(rows[0]) if rows else None
+
+    def list(self, app: str | None = None) -> list[ApiKey]:
+        rows = (run(self._s, f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, key_id") if app is None
+                else run(self._s, f"SELECT {KEY_COLUMNS} FROM api_keys WHERE app = ? ORDER BY created_at, key_id", (app,)))
+        return [self._key(r) for r in rows]
+
+    def exists(self) -> bool:
+        return bool(run(self._s, "SELECT 1 FROM api_keys LIMIT 1"))

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Sequence
 
 from ..events import Event
-from .base import AppendResult, Item
-from .sql import EVENT_COLUMNS, SqlCatalogReads, SqlEventReads, SqlSnapshotReads, accepted_events
+from .base import ApiKey, AppendResult, Item
+from .sql import (EVENT_COLUMNS, KEY_COLUMNS, KEY_TOUCH, SqlCatalogReads, SqlEventReads, SqlKeyReads, SqlSnapshotReads,
+                  accepted_events, key_row)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -61,6 +62,17 @@ CREATE TABLE IF NOT EXISTS snapshots (
     updated_at REAL NOT NULL,
     PRIMARY KEY (app, name)
 );
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    rate REAL NOT NULL,
+    burst REAL NOT NULL,
+    created_at REAL NOT NULL,
+    revoked_at REAL,
+    last_used_at REAL
+);
 """
 
 
@@ -77,7 +89,7 @@ def _event_row(e: Event) -> tuple:
 
 
 class SQLiteStore:
-    """Event log, catalog and snapshots in one SQLite database file."""
+    """Event log, catalog, snapshots and API keys in one SQLite database file."""
 
     placeholder = "?"
     item_order = "rowid"
@@ -106,6 +118,7 @@ class SQLiteStore:
         self.events = _EventLog(self)
         self.catalog = _Catalog(self)
         self.snapshots = _Snapshots(self)
+        self.keys = _Keys(self)
 
     def transaction(self):
         return _Transaction(self)
@@ -199,3 +212,21 @@ class _Snapshots(SqlSnapshotReads):
                 "INSERT OR REPLACE INTO snapshots (app, name, blob, updated_at) VALUES (?,?,?,?)",
                 (app, name, blob, time.time()),
             )
+
+
+class _Keys(SqlKeyReads):
+    _s: SQLiteStore
+
+    def add(self, key: ApiKey) -> None:
+        with self._s.transaction() as conn:
+            conn.execute(f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", key_row(key))
+
+    def revoke(self, key_id: str, at: float) -> bool:
+        with self._s.transaction() as conn:
+            return conn.execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?",
+                                (at, key_id)).rowcount > 0
+
+    def touch(self, used: dict[str, float]) -> None:
+        if used:
+            with self._s.transaction() as conn:
+                conn.executemany(KEY_TOUCH, [(at, key_id, at) for key_id, at in used.items()])
