@@ -106,9 +106,18 @@ def test_export_of_a_user(api, client):
         pytest.skip("this server has no user export")
     api.upsert_items(CATALOG)
     api.send_events(HISTORY)
-    exported = api.export_user("u1")
-    assert isinstance(exported, dict) and json.dumps(exported)
-    assert "m0" in json.dumps(exported)
+    api.send_events([Event("me", "view", "m0", timestamp=500), Event("me", "rating", "m3", timestamp=501, value=4.5)])
+    shown = api.recommend("me", n=2).item_ids
+    exported = api.export_user("me")
+    assert (exported.app, exported.user_id) == ("default", "me")
+    assert [(e.item_id, e.type, e.timestamp, e.value) for e in exported.events] == [("m0", "view", 500, None), ("m3", "rating", 501, 4.5)]
+    assert exported.state is not None and exported.state["n_events"] == 2
+    assert [i["item_id"] for i in exported.impressions] == shown
+    # an exported event sent again is the same event: a duplicate
+    assert api.send_events(exported.events).duplicates == 2
+    api.delete_user("me")
+    with pytest.raises(NotFound):
+        api.export_user("me")
 
 
 def test_auth_and_app_headers_are_sent():

@@ -234,6 +234,20 @@ class CatalogGlance(BaseModel):
     newest: list[CatalogEntry] = Field(description="Newest items, with `updated_at`")
 
 
+class StreamLag(BaseModel):
+    """Where one stream consumer group stands on one partition (as it last reported)."""
+
+    model_config = ConfigDict(extra="allow")
+    group: str
+    topic: str
+    partition: int
+    position: int = Field(description="The next offset the group reads; -1 before any commit")
+    high: int = Field(description="The partition's high watermark")
+    lag: int
+    consumer: str = Field(description="host:pid of the consumer that reported")
+    updated_at: float
+
+
 class Stats(BaseModel):
     """The dashboard's figures. Parts that describe pluggable components (`model`, `learner`)
     carry what the component reports."""
@@ -246,6 +260,8 @@ class Stats(BaseModel):
     interval_s: float
     throughput: dict[str, float]
     latency_ms: Latencies
+    events_total: int = Field(description="Events of the app in the log, however they arrived (HTTP, a stream, an import)")
+    streams: list[StreamLag]
     totals: Totals
     feedback: dict[str, Any]
     model: dict[str, Any]

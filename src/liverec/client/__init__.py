@@ -49,6 +49,7 @@ from .models import (
     Stats,
     Totals,
     User,
+    UserExport,
     Users,
     UserSummary,
 )
@@ -59,5 +60,5 @@ __all__ = [
     "Event", "EventBatcher", "FieldError", "Forbidden", "Health", "HistoryEntry", "IngestResult", "InvalidRequest",
     "Item", "LiverecError", "NetworkError", "NotFound", "PayloadTooLarge", "RateLimited", "Recommendation",
     "Recommendations", "Retry", "ServerError", "SimilarItem", "SimilarItems", "Stats", "Totals", "Unauthorized", "User",
-    "UserSummary", "Users",
+    "UserExport", "UserSummary", "Users",
 ]

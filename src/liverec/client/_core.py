@@ -173,8 +173,8 @@ def delete_user(user_id: m.Id) -> Call[m.DeleteReceipt]:
     return Call("DELETE", f"/v1/users/{_id(user_id)}", m.DeleteReceipt.from_json)
 
 
-def export_user(user_id: m.Id) -> Call[dict[str, Any]]:
-    return Call("GET", f"/v1/users/{_id(user_id)}/export", dict)
+def export_user(user_id: m.Id) -> Call[m.UserExport]:
+    return Call("GET", f"/v1/users/{_id(user_id)}/export", m.UserExport.from_json)
 
 
 def list_users(limit: int | None, prefix: str | None) -> Call[m.Users]:

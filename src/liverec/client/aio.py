@@ -103,7 +103,7 @@ class AsyncClient:
     async def delete_user(self, user_id: m.Id) -> m.DeleteReceipt:
         return await self._send(c.delete_user(user_id))
 
-    async def export_user(self, user_id: m.Id) -> dict[str, Any]:
+    async def export_user(self, user_id: m.Id) -> m.UserExport:
         return await self._send(c.export_user(user_id))
 
     async def users(self, limit: int | None = None, prefix: str | None = None) -> m.Users:

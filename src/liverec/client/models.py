@@ -249,6 +249,28 @@ class DeleteReceipt:
 
 
 @dataclass(frozen=True)
+class UserExport:
+    """Everything the app holds on one user: their events in log order (as :class:`Event`, so
+    they can be sent again), their online state (None: none) and what they were shown. The
+    ranking's records of them (``impressions``, ``pending_rewards``, ``last_slates``) and the
+    model versions trained on their events are left as the server sent them; ``data`` is the
+    whole answer."""
+
+    app: str
+    user_id: str
+    events: list[Event]
+    state: dict[str, Any] | None
+    impressions: list[dict[str, Any]]
+    data: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> UserExport:
+        names = {f.name for f in fields(Event)}
+        events = [Event(**{k: v for k, v in e.items() if k in names}) for e in d.get("events") or []]
+        return cls(d["app"], str(d["user_id"]), events, d.get("state"), list(d.get("impressions") or []), dict(d))
+
+
+@dataclass(frozen=True)
 class Health:
     """``status`` is ``ok``, or ``starting`` while the state is rebuilt; ``workers`` counts the
     server's ready worker processes."""

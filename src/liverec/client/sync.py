@@ -130,8 +130,8 @@ class Client:
         """Delete the user's events and state in the app."""
         return self._send(c.delete_user(user_id))
 
-    def export_user(self, user_id: m.Id) -> dict[str, Any]:
-        """Everything the app holds about the user, as the server exports it."""
+    def export_user(self, user_id: m.Id) -> m.UserExport:
+        """Everything the app holds on the user (:class:`NotFound` for a user it holds nothing on)."""
         return self._send(c.export_user(user_id))
 
     def users(self, limit: int | None = None, prefix: str | None = None) -> m.Users:
