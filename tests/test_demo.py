@@ -98,7 +98,7 @@ def test_liverec_demo_command_ends_with_the_transformer_serving(tmp_path):
     import sys
     import time
 
-    import httpx
+    from liverec.client import Client, LiverecError, Retry
 
     from .test_e2e_serve import free_port
 
@@ -107,22 +107,24 @@ def test_liverec_demo_command_ends_with_the_transformer_serving(tmp_path):
         [sys.executable, "-m", "liverec.cli", "demo", "--data-dir", str(tmp_path / "demo"), "--port", str(port),
          "--items", "150", "--users", "40", "--train-budget", "10"],
         env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    client = Client(f"http://127.0.0.1:{port}", retry=Retry(attempts=1))
     try:
         deadline = time.time() + 240
         health = None
         while time.time() < deadline and proc.poll() is None:
             try:
-                health = httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=2).json()
-                if health.get("scorer") == "transformer":
+                health = client.health()
+                if health.scorer == "transformer":
                     break
-            except httpx.HTTPError:
+            except LiverecError:
                 pass
             time.sleep(0.5)
         assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
-        assert health is not None and health["scorer"] == "transformer", health
-        recs = httpx.get(f"http://127.0.0.1:{port}/v1/users/user-0001/recommendations", timeout=10).json()
-        assert recs["scorer"] == "transformer" and recs["items"]
+        assert health is not None and health.scorer == "transformer", health
+        recs = client.recommend("user-0001")
+        assert recs.scorer == "transformer" and recs.items
     finally:
+        client.close()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(20)

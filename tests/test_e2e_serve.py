@@ -1,4 +1,5 @@
-"""End to end: `liverec serve` as a real subprocess, spoken to over HTTP; restart keeps state."""
+"""End to end: `liverec serve` as a real subprocess, spoken to over HTTP with liverec.client;
+restart keeps state."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from liverec.client import Client, Item, LiverecError, Retry
 
 
 def free_port() -> int:
@@ -25,14 +28,15 @@ def start_server(data_dir: Path, port: int) -> subprocess.Popen:
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stdout.read().decode())
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=1).status_code == 200:
+    with Client(f"http://127.0.0.1:{port}", timeout=1, retry=Retry(attempts=1)) as client:
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stdout.read().decode())
+            try:
+                client.health()
                 return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
+            except LiverecError:
+                time.sleep(0.2)
     proc.kill()
     raise TimeoutError("server did not become healthy")
 
@@ -49,30 +53,35 @@ def test_serve_over_http_and_restart(tmp_path):
     data_dir, port = tmp_path, free_port()
     url = f"http://127.0.0.1:{port}"
     proc = start_server(data_dir, port)
+    client = Client(url)
     try:
-        items = {"items": [{"item_id": f"m{k}", "title": f"M{k}", "categories": ["A" if k < 3 else "B"]} for k in range(6)]}
-        assert httpx.post(f"{url}/v1/items", json=items).status_code == 200
+        assert client.upsert_items([Item(f"m{k}", title=f"M{k}", categories=["A" if k < 3 else "B"]) for k in range(6)]) == 6
         events = [{"user_id": f"u{u}", "item_id": f"m{k}", "type": "view", "timestamp": 100 * u + k}
                   for u in range(4) for k in range(6)]
-        assert httpx.post(f"{url}/v1/events", json={"events": events}).json() == {"accepted": 24, "duplicates": 0}
-        httpx.post(f"{url}/v1/events", json={"user_id": "me", "item_id": "m0", "type": "view"})
-        recs = httpx.get(f"{url}/v1/users/me/recommendations", params={"n": 3}).json()["items"]
-        assert recs[0]["item_id"] == "m1"
-        httpx.post(f"{url}/v1/events", json={"user_id": "me", "item_id": "m1", "type": "block"})
-        after = [r["item_id"] for r in httpx.get(f"{url}/v1/users/me/recommendations", params={"explore": "false"}).json()["items"]]
+        sent = client.send_events(events)
+        assert (sent.accepted, sent.duplicates) == (24, 0)
+        client.track("me", "view", "m0")
+        assert client.recommend("me", n=3).item_ids[0] == "m1"
+        client.block("me", "m1")
+        after = client.recommend("me", explore=False).item_ids
         assert "m1" not in after and "m0" not in after
         assert "liverec_events_accepted" in httpx.get(f"{url}/metrics").text
+        # the same batch sent again (as after a lost answer): the ids the client gave make it duplicates
+        again = client.send_events([{**e, "event_id": i} for e, i in zip(events, sent.event_ids)])
+        assert (again.accepted, again.duplicates) == (0, 24)
     except BaseException:
+        client.close()
         stop(proc)
         raise
 
-    # restart on the same data dir: everything acknowledged is still there
+    # restart on the same data dir: everything acknowledged is still there (the client's
+    # pooled connection died with the server: its next call retries on a new one)
     proc.kill()  # no graceful shutdown: acknowledged writes must already be on disk
     proc.wait()
     proc = start_server(data_dir, port)
     try:
-        again = [r["item_id"] for r in httpx.get(f"{url}/v1/users/me/recommendations", params={"explore": "false"}).json()["items"]]
-        assert again == after
-        assert httpx.get(f"{url}/v1/users/me").json()["blocked"] == {"item": ["m1"]}
+        assert client.recommend("me", explore=False).item_ids == after
+        assert client.user("me").blocked == {"item": ["m1"]}
     finally:
+        client.close()
         stop(proc)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from liverec.client import Client, Item
 from liverec.store import open_store
 
 from .test_e2e_serve import free_port, stop
@@ -74,11 +75,11 @@ def fresh(method: str, url: str, **kw) -> httpx.Response:
 
 
 def _seed(url: str) -> None:
-    items = [{"item_id": f"m{k}", "title": f"Movie {k}", "categories": [f"g{k % 4}"]} for k in range(N_ITEMS)]
-    assert fresh("POST", f"{url}/v1/items", json={"items": items}).status_code == 200
-    events = [{"event_id": f"seed-{u}-{k}", "user_id": f"u{u}", "item_id": f"m{(u + k) % N_ITEMS}", "type": "view",
-               "timestamp": 1_000 + 10 * u + k} for u in range(30) for k in range(6)]
-    assert fresh("POST", f"{url}/v1/events", json={"events": events}).json()["accepted"] == len(events)
+    with Client(url) as client:
+        assert client.upsert_items([Item(f"m{k}", title=f"Movie {k}", categories=[f"g{k % 4}"]) for k in range(N_ITEMS)]) == N_ITEMS
+        events = [{"event_id": f"seed-{u}-{k}", "user_id": f"u{u}", "item_id": f"m{(u + k) % N_ITEMS}", "type": "view",
+                   "timestamp": 1_000 + 10 * u + k} for u in range(30) for k in range(6)]
+        assert client.send_events(events).accepted == len(events)
 
 
 def test_read_your_writes_across_two_workers(tmp_path, store_url):
