@@ -429,3 +429,54 @@ def test_async_batcher_flushes_on_size_time_and_close():
             assert batcher.acknowledged == 5
 
     asyncio.run(main())
+
+
+# ---- API keys: the real answers of a server that requires them ---------------------------------
+
+
+class Recording(httpx.BaseTransport):
+    """Notes each answer's status, its Retry-After and when the request was sent."""
+
+    def __init__(self, inner: httpx.BaseTransport):
+        self.inner = inner
+        self.log: list[tuple[float, int, str | None]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        sent = time.monotonic()
+        response = self.inner.handle_request(request)
+        self.log.append((sent, response.status_code, response.headers.get("retry-after")))
+        return response
+
+
+def test_api_key_scopes_and_rate_limit(settings):
+    pytest.importorskip("liverec.cli_keys")
+    from fastapi.testclient import TestClient
+
+    from liverec.client import Forbidden, Unauthorized
+
+    created = subprocess.run(
+        [sys.executable, "-m", "liverec.cli", "keys", "create", "--data-dir", str(settings.data_dir), "--app", "shop",
+         "--scopes", "ingest,read", "--rate", "1", "--burst", "2"], capture_output=True, text=True, check=True)
+    key = created.stdout.strip().splitlines()[-1]
+    with TestClient(create_app(settings)) as test_client:
+        recording = Recording(InProcess(test_client))
+        with Client("http://testserver", retry=Retry(attempts=1), transport=recording) as anonymous:
+            with pytest.raises(Unauthorized) as err:
+                anonymous.recommend("u1")
+        assert err.value.errors[0].field == "Authorization"
+        with Client("http://testserver", api_key=key, app="other", retry=Retry(attempts=1), transport=recording) as other:
+            with pytest.raises(Forbidden):
+                other.recommend("u1")
+        time.sleep(2.0)  # the bucket full again
+        recording.log.clear()
+        with Client("http://testserver", api_key=key, retry=FAST, transport=recording) as client:
+            assert client.track("u1", "view", "m0").accepted == 1
+            for _ in range(3):
+                assert client.recommend("u1").app == "shop"  # the key's app
+            with pytest.raises(Forbidden):
+                client.delete_user("u1")  # admin scope
+    statuses = [status for _, status, _ in recording.log]
+    assert statuses.count(429) >= 1 and statuses[-1] == 403
+    for (sent, status, after), (again, _, _) in zip(recording.log, recording.log[1:]):
+        if status == 429:
+            assert after is not None and again - sent >= float(after) - 0.05  # the server's wait was kept
