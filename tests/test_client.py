@@ -63,6 +63,7 @@ def test_round_trip_of_every_call(api):
     assert recs.items[0].because and recs.items[0].score > 0
     narrowed = api.recommend("me", n=5, exclude=["m1"], categories=["A"], include_consumed=False, diversity=0.5, explore=False)
     assert narrowed.item_ids == ["m2"]
+    assert api.recommend("me", n=5, exclude="m1", categories="A", explore=False).item_ids == ["m2"]  # one value each
     assert api.similar("m0", n=2).item_ids == ["m1", "m2"]
 
     liked = api.like("me", "m3")

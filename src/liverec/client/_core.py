@@ -114,6 +114,11 @@ def _id(value: m.Id) -> str:
     return quote(str(value), safe="")
 
 
+def _many(values: Iterable[Any] | str | int) -> Iterable[Any]:
+    """One id or name, or several (a lone string is one value, not its characters)."""
+    return [values] if isinstance(values, (str, int)) else values
+
+
 def _flag(value: bool) -> str:
     return "true" if value else "false"
 
@@ -148,14 +153,14 @@ def similar(item_id: m.Id, n: int | None) -> Call[m.SimilarItems]:
     return Call("GET", f"/v1/items/{_id(item_id)}/similar", m.SimilarItems.from_json, params=params)
 
 
-def recommend(user_id: m.Id, n: int | None, exclude: Iterable[m.Id], categories: Iterable[str],
+def recommend(user_id: m.Id, n: int | None, exclude: Iterable[m.Id] | m.Id, categories: Iterable[str] | str,
               include_consumed: bool | None, diversity: float | None, explore: bool | None) -> Call[m.Recommendations]:
     params: list[tuple[str, str]] = []
     if n is not None:
         params.append(("n", str(n)))
     # repeated parameters, not comma-joined: an id may hold a comma
-    params += [("exclude", str(i)) for i in exclude]
-    params += [("category", str(c)) for c in categories]
+    params += [("exclude", str(i)) for i in _many(exclude)]
+    params += [("category", str(c)) for c in _many(categories)]
     if include_consumed is not None:
         params.append(("include_consumed", _flag(include_consumed)))
     if diversity is not None:

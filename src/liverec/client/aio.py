@@ -92,8 +92,8 @@ class AsyncClient:
 
     # ---- users ----------------------------------------------------------------------------------
 
-    async def recommend(self, user_id: m.Id, n: int | None = None, *, exclude: Iterable[m.Id] = (),
-                        categories: Iterable[str] = (), include_consumed: bool | None = None,
+    async def recommend(self, user_id: m.Id, n: int | None = None, *, exclude: Iterable[m.Id] | m.Id = (),
+                        categories: Iterable[str] | str = (), include_consumed: bool | None = None,
                         diversity: float | None = None, explore: bool | None = None) -> m.Recommendations:
         return await self._send(c.recommend(user_id, n, exclude, categories, include_consumed, diversity, explore))
 

@@ -114,8 +114,8 @@ class Client:
 
     # ---- users ----------------------------------------------------------------------------------
 
-    def recommend(self, user_id: m.Id, n: int | None = None, *, exclude: Iterable[m.Id] = (),
-                  categories: Iterable[str] = (), include_consumed: bool | None = None,
+    def recommend(self, user_id: m.Id, n: int | None = None, *, exclude: Iterable[m.Id] | m.Id = (),
+                  categories: Iterable[str] | str = (), include_consumed: bool | None = None,
                   diversity: float | None = None, explore: bool | None = None) -> m.Recommendations:
         """Ranked items for the user as they are now. ``exclude``: item ids to leave out;
         ``categories``: only items in one of them; ``diversity`` (0..1) and ``explore``: None
