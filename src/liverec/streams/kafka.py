@@ -146,6 +146,9 @@ class KafkaEventSource:
             config.bootstrap, config.properties,
             **{"group.id": config.group, "enable.auto.commit": False, "auto.offset.reset": "earliest",
                "enable.partition.eof": False, "statistics.interval.ms": config.stats_interval_ms,
+               # a broker may hold a fetch this long when nothing is new (librdkafka's 500 ms default
+               # would be most of the produce -> recommendation budget)
+               "fetch.wait.max.ms": 50,
                "stats_cb": self._on_stats, "client.id": f"liverec-consume-{self.name}"},
         ))
         # The dead-letter producer waits for every replica (acks=all) before the offsets move on.
@@ -184,7 +187,7 @@ class KafkaEventSource:
         try:
             while not self._stop.is_set() and self._failure is None:
                 self._commit_written()
-                messages = self._consumer.consume(cfg.batch, cfg.poll_s)
+                messages = self._next_batch()
                 if not messages:
                     if self._idle_for_good(started):
                         break
@@ -204,6 +207,15 @@ class KafkaEventSource:
         if self._failure is not None:
             raise self._failure
         return self.totals
+
+    def _next_batch(self) -> list[Any]:
+        """Wait for one message (at most ``poll_s``), then take what is already fetched, up to
+        ``batch``: a quiet stream's event goes on at once, a busy one fills whole batches
+        (``consume(n, timeout)`` alone waits out the timeout whenever fewer than n are there)."""
+        first = self._consumer.poll(self.config.poll_s)
+        if first is None:
+            return []
+        return [first, *self._consumer.consume(self.config.batch - 1, 0)] if self.config.batch > 1 else [first]
 
     def _put(self, batch: _Batch | None) -> None:
         while self._failure is None:
