@@ -26,8 +26,7 @@ type -> one of
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -36,9 +35,8 @@ from ..events import Event, EventRules, EventValidationError, FieldError, parse_
 MAX_BATCH = 10_000  # events in one message, as over HTTP
 
 
-@dataclass(frozen=True, slots=True)
-class StreamMessage:
-    """Where a message sits in its stream, and its bytes."""
+class StreamMessage(NamedTuple):
+    """Where a message sits in its stream, and its bytes (a tuple: one is built per message)."""
 
     topic: str
     partition: int
@@ -90,7 +88,7 @@ def decode_message(msg: StreamMessage, *, app: str, rules: EventRules, now: floa
     errors: list[FieldError] = []
     for raw, derived, prefix in zip(raws, ids, prefixes):
         if isinstance(raw, dict) and raw.get("event_id") is None:
-            raw = {**raw, "event_id": derived}
+            raw["event_id"] = derived  # the dict was decoded here: ours to complete
         try:
             events.append(parse_event(raw, app=app, rules=rules, now=now, prefix=prefix))
         except EventValidationError as exc:
