@@ -54,8 +54,19 @@ def run_schemathesis(url: str, workdir: Path, headers: dict[str, str] | None = N
                           env={**os.environ, "SCHEMATHESIS_TELEMETRY": "false", "NO_COLOR": "1"})
 
 
+def admin_key(data_dir: Path) -> str:
+    """An admin key of the default app made by `liverec keys create` (its last line), with a rate
+    limit the run never reaches."""
+    made = subprocess.run([sys.executable, "-m", "liverec.cli", "keys", "create", "--data-dir", str(data_dir),
+                           "--app", "default", "--scopes", "admin", "--rate", "1000000", "--burst", "1000000"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    return made.stdout.splitlines()[-1]
+
+
 def test_api_matches_its_openapi_document(tmp_path):
-    headers: dict[str, str] = {}
+    # with auth on: every request carries an admin key; schemathesis also sends each operation
+    # without it and with a wrong one, and expects 401
+    headers = {"Authorization": f"Bearer {admin_key(tmp_path / 'data')}"}
     url = f"http://127.0.0.1:{free_port()}"
     proc = start_server(tmp_path / "data", int(url.rsplit(":", 1)[1]))
     try:

@@ -36,8 +36,10 @@ def _settings(data_dir: Path, store: Optional[str] = None, **extra) -> Settings:
 
 
 def _serve(settings: Settings, progress: bool = True, workers: int = 1) -> None:
+    from .auth import describe_auth
     from .runtime.workers import serve as serve_workers
 
+    console.print(describe_auth(settings), highlight=False)  # an open service says so
     serve_workers(settings, workers, progress)
 
 
@@ -173,7 +175,7 @@ def snapshot(data_dir: Path = DataDir, store: Optional[str] = StoreOpt) -> None:
 
 def _register_optional() -> None:
     """Commands that live beside their subsystems register themselves here."""
-    for module in ("liverec.cli_model", "liverec.cli_realtime", "liverec.cli_streams"):
+    for module in ("liverec.cli_model", "liverec.cli_realtime", "liverec.cli_streams", "liverec.cli_keys"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

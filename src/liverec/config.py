@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -72,6 +72,27 @@ class Settings(BaseSettings):
         None, description="JSON file of per-app ranking settings (liverec.ranking.config); none = the defaults."
     )
     ranking_seed: int = Field(0, description="Seed of the exploration bandit.")
+    auth: Literal["auto", "required"] = Field(
+        "auto", description="auto: API keys are required once one exists (liverec keys create), the service runs "
+        "open before; required: always (with no key, every route but /v1/health answers 401).",
+    )
+    # repr=False: kept out of logs and tracebacks
+    auth_secret: str | None = Field(
+        None, min_length=32, repr=False, description="Server secret the API keys are hashed with (HMAC-SHA256); "
+        "default: DATA_DIR/auth.secret, made with the first key. Every machine serving one store needs the same.",
+    )
+    key_rate: float = Field(
+        100.0, gt=0, allow_inf_nan=False, description="A new API key's sustained requests per second (its token "
+        "bucket's refill rate), unless `liverec keys create --rate` says otherwise.",
+    )
+    key_burst: float = Field(
+        200.0, ge=1, allow_inf_nan=False, description="A new API key's burst: requests it may make at once after "
+        "an idle spell (its token bucket's size), unless `liverec keys create --burst` says otherwise.",
+    )
+    rate_limit_url: str | None = Field(
+        None, description="redis://host:port/db: the keys' token buckets in Redis, one per key for every machine; "
+        "default: a file in the data dir mapped by every worker of this machine.",
+    )
 
     @classmethod
     def env_var(cls, name: str) -> str:

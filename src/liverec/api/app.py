@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
@@ -23,7 +23,7 @@ from ..config import Settings
 from ..runtime.compose import build_service
 from ..runtime.readiness import WorkerRegistry
 from ..service import Service
-from . import events, items, ops, stats, users
+from . import auth, events, items, ops, stats, users
 from .ops import Metrics
 from .schemas import body_schemas
 from .telemetry import Telemetry
@@ -93,10 +93,13 @@ def create_app(settings: Settings | None = None, service: Service | None = None,
         app.state.workers.gone()
         for hook in app.state.on_stop:
             hook(app)
+        await app.state.auth.aclose()
         if app.state.owns_service:
             app.state.service.close()
 
-    app = FastAPI(title="liverec", version="0.1.0", lifespan=lifespan,
+    # authorize runs first on every route: the scope each route declares (admin when none), the
+    # key, its rate limit (liverec.api.auth)
+    app = FastAPI(title="liverec", version="0.1.0", lifespan=lifespan, dependencies=[Depends(auth.authorize)],
                   description="Real-time, feedback-aware recommendations.")
     app.state.owns_service = service is None
     app.state.service = service or build_service(settings)
@@ -107,6 +110,9 @@ def create_app(settings: Settings | None = None, service: Service | None = None,
     app.state.telemetry = Telemetry(app.state.service.counters, types=app.state.service.rules.types)
     app.state.on_start.append(app.state.telemetry.start)
     app.state.on_stop.append(app.state.telemetry.stop)
+    app.state.auth = auth.build_guard(app.state.service.settings, app.state.service.store)
+    app.state.on_start.append(app.state.auth.start)
+    app.state.on_stop.append(app.state.auth.stop)
 
     app.add_middleware(ObserveRequests)
 
@@ -172,5 +178,6 @@ def openapi(app: FastAPI) -> dict[str, Any]:
                     del operation["responses"]["422"]
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
+        auth.document_security(document, app)
         app.openapi_schema = document
     return app.openapi_schema

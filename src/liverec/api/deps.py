@@ -11,11 +11,13 @@ from fastapi import Header, HTTPException, Request
 from starlette.convertors import Convertor, register_url_convertor
 
 from ..service import Service
+from ..store.base import ApiKey
 
 APP_HEADER = "X-Liverec-App"
 APP_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 APP_ID = re.compile(APP_PATTERN)
 APP_EXPECTED = "1-64 characters of A-Z a-z 0-9 _ . -"
+KEY_STATE = "api_key"  # request.state attribute holding the verified key (liverec.api.auth sets it)
 
 
 class _Id(Convertor[str]):
@@ -48,17 +50,32 @@ def get_service(request: Request) -> Service:
     return request.app.state.service
 
 
+def request_key(request: Request) -> ApiKey | None:
+    """The request's verified API key (``None`` while the service runs open)."""
+    return getattr(request.state, KEY_STATE, None)
+
+
 def get_app_id(
+    request: Request,
     x_liverec_app: str = Header(
         "default",
-        description=f"Tenant (app) id, {APP_EXPECTED}; absent = default (a malformed one answers 400)",
+        description=f"Tenant (app) id, {APP_EXPECTED}; absent = default (a malformed one answers 400). "
+                    "With an API key the app is the key's: absent = the key's, another app answers 403",
         # documented here, checked below with the same pattern (a 400 that names the header)
         json_schema_extra={"minLength": 1, "maxLength": 64, "pattern": APP_PATTERN},
     ),
 ) -> str:
     if not APP_ID.fullmatch(x_liverec_app):
         raise HTTPException(status_code=400, detail={"errors": [{"field": APP_HEADER, "value": x_liverec_app, "expected": APP_EXPECTED}]})
-    return x_liverec_app
+    key = request_key(request)
+    if key is None:
+        return x_liverec_app
+    # the key decides the app; a header that names another is refused rather than ignored, so a
+    # client that believes it writes app B never writes app A unawares
+    if APP_HEADER.lower() in request.headers and x_liverec_app != key.app:
+        raise HTTPException(status_code=403, detail={"errors": [{"field": APP_HEADER, "value": x_liverec_app,
+                                                                 "expected": f"the key's app '{key.app}' (or no header)"}]})
+    return key.app
 
 
 async def json_body(request: Request) -> Any:

@@ -7,8 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
+from ..auth import INGEST
 from ..events import EventValidationError
 from ..service import BatchTooLarge, Service, field_errors
+from .auth import requires
 from .deps import get_app_id, get_service, json_body, validation_error
 from .schemas import IngestResponse, body, errors
 
@@ -16,6 +18,7 @@ router = APIRouter(prefix="/v1", tags=["events"])
 
 
 @router.post("/events", response_model=IngestResponse, responses=errors(400, 413, 422), openapi_extra=body("EventsBody"))
+@requires(INGEST)
 async def post_events(
     request: Request,
     app: str = Depends(get_app_id),

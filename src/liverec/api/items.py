@@ -7,8 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
+from ..auth import INGEST, READ
 from ..events import MAX_ID_LEN, EventValidationError
 from ..service import Service, field_errors
+from .auth import requires
 from .deps import get_app_id, get_service, json_body, validation_error
 from .schemas import ItemOut, SimilarItems, UpsertResponse, body, errors
 
@@ -18,6 +20,7 @@ router = APIRouter(prefix="/v1", tags=["items"])
 
 
 @router.get("/items/{item_id:path}/similar", response_model=SimilarItems, response_model_exclude_unset=True, responses=errors(400, 422))
+@requires(READ)
 def similar(
     item_id: str,
     n: int = Query(10, ge=1, le=1000),
@@ -29,6 +32,7 @@ def similar(
 
 
 @router.put("/items/{item_id:item_id}", response_model=UpsertResponse, responses=errors(400, 422), openapi_extra=body("ItemUpdate"))
+@requires(INGEST)
 async def put_item(
     request: Request,
     item_id: str = Path(max_length=MAX_ID_LEN),
@@ -45,6 +49,7 @@ async def put_item(
 
 
 @router.post("/items", response_model=UpsertResponse, responses=errors(400, 422), openapi_extra=body("ItemBatchIn"))
+@requires(INGEST)
 async def post_items(request: Request, app: str = Depends(get_app_id), service: Service = Depends(get_service)) -> dict[str, int]:
     """Batch upsert (all-or-nothing): `{"items": [{"item_id", "title", "text", "categories", "attributes"}]}`."""
     raw: Any = await json_body(request)
@@ -61,6 +66,7 @@ async def post_items(request: Request, app: str = Depends(get_app_id), service: 
 
 
 @router.get("/items/{item_id:item_id}", response_model=ItemOut, responses=errors(400, 404))
+@requires(READ)
 def get_item(item_id: str, app: str = Depends(get_app_id), service: Service = Depends(get_service)) -> dict:
     """One item of the app (404 for an id the catalog does not have)."""
     item = service.catalog.get(app, item_id)

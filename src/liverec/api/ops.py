@@ -8,8 +8,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from ..auth import ADMIN
 from ..service import Service
 from ..streams.progress import StreamProgress
+from .auth import public, requires
 from .deps import APP_ID, get_service
 from .schemas import Health
 
@@ -57,6 +59,7 @@ class _StreamLag:
 
 
 @router.get("/v1/health", response_model=Health)
+@public
 def health(request: Request, service: Service = Depends(get_service)) -> dict:
     """200 once the state is rebuilt and the service answers; ``workers`` counts the server's
     ready worker processes, ``scorer`` names what answers the app of ``X-Liverec-App`` (health
@@ -76,5 +79,6 @@ def health(request: Request, service: Service = Depends(get_service)) -> dict:
 
 
 @router.get("/metrics", include_in_schema=False)
+@requires(ADMIN)
 def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

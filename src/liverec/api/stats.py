@@ -20,10 +20,12 @@ from typing import Any, Mapping
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from ..auth import ADMIN
 from ..learning import Learners
 from ..service import Service
 from ..streams.progress import StreamProgress
-from .deps import get_app_id, get_service
+from .auth import requires
+from .deps import get_app_id, get_service, request_key
 from .schemas import Apps, Stats, Users, errors
 from .telemetry import EVENTS_ROUTE, RECOMMEND_ROUTE, Telemetry
 
@@ -203,6 +205,7 @@ def get_telemetry(request: Request) -> Telemetry:
 
 
 @router.get("/stats", response_model=Stats, response_model_exclude_unset=True, responses=errors(400))
+@requires(ADMIN)
 def stats(
     request: Request,
     app: str = Depends(get_app_id),
@@ -238,25 +241,31 @@ def stats(
         "feedback": {**telemetry.feedback(), "window_s": telemetry.ratio_window},
         "model": model_info(service, app),
         "learner": learner_info(service, app),
-        "learners": [describe_learner(learner) for learner in running_learners(service)],
+        # with a key, only its app's learners (the others name other apps' models)
+        "learners": [describe_learner(learner) for learner in running_learners(service)
+                     if request_key(request) is None or getattr(learner, "app", None) == app],
         "catalog": catalog_info(service, app),
         "series": telemetry.series(),
     }
 
 
 @router.get("/apps", response_model=Apps)
-def apps(service: Service = Depends(get_service)) -> dict:
-    """Apps with events or items, each with its item and user counts."""
-    names = set(service.store.events.apps())
+@requires(ADMIN)
+def apps(request: Request, service: Service = Depends(get_service)) -> dict:
+    """Apps with events or items, each with its item and user counts (with an API key: the key's
+    app alone)."""
+    key = request_key(request)
+    names = {key.app} if key is not None else set(service.store.events.apps()) | {"default"}
     return {
         "apps": [
             {"app": name, "items": service.catalog.count(name), "users": service.state.count(name)}
-            for name in sorted(names | {"default"})
+            for name in sorted(names)
         ]
     }
 
 
 @router.get("/users", response_model=Users, responses=errors(400, 422))
+@requires(ADMIN)
 def users(
     limit: int = Query(50, ge=1, le=1000, description="How many users"),
     prefix: str = Query("", max_length=256, description="Only user ids starting with this"),

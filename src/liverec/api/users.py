@@ -5,7 +5,9 @@ from __future__ import annotations
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 
+from ..auth import ADMIN, READ
 from ..service import Service
+from .auth import requires
 from .deps import get_app_id, get_service
 from .schemas import DeleteReceipt, Recommendations, UserOut, errors
 
@@ -22,6 +24,7 @@ def _split(values: list[str]) -> list[str]:
 
 
 @router.get("/users/{user_id:path}/recommendations", response_model=Recommendations, responses=errors(400, 422))
+@requires(READ)
 def recommendations(
     user_id: str,
     n: int = Query(10, ge=1, le=1000, description="How many items"),
@@ -49,6 +52,7 @@ def recommendations(
 
 
 @router.get("/users/{user_id:user_id}", response_model=UserOut, response_model_exclude_unset=True, responses=errors(400, 404))
+@requires(READ)
 def get_user(user_id: str, app: str = Depends(get_app_id), service: Service = Depends(get_service)) -> dict:
     """The user's recent history and blocks (404 for a user without events)."""
     user = service.user(app, user_id)
@@ -58,6 +62,7 @@ def get_user(user_id: str, app: str = Depends(get_app_id), service: Service = De
 
 
 @router.delete("/users/{user_id:user_id}", response_model=DeleteReceipt, responses=errors(400))
+@requires(ADMIN)
 def delete_user(user_id: str, app: str = Depends(get_app_id), service: Service = Depends(get_service)) -> dict:
     """Delete the user's events and state in this app; returns a receipt with counts."""
     return service.delete_user(app, user_id)

@@ -12,6 +12,8 @@ from pathlib import PurePosixPath
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 
+from ..api.auth import public
+
 router = APIRouter(include_in_schema=False)
 
 STATIC = resources.files("liverec.ui") / "static"
@@ -38,17 +40,20 @@ def _asset(name: str) -> Response:
 
 
 @router.get("/")
+@public
 def demo_page() -> Response:
     """The demo page: recommendations for a user that react to every click."""
     return _asset("index.html")
 
 
 @router.get("/dashboard")
+@public
 def dashboard_page() -> Response:
     """The operations dashboard: live figures and sparklines."""
     return _asset("dashboard.html")
 
 
 @router.get("/ui/static/{name:path}")
+@public
 def static_asset(name: str) -> Response:
     return _asset(name)

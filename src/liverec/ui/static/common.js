@@ -14,14 +14,44 @@ const Liverec = (() => {
   /** The server could not be reached (down, restarting, or a gateway error). */
   class Unreachable extends Error {}
 
+  // The API key the pages send once the service requires keys: asked for on the first 401 and
+  // kept in this browser's local storage (the pages themselves need none).
+  const KEY_STORAGE = "liverec.apiKey";
+  let asked = false;
+
+  function storedKey() {
+    try {
+      return window.localStorage.getItem(KEY_STORAGE);
+    } catch (err) {
+      return null;
+    }
+  }
+
+  /** Ask for a key once per page load; true when one was given (and stored). */
+  function askForKey(message) {
+    if (asked) return false;
+    asked = true;
+    const key = window.prompt(`${message}\n\nThis liverec requires an API key (liverec keys create; the dashboard and the ` +
+                              "user list need the admin scope). It stays in this browser's local storage.");
+    if (!key || !key.trim()) return false;
+    try {
+      window.localStorage.setItem(KEY_STORAGE, key.trim());
+    } catch (err) {
+      return false;
+    }
+    return true;
+  }
+
   /**
    * Call the API. `app` selects the tenant (X-Liverec-App); `body` is sent as JSON.
    * Resolves to the parsed JSON; rejects with ApiError or Unreachable.
    */
-  async function api(method, path, { app, body } = {}) {
+  async function api(method, path, { app, body } = {}, retried = false) {
     const headers = { Accept: "application/json" };
     if (app) headers["X-Liverec-App"] = app;
     if (body !== undefined) headers["Content-Type"] = "application/json";
+    const key = storedKey();
+    if (key) headers.Authorization = `Bearer ${key}`;
     let response;
     try {
       response = await fetch(path, {
@@ -41,6 +71,9 @@ const Liverec = (() => {
       data = await response.json();
     } catch (err) {
       data = null;
+    }
+    if (response.status === 401 && !retried && askForKey((data && data.detail) || "HTTP 401")) {
+      return api(method, path, { app, body }, true);
     }
     if (!response.ok) throw new ApiError(response.status, data && data.detail);
     return data;

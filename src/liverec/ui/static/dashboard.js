@@ -187,6 +187,8 @@
     try {
       const data = await api("GET", "/v1/apps");
       const names = data.apps.map((a) => a.app);
+      // with an API key the service lists the key's app alone: show it unless the URL names one
+      if (!new URLSearchParams(location.search).has("app") && names.length === 1) app = names[0];
       if (!names.includes(app)) names.push(app);
       $("app-select").replaceChildren(...names.map((n) => el("option", { value: n, selected: n === app }, n)));
     } catch (err) {

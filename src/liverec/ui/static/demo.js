@@ -70,6 +70,8 @@
     const data = await api("GET", "/v1/apps");
     const select = $("app-select");
     const apps = data.apps.slice();
+    // with an API key the service lists the key's app alone: show it unless the URL names one
+    if (!new URLSearchParams(location.search).has("app") && apps.length === 1) state.app = apps[0].app;
     if (!apps.some((a) => a.app === state.app)) apps.push({ app: state.app, items: 0, users: 0 });
     select.replaceChildren(
       ...apps.map((a) => el("option", { value: a.app, selected: a.app === state.app }, `${a.app} (${a.items} items, ${a.users} users)`)),
