@@ -56,6 +56,24 @@ def test_impressions_round_trip_in_order(url, tmp_path):
         again.close()
 
 
+def test_a_users_impressions_are_removed_and_the_others_keep_their_positions(url, tmp_path):
+    log = open_impressions(url, tmp_path)
+    shown = [imp(1), imp(2, user_id="v"), imp(3, event_seq=5), imp(4, event_seq=9), imp(5, app="b")]
+    log.append(shown)
+    log.flush()
+    positions = {i.impression_id: s for s, i in log.scan_after(0)}
+    assert log.user_impressions("a", "u") == [shown[0], shown[2], shown[3]]
+    assert log.remove_user("a", "u", upto=5) == 2  # the one shown after position 5 is not before the deletion
+    assert log.user_impressions("a", "u") == [shown[3]]
+    log.append([imp(6), imp(7, event_seq=12)])  # still queued on a database backend: removed before written
+    assert log.remove_user("a", "u") == 3
+    assert log.user_impressions("a", "u") == [] and log.count("a") == 1 and log.count("b") == 1
+    rest = log.scan_after(0)
+    assert [(s, i.impression_id) for s, i in rest] == [(positions[i.impression_id], i.impression_id) for i in (shown[1], shown[4])]
+    assert log.head() >= max(positions.values()) and log.scrub()
+    log.close()
+
+
 def test_workers_on_one_postgresql_schema_share_one_log():
     """Several API workers log into one table: OPE reads everyone's traffic."""
     reason = _postgres_available()

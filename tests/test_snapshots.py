@@ -171,7 +171,16 @@ def test_snapshot_plus_tail_equals_the_fold_of_the_whole_log(settings, monkeypat
     first_part(live)
     written = write_snapshot(live)
     assert written.written and written.position == live.follower.position
+    before = live.store.snapshots.get(SNAPSHOT_APP, SNAPSHOT_NAME)
     second_part(live)
+    # the deletion replaced the stored snapshot (it held u3); the one taken before it is put back
+    # here, as a copy of it would be restored: the tail still deletes u3
+    deadline = time.monotonic() + 20
+    while snapshots.stored_position(live) is None:
+        assert time.monotonic() < deadline, "no snapshot written after the deletion"
+        time.sleep(0.01)
+    assert live.store.snapshots.get(SNAPSHOT_APP, SNAPSHOT_NAME) != before
+    live.store.snapshots.put(SNAPSHOT_APP, SNAPSHOT_NAME, before)
 
     with caplog.at_level(logging.INFO, logger="liverec.runtime.snapshots"):
         restored = started(settings)
@@ -355,7 +364,9 @@ def test_the_writer_runs_in_the_background_and_stops_with_the_service(sqlite_set
         time.sleep(0.02)
     service.close()
     assert writer._thread is None
-    assert build_service(sqlite_settings.model_copy(update={"snapshot_interval_s": 0})).component(SnapshotWriter) is None
+    unscheduled = started(sqlite_settings.model_copy(update={"snapshot_interval_s": 0}))
+    assert unscheduled.component(SnapshotWriter)._thread is None  # no schedule (deletions still replace a stored one)
+    unscheduled.close()
 
 
 def test_no_snapshot_while_counters_are_refolded(sqlite_settings):
@@ -382,6 +393,9 @@ def test_deletion_by_another_process_after_the_snapshot(sqlite_settings, monkeyp
         assert write_snapshot(writer).written
         deleter.follower.catch_up(force=True)
         deleter.delete_user("default", "u2")
+        # the deleter removed the stored snapshot and writes one again; the writer's is tested here
+        deleter.component(SnapshotWriter)._rewriting.join()
+        deleter.store.snapshots.delete(SNAPSHOT_APP, SNAPSHOT_NAME)
         writer.follower.catch_up(force=True)  # a remote deletion: the writer refolds its counters
         settle(writer)
         assert write_snapshot(writer).written

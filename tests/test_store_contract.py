@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import pytest
 
 from liverec.events import Event
 from liverec.store import open_store
-from liverec.store.base import Item
+from liverec.store.base import DeletionRecord, Item, user_digest
 
 PG_URL = "postgresql://127.0.0.1:5432/test"
 
@@ -71,6 +72,33 @@ def test_tenants_and_users_are_separate(store):
     assert store.events.apps() == ["a", "b"]
 
 
+def test_a_deleted_user_is_named_by_digest_in_the_changes(store):
+    store.events.append([ev(1), ev(2, item_id="i1", text="red shoes"), ev(3, user="v", text="red shoes"), ev(4, text="only u")])
+    assert store.events.user_span("a", "u") == (1, 4) and store.events.user_span("a", "nobody") is None
+    assert store.events.texts_in_use(["red shoes", "only u", "never sent", ""]) == {"red shoes", "only u"}
+    removed = store.events.remove_user("a", "u")
+    assert [e.event_id for _, e in removed] == ["e1", "e2", "e4"]
+    change, = store.events.changes()
+    assert (change.kind, change.app, change.key) == ("user_deleted", "a", user_digest("a", "u"))
+    assert store.events.texts_in_use(["red shoes", "only u"]) == {"red shoes"}
+    assert store.events.user_span("a", "u") is None
+    assert store.scrub()
+
+
+def test_the_deletion_audit_log_is_append_only(store):
+    first = DeletionRecord("d1", "a", user_digest("a", "u"), "key-1", 100.0, {"counts": {"events": 3, "impressions": 2}})
+    second = DeletionRecord("d2", "b", user_digest("b", "u"), "open:127.0.0.1", 101.5, {"counts": {"events": 0}})
+    seqs = [store.deletions.record(first), store.deletions.record(second)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 2
+    assert store.deletions.list() == [replace(first, seq=seqs[0]), replace(second, seq=seqs[1])]
+    assert store.deletions.list("b") == [replace(second, seq=seqs[1])]
+    assert store.deletions.list(subject=user_digest("a", "u")) == [replace(first, seq=seqs[0])]
+    assert store.deletions.list("a", user_digest("b", "u")) == []
+    with pytest.raises(Exception):  # noqa: B017 - a deletion is recorded once (whatever the driver's error)
+        store.deletions.record(first)
+    assert not any(callable(getattr(store.deletions, name, None)) for name in ("update", "remove", "delete", "clear"))
+
+
 def test_catalog_upsert_get_scan(store):
     store.catalog.upsert([Item("a", "i1", "One", "text", ("X", "Y"), {"creator": "ann"}), Item("a", "i2", "Two")])
     store.catalog.upsert([Item("a", "i1", "One v2", "", ("Z",), {})])
@@ -93,6 +121,8 @@ def test_snapshots(store):
     assert store.snapshots.names("a", "streams/k%_/") == ["streams/k%_/0", "streams/k%_/1"]
     assert store.snapshots.names("a") == ["state", "streams/k%_/0", "streams/k%_/1", "streamsX"]
     assert store.snapshots.get("b", "state") is None
+    assert store.snapshots.delete("a", "streamsX") and not store.snapshots.delete("a", "streamsX")
+    assert store.snapshots.get("a", "streamsX") is None and store.snapshots.names("b") == ["streams/other"]
 
 
 def test_batch_is_all_or_nothing(store):

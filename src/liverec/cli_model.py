@@ -193,12 +193,12 @@ def _register_train_and_models(app: typer.Typer, models_app: typer.Typer) -> Non
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
             return
-        table = Table("version", "promoted", "created", "val NDCG@10", "val HR@10", "events", "items")
+        table = Table("version", "promoted", "created", "val NDCG@10", "val HR@10", "events", "items", "deleted users")
         for r in rows:
             m = r.get("metrics", {})
             table.add_row(r["version"], "*" if r["promoted"] else "", r.get("created", ""),
                           f"{m.get('NDCG@10', float('nan')):.4f}", f"{m.get('HR@10', float('nan')):.4f}",
-                          str(r.get("events", "")), str(r.get("items", "")))
+                          str(r.get("events", "")), str(r.get("items", "")), str(r.get("deleted_users") or ""))
         Console().print(table)
 
     @models_app.command("promote")

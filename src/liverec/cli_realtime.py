@@ -176,10 +176,9 @@ def learn(
     from .catalog import CatalogIndex
     from .config import Settings
     from .evaluation.replay import load_model
-    from .learning import LearnerConfig, OnlineLearner
+    from .learning import LearnerConfig, OnlineLearner, learner_follower
     from .model.registry import ModelRegistry
     from .model.serving import load_scorer
-    from .runtime.follower import LogFollower
     from .state import StateStore
     from .store import open_store
 
@@ -206,25 +205,8 @@ def learn(
     cfg = LearnerConfig(interval_s=interval, min_events=min_events, bias_lr=bias_lr)
     cfg.finetune.steps = steps
     learner = OnlineLearner(app_id, state, lambda: holder["scorer"], lambda sc: holder.__setitem__("scorer", sc),
-                            registry, catalog.get, cfg)
-
-    def apply_events(events: list) -> None:
-        mine = [e for e in events if e.app == app_id]
-        if mine:
-            state.apply_batch(mine)
-            learner.observe(mine)
-
-    def apply_change(change) -> None:  # the same changes the API workers fold
-        if change.app != app_id:
-            return
-        if change.kind == "item":
-            item = store.catalog.get(change.app, change.key)
-            if item is not None:
-                catalog.put(item)
-        elif change.kind == "user_deleted":
-            state.delete(change.app, change.key)
-
-    follower = LogFollower(store.events, apply_events, apply_change)
+                            registry, catalog.get, cfg, position=lambda: follower.position, changes=store.events.changes)
+    follower = learner_follower(store, app_id, state, catalog, learner)
     try:
         while True:
             follower.catch_up(force=True)

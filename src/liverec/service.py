@@ -23,12 +23,14 @@ from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkabl
 from .batching import MicroBatcher
 from .catalog import CatalogIndex, parse_item, parse_items
 from .config import Settings
+from .erasure import DescribesUsers, ForgetsUsers, Refolds, UserDeletion
 from .events import Event, EventRules, EventValidationError, FieldError, parse_batch
 from .recommend.cooccurrence import CooccurrenceScorer
 from .recommend.pipeline import Pipeline, RecommendRequest
 from .runtime.follower import LogFollower
 from .state import StateStore
 from .store import AppendResult, Change, Store
+from .store.base import DeletionRecord, user_digest
 
 
 class BatchTooLarge(ValueError):
@@ -99,7 +101,9 @@ class Service:
         self._count_lock = threading.Lock()
         self.follower = LogFollower(store.events, self._apply_events, self._apply_change)
         self._append: MicroBatcher[list[Event], AppendResult] = MicroBatcher(self._append_group)
-        self._forget: dict[tuple[str, str], list[Event]] = {}  # exact forgets of this process's deletions
+        # this process's deletions being applied, by (app, digest): the deletion and the events
+        # this process had folded (subtracted exactly from the counters)
+        self._forget: dict[tuple[str, str], tuple[UserDeletion, list[Event]]] = {}
         self._rebuilds: dict[str, bool] = {}  # app -> a refold runs (True: run it once more after)
         self._rebuild_lock = threading.Lock()
         self.started_at = time.time()
@@ -178,15 +182,35 @@ class Service:
             if item is not None:
                 self.catalog.put(item)
         elif change.kind == "user_deleted":
-            key = (change.app, change.key)
-            self.state.delete(*key)
-            events = self._forget.pop(key, None)
-            if events is not None:  # deleted here: subtract exactly what the events added
-                self.baseline.forget_user(change.app, events)
-                if self.pipeline.scorer is not self.baseline:
-                    self.pipeline.scorer.forget_user(change.app, events)
-            else:  # deleted by another process: the events are gone, so refold the counters
-                self._rebuild_counters(change.app)
+            self._apply_deletion(change)
+
+    def _apply_deletion(self, change: Change) -> None:
+        """A ``user_deleted`` change: drop the user's state, take their events out of the
+        counters, and hand the deletion to every component that holds something of users."""
+        app = change.app
+        local = self._forget.get((app, change.key))
+        if local is not None:
+            deletion, folded = local
+        else:  # deleted by another process: found here by the digest the change names
+            deletion = UserDeletion(app, change.key, change.seq, change.event_seq)
+            deletion.user_id = deletion.find(self.state.users(app))
+            folded = []
+        deletion.change_seq, deletion.event_seq = change.seq, change.event_seq
+        if deletion.user_id is not None:
+            deletion.state = self.state.get(app, deletion.user_id)
+            self.state.delete(app, deletion.user_id)
+        counts = deletion.counts
+        counts["state"] = int(deletion.state is not None)
+        if local is not None:  # deleted here: subtract exactly what the events added
+            self.baseline.forget_user(app, folded)
+            if self.pipeline.scorer is not self.baseline:
+                self.pipeline.scorer.forget_user(app, folded)
+            counts["counters"] = len(folded)
+        else:  # deleted by another process: the events are gone, so refold the counters
+            self._rebuild_counters(app)
+        for component in self.components:
+            if isinstance(component, ForgetsUsers):
+                counts.update(component.forget_user(deletion))
 
     @property
     def refolding(self) -> bool:
@@ -282,24 +306,68 @@ class Service:
         self.follower.catch_up(force=True)
         return written
 
-    def delete_user(self, app: str, user_id: str) -> dict[str, Any]:
-        """Delete the user's events and state in ``app``; returns a receipt with counts."""
+    def delete_user(self, app: str, user_id: str, requested_by: str = "open") -> dict[str, Any]:
+        """Delete everything held on the user in ``app``: events, state, counters, impressions,
+        the ranking's and the learners' folds, text vectors only they used, snapshots; mark the
+        model versions trained on their events; record the deletion in the audit log. Returns
+        the receipt (counts per store). Other processes apply it when they follow the log; the
+        ranking's posteriors lose the user's share when their refold is swapped in
+        (``ranking_refolding``)."""
+        started = time.time()
+        digest = user_digest(app, user_id)
         with self.follower.lock:
+            # their impressions first: once the change commits, other workers remove only those they
+            # logged themselves since (and those shown meanwhile go with the change, below)
+            shown = self.ranking.impressions.remove_user(app, user_id)
             self.follower.catch_up(force=True)
             applied = self.follower.event_seq
             removed = self.store.events.remove_user(app, user_id)
+            deletion = UserDeletion(app, digest, 0, 0, local=True, user_id=user_id, events=[e for _, e in removed],
+                                    first_seq=removed[0][0] if removed else None)
+            deletion.counts.update(events=len(removed), impressions=shown)
             # events committed by others after our catch-up were never folded here: nothing to subtract
-            self._forget[(app, user_id)] = [e for seq, e in removed if seq <= applied]
-            had_state = self.state.get(app, user_id) is not None
-            self.follower.catch_up(force=True)  # applies the deletion: state dropped, counters subtracted
-            self._forget.pop((app, user_id), None)
+            self._forget[(app, digest)] = (deletion, [e for seq, e in removed if seq <= applied])
+            try:
+                self.follower.catch_up(force=True)  # applies the deletion here (see _apply_deletion)
+            finally:
+                self._forget.pop((app, digest), None)
+        counts = {k: int(v) for k, v in sorted(deletion.counts.items())}
+        record = DeletionRecord(deletion.deletion_id, app, digest, requested_by, started,
+                                {"counts": counts, "change_seq": deletion.change_seq})
+        self.store.deletions.record(record)
+        # the write-ahead logs still hold the pages as they were before the rows were zeroed
+        scrubbed = self.store.scrub() and self.ranking.impressions.scrub()
         return {
             "app": app,
             "user_id": user_id,
+            "deletion_id": deletion.deletion_id,
             "events_deleted": len(removed),
-            "state_deleted": had_state,
-            "deleted_at": time.time(),
+            "state_deleted": bool(counts.get("state")),
+            "deleted_at": started,
+            "requested_by": requested_by,
+            "removed": counts,
+            "scrubbed": scrubbed,
+            "ranking_refolding": self._ranking_refolding(),
         }
+
+    def _ranking_refolding(self) -> bool:
+        return any(c.refolding for c in self.components if isinstance(c, Refolds))
+
+    def export_user(self, app: str, user_id: str) -> dict[str, Any] | None:
+        """Everything held on the user in ``app``: their events, state, impressions, pending
+        rewards, last slates and the model versions trained on their events; ``None`` when
+        nothing is held (a user never seen, or deleted)."""
+        self.follower.catch_up()
+        events = self.store.events.user_events(app, user_id)
+        span = self.store.events.user_span(app, user_id)
+        state = self.state.get(app, user_id)
+        out: dict[str, Any] = {"app": app, "user_id": user_id, "events": [e.to_dict() for e in events],
+                               "state": state_summary(state) if state is not None else None}
+        for component in self.components:
+            if isinstance(component, DescribesUsers):
+                out.update(component.describe_user(app, user_id, span[0] if span else None))
+        held = events or state is not None or out.get("impressions") or out.get("pending_rewards") or out.get("last_slates")
+        return out if held else None
 
     # ---- request path -----------------------------------------------------------------------
     def recommend(
@@ -380,6 +448,21 @@ class Service:
             component.stop()
         self.ranking.impressions.close()
         self.store.close()
+
+
+def state_summary(state: Any) -> dict[str, Any]:
+    """A user's folded state as the export shows it."""
+    return {
+        "n_events": state.n_events,
+        "last_timestamp": state.last_timestamp,
+        "sequence": [{"item_id": i.item_id, "type": i.type, "value": i.value, "timestamp": i.timestamp, "text": i.text,
+                      "event_id": i.event_id} for i in state.sequence],
+        "consumed": sorted(state.consumed),
+        "blocked": {scope: sorted(t) for scope, t in sorted(state.blocked.items())},
+        "liked": sorted(state.liked),
+        "disliked": sorted(f"{scope}:{target}" for scope, target in state.disliked),
+        "skipped": sorted(f"{scope}:{target}" for scope, target in state.skipped),
+    }
 
 
 def field_errors(exc: Exception) -> list[dict[str, Any]]:

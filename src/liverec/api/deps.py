@@ -36,10 +36,10 @@ class ItemId(_Id):
 
 
 class UserId(_Id):
-    """A user id in a path: any characters, except that one ending in "/recommendations" names
-    that route."""
+    """A user id in a path: any characters, except that one ending in "/recommendations" or
+    "/export" names that route."""
 
-    regex = r".+(?<!/recommendations)"
+    regex = r".+(?<!/recommendations)(?<!/export)"
 
 
 register_url_convertor("item_id", ItemId())

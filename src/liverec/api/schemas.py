@@ -161,12 +161,127 @@ class UserOut(BaseModel):
     blocked: dict[str, list[str]] = Field(description="Blocked values by scope (item, category, creator, ...)")
 
 
+class DeletionCounts(BaseModel):
+    """What one deletion removed, by store (0: the store held nothing of the user)."""
+
+    events: int = Field(0, description="Events deleted from the log")
+    state: int = Field(0, description="1 when the user had online state here")
+    counters: int = Field(0, description="Events whose contributions were subtracted from the co-occurrence counters")
+    impressions: int = Field(0, description="Impressions deleted from the impression log")
+    pending_impressions: int = Field(0, description="Impressions that waited for the user's feedback")
+    last_slates: int = Field(0, description="The user's last slates kept for items read past")
+    text_vectors: int = Field(0, description="Vectors of texts only this user sent (memory and the on-disk cache)")
+    shared_texts_kept: int = Field(0, description="Texts of theirs that other users' events carry too: their vectors stay")
+    learner_users: int = Field(0, description="1 when the online learner had the user's events waiting to be learned")
+    snapshots: int = Field(0, description="Stored snapshots of the folds removed (a new one is written without the user)")
+    ranking_snapshots: int = Field(0, description="Stored snapshots of the ranking's folds removed (likewise)")
+    model_versions_marked: int = Field(0, description="Model versions trained on the user's events, marked as such")
+
+
 class DeleteReceipt(BaseModel):
     app: str
     user_id: str
+    deletion_id: str = Field(description="The deletion's id in the audit log and in the marks on model versions")
     events_deleted: int
     state_deleted: bool = Field(description="Whether the user had online state")
     deleted_at: float
+    requested_by: str = Field(description="The API key id that asked, or `open:` and the client address without keys")
+    removed: DeletionCounts
+    scrubbed: bool = Field(description="Whether the SQLite files' write-ahead logs were truncated (deleted rows are "
+                           "not recoverable from the files); always true on PostgreSQL (see docs/privacy.md)")
+    ranking_refolding: bool = Field(description="The ranking's posteriors are being refolded without the user in the "
+                                    "background (true until the refold is swapped in, within about a second)")
+
+
+class ExportedEvent(BaseModel):
+    app: str
+    event_id: str
+    user_id: str
+    type: str
+    timestamp: float
+    item_id: str | None = None
+    value: float | None = None
+    text: str | None = None
+    scope: str = "item"
+    target: str | None = None
+    context: dict[str, Any] | None = None
+
+
+class SequenceEntry(BaseModel):
+    item_id: str | None
+    type: str
+    value: float | None
+    timestamp: float
+    text: str | None
+    event_id: str | None
+
+
+class StateSummary(BaseModel):
+    """The user's folded online state."""
+
+    n_events: int
+    last_timestamp: float
+    sequence: list[SequenceEntry] = Field(description="The events the models read, oldest first (the newest `sequence_length`)")
+    consumed: list[str]
+    blocked: dict[str, list[str]]
+    liked: list[str]
+    disliked: list[str] = Field(description="`scope:target`")
+    skipped: list[str] = Field(description="`scope:target`")
+
+
+class ExportedImpression(BaseModel):
+    """One item shown to the user (the impression log's record)."""
+
+    impression_id: str
+    request_id: str
+    app: str
+    user_id: str
+    item_id: str
+    position: int
+    timestamp: float
+    propensity: float
+    explored: bool
+    policy: str
+    pool: list[str]
+    pool_propensities: list[float]
+    pool_scores: list[float]
+    event_seq: int | None
+    origin: str
+
+
+class PendingReward(BaseModel):
+    item_id: str
+    shown_at: float
+    impression_id: str
+
+
+class Slate(BaseModel):
+    items: list[str]
+    event_seq: int = Field(description="The event log position it was served at")
+    served_at: float
+    request_id: str
+    reacted: list[str]
+
+
+class TrainedVersion(BaseModel):
+    app: str
+    version: str
+    promoted: bool
+    created: str
+    log_position: int | None = Field(description="The event log position its training data reached (null: not recorded)")
+
+
+class UserExport(BaseModel):
+    """Everything held on one user."""
+
+    app: str
+    user_id: str
+    events: list[ExportedEvent] = Field(description="Their events in the log, in log order")
+    state: StateSummary | None = Field(description="Their online state (null: none)")
+    impressions: list[ExportedImpression] = Field([], description="What they were shown, in log order")
+    pending_rewards: list[PendingReward] = Field([], description="Impressions waiting for their feedback")
+    last_slates: list[Slate] = Field([], description="Their last slates, oldest first")
+    model_versions: list[TrainedVersion] = Field([], description="Model versions trained on their events")
 
 
 class Health(BaseModel):

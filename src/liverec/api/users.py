@@ -1,15 +1,15 @@
-"""User endpoints: recommendations, state, deletion."""
+"""User endpoints: recommendations, state, deletion, export."""
 
 from __future__ import annotations
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from ..auth import ADMIN, READ
 from ..service import Service
 from .auth import requires
-from .deps import get_app_id, get_service
-from .schemas import DeleteReceipt, Recommendations, UserOut, errors
+from .deps import get_app_id, get_service, request_key
+from .schemas import DeleteReceipt, Recommendations, UserExport, UserOut, errors
 
 # Ids may hold any character, "/" too: the path takes them whole (deps.UserId), and the route whose
 # path extends a user's comes first.
@@ -51,6 +51,18 @@ def recommendations(
     return Response(orjson.dumps(result), media_type="application/json")
 
 
+@router.get("/users/{user_id:path}/export", response_model=UserExport, responses=errors(400, 404))
+@requires(ADMIN)
+def export_user(user_id: str, app: str = Depends(get_app_id), service: Service = Depends(get_service)) -> Response:
+    """Everything held on the user in this app: their events, online state, impressions,
+    impressions waiting for their feedback, last slates, and the model versions trained on their
+    events (404 when nothing is held: a user never seen, or deleted)."""
+    export = service.export_user(app, user_id)
+    if export is None:
+        raise HTTPException(404, detail={"errors": [{"field": "user_id", "value": user_id, "expected": f"a user with data in app '{app}'"}]})
+    return Response(orjson.dumps(export), media_type="application/json")
+
+
 @router.get("/users/{user_id:user_id}", response_model=UserOut, response_model_exclude_unset=True, responses=errors(400, 404))
 @requires(READ)
 def get_user(user_id: str, app: str = Depends(get_app_id), service: Service = Depends(get_service)) -> dict:
@@ -63,6 +75,18 @@ def get_user(user_id: str, app: str = Depends(get_app_id), service: Service = De
 
 @router.delete("/users/{user_id:user_id}", response_model=DeleteReceipt, responses=errors(400))
 @requires(ADMIN)
-def delete_user(user_id: str, app: str = Depends(get_app_id), service: Service = Depends(get_service)) -> dict:
-    """Delete the user's events and state in this app; returns a receipt with counts."""
-    return service.delete_user(app, user_id)
+def delete_user(user_id: str, request: Request, app: str = Depends(get_app_id), service: Service = Depends(get_service)) -> dict:
+    """Delete everything held on the user in this app (events, state, counters, impressions,
+    pending rewards, last slates, text vectors only they used, the learners' buffers, snapshots),
+    mark the model versions trained on their events, and record the deletion in the audit log;
+    returns the receipt with what was removed from each store (docs/privacy.md)."""
+    return service.delete_user(app, user_id, requested_by=_requester(request))
+
+
+def _requester(request: Request) -> str:
+    """Who asked, for the audit log: the API key's id, or ``open:`` and the client's address
+    while the service runs without keys."""
+    key = request_key(request)
+    if key is not None:
+        return key.key_id
+    return f"open:{request.client.host}" if request.client is not None else "open"

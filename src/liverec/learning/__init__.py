@@ -13,11 +13,14 @@ import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..catalog import CatalogIndex
+from ..erasure import UserDeletion
 from ..events import Event
 from ..model.registry import ModelRegistry
 from ..model.serving import PromotedModels
+from ..runtime.follower import LogFollower
 from ..state import StateStore
-from ..store.base import Item
+from ..store.base import Change, Item, Store
 from .finetune import FineTuneConfig, FineTuner, UpdateResult, bias_step, init_new_items
 from .online import LearnerConfig, LearnerStats, OnlineLearner
 
@@ -31,8 +34,12 @@ class Learners:
     """
 
     def __init__(self, apps: Sequence[str], cfg: LearnerConfig, models_dir: Path, router: PromotedModels,
-                 state: StateStore, items: Callable[[str, str], Item | None]) -> None:
+                 state: StateStore, items: Callable[[str, str], Item | None],
+                 position: Callable[[], tuple[int, int]] | None = None,
+                 changes: Callable[[int], list[Change]] | None = None) -> None:
         self.apps = list(apps)
+        self.position = position  # the service's log position (event, change)
+        self.changes = changes  # the changes feed after a position
         self.cfg = cfg
         self.models_dir = Path(models_dir)
         self.router = router
@@ -47,7 +54,7 @@ class Learners:
         if app not in self.router.by_app:
             raise KeyError(f"app {app!r} has no promoted model to learn from")
         learner = OnlineLearner(app, self.state, lambda: self.router.by_app[app], lambda sc: self.router.set(app, sc),
-                                registry, self.items, cfg or self.cfg)
+                                registry, self.items, cfg or self.cfg, self.position, self.changes)
         self.register(learner)
         if start:
             learner.start()
@@ -62,6 +69,10 @@ class Learners:
         for learner in list(self.running.values()):
             learner.observe(events)
 
+    def forget_user(self, deletion: UserDeletion) -> dict[str, int]:
+        """Drop a deleted user from the learners' buffers (see :meth:`OnlineLearner.forget_user`)."""
+        return {"learner_users": sum(learner.forget_user(deletion) for learner in list(self.running.values()))}
+
     def start(self) -> None:
         for app in self.apps:
             if app in self.router.by_app:
@@ -72,7 +83,35 @@ class Learners:
             learner.stop()
 
 
+def learner_follower(store: Store, app: str, state: StateStore, catalog: CatalogIndex, learner: OnlineLearner) -> LogFollower:
+    """The learner role's follower of the shared log (``liverec learn``): ``app``'s events into
+    the state and the learner's buffers, item upserts into the catalog, user deletions out of
+    both (the change names the user by digest: found in the state)."""
+
+    def apply_events(events: list[Event]) -> None:
+        mine = [e for e in events if e.app == app]
+        if mine:
+            state.apply_batch(mine)
+            learner.observe(mine)
+
+    def apply_change(change: Change) -> None:  # the same changes the API workers fold
+        if change.app != app:
+            return
+        if change.kind == "item":
+            item = store.catalog.get(change.app, change.key)
+            if item is not None:
+                catalog.put(item)
+        elif change.kind == "user_deleted":
+            deletion = UserDeletion(change.app, change.key, change.seq, change.event_seq)
+            deletion.user_id = deletion.find(state.users(change.app))
+            if deletion.user_id is not None:
+                state.delete(change.app, deletion.user_id)
+            learner.forget_user(deletion)
+
+    return LogFollower(store.events, apply_events, apply_change)
+
+
 __all__ = [
     "FineTuneConfig", "FineTuner", "UpdateResult", "bias_step", "init_new_items", "LearnerConfig", "LearnerStats",
-    "Learners", "OnlineLearner",
+    "Learners", "OnlineLearner", "learner_follower",
 ]

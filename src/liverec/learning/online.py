@@ -22,6 +22,12 @@ remembers which users acted, and on each :meth:`OnlineLearner.step` (every ``int
 
 ``staleness_s`` of a served version is the time from the oldest event it learned from to the
 moment it was served (the target: within 60 s under a steady stream).
+
+Deleted users (:meth:`OnlineLearner.forget_user`, fed by the ``user_deleted`` changes the learner's
+process follows): their pending events leave the buffers, the optimizer's moments (computed from
+the updates that learned from them) are dropped, and an update that read a state deleted before
+it is registered is discarded. Each version records the log position its data reached
+(``log_position``), so the registry can tell which versions learned from a user.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..erasure import UserDeletion, deleted_since
 from ..events import Event
 from ..model.data import Sequences, input_windows, training_windows
 from ..model.features import type_id
@@ -44,7 +51,7 @@ from ..model.text import HashingEncoder
 from ..model.train import mask_seen
 from ..model.transformer import FeedbackTransformer
 from ..state import StateStore
-from ..store.base import Item
+from ..store.base import Change, Item
 from .finetune import FineTuneConfig, FineTuner, bias_step, init_new_items
 
 
@@ -65,6 +72,7 @@ class LearnerStats:
     updates: int = 0
     accepted: int = 0
     rejected: int = 0
+    discarded: int = 0  # accepted updates not published: a user they learned from was deleted meanwhile
     new_items: int = 0
     last_version: str | None = None
     last_staleness_s: float | None = None
@@ -125,8 +133,14 @@ class OnlineLearner:
         registry: ModelRegistry,
         items: Callable[[str, str], Item | None],
         cfg: LearnerConfig | None = None,
+        position: Callable[[], tuple[int, int]] | None = None,
+        changes: Callable[[int], list[Change]] | None = None,
     ) -> None:
         self.app = app
+        # where the learner's process stands in the log (event, change positions) and the changes
+        # after a position: what tells an update that a user it learned from was deleted meanwhile
+        self.position = position
+        self.changes = changes
         self.state = state
         self.serving = serving
         self.swap = swap
@@ -156,6 +170,27 @@ class OnlineLearner:
                     self._users.setdefault(e.user_id, now)
                     self._new[e.user_id] = self._new.get(e.user_id, 0) + 1
                     self._count += 1
+
+    def forget_user(self, deletion: UserDeletion) -> int:
+        """A user of this app was deleted: their events waiting to be learned leave the buffers,
+        and the optimizer's moments (built from updates that may have learned from them) are
+        dropped. Returns 1 when the buffers held the user."""
+        if deletion.app != self.app:
+            return 0
+        with self._lock:
+            gone = [u for u in self._users if deletion.matches(self.app, u)]
+            for u in gone:
+                del self._users[u]
+                self._count -= self._new.pop(u, 0)
+            self._opt = None
+            self._tuner = None
+        return len(gone)
+
+    def _deleted(self, since: int, users: list[str]) -> dict[str, str]:
+        """Which of ``users`` were deleted after change position ``since``: user -> deletion id."""
+        if self.changes is None:
+            return {}
+        return deleted_since(self.changes(since), self.app, users)
 
     # ---- learning side --------------------------------------------------------------------------
     def _text(self, item_id: str) -> str:
@@ -200,6 +235,9 @@ class OnlineLearner:
             new_counts, self._new = dict(self._new), {}
         current = self.serving()
         max_len = current.model.cfg.max_len
+        # deletions after this change position are checked before publishing; the data read
+        # below reaches at most the event position read after it (a bound the registry relies on)
+        change_seq = self.position()[1] if self.position is not None else 0
         with self.state.lock:
             pairs = [(u, self.state.get(self.app, u)) for u in users]
             pairs = [(u, copy.deepcopy(s)) for u, s in pairs if s is not None and len(s.sequence) >= 2]
@@ -207,8 +245,11 @@ class OnlineLearner:
             unlearned = np.array([new_counts.get(u, 0) for u, _ in pairs], dtype=np.int64)
             others = [u for u in self.state.users(self.app) if u not in users]
             pick = self._rng.choice(len(others), size=min(self.cfg.replay_users, len(others)), replace=False) if others else []
-            replay = [copy.deepcopy(self.state.get(self.app, others[k])) for k in pick]
+            replay_ids = [others[k] for k in pick]
+            replay = [copy.deepcopy(self.state.get(self.app, u)) for u in replay_ids]
             replay = [s for s in replay if s is not None and len(s.sequence) >= 2]
+            learned = [u for u, _ in pairs] + replay_ids  # whose events this update reads
+        log_position = self.position()[0] if self.position is not None else None
         if not acting:
             return None
         model = copy.deepcopy(current.model)
@@ -238,8 +279,8 @@ class OnlineLearner:
         n_bias = self._bias_steps(model, seqs, unlearned, max_len)
         recent = training_windows(held, max_len)
         replay_w = training_windows(_sequences(replay, index, max_len), max_len) if replay else None
-        self._tuner = self._tuner_for(current.version, model)
-        result = self._tuner.guarded_update(recent, replay_w, validate) if len(recent) else None
+        tuner = self._tuner = self._tuner_for(current.version, model)
+        result = tuner.guarded_update(recent, replay_w, validate) if len(recent) else None
         self.stats.updates += 1
         self.stats.new_items += n_new
         out = {"users": len(acting), "new_items": n_new, "bias_events": n_bias, "accepted": bool(result and result.accepted)}
@@ -250,12 +291,23 @@ class OnlineLearner:
                 out.update(val_before=result.before, val_after=result.after)
             return out
         metrics = {"NDCG@10": result.after, "NDCG@10_before": result.before}
-        version = self.registry.register(model, item_ids, {
-            "source": "online", "parent": current.version, "validation": metrics,
-            "data": {"events": sum(len(s.sequence) for s in acting), "users": len(acting)}, "new_items": n_new,
-        })
-        self.registry.promote(version)
-        self._opt = (version, self._tuner.opt.state_dict(), self._tuner.steps_taken)
+        with self._lock:  # a deletion applied from here on finds the version registered (and marks it)
+            if self._deleted(change_seq, learned):
+                # a user this update learned from was deleted meanwhile: it is not published
+                self.stats.discarded += 1
+                self._requeue(users, new_counts, locked=True)
+                out.update(accepted=False, discarded="a user it learned from was deleted")
+                return out
+            manifest = {"source": "online", "parent": current.version, "validation": metrics,
+                        "data": {"events": sum(len(s.sequence) for s in acting), "users": len(acting)}, "new_items": n_new}
+            if log_position is not None:
+                manifest["log_position"] = log_position
+            version = self.registry.register(model, item_ids, manifest)
+            self.registry.promote(version)
+            self._opt = (version, tuner.opt.state_dict(), tuner.steps_taken)
+        # a deletion that committed while the version was written: marked as any version trained on the user
+        for deletion in sorted(set(self._deleted(change_seq, learned).values())):
+            self.registry.mark_deleted(version, deletion)
         # a large catalog's index is built here, in the learner's thread, before the swap
         self.swap(TransformerScorer(self.app, model, item_ids, version, current.text_encoder, metrics, ann=current.ann))
         served_at = time.time()
@@ -288,14 +340,18 @@ class OnlineLearner:
         tuner.steps_taken = steps
         return tuner
 
-    def _requeue(self, users: dict[str, float], counts: dict[str, int]) -> None:
+    def _requeue(self, users: dict[str, float], counts: dict[str, int], locked: bool = False) -> None:
         """A rejected update's users stay pending (oldest arrival kept): the next update learns
-        their events together with whatever arrived since."""
-        with self._lock:
-            for u, arrived in users.items():
-                self._users[u] = min(arrived, self._users.get(u, arrived))
-                self._new[u] = self._new.get(u, 0) + counts.get(u, 0)
-                self._count += counts.get(u, 0)
+        their events together with whatever arrived since. Users deleted meanwhile (no state) do not."""
+        if not locked:
+            with self._lock:
+                return self._requeue(users, counts, locked=True)
+        for u, arrived in users.items():
+            if self.state.get(self.app, u) is None:
+                continue
+            self._users[u] = min(arrived, self._users.get(u, arrived))
+            self._new[u] = self._new.get(u, 0) + counts.get(u, 0)
+            self._count += counts.get(u, 0)
 
     def _bias_steps(self, model: FeedbackTransformer, seqs: Sequences, n_new: np.ndarray, max_len: int) -> int:
         """The output bias learns from the new events (each user's newest held out); returns how many."""

@@ -7,6 +7,12 @@ renames it over the old one, so a reader sees either the old or the new pointer,
 one. A server watching the pointer (:class:`PromotionWatcher`) swaps its scorer by one attribute
 assignment: requests in flight finish on the old model, later ones use the new one.
 
+A version records where in the event log its training data ends (``log_position`` in its
+manifest; an online update's reaches its parent's data too). When a user is deleted every version
+that may have learned from their events (:meth:`ModelRegistry.trained_on`) is marked in its
+manifest (``trained_on_deleted_users``: how many deleted users, and the deletions' ids); the
+weights stay as they are until a version trained without them replaces them (docs/privacy.md).
+
 >>> import tempfile
 >>> reg = ModelRegistry(tempfile.mkdtemp())
 >>> reg.list(), reg.promoted()
@@ -19,8 +25,14 @@ import json
 import os
 import re
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: manifest marks are then serialised within a process only
+    fcntl = None  # type: ignore[assignment]
 
 from liverec.model.artifacts import Artifact, load_artifact, save_artifact
 from liverec.model.transformer import FeedbackTransformer
@@ -62,6 +74,34 @@ class ModelRegistry:
                     return name
                 except FileExistsError:  # another process took this number: take the next one
                     continue
+
+    def trained_on(self, first_seq: int) -> list[str]:
+        """The versions that may have learned from an event at log position ``first_seq`` or
+        later: their data reached it (``log_position``), it is not recorded (a model from a file),
+        or they were fine-tuned from one that did (``parent``). Oldest first."""
+        hit: list[str] = []
+        for v in self.versions():
+            m = self.manifest(v)
+            position = m.get("log_position")
+            if position is None or int(position) >= first_seq or m.get("parent") in hit:
+                hit.append(v)
+        return hit
+
+    def mark_deleted(self, version: str, deletion_id: str) -> bool:
+        """Record in ``version``'s manifest that it was trained on the events of a user deleted
+        since (``deletion_id``: the deletion in the audit log); False when already recorded."""
+        path = self.versions_dir / version / "manifest.json"
+        with self._lock, _locked(self.root / ".manifests.lock"):
+            doc = self.manifest(version)
+            marks = doc.setdefault("trained_on_deleted_users", {"count": 0, "deletions": []})
+            if deletion_id in marks["deletions"]:
+                return False
+            marks["deletions"].append(deletion_id)
+            marks["count"] = len(marks["deletions"])
+            tmp = path.with_name(f".manifest.json.tmp-{os.getpid()}-{threading.get_ident()}")
+            tmp.write_text(json.dumps(doc, indent=2, default=float))
+            os.replace(tmp, path)
+        return True
 
     def manifest(self, version: str) -> dict[str, Any]:
         path = self.versions_dir / version / "manifest.json"
@@ -132,8 +172,25 @@ class ModelRegistry:
                 "events": m.get("data", {}).get("events", ""),
                 "items": m.get("model_config", {}).get("n_items", ""),
                 "data_fingerprint": m.get("data_fingerprint", ""),
+                "log_position": m.get("log_position"),
+                "deleted_users": m.get("trained_on_deleted_users", {}).get("count", 0),
             })
         return rows
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold ``path`` as a lock file (one writer of the manifests at a time across processes)."""
+    if fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class PromotionWatcher:

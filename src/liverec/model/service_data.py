@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import time
 from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from liverec.erasure import deleted_since
 from liverec.evaluation.offline import DEFAULT_RECIPE, split_overrides
 from liverec.evaluation.protocol import InteractionLog, build_log, leave_one_out
 from liverec.model.distributed import Launch, Rendezvous, train_parallel
 from liverec.model.registry import ModelRegistry
-from liverec.model.text import MiniLMEncoder, TextEncoder, text_matrix
+from liverec.model.text import MiniLMEncoder, TextEncoder, erase_texts, text_matrix
 from liverec.model.train import TrainConfig, ValidationSet
 from liverec.model.transformer import ModelConfig
 
@@ -43,19 +45,35 @@ def _open_store(data_dir: str | Path, store_url: str | None) -> Iterator[Any]:
             close()
 
 
+@dataclass
+class LogRead:
+    """Where a read of the log stood: the event position its data reaches and the changes feed's
+    head before it began (user deletions after that head may have been read)."""
+
+    event_seq: int = 0
+    change_seq: int = 0
+    texts: dict[str, set[str]] = field(default_factory=dict)  # user -> the texts of their events read
+
+
 def log_from_store(data_dir: str | Path, app: str, store_url: str | None = None,
-                   until_seq: int | None = None) -> tuple[InteractionLog, dict[str, str]]:
+                   until_seq: int | None = None, read: LogRead | None = None) -> tuple[InteractionLog, dict[str, str]]:
     """The app's events (log order, up to ``until_seq`` when given) as an :class:`InteractionLog`,
-    and every catalog item's text."""
+    and every catalog item's text. ``read`` is filled with the positions of the read."""
+    read = read if read is not None else LogRead()
     with _open_store(data_dir, store_url) as store:
+        read.change_seq = store.events.heads()[1]
+        read.event_seq = store.events.last_seq() if until_seq is None else until_seq
         users, items, ts, types, values, texts = [], [], [], [], [], []
         with closing(store.events.scan(app)) as events:
             for seq, e in events:
                 if until_seq is not None and seq > until_seq:
                     break
+                read.event_seq = max(read.event_seq, seq)
                 if e.scope != "item":  # scoped feedback (a whole category, a creator) is policy input
                     continue
                 users.append(e.user_id)
+                if e.text:
+                    read.texts.setdefault(e.user_id, set()).add(e.text)
                 items.append(e.item_id)
                 ts.append(e.timestamp)
                 types.append(e.type)
@@ -106,7 +124,8 @@ def train_from_service(
         if launch.nnodes > 1:
             until = int(rendezvous.agree("log_head", str(_log_head(data_dir, store_url))))
             say(f"node {launch.node_rank}: training on the log up to seq {until}")
-    log, catalog = log_from_store(data_dir, app, store_url, until)
+    read = LogRead()
+    log, catalog = log_from_store(data_dir, app, store_url, until, read)
     recipe = {**DEFAULT_RECIPE, "time_budget_s": None, **(recipe or {})}
     mo, to, use_text = split_overrides(recipe)
     split = leave_one_out(log, max_len=mo.get("max_len", 200))
@@ -153,6 +172,18 @@ def train_from_service(
         "best_epoch": res.best_epoch,
         "text_encoder": enc.name if enc is not None else None,
         "trained_at": time.time(),
+        "log_position": read.event_seq,
     })
+    # users deleted while this run trained: the version learned from their events, so it is marked
+    # as every version trained on a deleted user is (and their texts leave the cache it filled)
+    with _open_store(data_dir, store_url) as store:
+        deleted = deleted_since(store.events.changes(read.change_seq), app, [str(u) for u in log.user_ids])
+        for deletion in sorted(set(deleted.values())):
+            reg.mark_deleted(version, deletion)
+        if deleted and enc is not None:
+            theirs = {t for u in deleted for t in read.texts.get(u, ())}
+            erase_texts(Path(data_dir) / "text_cache", theirs - store.events.texts_in_use(sorted(theirs)))
+    if deleted:
+        say(f"version {version}: {len(deleted)} of its users were deleted while it trained; marked as trained on them")
     say(f"version {version}: validation NDCG@10 {res.best_metrics.get('NDCG@10', float('nan')):.4f}")
     return version

@@ -67,7 +67,14 @@ class PromotedModels:
         return sum(s.save_texts() for s in list(self.by_app.values()))
 
     def forget_user(self, app: str, events: Sequence[Event]) -> None:
-        """No per-user statistics are kept."""
+        """No per-user statistics are kept (event text vectors: :meth:`forget_texts`)."""
+
+    def forget_texts(self, app: str, texts: Iterable[str], unsaved_only: bool = False) -> list[str]:
+        """Drop the vectors of a deleted user's ``texts`` from ``app``'s scorer (``unsaved_only``:
+        only keep them from being written to the on-disk cache); returns those it held."""
+        s = self.by_app.get(app)
+        memo = s.text_vectors if s is not None else None
+        return memo.forget(texts, unsaved_only) if memo is not None else []
 
     def serves(self, app: str) -> bool:
         return app in self.by_app

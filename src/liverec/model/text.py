@@ -136,6 +136,7 @@ class TextVectorCache:
         keys, vecs = self._read()
         self._vecs = vecs
         self._index: dict[str, int] = {k: i for i, k in enumerate(keys)}
+        self._added: set[str] = set()  # keys this instance put: the only ones its save adds to the files
 
     def _read(self) -> tuple[list[str], np.ndarray]:
         """The keys and vectors on disk (none when absent or not of this encoder's dimension)."""
@@ -183,7 +184,8 @@ class TextVectorCache:
         for j, t in enumerate(texts):
             k = text_key(t)
             if k not in self._index:
-                self._index[k] = len(self._index)
+                self._index[k] = len(self._vecs) + len(rows)
+                self._added.add(k)
                 rows.append(j)
         if rows:
             new = np.asarray(vecs, dtype=np.float32)[rows]
@@ -210,10 +212,9 @@ class TextVectorCache:
         with self._exclusive():
             disk_keys, disk_vecs = self._read()
             on_disk = set(disk_keys)
-            mine = [None] * len(self._index)
-            for k, i in self._index.items():
-                mine[i] = k
-            extra = [k for k in mine if k not in on_disk]
+            # only what this instance added: a key another process erased since this one read the
+            # files (a deleted user's text) is not brought back
+            extra = sorted((k for k in self._added if k not in on_disk), key=self._index.__getitem__)
             # What is on disk keeps its rows and what is new here is appended: a reader that pairs
             # the old keys file with the new vectors file still maps every key to its own vector.
             keys = disk_keys + extra
@@ -227,6 +228,45 @@ class TextVectorCache:
             tmp_k.write_text(json.dumps(keys))
             os.replace(tmp_v, self._vec_path)  # vectors first: see _read
             os.replace(tmp_k, self._key_path)
+            self._added.clear()
+
+
+def erase_texts(directory: str | Path, texts: Iterable[str]) -> set[str]:
+    """Erase the cached vectors of ``texts`` (a deleted user's) from every encoder's files in
+    ``directory``: the key and the vector of each become blank (an empty key, a zero row) rather
+    than removed, so rows keep their places (the files only grow: see :meth:`TextVectorCache._read`).
+    Returns those of ``texts`` that had a vector."""
+    by_key = {text_key(t): t for t in texts}
+    gone = set(by_key)
+    root = Path(directory)
+    if not gone or not root.is_dir():
+        return set()
+    erased: set[str] = set()
+    for key_path in sorted(root.glob("*.keys.json")):
+        stem = key_path.name[: -len(".keys.json")]
+        vec_path, lock_path = root / f"{stem}.npy", root / f"{stem}.lock"
+        with open(lock_path, "a") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            if not vec_path.exists():
+                continue
+            keys = json.loads(key_path.read_text())
+            rows = [i for i, k in enumerate(keys) if k in gone]
+            if not rows:
+                continue
+            found = {keys[i] for i in rows}
+            vecs = np.load(vec_path, allow_pickle=False)
+            vecs[[i for i in rows if i < len(vecs)]] = 0.0
+            for i in rows:
+                keys[i] = ""
+            tag = f"{os.getpid()}.{threading.get_ident()}"
+            tmp_v, tmp_k = vec_path.with_name(f"{stem}.{tag}.tmp.npy"), key_path.with_name(f"{key_path.name}.{tag}.tmp")
+            np.save(tmp_v, vecs, allow_pickle=False)
+            tmp_k.write_text(json.dumps(keys))
+            os.replace(tmp_v, vec_path)
+            os.replace(tmp_k, key_path)
+            erased.update(by_key[k] for k in found)
+    return erased
 
 
 class TextVectorMemo:
@@ -272,6 +312,24 @@ class TextVectorMemo:
     def get(self, text: str) -> np.ndarray | None:
         """The text's vector, or None when it is not known (nothing is encoded)."""
         return self._vecs.get(text)
+
+    def forget(self, texts: Iterable[str], unsaved_only: bool = False) -> list[str]:
+        """Drop the vectors of ``texts`` (a deleted user's): not kept, not written to the on-disk
+        cache (``unsaved_only``: only the latter). Returns those that were held in memory."""
+        texts = set(texts)
+        with self._lock:
+            for t in texts:
+                self._unsaved.pop(t, None)
+            if unsaved_only:
+                return []
+            held = [t for t in texts if t in self._vecs]
+            for t in held:
+                del self._vecs[t]
+            kept = [t for t in self._misses if t not in texts]
+            if len(kept) != len(self._misses):
+                self._misses.clear()
+                self._misses.extend(kept)
+        return held
 
     def note_miss(self, text: str) -> None:
         """Queue a text a lookup did not find, for the next :meth:`add` or :meth:`warm`."""

@@ -67,6 +67,11 @@ class ThompsonBandit:
         with self._lock:
             self._stats.clear()
 
+    def adopt(self, other: "ThompsonBandit") -> None:
+        """Take ``other``'s posteriors (a refold's); this bandit's random generator stays."""
+        with self._lock:
+            self._stats = other._stats
+
     def load(self, rows: list[list]) -> None:
         """Replace the posteriors with ``[app, item, successes, failures]`` rows (a snapshot's)."""
         stats = {(str(app), str(item)): [float(s), float(f)] for app, item, s, f in rows}
@@ -286,6 +291,36 @@ class RewardTracker:
             self.position = int(data["position"])
             self.undecidable = int(data["undecidable"])
             self.rewards = rewards
+
+    def empty_like(self, bandit: ThompsonBandit) -> RewardTracker:
+        """A tracker with this one's settings and nothing folded, updating ``bandit``."""
+        return RewardTracker(bandit, self.window_s, self.types, self.max_pending, self.grace_s, self.max_recent)
+
+    def forget(self, app: str, matches: Callable[[str], bool]) -> int:
+        """Drop the impressions of a deleted user of ``app`` that wait for feedback and the user's
+        recent feedback (``matches`` tells the user's id); returns how many impressions. What their
+        decided impressions added to the posteriors stays: a refold takes it out
+        (:meth:`liverec.ranking.replicas.ImpressionFollower.refold`)."""
+        with self._lock:
+            keys = [k for k in self._pending if k[0] == app and matches(k[1])]
+            dropped = 0
+            for key in keys:
+                for _, imp_id, _ in self._pending.pop(key):
+                    if self._open.pop(imp_id, None) is not None:  # its closing entry is skipped when popped
+                        dropped += 1
+            self._recent.discard({k for k in self._recent.keys() if k[0] == app and matches(k[1])})
+            return dropped
+
+    def users(self, app: str) -> set[str]:
+        """The users of ``app`` with impressions waiting for feedback."""
+        with self._lock:
+            return {key[1] for key in self._pending if key[0] == app}
+
+    def waiting(self, app: str, user_id: str) -> list[tuple[str, float, str]]:
+        """The user's impressions waiting for feedback: (item, time shown, impression id)."""
+        with self._lock:
+            return sorted((key[2], ts, imp) for key, waiting in self._pending.items()
+                          if key[0] == app and key[1] == user_id for ts, imp, _ in waiting)
 
     def pending(self) -> int:
         """Impressions still waiting for feedback."""

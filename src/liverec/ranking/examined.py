@@ -28,7 +28,7 @@ import itertools
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..events import DEFAULT_TYPES, TARGETED, UNDOES, Event
 from .bandit import copy_recent, load_recent, recent_entries
@@ -219,6 +219,34 @@ class Examined:
             self._readers, self._recent = readers, recent
             self.position = int(data["position"])
             self.unplaced = int(data["unplaced"])
+
+    def empty_like(self) -> Examined:
+        """An instance with this one's settings and nothing folded."""
+        return Examined(self.max_users, self.per_user, self.reactions, self.keep, self.max_recent)
+
+    def forget(self, app: str, matches: Callable[[str], bool]) -> int:
+        """Drop a deleted user's slates, what they read past and their recent reactions
+        (``matches`` tells the user's id); returns how many slates."""
+        with self._lock:
+            users = [u for u in self._readers if u[0] == app and matches(u[1])]
+            dropped = sum(len(self._readers.pop(u).slates) for u in users)
+            self._recent.discard({u for u in self._recent.keys() if u[0] == app and matches(u[1])})
+            return dropped
+
+    def users(self, app: str) -> set[str]:
+        """The users of ``app`` with slates kept."""
+        with self._lock:
+            return {u[1] for u in self._readers if u[0] == app}
+
+    def slates(self, app: str, user_id: str) -> list[dict[str, Any]]:
+        """The user's latest slates, oldest first: items, when served, the request, what they
+        reacted to."""
+        with self._lock:
+            reader = self._readers.get((app, user_id))
+            if reader is None:
+                return []
+            return [{"items": list(s.items), "event_seq": s.key[0], "served_at": s.key[1], "request_id": s.key[2],
+                     "reacted": sorted(s.reacted)} for s in reader.slates]
 
     def passed(self, app: str, user_id: str | None) -> list[Passed]:
         """The items ``user_id`` passed over, oldest first (empty for an unknown user)."""

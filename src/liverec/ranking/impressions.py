@@ -120,17 +120,37 @@ class ImpressionLog(Protocol):
     def head(self) -> int:
         """The highest committed position (0 for an empty log)."""
 
+    def user_impressions(self, app: str, user_id: str) -> list[Impression]:
+        """One user's impressions in log order (this handle's queue included)."""
+
+    def remove_user(self, app: str, user_id: str, upto: int | None = None, origin: str | None = None) -> int:
+        """Delete one user's impressions (this handle's queued ones too), those shown at event
+        log positions up to ``upto`` when given (and those without a position), those logged by
+        process ``origin`` when given; returns how many. Positions are not reused: the others keep
+        theirs."""
+
+    def scrub(self) -> bool:
+        """Make deleted rows unrecoverable from the log's file where it has one (see
+        :meth:`liverec.store.base.Store.scrub`); True when done."""
+
     def flush(self) -> None:
         """Wait until this handle's appends are committed."""
 
     def close(self) -> None: ...
 
 
+def _before(imp: Impression, app: str, user_id: str, upto: int | None, origin: str | None = None) -> bool:
+    """Whether ``imp`` is the user's, shown at a position up to ``upto`` (or without one), by
+    process ``origin`` (when given)."""
+    return (imp.app == app and imp.user_id == user_id and (upto is None or imp.event_seq is None or imp.event_seq <= upto)
+            and (origin is None or imp.origin == origin))
+
+
 class MemoryImpressionLog:
     """Impressions in a list (tests, in-process evaluation); position = 1-based index."""
 
     def __init__(self) -> None:
-        self._rows: list[Impression] = []
+        self._rows: list[Impression | None] = []  # None: removed (positions are kept)
         self._lock = threading.Lock()
 
     def append(self, impressions: Sequence[Impression]) -> None:
@@ -139,7 +159,7 @@ class MemoryImpressionLog:
 
     def scan(self, app: str | None = None) -> Iterator[Impression]:
         rows = list(self._rows)
-        return iter([r for r in rows if app is None or r.app == app])
+        return iter([r for r in rows if r is not None and (app is None or r.app == app)])
 
     def count(self, app: str | None = None) -> int:
         return sum(1 for _ in self.scan(app))
@@ -148,7 +168,7 @@ class MemoryImpressionLog:
         start = max(seq, 0)
         with self._lock:
             rows = self._rows[start:start + limit]
-        return [(start + k + 1, imp) for k, imp in enumerate(rows)]
+        return [(start + k + 1, imp) for k, imp in enumerate(rows) if imp is not None]
 
     def shown_after(self, seq: int, limit: int = 10_000, upto: int | None = None,
                     other_than: str | None = None) -> list[tuple[int, Shown]]:
@@ -157,6 +177,19 @@ class MemoryImpressionLog:
 
     def head(self) -> int:
         return len(self._rows)
+
+    def user_impressions(self, app: str, user_id: str) -> list[Impression]:
+        return [r for r in self.scan(app) if r.user_id == user_id]
+
+    def remove_user(self, app: str, user_id: str, upto: int | None = None, origin: str | None = None) -> int:
+        with self._lock:
+            gone = [k for k, r in enumerate(self._rows) if r is not None and _before(r, app, user_id, upto, origin)]
+            for k in gone:
+                self._rows[k] = None
+        return len(gone)
+
+    def scrub(self) -> bool:
+        return True
 
     def flush(self) -> None:
         pass
@@ -189,6 +222,10 @@ class QueuedImpressionLog(ABC):
 
     @abstractmethod
     def _fetch(self, sql: str, params: tuple) -> list[tuple]: ...
+
+    @abstractmethod
+    def _delete(self, sql: str, params: tuple) -> int:
+        """Run one DELETE in a transaction of its own; returns how many rows it removed."""
 
     @abstractmethod
     def _close(self) -> None: ...
@@ -286,6 +323,34 @@ class QueuedImpressionLog(ABC):
         with self._lock:
             return int(self._fetch("SELECT COALESCE(MAX(seq), 0) FROM impressions", ())[0][0])
 
+    def user_impressions(self, app: str, user_id: str) -> list[Impression]:
+        self.flush()
+        p = self.placeholder
+        with self._lock:
+            rows = self._fetch(f"SELECT record FROM impressions WHERE app = {p} AND user_id = {p} ORDER BY seq", (app, user_id))
+        return [Impression.from_dict(orjson.loads(r[0])) for r in rows]
+
+    def remove_user(self, app: str, user_id: str, upto: int | None = None, origin: str | None = None) -> int:
+        with self._cond:  # queued ones never reach the table
+            kept = [i for i in self._queue if not _before(i, app, user_id, upto, origin)]
+            dropped = len(self._queue) - len(kept)
+            self._queue[:] = kept
+        self.flush()  # a batch being written now is in the table before the delete
+        p = self.placeholder
+        sql = f"DELETE FROM impressions WHERE app = {p} AND user_id = {p}"
+        params: list = [app, user_id]
+        if upto is not None:
+            sql += f" AND (event_seq IS NULL OR event_seq <= {p})"
+            params.append(upto)
+        if origin is not None:
+            sql += f" AND origin = {p}"
+            params.append(origin)
+        with self._lock:
+            return dropped + self._delete(sql, tuple(params))
+
+    def scrub(self) -> bool:
+        return True
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -305,6 +370,7 @@ CREATE TABLE IF NOT EXISTS impressions (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS impressions_app ON impressions (app, seq);
+CREATE INDEX IF NOT EXISTS impressions_user ON impressions (app, user_id);
 """
 
 # What the ranking's folds read (:class:`Shown`), beside the record; added to logs created without them.
@@ -344,6 +410,7 @@ class SQLiteImpressionLog(QueuedImpressionLog):
         self._conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA secure_delete=ON")  # a deleted user's rows are zeroed in the file
         self._conn.executescript(_SQLITE_SCHEMA)
         _add_fold_columns(self._conn)
         super().__init__()
@@ -355,6 +422,29 @@ class SQLiteImpressionLog(QueuedImpressionLog):
 
     def _fetch(self, sql: str, params: tuple) -> list[tuple]:
         return self._conn.execute(sql, params).fetchall()
+
+    def _delete(self, sql: str, params: tuple) -> int:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            n = self._conn.execute(sql, params).rowcount
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        return n
+
+    def scrub(self, attempts: int = 20) -> bool:
+        """Checkpoint and truncate the write-ahead log (it holds the pages as they were before the
+        deleted rows were zeroed); False when readers of older pages kept it busy."""
+        if self.path == ":memory:":
+            return True
+        for _ in range(attempts):
+            with self._lock:
+                busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return True
+            time.sleep(0.05)
+        return False
 
     def _close(self) -> None:
         self._conn.close()
@@ -370,6 +460,7 @@ CREATE TABLE IF NOT EXISTS impressions (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS impressions_app ON impressions (app, seq);
+CREATE INDEX IF NOT EXISTS impressions_user ON impressions (app, user_id);
 """ + "ALTER TABLE impressions " + ", ".join(f"ADD COLUMN IF NOT EXISTS {c} {t}" for c, t in _FOLD_COLUMNS.items()) + ";\n"
 
 
@@ -399,6 +490,10 @@ class PostgresImpressionLog(QueuedImpressionLog):
 
     def _fetch(self, sql: str, params: tuple) -> list[tuple]:
         return self._conn.execute(sql, params).fetchall()
+
+    def _delete(self, sql: str, params: tuple) -> int:
+        with self._conn.transaction():
+            return self._conn.execute(sql, params).rowcount
 
     def _close(self) -> None:
         self._conn.close()

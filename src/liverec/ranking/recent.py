@@ -43,6 +43,17 @@ class RecentIndex(Generic[K, V]):
     def get(self, key: K) -> list[tuple[int, V]]:
         return self._by_key.get(key, [])
 
+    def keys(self) -> list[K]:
+        return list(self._by_key)
+
+    def discard(self, keys: set[K]) -> int:
+        """Remove every entry of ``keys`` (a deleted user's); returns how many. The horizon stays:
+        what was dropped at the limit is unknown either way."""
+        removed = sum(len(self._by_key.pop(k, ())) for k in keys)
+        if removed:
+            self._order = deque((seq, k) for seq, k in self._order if k not in keys)
+        return removed
+
     def clear(self, horizon: int = 0) -> None:
         self._by_key.clear()
         self._order.clear()

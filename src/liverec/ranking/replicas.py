@@ -47,8 +47,7 @@ worker's write delay) late, so for that long its posteriors and that user's last
 Not exact: feedback committed after the window and grace closed but timestamped inside the window
 (counted by processes that had not closed the impression yet, and by a rebuild); impressions closed
 early because more than ``RewardTracker.max_pending`` were waiting; users evicted from
-``Examined.max_users``; a deleted user's impressions (the impression log keeps them, their events
-are gone, so a rebuild rewards them 0.5). Impressions logged before positions were recorded
+``Examined.max_users``. Impressions logged before positions were recorded
 (``event_seq`` is ``None``) get the rewards :func:`~liverec.ranking.impressions.assign_rewards`
 gives them from the event log.
 
@@ -60,6 +59,13 @@ the two positions they hold: the event log position folded up to and the impress
 adopted up to. A start installs the newest snapshot and replays only what follows both positions,
 as the poll would have folded it; the logs stay the source of truth, so a snapshot that is missing,
 unreadable, of another format version or folded under other settings means the full rebuild.
+
+A deleted user (:meth:`ImpressionFollower.forget_user`): their pending impressions, slates and
+recent reactions are dropped at once, their impressions are deleted from the log (by the process
+that deleted them; every process drops those still in its queue, and leaves out any of theirs
+shown before the deletion that it reads later), and the folds are refolded from the two logs in the
+background (:meth:`ImpressionFollower.refold`), so the posteriors equal those of a rebuild
+without the user. A snapshot taken before a deletion is not installed after it.
 
 This process's own impressions are folded when shown, not when read back, so a snapshot holds
 some that lie after its impression position (shown since the last poll, or still queued for the
@@ -76,14 +82,16 @@ import logging
 import threading
 import time
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import orjson
 
+from ..erasure import UserDeletion
 from ..events import Event
 from ..memory import collector_paused
-from ..store.base import EventLog, Snapshots
+from ..store.base import EventLog, Snapshots, user_digest
 from .bandit import encode_rewards
 from .examined import encode_examined
 from .impressions import ImpressionLog, Shown, assign_rewards, feedback_reward
@@ -91,7 +99,7 @@ from .stages import RankingStages
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 2: with the changes feed position (deletions after it void the snapshot)
 SNAPSHOT_APP = "_liverec"  # the service's own records in the store's snapshot role
 SNAPSHOT_NAME = "ranking"
 
@@ -120,6 +128,7 @@ class RankingSnapshot:
     """A decoded snapshot of the ranking folds, ready to install."""
 
     event_seq: int  # every event up to here is folded
+    change_seq: int  # every change up to here (user deletions) is applied
     impression_seq: int  # every other process's impression up to here is adopted
     impression_head: int  # the snapshot's own process's impressions up to here are folded
     origin: str  # that process
@@ -140,8 +149,8 @@ def decode_snapshot(blob: bytes, ranking: RankingStages) -> RankingSnapshot:
     if data.get("settings") != fold_settings(ranking):
         raise ValueError("folded under other settings")
     try:
-        return RankingSnapshot(int(data["event_seq"]), int(data["impression_seq"]), int(data["impression_head"]),
-                               str(data["origin"]), set(data["at_position"]), data)
+        return RankingSnapshot(int(data["event_seq"]), int(data["change_seq"]), int(data["impression_seq"]),
+                               int(data["impression_head"]), str(data["origin"]), set(data["at_position"]), data)
     except Exception as exc:  # noqa: BLE001
         raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from None
 
@@ -152,8 +161,21 @@ class EventPosition(Protocol):
 
     lock: threading.RLock  # held while events are folded
     event_seq: int  # every event up to here is folded
+    change_seq: int  # every change up to here is applied
 
     def catch_up(self, force: bool = False) -> int: ...
+
+
+class _Fixed:
+    """A position that does not move: what a refold replays the logs up to."""
+
+    def __init__(self, event_seq: int, change_seq: int = 0) -> None:
+        self.lock = threading.RLock()
+        self.event_seq = event_seq
+        self.change_seq = change_seq
+
+    def catch_up(self, force: bool = False) -> int:
+        return 0
 
 
 def _responses(shown: list[Shown]) -> list[list[Shown]]:
@@ -201,10 +223,21 @@ class ImpressionFollower:
         self._lock = threading.Lock()  # one poll at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._started = False
+        # deleted users (app, digest) -> the event position of their deletion: their impressions
+        # shown up to it are left out wherever they are read (rows written late, or not yet deleted)
+        self._erased: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self.max_erased = 10_000
+        self._refold_lock = threading.Lock()
+        self._refold_state: bool | None = None  # None: no refold; False: one runs; True: run again after it
+        self._refolded = threading.Condition(self._refold_lock)
+        self._rewrite = False  # a deletion removed the stored snapshot: write one after the refold
+        self.refolds = 0
 
     # ---- component ----------------------------------------------------------------------------
     def start(self) -> None:
         self.rebuild()
+        self._started = True
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="liverec-impression-follower", daemon=True)
         self._thread.start()
@@ -214,6 +247,7 @@ class ImpressionFollower:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+        self.wait_refolded(timeout=30)  # a refold after a deletion finishes before the logs close
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -239,6 +273,9 @@ class ImpressionFollower:
                 log.warning("snapshot of the ranking folds ignored, rebuilding them from the logs: its positions "
                             "(%d, %d) are past the logs' (%d, %d)", snap.event_seq, snap.impression_seq, upto, head)
                 snap = None
+            if snap is not None and any(c.kind == "user_deleted" for c in self.events.changes(snap.change_seq)):
+                log.info("snapshot of the ranking folds ignored, rebuilding them from the logs: a user was deleted after it")
+                snap = None
             if snap is not None:
                 try:
                     self._install(snap)
@@ -258,6 +295,8 @@ class ImpressionFollower:
                         break
                     seq = s
                     if snap is not None and imp.origin == snap.origin and self._in_snapshot(snap, s, imp):
+                        continue
+                    if not self._keep(imp):
                         continue
                     (legacy if imp.event_seq is None else shown).append(imp)
             self.seq = head if not done else seq
@@ -318,7 +357,10 @@ class ImpressionFollower:
         ranking = self.ranking
         follower = self.follower()
         with self._lock, follower.lock:
+            if self.refolding:  # the posteriors still hold a deleted user's share
+                return None
             head = self.impressions.head()
+            changes = follower.change_seq
             with ranking._fold:
                 acquired = time.perf_counter()
                 position, seq = ranking.position, self.seq
@@ -331,7 +373,8 @@ class ImpressionFollower:
         started = time.perf_counter()
         at_position = sorted(imp for waiting in rewards["pending"].values() for _, imp, after in waiting if after == position)
         data = {
-            "format": SNAPSHOT_FORMAT, "settings": fold_settings(ranking), "event_seq": position, "impression_seq": seq,
+            "format": SNAPSHOT_FORMAT, "settings": fold_settings(ranking), "event_seq": position, "change_seq": changes,
+            "impression_seq": seq,
             "impression_head": head, "origin": ranking.origin, "at_position": at_position,
             "bandit": [[app, item, sf[0], sf[1]] for (app, item), sf in bandit.items()],
             "rewards": encode_rewards(rewards), "examined": encode_examined(examined), "created_at": time.time(),
@@ -428,8 +471,141 @@ class ImpressionFollower:
                 if imp.event_seq is not None and imp.event_seq > folded:
                     reached = s - 1  # shown after events not committed when we read: the next poll
                     break
-                adopt.append(imp)
+                if self._keep(imp):
+                    adopt.append(imp)
             self.ranking.adopt(adopt)
             self.seq = reached
             self.adopted += len(adopt)
             return len(adopt)
+
+    # ---- deleted users ------------------------------------------------------------------------
+    def _keep(self, imp: Shown) -> bool:
+        """False for an impression of a deleted user shown before their deletion."""
+        if not self._erased:
+            return True
+        at = self._erased.get((imp.app, user_digest(imp.app, imp.user_id)))
+        return at is None or (imp.event_seq is not None and imp.event_seq > at)
+
+    def forget_user(self, deletion: UserDeletion) -> dict[str, int]:
+        """A user was deleted (called in commit order, the event follower's lock held): their
+        pending impressions and slates go now, their impressions leave the log (the deleting
+        process deletes them; every process drops those still in its queue), and the folds are
+        refolded in the background so the posteriors lose their share. Before :meth:`start` only
+        the deletion is noted: the start's rebuild reads the logs as they are then."""
+        app = deletion.app
+        self._erased[(app, deletion.digest)] = deletion.event_seq
+        self._erased.move_to_end((app, deletion.digest))
+        while len(self._erased) > self.max_erased:
+            self._erased.popitem(last=False)
+        counts: dict[str, int] = {}
+        if self._started:
+            user = deletion.user_id or deletion.find(self.ranking.users(app))
+            counts.update(self.ranking.forget_user(app, lambda u: deletion.matches(app, u)))
+        else:
+            user = deletion.user_id
+        if user is not None:
+            if deletion.local:  # after those deleted before the change committed (Service.delete_user)
+                removed = self.impressions.remove_user(app, user, deletion.event_seq)
+                counts["impressions"] = deletion.counts.get("impressions", 0) + removed
+            else:  # rows this process wrote after the deleting one removed the user's
+                threading.Thread(target=self._remove_late, args=(app, user, deletion.event_seq),
+                                 name="liverec-erase-impressions", daemon=True).start()
+        if deletion.local and self.snapshots is not None:
+            removed = self.snapshots.delete(SNAPSHOT_APP, SNAPSHOT_NAME)
+            counts["ranking_snapshots"] = int(removed)
+            self._rewrite = self._rewrite or removed
+            self._written = None
+        if self._started:
+            self._schedule_refold()
+        return counts
+
+    def _remove_late(self, app: str, user: str, upto: int) -> None:
+        try:
+            self.impressions.remove_user(app, user, upto, origin=self.ranking.origin)
+        except Exception:  # noqa: BLE001 - the deleting process removed the rest; the folds leave these out
+            log.exception("removing a deleted user's impressions written by this process failed")
+
+    @property
+    def refolding(self) -> bool:
+        """Whether a refold after a deletion is pending or running (until it is swapped in the
+        posteriors still hold the deleted user's share)."""
+        return self._refold_state is not None
+
+    def wait_refolded(self, timeout: float | None = None) -> bool:
+        """Wait until no refold is pending or running; returns whether none is."""
+        with self._refolded:
+            return self._refolded.wait_for(lambda: self._refold_state is None, timeout)
+
+    def _schedule_refold(self) -> None:
+        with self._refold_lock:
+            if self._refold_state is not None:
+                self._refold_state = True  # the running one may have read the deleted user's rows
+                return
+            self._refold_state = False
+        threading.Thread(target=self._refold_loop, name="liverec-ranking-refold", daemon=True).start()
+
+    def _refold_loop(self) -> None:
+        while True:
+            try:
+                self.refold()
+            except Exception:  # noqa: BLE001 - the folds keep the user's share until the next deletion's refold
+                log.exception("refolding the ranking folds after a deletion failed")
+            with self._refold_lock:
+                if not self._refold_state:
+                    self._refold_state = None
+                    self._refolded.notify_all()
+                    break
+                self._refold_state = False
+        if self._rewrite and self.snapshots is not None and not self._stop.is_set():
+            self._rewrite = False
+            try:
+                self.write_snapshot()
+            except Exception:  # noqa: BLE001 - the snapshot writer's next interval writes one
+                log.exception("writing the ranking folds' snapshot after a deletion failed")
+
+    def refold(self, tries: int = 5) -> None:
+        """Fold the two logs again, from the start, into empty folds off to the side, then swap
+        them in with what was folded meanwhile. The request path and the polls go on during the
+        replay and wait only for the swap (the tail since the replay's positions): afterwards the
+        folds equal those of a rebuild from the logs as they are, without a deleted user's
+        impressions and feedback."""
+        follower = self.follower()
+        upto = follower.event_seq
+        shadow = self.ranking.fresh()
+        replayer = ImpressionFollower(shadow, self.impressions, self.events, lambda: _Fixed(upto), self.interval_s,
+                                      self.batch, self.lookback, self.clock)
+        replayer._erased = self._erased
+        replayer.rebuild()
+        ranking = self.ranking
+        with self._lock, follower.lock:
+            for attempt in range(tries):
+                follower.catch_up(force=True)
+                with ranking._fold:
+                    self.impressions.flush()  # every impression folded here is in the log (see RankingStages._log)
+                    now, head = follower.event_seq, self.impressions.head()
+                    rows: list[tuple[int, Shown]] = []
+                    while True:
+                        batch = self.impressions.shown_after(rows[-1][0] if rows else replayer.seq, self.batch, upto=head)
+                        if not batch:
+                            break
+                        rows.extend(batch)
+                    ahead = next((k for k, (_, imp) in enumerate(rows) if imp.event_seq is not None and imp.event_seq > now), None)
+                    if ahead is not None and attempt < tries - 1:
+                        continue  # shown after events another process folded and this one has not: catch up first
+                    reached = head if ahead is None else (rows[ahead][0] - 1 if ahead else replayer.seq)
+                    rows = rows if ahead is None else rows[:ahead]
+                    shown = [imp for _, imp in rows if self._keep(imp)]
+                    shadow.adopt([imp for imp in shown if imp.event_seq is None])
+                    replayer._replay([imp for imp in shown if imp.event_seq is not None], now, restored=upto)
+                    ranking.install(shadow)
+                    self.seq = reached
+                    self.refolds += 1
+                    return
+
+    # ---- export -------------------------------------------------------------------------------
+    def describe_user(self, app: str, user_id: str, first_seq: int | None = None) -> dict[str, list]:
+        """What the ranking holds of one user: their impressions in the log, those waiting for
+        feedback, their last slates."""
+        view = self.ranking.user_view(app, user_id)
+        view["impressions"] = [imp.to_dict() for imp in self.impressions.user_impressions(app, user_id)]
+        return view

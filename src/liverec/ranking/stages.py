@@ -240,6 +240,44 @@ class RankingStages:
             self.examined.advance(position)
             self.position = max(self.position, position)
 
+    # ------------------------------------------------------------------------------ deletion
+    def fresh(self) -> RankingStages:
+        """Stages with these settings and empty folds that log nothing: what a refold replays
+        the logs into before :meth:`install` swaps its folds in."""
+        other = RankingStages(self.settings, self.space, self.items, ThompsonBandit(0), None, self.types, self.clock,
+                              self.categories)
+        other.rewards = self.rewards.empty_like(other.bandit)
+        other.examined = self.examined.empty_like()
+        other.origin = self.origin
+        return other
+
+    def install(self, other: RankingStages) -> None:
+        """Take the folds of ``other`` (a :meth:`fresh` one, replayed up to this one's position):
+        posteriors, pending impressions, slates. The caller holds ``_fold``."""
+        self.bandit.adopt(other.bandit)
+        other.rewards.bandit = self.bandit
+        self.rewards = other.rewards
+        self.examined = other.examined
+        self.position = other.position
+
+    def forget_user(self, app: str, matches: Callable[[str], bool]) -> dict[str, int]:
+        """Drop a deleted user's pending impressions, last slates and recent reactions from the
+        folds; their share of the posteriors is taken out by a refold."""
+        with self._fold:
+            return {"pending_impressions": self.rewards.forget(app, matches),
+                    "last_slates": self.examined.forget(app, matches)}
+
+    def users(self, app: str) -> set[str]:
+        """The users of ``app`` the folds hold something of (pending impressions, slates)."""
+        with self._fold:
+            return self.rewards.users(app) | self.examined.users(app)
+
+    def user_view(self, app: str, user_id: str) -> dict[str, list]:
+        """What the folds hold of one user: impressions waiting for feedback, last slates."""
+        with self._fold:
+            pending = [{"item_id": item, "shown_at": ts, "impression_id": imp} for item, ts, imp in self.rewards.waiting(app, user_id)]
+            return {"pending_rewards": pending, "last_slates": self.examined.slates(app, user_id)}
+
     # ------------------------------------------------------------------------------ pool
     def _pool(self, request: RecommendRequest, state: UserState | None, scored: Scored, allow: Callable[[str], bool], cfg: RankingConfig, now: float,
               pool: int, summary: Summary, every_category: bool) -> tuple[list[str], np.ndarray]:
@@ -533,5 +571,7 @@ class RankingStages:
                                      (self.position, first.timestamp, first.request_id))
             self.rewards.expire(first.timestamp)
             self.rewards.shown(impressions)
-        if self.impressions is not None:
-            self.impressions.append(impressions)
+            # queued while the folds are held: whoever holds them (a refold's swap) and flushes
+            # the log finds every impression folded so far in it
+            if self.impressions is not None:
+                self.impressions.append(impressions)

@@ -31,7 +31,7 @@ from ..recommend.scoring import Scorer
 from ..service import Component, Service
 from ..state import StateStore
 from ..store import Store, open_store
-from .models import ModelServer
+from .models import ModelServer, TrainedModels
 from .snapshots import SnapshotWriter, restore
 
 def learner_config(settings: Settings) -> LearnerConfig:
@@ -94,13 +94,18 @@ def build_service(settings: Settings, store: Store | None = None, scorer: Scorer
     if router is not None:
         components.append(ModelServer(Path(settings.data_dir), router, texts=_texts_of(state), watch=watch_models,
                                       ann=AnnConfig(threshold=settings.ann_threshold)))
-        learners = Learners(settings.learner, learner_config(settings), models_dir, router, state, catalog.get)
+        # an update learns from data up to the log's head at most, and checks the deletions
+        # committed after the change position it started at (``service`` is assigned below)
+        learners = Learners(settings.learner, learner_config(settings), models_dir, router, state, catalog.get,
+                            position=lambda: (store.events.last_seq(), service.follower.change_seq),
+                            changes=store.events.changes)
         listeners.append(learners.observe)
         components.append(learners)  # after the model server: a learner needs its app's model loaded
-    if settings.snapshot_interval_s > 0:
-        # Started after the folds are ready and stopped first; the closure reads ``service``,
-        # assigned just below.
-        components.append(SnapshotWriter(lambda: service, settings.snapshot_interval_s, settings.snapshot_min_tail))
+    # after the learners: a deletion marks the versions an update in flight registered meanwhile
+    components.append(TrainedModels(Path(settings.data_dir), store.events, router))
+    # Started after the folds are ready and stopped first (interval 0: no schedule, but a deletion
+    # still replaces the stored snapshot); the closure reads ``service``, assigned just below.
+    components.append(SnapshotWriter(lambda: service, settings.snapshot_interval_s, settings.snapshot_min_tail))
     service = Service(settings, store, catalog, state, baseline, pipeline, ranking, listeners, components,
                       restore=restore)
     return service

@@ -1,4 +1,5 @@
-"""The model server: the promoted Transformer of every app, loaded at start and hot-swapped.
+"""The model server: the promoted Transformer of every app, loaded at start and hot-swapped;
+and what the models hold of users (:class:`TrainedModels`), for deletions and exports.
 
 :class:`ModelServer` owns the :class:`~liverec.model.serving.PromotedModels` router that the
 pipeline scores with. ``start`` loads the promoted version of each app under
@@ -16,11 +17,14 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
+from ..erasure import UserDeletion
 from ..model.registry import ModelRegistry, PromotionWatcher
 from ..model.scorer import TransformerScorer
 from ..model.serving import PromotedModels, default_text_cache_dir, load_scorer
+from ..model.text import erase_texts
+from ..store.base import EventLog
 from ..recommend.retrieval import AnnConfig
 
 log = logging.getLogger(__name__)
@@ -130,3 +134,71 @@ class ModelServer:
         self.watchers = []
         self.wait_loaded(timeout=30)
         self.router.save_texts()
+
+
+class TrainedModels:
+    """What the models of a data dir hold of users (a service component).
+
+    When a user is deleted: the model versions trained on their events are marked in the
+    registry (:meth:`~liverec.model.registry.ModelRegistry.mark_deleted`), and the vectors of the
+    texts they sent (searches, reviews, tags) that no other event carries leave the text caches:
+    the on-disk cache of the data dir (the deleting process) and the served scorers' memory
+    (every process). A text other users sent too keeps its vector: it is theirs as well.
+    """
+
+    def __init__(self, data_dir: Path, events: EventLog, router: PromotedModels | None = None) -> None:
+        self.models_dir = Path(data_dir) / "models"
+        self.text_cache_dir = default_text_cache_dir(data_dir)
+        self.events = events
+        self.router = router
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def _registry(self, app: str) -> ModelRegistry | None:
+        registry = ModelRegistry(self.models_dir / app)
+        return registry if registry.versions_dir.is_dir() else None
+
+    def forget_user(self, deletion: UserDeletion) -> dict[str, int]:
+        app, texts = deletion.app, deletion.texts()
+        counts: dict[str, int] = {}
+        if self.router is not None and texts:
+            self.router.forget_texts(app, texts, unsaved_only=True)  # none of them is written from here on
+        if not deletion.local:
+            if texts and self.router is not None:  # the others' texts stay: which they are takes a scan of the log
+                threading.Thread(target=self._forget_texts, args=(app, texts), name="liverec-erase-texts", daemon=True).start()
+            return counts
+        if texts:
+            erased, shared = self._forget_texts(app, texts)
+            erased |= erase_texts(self.text_cache_dir, [t for t in texts if t not in shared])
+            counts["text_vectors"], counts["shared_texts_kept"] = len(erased), len(shared)
+        registry = self._registry(app)
+        if registry is not None and deletion.first_seq is not None:
+            versions = registry.trained_on(deletion.first_seq)
+            for version in versions:
+                registry.mark_deleted(version, deletion.deletion_id)
+            counts["model_versions_marked"] = len(versions)
+        return counts
+
+    def _forget_texts(self, app: str, texts: list[str]) -> tuple[set[str], set[str]]:
+        """Drop the vectors of those ``texts`` no stored event carries from the served scorer;
+        returns (those dropped, those kept as other users' too)."""
+        shared = self.events.texts_in_use(texts)
+        held = self.router.forget_texts(app, [t for t in texts if t not in shared]) if self.router is not None else []
+        return set(held), shared
+
+    def describe_user(self, app: str, user_id: str, first_seq: int | None) -> dict[str, Any]:
+        """The model versions trained on the user's events (``first_seq``: their first event's log position)."""
+        registry = self._registry(app)
+        if registry is None or first_seq is None:
+            return {"model_versions": []}
+        promoted = registry.promoted()
+        out = []
+        for version in registry.trained_on(first_seq):
+            m = registry.manifest(version)
+            out.append({"app": app, "version": version, "promoted": version == promoted,
+                        "created": m.get("created_iso", ""), "log_position": m.get("log_position")})
+        return {"model_versions": out}

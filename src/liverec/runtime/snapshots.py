@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 import orjson
 
+from ..erasure import UserDeletion
 from ..memory import collector_paused
 from ..ranking.replicas import ImpressionFollower
 from ..recommend.cooccurrence import CooccurrenceCapture, CooccurrenceScorer
@@ -91,6 +92,9 @@ def capture(service: "Service") -> Capture | None:
     hold the deleted user's contributions while the position is past the deletion, and a
     snapshot of that would bring them back at every later start.
     """
+    with service.follower.lock:
+        # whatever is committed (a user deletion above all) is in the folds a snapshot holds
+        service.follower.catch_up(force=True)
     with service.follower.lock, service.state.lock:
         acquired = time.perf_counter()
         if service.refolding:
@@ -310,9 +314,13 @@ def write_snapshot(service: "Service") -> WriteResult:
 class SnapshotWriter:
     """Writes a snapshot every ``interval_s`` seconds in a background thread, when the log
     position has moved since the last one by at least ``min_tail`` events and changes (a
-    component: started once the folds are ready). The ranking's folds
+    component: started once the folds are ready; ``interval_s`` 0: none are written on a
+    schedule). The ranking's folds
     (:class:`~liverec.ranking.replicas.ImpressionFollower`) are written with the user folds, and
     on their own when ``ranking_tail`` impressions were adopted since their last snapshot.
+
+    A user deleted by this process: the stored snapshot of the folds is removed at once (it holds
+    the user) and a new one is written in the background once the folds no longer do.
 
     ``service`` returns the service whose folds are written (it is built after its components).
     """
@@ -328,6 +336,36 @@ class SnapshotWriter:
         self._ranking_seq: int | None = None  # the impression position of the ranking's last snapshot
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._rewriting: threading.Thread | None = None  # a snapshot written again after a deletion
+
+    def forget_user(self, deletion: UserDeletion) -> dict[str, int]:
+        """Remove the stored snapshot of the folds when this process deleted the user, and write
+        a new one without them in the background."""
+        if not deletion.local:
+            return {}
+        service = self.service()
+        removed = service.store.snapshots.delete(SNAPSHOT_APP, SNAPSHOT_NAME)
+        if removed and (self._rewriting is None or not self._rewriting.is_alive()):
+            self._position = None
+            self._rewriting = threading.Thread(target=self._rewrite, name="liverec-snapshot-rewrite", daemon=True)
+            self._rewriting.start()
+        return {"snapshots": int(removed)}
+
+    def _rewrite(self, timeout_s: float = 60.0) -> None:
+        """Write a snapshot as soon as the folds can be captured (not while counters are refolded
+        after another process's deletion); the schedule's next write otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                result = write_snapshot(self.service())
+            except Exception:  # noqa: BLE001 - the next scheduled write tries again
+                log.exception("writing a snapshot of the folds after a deletion failed")
+                return
+            if result.written or result.position is not None:
+                self._position = result.position
+                self.last = result
+                return
+            self._stop.wait(0.1)
 
     def start(self) -> None:
         if self.interval_s <= 0 or self._thread is not None:
@@ -338,9 +376,10 @@ class SnapshotWriter:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()  # a write in progress finishes before the store closes
-            self._thread = None
+        for thread in (self._thread, self._rewriting):
+            if thread is not None:
+                thread.join()  # a write in progress finishes before the store closes
+        self._thread = self._rewriting = None
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

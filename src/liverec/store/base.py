@@ -14,6 +14,7 @@ A backend is chosen by URL (see :func:`liverec.store.open_store`).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, Sequence
 
@@ -64,8 +65,9 @@ class AppendResult:
 class Change:
     """A change to the log other than an appended event, in commit order.
 
-    ``kind`` is ``item`` (``key`` is an item id upserted) or ``user_deleted`` (``key`` is the user
-    id). ``event_seq`` is the event log's head when the change committed: a follower applies the
+    ``kind`` is ``item`` (``key`` is an item id upserted) or ``user_deleted`` (``key`` is
+    :func:`user_digest` of the user: the store keeps no deleted user's id). ``event_seq`` is
+    the event log's head when the change committed: a follower applies the
     events up to it first, then the change, so the order every process sees is the commit order.
     """
 
@@ -74,6 +76,17 @@ class Change:
     kind: str
     key: str
     event_seq: int
+
+
+def user_digest(app: str, user_id: str) -> str:
+    """What the store keeps of a deleted user: a SHA-256 of app and id, as the ``user_deleted``
+    change's key and the deletion audit log's subject. A process that holds the user finds them
+    by it; a reader of the files who does not know the id cannot read it back.
+
+    >>> user_digest("shop", "u1") == user_digest("shop", "u1") != user_digest("news", "u1")
+    True
+    """
+    return hashlib.sha256(f"{app}\x00{user_id}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class EventLog(Protocol):
@@ -98,6 +111,12 @@ class EventLog(Protocol):
         """Delete the user's events (and record a ``user_deleted`` change in the same
         transaction); returns how many were deleted."""
 
+    def user_span(self, app: str, user_id: str) -> tuple[int, int] | None:
+        """(first, last) sequence number of the user's events; ``None`` without any."""
+
+    def texts_in_use(self, texts: Sequence[str]) -> set[str]:
+        """Those of ``texts`` that some stored event (of any app) carries as its text."""
+
     def version(self) -> int | None:
         """A number that changes when *another* connection commits (SQLite's ``data_version``),
         or ``None`` where the backend has no such cheap check; lets a follower skip ``heads``."""
@@ -111,6 +130,33 @@ class EventLog(Protocol):
     def count(self, app: str | None = None) -> int: ...
 
     def apps(self) -> list[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeletionRecord:
+    """One user deletion in the audit log: who asked (an API key id, or ``open:`` and the
+    remote address where the API has no keys), when, and the receipt (what was removed from
+    which store). ``subject`` is :func:`user_digest` of the user, never the id; ``deletion_id``
+    names the deletion where it is referred to (the receipt, the marks on model versions).
+    ``seq`` is the record's number in the log (0 before it is recorded)."""
+
+    deletion_id: str
+    app: str
+    subject: str
+    requested_by: str
+    at: float
+    receipt: dict[str, Any]
+    seq: int = 0
+
+
+class DeletionLog(Protocol):
+    """The append-only audit log of user deletions: records are added, never changed or removed."""
+
+    def record(self, entry: DeletionRecord) -> int:
+        """Append ``entry``; returns its ``seq``."""
+
+    def list(self, app: str | None = None, subject: str | None = None) -> list[DeletionRecord]:
+        """The records (of one app, of one subject), oldest first."""
 
 
 class Catalog(Protocol):
@@ -132,6 +178,9 @@ class Snapshots(Protocol):
 
     def names(self, app: str, prefix: str = "") -> list[str]:
         """The names stored for ``app`` that start with ``prefix``, sorted."""
+
+    def delete(self, app: str, name: str) -> bool:
+        """Remove the blob; False when there was none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +225,14 @@ class Store(Protocol):
     """A backend serving every role."""
 
     events: EventLog
+    deletions: DeletionLog
     catalog: Catalog
     snapshots: Snapshots
     keys: ApiKeys
+
+    def scrub(self) -> bool:
+        """Make rows deleted so far unrecoverable from the store's files where the backend can
+        (SQLite: the write-ahead log, which still holds the pages as they were, is checkpointed
+        and truncated; freed space was zeroed on delete); True when done."""
 
     def close(self) -> None: ...

@@ -20,6 +20,8 @@ from urllib.parse import parse_qs, urlparse, urlunparse
 import psycopg
 
 from ..events import Event
+from .base import DeletionRecord, user_digest
+from .sql import DELETION_COLUMNS, SqlDeletionReads
 from .base import ApiKey, AppendResult, Item
 from .sql import (EVENT_COLUMNS, KEY_COLUMNS, KEY_TOUCH, SqlCatalogReads, SqlEventReads, SqlKeyReads, SqlSnapshotReads,
                   accepted_events, key_row)
@@ -60,6 +62,15 @@ CREATE TABLE IF NOT EXISTS changes (
     kind TEXT NOT NULL,
     key TEXT NOT NULL,
     event_seq BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deletions (
+    seq BIGSERIAL PRIMARY KEY,
+    deletion_id TEXT NOT NULL UNIQUE,
+    app TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    receipt JSONB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS snapshots (
     app TEXT NOT NULL,
@@ -128,9 +139,16 @@ class PostgresStore:
         self._read_conn, _ = connect(url, "")
         self._read_lock = threading.RLock()
         self.events = _EventLog(self)
+        self.deletions = _Deletions(self)
         self.catalog = _Catalog(self)
         self.snapshots = _Snapshots(self)
         self.keys = _Keys(self)
+
+    def scrub(self) -> bool:
+        """Nothing to do here: deleted rows are dead tuples until (auto)VACUUM reclaims their
+        space, and their bytes stay in the table's pages until the space is reused (``VACUUM
+        FULL`` rewrites the table)."""
+        return True
 
     def drop(self) -> None:
         """Remove the schema and everything in it (tests)."""
@@ -182,8 +200,19 @@ class _EventLog(SqlEventReads):
             rows = conn.execute(f"DELETE FROM events WHERE app = %s AND user_id = %s RETURNING seq, {EVENT_COLUMNS}",
                                 (app, user_id)).fetchall()
             conn.execute("INSERT INTO changes (app, kind, key, event_seq) VALUES (%s, 'user_deleted', %s, %s)",
-                         (app, user_id, _event_head(conn)))
+                         (app, user_digest(app, user_id), _event_head(conn)))
         return [(r[0], self._event(r[1:])) for r in sorted(rows, key=lambda r: r[0])]
+
+
+class _Deletions(SqlDeletionReads):
+    _s: PostgresStore
+
+    def record(self, entry: DeletionRecord) -> int:
+        with self._s._lock, self._s._conn.transaction():
+            row = self._s._conn.execute(
+                f"INSERT INTO deletions ({DELETION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s::jsonb) RETURNING seq",
+                (entry.deletion_id, entry.app, entry.subject, entry.requested_by, entry.at, json.dumps(entry.receipt))).fetchone()
+        return int(row[0])
 
 
 class _Catalog(SqlCatalogReads):
@@ -219,6 +248,10 @@ class _Snapshots(SqlSnapshotReads):
                 ON CONFLICT (app, name) DO UPDATE SET blob = EXCLUDED.blob, updated_at = EXCLUDED.updated_at""",
                 (app, name, blob, time.time()),
             )
+
+    def delete(self, app: str, name: str) -> bool:
+        with self._s._lock, self._s._conn.transaction():
+            return self._s._conn.execute("DELETE FROM snapshots WHERE app = %s AND name = %s", (app, name)).rowcount > 0
 
 
 class _Keys(SqlKeyReads):

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from ..events import Event
 from .base import ApiKey, Change, Item
+from .base import DeletionRecord
 
 EVENT_COLUMNS = "app, event_id, user_id, item_id, type, ts, value, text, scope, target, context"
 ITEM_COLUMNS = "app, item_id, title, text, categories, attributes, updated_at"
@@ -89,6 +90,19 @@ class SqlEventReads:
 
     def delete_user(self, app: str, user_id: str) -> int:
         return len(self.remove_user(app, user_id))
+
+    def user_span(self, app: str, user_id: str) -> tuple[int, int] | None:
+        row = run(self._s, "SELECT MIN(seq), MAX(seq) FROM events WHERE app = ? AND user_id = ?", (app, user_id))[0]
+        return None if row[0] is None else (int(row[0]), int(row[1]))
+
+    def texts_in_use(self, texts: Sequence[str]) -> set[str]:
+        wanted = sorted(set(t for t in texts if t))
+        found: set[str] = set()
+        for k in range(0, len(wanted), 500):  # one scan of the texts per 500 (no index on text: deletions are rare)
+            chunk = wanted[k:k + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in run(self._s, f"SELECT DISTINCT text FROM events WHERE text IN ({marks})", chunk))
+        return found
 
     def count(self, app: str | None = None) -> int:
         if app is None:
@@ -171,3 +185,25 @@ class SqlKeyReads:
 
     def exists(self) -> bool:
         return bool(run(self._s, "SELECT 1 FROM api_keys LIMIT 1"))
+
+
+DELETION_COLUMNS = "deletion_id, app, subject, requested_by, at, receipt"
+
+
+class SqlDeletionReads:
+    """The read half of :class:`~liverec.store.base.DeletionLog`."""
+
+    def __init__(self, store: SqlBackend):
+        self._s = store
+
+    def list(self, app: str | None = None, subject: str | None = None) -> list[DeletionRecord]:
+        where, params = [], []
+        if app is not None:
+            where.append("app = ?")
+            params.append(app)
+        if subject is not None:
+            where.append("subject = ?")
+            params.append(subject)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = run(self._s, f"SELECT seq, {DELETION_COLUMNS} FROM deletions{clause} ORDER BY seq", params)
+        return [DeletionRecord(r[1], r[2], r[3], r[4], float(r[5]), dict(self._s.decode_json(r[6])), int(r[0])) for r in rows]

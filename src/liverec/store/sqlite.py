@@ -5,6 +5,11 @@ Durability: every append is one transaction committed with ``synchronous=FULL`` 
 returns, so an acknowledged batch survives a crash of the process or the machine. Idempotency: a
 unique key on (app, event_id); ``INSERT OR IGNORE`` skips duplicates and the rows that were really
 inserted are read back by their sequence numbers (``seq`` never reuses a value).
+
+Erasure: ``secure_delete`` is on, so a deleted row's bytes are overwritten with zeros in the
+pages (and the freed pages) that held it; the write-ahead log still holds earlier copies of those
+pages until :meth:`SQLiteStore.scrub` checkpoints and truncates it. A file written before
+``secure_delete`` was on may keep old copies in free space: ``VACUUM`` it once.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..events import Event
+from .base import DeletionRecord, user_digest
+from .sql import DELETION_COLUMNS, SqlDeletionReads
 from .base import ApiKey, AppendResult, Item
 from .sql import (EVENT_COLUMNS, KEY_COLUMNS, KEY_TOUCH, SqlCatalogReads, SqlEventReads, SqlKeyReads, SqlSnapshotReads,
                   accepted_events, key_row)
@@ -54,6 +61,15 @@ CREATE TABLE IF NOT EXISTS changes (
     kind TEXT NOT NULL,
     key TEXT NOT NULL,
     event_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deletions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    deletion_id TEXT NOT NULL UNIQUE,
+    app TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    at REAL NOT NULL,
+    receipt TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS snapshots (
     app TEXT NOT NULL,
@@ -104,6 +120,7 @@ class SQLiteStore:
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA secure_delete=ON")  # deleted rows are zeroed, not left in free space
             self._conn.execute("PRAGMA busy_timeout=10000")
             self._conn.executescript(SCHEMA)
         # Reads on a connection of their own: in WAL mode they never wait for a writer, so a
@@ -116,12 +133,27 @@ class SQLiteStore:
             self._read_conn.execute("PRAGMA busy_timeout=10000")
             self._read_lock = threading.RLock()
         self.events = _EventLog(self)
+        self.deletions = _Deletions(self)
         self.catalog = _Catalog(self)
         self.snapshots = _Snapshots(self)
         self.keys = _Keys(self)
 
     def transaction(self):
         return _Transaction(self)
+
+    def scrub(self, attempts: int = 20) -> bool:
+        """Checkpoint the write-ahead log into the file and truncate it: its frames are the pages
+        as they were before deleted rows were zeroed. Waits (``busy_timeout``) for readers of
+        older pages; False when some were still reading after ``attempts`` tries."""
+        if self.path == ":memory:":
+            return True
+        for _ in range(attempts):
+            with self._lock:
+                busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return True
+            time.sleep(0.05)
+        return False
 
     def close(self) -> None:
         with self._lock:
@@ -177,8 +209,18 @@ class _EventLog(SqlEventReads):
                                 (app, user_id)).fetchall()
             conn.execute("DELETE FROM events WHERE app = ? AND user_id = ?", (app, user_id))
             conn.execute("INSERT INTO changes (app, kind, key, event_seq) VALUES (?, 'user_deleted', ?, ?)",
-                         (app, user_id, _event_head(conn)))
+                         (app, user_digest(app, user_id), _event_head(conn)))
         return [(r[0], self._event(r[1:])) for r in rows]
+
+
+class _Deletions(SqlDeletionReads):
+    _s: SQLiteStore
+
+    def record(self, entry: DeletionRecord) -> int:
+        with self._s.transaction() as conn:
+            return int(conn.execute(f"INSERT INTO deletions ({DELETION_COLUMNS}) VALUES (?,?,?,?,?,?)",
+                                    (entry.deletion_id, entry.app, entry.subject, entry.requested_by, entry.at,
+                                     json.dumps(entry.receipt, separators=(",", ":")))).lastrowid)
 
 
 class _Catalog(SqlCatalogReads):
@@ -212,6 +254,10 @@ class _Snapshots(SqlSnapshotReads):
                 "INSERT OR REPLACE INTO snapshots (app, name, blob, updated_at) VALUES (?,?,?,?)",
                 (app, name, blob, time.time()),
             )
+
+    def delete(self, app: str, name: str) -> bool:
+        with self._s.transaction() as conn:
+            return conn.execute("DELETE FROM snapshots WHERE app = ? AND name = ?", (app, name)).rowcount > 0
 
 
 class _Keys(SqlKeyReads):
