@@ -1,18 +1,21 @@
-"""Data-parallel training (torch.distributed, gloo on CPU): the ranks stay identical, two ranks
-land within noise of one process at the same epochs, and `liverec train --nproc 2` registers one
-version."""
+"""Data-parallel training (torch.distributed, gloo on CPU): the ranks stay identical (also when
+one rank's clock runs out of a time budget first), two ranks land within noise of one process at
+the same epochs, ranks that disagree on their data refuse to train, and `liverec train --nproc 2`
+(or two machines) registers one version."""
 
 from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+import liverec.model.train as train_module
 from liverec.cli import app
 from liverec.config import Settings
 from liverec.evaluation.protocol import leave_one_out
@@ -44,12 +47,22 @@ def _job() -> tuple[ModelConfig, TrainConfig, object, ValidationSet]:
 def _rank_trains(info: RankInfo, mc: ModelConfig, tc: TrainConfig, seqs: object, valid: ValidationSet,
                  out: str) -> None:
     """Each rank: one run without validation (nothing is copied from rank 0 at the end, so equal
-    weights mean the steps were in sync), one with it (rank 0 validates and chooses), and one
-    whose settings differ by rank (refused)."""
+    weights mean the steps were in sync), one with it (rank 0 validates and chooses), one under a
+    time budget that only rank 1's clock (100,000x fast) runs out of, and one whose settings
+    differ by rank (refused)."""
     plain = train(mc, tc, seqs, None, progress=False)
     save_file(dict(plain.model.state_dict()), f"{out}/plain-{info.rank}.safetensors")
     chosen = train(mc, tc, seqs, valid, progress=False)
     save_file(dict(chosen.model.state_dict()), f"{out}/chosen-{info.rank}.safetensors")
+    budget_cfg = TrainConfig(**{**tc.to_dict(), "time_budget_s": 1000.0, "schedule": "cosine"})
+    clock = train_module.time
+    if info.rank == 1:
+        train_module.time = SimpleNamespace(perf_counter=lambda: clock.perf_counter() * 1e5)  # type: ignore[assignment]
+    try:
+        budget = train(mc, budget_cfg, seqs, None, progress=False)
+    finally:
+        train_module.time = clock
+    save_file(dict(budget.model.state_dict()), f"{out}/budget-{info.rank}.safetensors")
     try:
         train(mc, TrainConfig(**{**tc.to_dict(), "seed": info.rank}), seqs, None, progress=False)
         refused = ""
@@ -59,7 +72,7 @@ def _rank_trains(info: RankInfo, mc: ModelConfig, tc: TrainConfig, seqs: object,
     Path(f"{out}/rank-{info.rank}.json").write_text(json.dumps({
         "plain_ndcg": m["NDCG@10"], "plain_loss": [h["loss"] for h in plain.history],
         "best_metrics": chosen.best_metrics, "best_epoch": chosen.best_epoch, "history": chosen.history,
-        "refused": refused}))
+        "budget_epochs": budget.epochs_run, "refused": refused}))
 
 
 def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -84,6 +97,9 @@ def test_two_ranks_stay_identical_and_match_one_process(tmp_path) -> None:
     assert ranks[0]["best_metrics"] == ranks[1]["best_metrics"] and ranks[0]["history"] == ranks[1]["history"]
     assert all("val_NDCG@10" in h for h in ranks[0]["history"])  # rank 0 validated every epoch
     assert all("ranks disagree" in r["refused"] for r in ranks), [r["refused"] for r in ranks]
+    # rank 1 ran out of time after epoch 1 of 2: both stopped there, at the same learning rates
+    assert [r["budget_epochs"] for r in ranks] == [1, 1]
+    _assert_same_state(*[load_file(str(tmp_path / f"budget-{r}.safetensors")) for r in (0, 1)])
 
     one = train(mc, tc, seqs, valid, progress=False)
     one_plain = train(mc, tc, seqs, None, progress=False)
