@@ -82,8 +82,8 @@ def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
 
 
 def test_two_ranks_stay_identical_and_match_one_process(tmp_path) -> None:
-    """2 ranks: equal weights on every rank, within noise of one process at the same epochs, and
-    ranks whose settings differ refuse to train."""
+    """2 ranks: equal weights on every rank (also when one rank's clock runs out of a time budget
+    first), within noise of one process at the same epochs; ranks whose settings differ refuse."""
     mc, tc, seqs, valid = _job()
     spawn(_rank_trains, Launch(nproc=2, threads=1, timeout_s=120), mc, tc, seqs, valid, str(tmp_path))
 
