@@ -479,3 +479,21 @@ def test_a_deletion_names_the_user_by_digest_and_finds_them_by_it():
     local = copy.copy(deletion)
     local.user_id = "u2"
     assert local.find(["u2"]) == "u2"
+
+
+def test_the_audit_log_names_the_key_that_asked(tmp_path):
+    from liverec.auth import SecretSource
+
+    settings = Settings(data_dir=tmp_path / "data", scorer="cooccurrence", snapshot_interval_s=0)
+    with TestClient(create_app(settings)) as client:
+        keyring = client.app.state.auth.keyring
+        key, record = keyring.create("shop", "admin", 1000, 1000,
+                                     ensure_secret=SecretSource(settings.auth_secret, settings.data_dir).ensure)
+        headers = {"Authorization": f"Bearer {key}"}
+        assert client.post("/v1/events", json={"user_id": GONE, "item_id": "c1", "type": "view"}, headers=headers).status_code == 200
+        assert client.get(f"/v1/users/{GONE}/export").status_code == 401  # an admin route: no key, no answer
+        assert client.get(f"/v1/users/{GONE}/export", headers=headers).json()["events"][0]["app"] == "shop"
+        receipt = client.delete(f"/v1/users/{GONE}", headers=headers).json()
+        assert receipt["requested_by"] == record.key_id
+        audit, = client.app.state.service.store.deletions.list("shop")
+        assert audit.requested_by == record.key_id and audit.deletion_id == receipt["deletion_id"]

@@ -357,6 +357,7 @@ class ImpressionFollower:
         ranking = self.ranking
         follower = self.follower()
         with self._lock, follower.lock:
+            follower.catch_up(force=True)  # a deletion committed by now is applied before the copy
             if self.refolding:  # the posteriors still hold a deleted user's share
                 return None
             head = self.impressions.head()
