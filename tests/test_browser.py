@@ -332,3 +332,29 @@ def test_page_reconnects_after_a_server_restart(tmp_path: Path, page):
         wait_for_list(tab, "user-0002")
     finally:
         srv.stop()
+
+
+# ---- with API keys ---------------------------------------------------------------------------------
+
+def test_the_pages_ask_for_a_key_once_keys_are_on(tmp_path: Path, page):
+    tab, console = page
+    seed(tmp_path)
+    made = subprocess.run([sys.executable, "-m", "liverec.cli", "keys", "create", "--data-dir", str(tmp_path),
+                           "--app", "default", "--scopes", "admin"], capture_output=True, text=True, timeout=60, check=True)
+    key = made.stdout.splitlines()[-1]
+    srv = Server(tmp_path, free_port())
+    srv.start()
+    try:
+        asked: list[str] = []
+        tab.on("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept(key)))
+        tab.goto(f"{srv.url}/dashboard")
+        wait_until(lambda: tab.locator("#catalog-items").inner_text() == str(DEMO.items), "the dashboard's figures")
+        assert len(asked) == 1 and "API key" in asked[0]
+        tab.goto(f"{srv.url}/?user=user-0003")  # the key is kept in the browser: no second question
+        wait_for_list(tab, "user-0003")
+        assert len(asked) == 1
+        assert srv.api("GET", "/v1/stats").status_code == 401  # the figures need the key, the pages none
+    finally:
+        srv.stop()
+    # the first, refused request is in the console; nothing else is
+    assert [e for e in console.errors if "401" not in e] == []
