@@ -30,6 +30,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import math
 import os
 import re
 import secrets
@@ -166,6 +167,7 @@ class Keyring:
         self.clock = clock
         self._on = required
         self._checked = False
+        self._misconfigured = False
         self._used: dict[str, float] = {}
         self._used_lock = threading.Lock()
 
@@ -198,7 +200,9 @@ class Keyring:
         try:
             return self.check()
         except AuthConfigError as exc:
-            log.error("%s", exc)
+            if not self._misconfigured:  # every key is refused until fixed: say so once
+                self._misconfigured = True
+                log.error("%s", exc)
             return None
 
     def check(self) -> bytes | None:
@@ -233,7 +237,7 @@ class Keyring:
         """A new key for ``app``: (the key, shown once; its stored record)."""
         if not APP_ID.fullmatch(app):
             raise ValueError(f"app {app!r}: expected 1-64 characters of A-Z a-z 0-9 _ . -")
-        if rate <= 0 or burst < 1:
+        if not (math.isfinite(rate) and math.isfinite(burst) and rate > 0 and burst >= 1):
             raise ValueError(f"rate={rate}, burst={burst}: expected rate > 0 requests/s and burst >= 1")
         secret = ensure_secret() if ensure_secret is not None else self.secret()
         if secret is None:
