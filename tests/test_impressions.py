@@ -70,7 +70,7 @@ def test_a_users_impressions_are_removed_and_the_others_keep_their_positions(url
     assert log.user_impressions("a", "u") == [] and log.count("a") == 1 and log.count("b") == 1
     rest = log.scan_after(0)
     assert [(s, i.impression_id) for s, i in rest] == [(positions[i.impression_id], i.impression_id) for i in (shown[1], shown[4])]
-    assert log.head() >= max(positions.values()) and log.scrub()
+    assert log.head() >= max(positions.values()) and log.compact()
     log.close()
 
 

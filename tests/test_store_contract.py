@@ -82,7 +82,7 @@ def test_a_deleted_user_is_named_by_digest_in_the_changes(store):
     assert (change.kind, change.app, change.key) == ("user_deleted", "a", user_digest("a", "u"))
     assert store.events.texts_in_use(["red shoes", "only u"]) == {"red shoes"}
     assert store.events.user_span("a", "u") is None
-    assert store.scrub()
+    assert store.compact()
 
 
 def test_the_deletion_audit_log_is_append_only(store):

@@ -15,6 +15,7 @@ module only runs the two paths.
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from .runtime.follower import LogFollower
 from .state import StateStore
 from .store import AppendResult, Change, Store
 from .store.base import DeletionRecord, user_digest
+
+log = logging.getLogger(__name__)
 
 
 class BatchTooLarge(ValueError):
@@ -106,6 +109,10 @@ class Service:
         self._forget: dict[tuple[str, str], tuple[UserDeletion, list[Event]]] = {}
         self._rebuilds: dict[str, bool] = {}  # app -> a refold runs (True: run it once more after)
         self._rebuild_lock = threading.Lock()
+        # compaction of the files after deletions: None, running (False), or to run again (True)
+        self._compaction: bool | None = None
+        self._compacted = threading.Condition()
+        self._closing = threading.Event()
         self.started_at = time.time()
         self.ready = False
 
@@ -335,8 +342,7 @@ class Service:
         record = DeletionRecord(deletion.deletion_id, app, digest, requested_by, started,
                                 {"counts": counts, "change_seq": deletion.change_seq})
         self.store.deletions.record(record)
-        # the write-ahead logs still hold the pages as they were before the rows were zeroed
-        scrubbed = self.store.scrub() and self.ranking.impressions.scrub()
+        self._compact_files()  # the files' earlier copies of the rows go in the background
         return {
             "app": app,
             "user_id": user_id,
@@ -346,9 +352,54 @@ class Service:
             "deleted_at": started,
             "requested_by": requested_by,
             "removed": counts,
-            "scrubbed": scrubbed,
+            "compacting": True,
             "ranking_refolding": self._ranking_refolding(),
         }
+
+    # ---- the files after a deletion ---------------------------------------------------------------
+    @property
+    def compacting(self) -> bool:
+        """Whether the store's files are being compacted after a deletion (until then they may
+        hold earlier copies of deleted rows: see :meth:`liverec.store.base.Store.compact`)."""
+        return self._compaction is not None
+
+    def wait_compacted(self, timeout: float | None = None) -> bool:
+        """Wait until no compaction is pending or running; returns whether none is."""
+        with self._compacted:
+            return self._compacted.wait_for(lambda: self._compaction is None, timeout)
+
+    def _compact_files(self) -> None:
+        """Compact the store's and the impression log's files in the background. Deletions while
+        one runs make one more run after it, which starts at least four times the last run's
+        duration after it ended: under a stream of deletions the files are compacted at most a
+        fifth of the time (writers wait while it runs)."""
+        with self._compacted:
+            if self._compaction is not None:
+                self._compaction = True
+                return
+            self._compaction = False
+        threading.Thread(target=self._compact_loop, name="liverec-compact", daemon=True).start()
+
+    def _compact_loop(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                done = self.store.compact() and self.ranking.impressions.compact()
+            except Exception:  # noqa: BLE001 - tried again below; the rows themselves are gone already
+                log.exception("compacting the store's files after a deletion failed")
+                done = False
+            took = time.monotonic() - started
+            with self._compacted:
+                if done and not self._compaction or self._closing.is_set():
+                    self._compaction = None
+                    self._compacted.notify_all()
+                    return
+                self._compaction = False
+            if self._closing.wait(max(4 * took, 0.05)):
+                with self._compacted:
+                    self._compaction = None
+                    self._compacted.notify_all()
+                return
 
     def _ranking_refolding(self) -> bool:
         return any(c.refolding for c in self.components if isinstance(c, Refolds))
@@ -444,6 +495,8 @@ class Service:
         return {"user_id": user_id, "app": app, "n_events": state.n_events, "history": history, "blocked": blocked}
 
     def close(self) -> None:
+        self._closing.set()
+        self.wait_compacted(timeout=60)  # a compaction in progress finishes before the files close
         for component in reversed(self.components):
             component.stop()
         self.ranking.impressions.close()

@@ -187,8 +187,9 @@ class DeleteReceipt(BaseModel):
     deleted_at: float
     requested_by: str = Field(description="The API key id that asked, or `open:` and the client address without keys")
     removed: DeletionCounts
-    scrubbed: bool = Field(description="Whether the SQLite files' write-ahead logs were truncated (deleted rows are "
-                           "not recoverable from the files); always true on PostgreSQL (see docs/privacy.md)")
+    compacting: bool = Field(description="The store's files are compacted in the background, so no earlier copy of "
+                             "the deleted rows stays in them (SQLite: `VACUUM`, the write-ahead log truncated; "
+                             "docs/privacy.md)")
     ranking_refolding: bool = Field(description="The ranking's posteriors are being refolded without the user in the "
                                     "background (true until the refold is swapped in, within about a second)")
 

@@ -41,6 +41,7 @@ from typing import Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence
 import orjson
 
 from ..events import DEFAULT_TYPES, Event, TypeSpec
+from ..store.sqlite import compact as compact_sqlite
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +130,9 @@ class ImpressionLog(Protocol):
         process ``origin`` when given; returns how many. Positions are not reused: the others keep
         theirs."""
 
-    def scrub(self) -> bool:
+    def compact(self) -> bool:
         """Make deleted rows unrecoverable from the log's file where it has one (see
-        :meth:`liverec.store.base.Store.scrub`); True when done."""
+        :meth:`liverec.store.base.Store.compact`); True when done."""
 
     def flush(self) -> None:
         """Wait until this handle's appends are committed."""
@@ -188,7 +189,7 @@ class MemoryImpressionLog:
                 self._rows[k] = None
         return len(gone)
 
-    def scrub(self) -> bool:
+    def compact(self) -> bool:
         return True
 
     def flush(self) -> None:
@@ -348,7 +349,7 @@ class QueuedImpressionLog(ABC):
         with self._lock:
             return dropped + self._delete(sql, tuple(params))
 
-    def scrub(self) -> bool:
+    def compact(self) -> bool:
         return True
 
     def close(self) -> None:
@@ -433,18 +434,14 @@ class SQLiteImpressionLog(QueuedImpressionLog):
             raise
         return n
 
-    def scrub(self, attempts: int = 20) -> bool:
-        """Checkpoint and truncate the write-ahead log (it holds the pages as they were before the
-        deleted rows were zeroed); False when readers of older pages kept it busy."""
+    def compact(self) -> bool:
+        """``VACUUM`` and truncate the write-ahead log (:func:`liverec.store.sqlite.compact`);
+        impressions queued meanwhile are written after it."""
         if self.path == ":memory:":
             return True
-        for _ in range(attempts):
-            with self._lock:
-                busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            if not busy:
-                return True
-            time.sleep(0.05)
-        return False
+        self.flush()
+        with self._lock:
+            return compact_sqlite(self._conn)
 
     def _close(self) -> None:
         self._conn.close()

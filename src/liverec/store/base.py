@@ -230,9 +230,9 @@ class Store(Protocol):
     snapshots: Snapshots
     keys: ApiKeys
 
-    def scrub(self) -> bool:
+    def compact(self) -> bool:
         """Make rows deleted so far unrecoverable from the store's files where the backend can
-        (SQLite: the write-ahead log, which still holds the pages as they were, is checkpointed
-        and truncated; freed space was zeroed on delete); True when done."""
+        (SQLite: ``VACUUM`` writes every page afresh, then the write-ahead log, which holds pages
+        as they were, is checkpointed and truncated); True when done."""
 
     def close(self) -> None: ...

@@ -144,10 +144,10 @@ class PostgresStore:
         self.snapshots = _Snapshots(self)
         self.keys = _Keys(self)
 
-    def scrub(self) -> bool:
-        """Nothing to do here: deleted rows are dead tuples until (auto)VACUUM reclaims their
+    def compact(self) -> bool:
+        """Nothing done here: deleted rows are dead tuples until (auto)VACUUM reclaims their
         space, and their bytes stay in the table's pages until the space is reused (``VACUUM
-        FULL`` rewrites the table)."""
+        FULL`` rewrites a table, under a lock no deployment should take per deletion)."""
         return True
 
     def drop(self) -> None:

@@ -7,9 +7,10 @@ unique key on (app, event_id); ``INSERT OR IGNORE`` skips duplicates and the row
 inserted are read back by their sequence numbers (``seq`` never reuses a value).
 
 Erasure: ``secure_delete`` is on, so a deleted row's bytes are overwritten with zeros in the
-pages (and the freed pages) that held it; the write-ahead log still holds earlier copies of those
-pages until :meth:`SQLiteStore.scrub` checkpoints and truncates it. A file written before
-``secure_delete`` was on may keep old copies in free space: ``VACUUM`` it once.
+pages (and the freed pages) that held it. That is not all: when a page splits or merges, SQLite
+copies cells to their new place and leaves the old bytes in the unused space of the page, where
+no delete reaches them, and the write-ahead log holds earlier versions of pages. :func:`compact`
+(``VACUUM``, then the write-ahead log checkpointed and truncated) leaves neither.
 """
 
 from __future__ import annotations
@@ -93,6 +94,24 @@ CREATE TABLE IF NOT EXISTS api_keys (
 
 
 
+def compact(conn: sqlite3.Connection, attempts: int = 20) -> bool:
+    """Leave no byte of a deleted row in the database's files: ``VACUUM`` writes every page
+    afresh (packed, its unused space zeroed), then the write-ahead log, whose frames are pages as
+    they were, is checkpointed into the file and truncated. Writers of other processes wait
+    (``busy_timeout``) meanwhile; False when another connection kept it from completing (a write
+    lock held past the timeout, readers of older pages), to be tried again."""
+    try:
+        conn.execute("VACUUM")
+    except sqlite3.OperationalError:  # locked past the busy timeout
+        return False
+    for _ in range(attempts):
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if not busy:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def _event_head(conn: sqlite3.Connection) -> int:
     """The highest event seq ever assigned (AUTOINCREMENT: deleted rows do not lower it)."""
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
@@ -141,19 +160,12 @@ class SQLiteStore:
     def transaction(self):
         return _Transaction(self)
 
-    def scrub(self, attempts: int = 20) -> bool:
-        """Checkpoint the write-ahead log into the file and truncate it: its frames are the pages
-        as they were before deleted rows were zeroed. Waits (``busy_timeout``) for readers of
-        older pages; False when some were still reading after ``attempts`` tries."""
+    def compact(self) -> bool:
+        """See :func:`compact` (this process's appends wait meanwhile)."""
         if self.path == ":memory:":
             return True
-        for _ in range(attempts):
-            with self._lock:
-                busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            if not busy:
-                return True
-            time.sleep(0.05)
-        return False
+        with self._lock:
+            return compact(self._conn)
 
     def close(self) -> None:
         with self._lock:
