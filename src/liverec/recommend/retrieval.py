@@ -6,11 +6,12 @@ a few times larger than the slate and scores only those candidates exactly: the 
 blocks and filters then work on that pool as they work on all items below the threshold.
 
 Why faiss and not hnswlib: faiss has an inverted-file index (IVF) whose lists hold int8
-scalar-quantised codes (a 65-d item: 65 + 8 bytes against 260 for float32 plus ~250 for HNSW's
-links), builds a million items in seconds where HNSW takes minutes on two cores, returns a pool
-of hundreds of candidates at the cost of a few lists (HNSW needs ``efSearch`` at least the pool
-size), searches a batch of queries in one call and adds items to a built index. hnswlib offers
-HNSW over float32 vectors only. Measured in ``benchmarks/ann_catalog.py`` (docs/benchmarks.md).
+scalar-quantised codes (a 65-d item, padded to 72 for SIMD scans: 72 + 8 bytes against 260 for
+float32 plus ~250 for HNSW's links), builds a million items in seconds where HNSW takes minutes
+on two cores, returns a pool of hundreds of candidates at the cost of a few lists (HNSW needs
+``efSearch`` at least the pool size), searches a batch of queries in one call and adds items to
+a built index. hnswlib offers HNSW over float32 vectors only. Measured in
+``benchmarks/ann_catalog.py`` (docs/benchmarks.md).
 
 >>> rng = np.random.default_rng(0)
 >>> vectors = rng.normal(size=(2_000, 8)).astype(np.float32)
@@ -33,6 +34,18 @@ import numpy as np
 
 #: fewer training points per list than this and faiss's k-means warns (and clusters poorly)
 _POINTS_PER_LIST = 39
+#: faiss scans int8 codes with SIMD only when the dimension is a multiple of 8 (4x slower otherwise:
+#: a 65-d row is padded to 72 with zeros)
+_SIMD_WIDTH = 8
+
+
+def _padded(vectors: np.ndarray) -> np.ndarray:
+    """(K, d) float32 rows, C-contiguous, with zero columns up to a multiple of 8."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    pad = (-vectors.shape[1]) % _SIMD_WIDTH
+    if pad:
+        vectors = np.concatenate([vectors, np.zeros((len(vectors), pad), np.float32)], axis=1)
+    return np.ascontiguousarray(vectors)
 
 
 @dataclass(frozen=True)
@@ -109,7 +122,7 @@ class ItemIndex:
         lists = cfg.lists_for(n_items)
         rng = np.random.default_rng(cfg.seed)
         picked = np.arange(n_items) if n_items <= 64 * lists else np.sort(rng.choice(n_items, 64 * lists, replace=False))
-        sample = np.ascontiguousarray(rows(picked), dtype=np.float32)  # (S, d)
+        sample = _padded(rows(picked))  # (S, d)
         d = sample.shape[1]
         index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, lists, faiss.ScalarQuantizer.QT_8bit,
                                               faiss.METRIC_INNER_PRODUCT)
@@ -134,9 +147,6 @@ class ItemIndex:
     def ntotal(self) -> int:
         return int(self._index.ntotal)
 
-    @property
-    def dim(self) -> int:
-        return int(self._index.d)
 
     def nbytes(self) -> int:
         """Bytes the index holds: int8 codes and row ids in the lists, and the list centroids."""
@@ -146,7 +156,7 @@ class ItemIndex:
     def add(self, vectors: np.ndarray) -> None:
         """Append rows ``ntotal ..`` (incremental: the lists are not retrained; a new item goes to
         its nearest list)."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # (K, d)
+        vectors = _padded(vectors)  # (K, d)
         if len(vectors):
             with self._lock:
                 self._index.add(vectors)
@@ -154,7 +164,7 @@ class ItemIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(B, k) approximate scores and rows of the best ``k`` rows per query, best first; rows
         are -1 where fewer were found."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)  # (B, d)
+        queries = _padded(queries)  # (B, d)
         k = max(1, min(k, self.ntotal))
         with self._lock:
             scores, rows = self._index.search(queries, k)
