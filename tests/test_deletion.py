@@ -510,3 +510,34 @@ def test_the_audit_log_names_the_key_that_asked(tmp_path):
         assert receipt["requested_by"] == record.key_id
         audit, = client.app.state.service.store.deletions.list("shop")
         assert audit.requested_by == record.key_id and audit.deletion_id == receipt["deletion_id"]
+
+
+def test_two_workers_deleting_the_same_user_at_once_leave_the_counters_of_a_rebuild(tmp_path):
+    settings = _settings(tmp_path)
+    first, second = started(settings), started(settings)
+    try:
+        populate(first, [f"u{k}" for k in range(4)] + [GONE])
+        second.follower.catch_up(force=True)
+        # the first worker's deletion commits just after the second caught up to delete them too:
+        # the second applies the first's change with its own pending, having removed nothing itself
+        remove = second.store.events.remove_user
+
+        def first_wins(app, user):
+            first.store.events.remove_user(app, user)
+            return remove(app, user)
+
+        second.store.events.remove_user = first_wins
+        receipt = second.delete_user("default", GONE)
+        assert receipt["removed"]["events"] == 0 and receipt["removed"]["counters"] == 0
+        first.follower.catch_up(force=True)
+        wait_refolded(first, second)
+        rebuilt = started(settings)
+        try:
+            for service in (first, second):
+                assert_counters_equal(service, rebuilt)
+                assert service.state.get("default", GONE) is None
+        finally:
+            rebuilt.close()
+    finally:
+        first.close()
+        second.close()

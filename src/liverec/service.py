@@ -208,6 +208,10 @@ class Service:
             self.state.delete(app, deletion.user_id)
         counts = deletion.counts
         counts["state"] = int(deletion.state is not None)
+        if local is not None and deletion.state is not None and deletion.state.n_events > len(folded):
+            # another process deleted the user first (this one removed fewer events than it had
+            # folded): what remains to subtract is unknown here, so the counters are refolded
+            local, counts["counters"] = None, 0
         if local is not None:  # deleted here: subtract exactly what the events added
             self.baseline.forget_user(app, folded)
             if self.pipeline.scorer is not self.baseline:
