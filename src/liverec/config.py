@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     )
     scorer: str = Field("auto", description="auto (promoted model if any, else cooccurrence) | cooccurrence | transformer")
     ann_threshold: int = Field(
-        200_000, ge=1, description="Catalogs of at least this many items retrieve the Transformer's candidates from an "
+        50_000, ge=1, description="Catalogs of at least this many items retrieve the Transformer's candidates from an "
         "approximate index (faiss IVF, int8 codes) instead of scoring every item exactly.",
     )
     snapshot_interval_s: float = Field(

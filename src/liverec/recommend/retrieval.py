@@ -60,10 +60,10 @@ class AnnConfig:
     encoder ("bf16" halves it; "fp32").
     """
 
-    threshold: int = 200_000
+    threshold: int = 50_000
     candidates: int = 500
     lists: int = 0
-    probes: int = 32
+    probes: int = 128
     matrix: str = "bf16"
     seed: int = 0
 
