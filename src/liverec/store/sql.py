@@ -65,8 +65,11 @@ class SqlEventReads:
             if app is None:
                 rows = run(self._s, f"SELECT seq, {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (last, batch))
             else:
-                rows = run(self._s, f"SELECT seq, {EVENT_COLUMNS} FROM events WHERE app = ? AND seq > ? ORDER BY seq LIMIT ?",
-                           (app, last, batch))
+                # ``app || ''``: no index on app for this read, so it walks the log by seq; with
+                # ``app = ?`` SQLite took the (app, user_id, seq) index and sorted every row of the
+                # app for each batch (ML-1M: 0.68 s a batch instead of 0.07 s)
+                rows = run(self._s, f"SELECT seq, {EVENT_COLUMNS} FROM events WHERE seq > ? AND app || '' = ? ORDER BY seq LIMIT ?",
+                           (last, app, batch))
             if not rows:
                 return
             for row in rows:
