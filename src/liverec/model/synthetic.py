@@ -60,14 +60,13 @@ def clustered_catalog(n_items: int, *, clusters: int = 1000, d_model: int = 64, 
     With ``text_dim`` the items get unit text vectors around ``clusters`` random topic directions
     (``spread``: the noise around them) in the model's text buffer, a text projection that keeps
     their structure and small ID embeddings (an item mostly known by its text); without it the ID
-    embeddings themselves are clustered. The output bias falls with a Zipf-like popularity rank.
-    Items are ``"i<k>"``.
+    embeddings themselves are clustered (unit vectors: the norm of the ID embeddings'
+    initialisation, std 1/sqrt(d) per dimension). The output bias falls with a Zipf-like
+    popularity rank. Items are ``"i<k>"``.
 
     >>> cat = clustered_catalog(500, clusters=10, d_model=16, n_blocks=1, max_len=8)
     >>> cat.model.cfg.n_items, len(set(cat.labels.tolist())), len(cat.history(np.random.default_rng(0), 5))
     (500, 10, 5)
-
-    Unit vectors have the norm of the ID embeddings' initialisation (std 1/sqrt(d) per dimension).
     """
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
