@@ -85,6 +85,7 @@ def test_round_trip_of_every_call(api):
 
     receipt = api.delete_user("me")
     assert receipt.user_id == "me" and receipt.events_deleted == 5
+    assert receipt.deletion_id and receipt.requested_by and receipt.removed["events"] == 5  # the audit receipt
     with pytest.raises(NotFound):
         api.user("me")
 

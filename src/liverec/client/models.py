@@ -237,15 +237,26 @@ class User:
 
 @dataclass(frozen=True)
 class DeleteReceipt:
+    """The server's receipt of a deletion: its id in the audit log, who asked, and what each
+    store removed (``removed``: counts by store, as ``DeletionCounts`` in the API)."""
+
     app: str
     user_id: str
     events_deleted: int
     state_deleted: bool
     deleted_at: float
+    deletion_id: str = ""
+    requested_by: str = ""
+    removed: dict[str, int] = field(default_factory=dict)
+    compacting: bool = False  # the store's files are still being compacted (no earlier copy left after)
+    ranking_refolding: bool = False  # the ranking's posteriors are still being refolded without the user
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> DeleteReceipt:
-        return cls(d["app"], str(d["user_id"]), int(d["events_deleted"]), bool(d["state_deleted"]), float(d["deleted_at"]))
+        return cls(d["app"], str(d["user_id"]), int(d["events_deleted"]), bool(d["state_deleted"]), float(d["deleted_at"]),
+                   str(d.get("deletion_id", "")), str(d.get("requested_by", "")),
+                   {k: int(v) for k, v in (d.get("removed") or {}).items()},
+                   bool(d.get("compacting", False)), bool(d.get("ranking_refolding", False)))
 
 
 @dataclass(frozen=True)
