@@ -267,3 +267,24 @@ def check_batching(max_events: int, max_interval: float) -> None:
         raise ValueError(f"max_events={max_events}: expected at least 1")
     if max_interval <= 0:
         raise ValueError(f"max_interval={max_interval}: expected > 0 seconds")
+
+
+class Configured:
+    """What both clients keep beside their connection pool: the app, the key, the retry policy
+    and the headers they send; ``_sharing`` is the same client for another app."""
+
+    _http: Any
+    _owner: bool
+
+    def _configure(self, api_key: str | None, app: str | None, retry: Retry, extra: Mapping[str, str] | None) -> None:
+        self.app = app
+        self.retry = retry
+        self._api_key = api_key
+        self._extra = dict(extra or {})
+        self._headers = headers(api_key, app, extra)
+
+    def _sharing(self, app: str) -> Any:
+        other = object.__new__(type(self))
+        other._http, other._owner = self._http, False  # closing the copy leaves the connections open
+        other._configure(self._api_key, app, self.retry, self._extra)
+        return other

@@ -17,7 +17,7 @@ from .sync import _error
 T = TypeVar("T")
 
 
-class AsyncClient:
+class AsyncClient(c.Configured):
     """:class:`Client` for asyncio: the same methods and arguments, awaited.
 
     Usage::
@@ -34,19 +34,9 @@ class AsyncClient:
         self._owner = True
         self._configure(api_key, app, retry or c.Retry(), headers)
 
-    def _configure(self, api_key: str | None, app: str | None, retry: c.Retry, headers: Mapping[str, str] | None) -> None:
-        self.app = app
-        self.retry = retry
-        self._api_key = api_key
-        self._extra = dict(headers or {})
-        self._headers = c.headers(api_key, app, headers)
-
     def with_app(self, app: str) -> AsyncClient:
         """The same client speaking for ``app`` (sharing this one's connections)."""
-        other = object.__new__(AsyncClient)
-        other._http, other._owner = self._http, False
-        other._configure(self._api_key, app, self.retry, self._extra)
-        return other
+        return self._sharing(app)
 
     # ---- events ---------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from .errors import APIError, LiverecError, NetworkError
 T = TypeVar("T")
 
 
-class Client:
+class Client(c.Configured):
     """A liverec server's API, blocking (``AsyncClient`` is the same for asyncio).
 
     ``api_key`` is sent as ``Authorization: Bearer KEY``; ``app`` as the ``X-Liverec-App`` header
@@ -40,20 +40,10 @@ class Client:
         self._owner = True
         self._configure(api_key, app, retry or c.Retry(), headers)
 
-    def _configure(self, api_key: str | None, app: str | None, retry: c.Retry, headers: Mapping[str, str] | None) -> None:
-        self.app = app
-        self.retry = retry
-        self._api_key = api_key
-        self._extra = dict(headers or {})
-        self._headers = c.headers(api_key, app, headers)
-
     def with_app(self, app: str) -> Client:
         """The same client (connections, key, retries) speaking for ``app``. Closing it leaves
         the connections open; closing this client closes them."""
-        other = object.__new__(Client)
-        other._http, other._owner = self._http, False
-        other._configure(self._api_key, app, self.retry, self._extra)
-        return other
+        return self._sharing(app)
 
     # ---- events ---------------------------------------------------------------------------------
 
