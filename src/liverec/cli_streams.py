@@ -41,22 +41,14 @@ def _serve_metrics(port: int, totals_fn, lags_fn) -> None:
     """The consumer's own Prometheus endpoint (the API's ``/metrics`` shows the lag too)."""
     from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+    from .streams.progress import LagCollector
+
     registry = CollectorRegistry()
     for name, help_ in (("messages", "Messages consumed"), ("events", "Events appended to the log"),
                         ("duplicates", "Redelivered events recognised by event_id"), ("dead_letters", "Messages sent to the dead-letter topic")):
         Gauge(f"liverec_consumer_{name}", help_, registry=registry).set_function(lambda n=name: getattr(totals_fn(), n))
 
-    class _Lag:
-        def collect(self):
-            from prometheus_client.core import GaugeMetricFamily
-
-            family = GaugeMetricFamily("liverec_consumer_lag", "Messages behind the partition's high watermark",
-                                       labels=["group", "topic", "partition"])
-            for lag in lags_fn():
-                family.add_metric([lag.group, lag.topic, str(lag.partition)], lag.lag)
-            yield family
-
-    registry.register(_Lag())
+    registry.register(LagCollector(lags_fn))
     start_http_server(port, addr="0.0.0.0", registry=registry)
 
 

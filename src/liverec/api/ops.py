@@ -6,11 +6,10 @@ import time
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
 
 from ..auth import ADMIN
 from ..service import Service
-from ..streams.progress import StreamProgress
+from ..streams.progress import LagCollector, StreamProgress
 from .auth import public, requires
 from .deps import APP_ID, get_service
 from .schemas import Health
@@ -34,28 +33,8 @@ class Metrics:
         Gauge("liverec_events_duplicate", "Duplicate events ignored since start", registry=self.registry).set_function(lambda: counters.events_duplicate)
         Gauge("liverec_events_rejected", "Events rejected by validation since start", registry=self.registry).set_function(lambda: counters.events_rejected)
         Gauge("liverec_users", "Users with online state", registry=self.registry).set_function(lambda: service.state.count())
-        self.registry.register(_StreamLag(StreamProgress(service.store.snapshots)))
-
-
-class _StreamLag:
-    """Consumer lag per partition as the stream consumers last reported it to the store (they
-    may run on other machines: the store is what every worker shares)."""
-
-    def __init__(self, progress: StreamProgress):
-        self._progress = progress
-
-    def collect(self):
-        lag = GaugeMetricFamily("liverec_consumer_lag", "Messages behind the partition's high watermark",
-                                labels=["group", "topic", "partition"])
-        age = GaugeMetricFamily("liverec_consumer_report_age_seconds", "Seconds since the consumer last reported",
-                                labels=["group", "topic", "partition"])
-        now = time.time()
-        for p in self._progress.read():
-            labels = [p.group, p.topic, str(p.partition)]
-            lag.add_metric(labels, p.lag)
-            age.add_metric(labels, round(now - p.updated_at, 3))
-        yield lag
-        yield age
+        # as the stream consumers last reported it to the store (they may run on other machines)
+        self.registry.register(LagCollector(StreamProgress(service.store.snapshots).read))
 
 
 @router.get("/v1/health", response_model=Health)

@@ -14,7 +14,8 @@ store's snapshot role and every worker reads them for ``/metrics`` and the dashb
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+import time
+from typing import Any, Callable, Iterable, Mapping
 
 import orjson
 
@@ -90,3 +91,27 @@ def lags_from_statistics(stats: Mapping[str, Any], group: str, consumer: str, no
                 lag = max(high - position, 0)
             out.append(PartitionLag(group, topic, partition, position, high, lag, consumer, now))
     return out
+
+
+class LagCollector:
+    """Prometheus collector of per-partition lag from ``read`` (the store's records in every API
+    worker, the consumer's own view on its ``--metrics-port``)."""
+
+    def __init__(self, read: Callable[[], Iterable[PartitionLag]], clock: Callable[[], float] = time.time):
+        self._read = read
+        self._clock = clock
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        labels = ["group", "topic", "partition"]
+        lag = GaugeMetricFamily("liverec_consumer_lag", "Messages behind the partition's high watermark", labels=labels)
+        age = GaugeMetricFamily("liverec_consumer_report_age_seconds", "Seconds since the consumer last reported",
+                                labels=labels)
+        now = self._clock()
+        for p in self._read():
+            values = [p.group, p.topic, str(p.partition)]
+            lag.add_metric(values, p.lag)
+            age.add_metric(values, round(now - p.updated_at, 3))
+        yield lag
+        yield age
