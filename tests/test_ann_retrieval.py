@@ -220,7 +220,7 @@ def test_a_new_version_is_indexed_before_it_serves(tmp_path, small):
     registry.promote(registry.register(small.model, small.item_ids))
     seen: list[object] = []
     set_ = router.set
-    router.set = lambda app, scorer: (seen.append(scorer._retrieval), set_(app, scorer))  # type: ignore[method-assign]
+    router.set = lambda app, scorer, **kw: (seen.append(scorer._retrieval), set_(app, scorer, **kw))  # type: ignore[method-assign]
     server.check()
     server.stop()
     assert router.by_app["a"] is not first and seen and seen[0] is not None and seen[0] is not first._retrieval

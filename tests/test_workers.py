@@ -186,3 +186,53 @@ def test_sigkill_of_a_worker_under_load_loses_nothing(tmp_path, store_url):
     finally:
         stop_load.set()
         stop_group(proc)
+
+
+def test_an_item_upserted_on_one_worker_is_recommended_by_every_worker(tmp_path, store_url):
+    """A promoted text model serves two workers; an item upserted through one of them is in the
+    next answers of both (recommended to the users of its genre, with its genre's items as
+    similar items): each worker's fold of the upsert extends its served model."""
+    import torch
+
+    from liverec.config import Settings
+    from liverec.model.registry import ModelRegistry
+    from liverec.model.service_data import train_from_service
+    from liverec.model.text import HashingEncoder
+    from liverec.runtime.compose import build_service
+
+    from .test_new_items import NEWS, RECIPE, catalog, events
+
+    data_dir = tmp_path / "data"
+    settings = Settings(data_dir=data_dir, **({"store_url": store_url} if store_url else {}))
+    svc = build_service(settings)
+    svc.start()
+    svc.upsert_items("default", catalog())
+    svc.ingest("default", events())
+    svc.close()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        version = train_from_service(data_dir, "default", RECIPE, seed=0, text_encoder=HashingEncoder(32),
+                                     progress=False, store_url=store_url)
+    finally:
+        torch.set_num_threads(threads)
+    ModelRegistry.for_data_dir(data_dir, "default").promote(version)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_workers(data_dir, port, 2, store_url)
+    try:
+        space_user = "u1"  # watches space films only
+        assert fresh("PUT", f"{url}/v1/items/news", json=NEWS).json() == {"upserted": 1}
+        answered: set[str] = set()
+        for _ in range(16):
+            r = fresh("GET", f"{url}/v1/users/{space_user}/recommendations", params={"n": 5})
+            answered.add(r.headers["x-liverec-worker"])
+            assert r.json()["scorer"] == "transformer"
+            assert "news" in [i["item_id"] for i in r.json()["items"]], (r.headers["x-liverec-worker"], r.json())
+            r = fresh("GET", f"{url}/v1/items/news/similar", params={"n": 5})
+            answered.add(r.headers["x-liverec-worker"])
+            similar = r.json()["items"]
+            assert len(similar) == 5 and all(i["categories"] == ["space"] for i in similar), similar
+        assert len(answered) == 2, f"only worker(s) {answered} answered 32 fresh connections"
+    finally:
+        stop_group(proc)

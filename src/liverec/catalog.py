@@ -69,6 +69,19 @@ def parse_item(raw: Any, *, app: str, prefix: str = "", item_id: str | None = No
     return Item(app, the_id, title, text, tuple(dict.fromkeys(categories)), dict(attributes), now or time.time())  # type: ignore[arg-type]
 
 
+def encoder_text(item: Item) -> str:
+    """The text the model's sentence encoder reads for an item: its title, text and categories
+    (empty when it has none). Training, serving and the online learner read the same.
+
+    >>> encoder_text(Item("a", "m1", title="Heat", text="A heist.", categories=("Crime", "Drama")))
+    'Heat. A heist. (Crime, Drama)'
+    """
+    text = ". ".join(p for p in (item.title, item.text) if p)
+    if item.categories:
+        text = f"{text} ({', '.join(item.categories)})" if text else ", ".join(item.categories)
+    return text
+
+
 def parse_items(raws: Iterable[Any], *, app: str) -> list[Item]:
     """All-or-nothing validation of a batch of items."""
     items: list[Item] = []

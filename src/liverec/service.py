@@ -28,10 +28,11 @@ from .erasure import DescribesUsers, ForgetsUsers, Refolds, UserDeletion
 from .events import Event, EventRules, EventValidationError, FieldError, parse_batch
 from .recommend.cooccurrence import CooccurrenceScorer
 from .recommend.pipeline import Pipeline, RecommendRequest
+from .recommend.scoring import FollowsCatalog
 from .runtime.follower import LogFollower
 from .state import StateStore
 from .store import AppendResult, Change, Store
-from .store.base import DeletionRecord, user_digest
+from .store.base import DeletionRecord, Item, user_digest
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ class Service:
         self._restore = restore
         self.counters = Counters()
         self._count_lock = threading.Lock()
-        self.follower = LogFollower(store.events, self._apply_events, self._apply_change)
+        self.follower = LogFollower(store.events, self._apply_events, self._apply_change, settle=self._apply_items)
+        self._upserted: dict[str, dict[str, Item]] = {}  # app -> items upserted, handed to the scorer at once
         self._append: MicroBatcher[list[Event], AppendResult] = MicroBatcher(self._append_group)
         # this process's deletions being applied, by (app, digest): the deletion and the events
         # this process had folded (subtracted exactly from the counters)
@@ -174,6 +176,7 @@ class Service:
 
     # ---- folds: what the follower hands over, in commit order ----------------------------------
     def _apply_events(self, events: list[Event]) -> None:
+        self._apply_items()  # the items upserted before these events are known to the scorer first
         self.state.apply_batch(events)
         scorer = self.pipeline.scorer
         for event in events:
@@ -188,8 +191,18 @@ class Service:
             item = self.store.catalog.get(change.app, change.key)
             if item is not None:
                 self.catalog.put(item)
+                self._upserted.setdefault(change.app, {})[item.item_id] = item
         elif change.kind == "user_deleted":
             self._apply_deletion(change)
+
+    def _apply_items(self) -> None:
+        """Hand the items upserted since the last call to the scorer (a model places those it was
+        not trained on from their text), a batch upsert in one call."""
+        upserted, self._upserted = self._upserted, {}
+        scorer = self.pipeline.scorer
+        if isinstance(scorer, FollowsCatalog):
+            for app, items in upserted.items():
+                scorer.items_changed(app, list(items.values()))
 
     def _apply_deletion(self, change: Change) -> None:
         """A ``user_deleted`` change: drop the user's state, take their events out of the

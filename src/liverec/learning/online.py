@@ -5,8 +5,11 @@ remembers which users acted, and on each :meth:`OnlineLearner.step` (every ``int
 ``min_events`` arrived):
 
 1. copies the serving model (the served object is never trained in place);
-2. gives items it has never seen a row, initialised from their text vector's nearest known
-   items (:func:`~liverec.learning.finetune.init_new_items`);
+2. gives items it has never seen a row: the served scorer's rows of catalog items it serves from
+   their text are the model's from here on (:meth:`~liverec.model.scorer.TransformerScorer.export`),
+   items acted on without a catalog record get a text-only row, or without text features one
+   initialised from their text vector's nearest known items
+   (:func:`~liverec.learning.finetune.init_new_items`);
 3. moves the output bias one SGD step per new event (``bias_lr``; each user's newest event
    excluded, it validates), from the scores the model gives the event's prefix
    (:func:`~liverec.learning.finetune.bias_step`: the fast-moving part, what is popular now), then
@@ -41,6 +44,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..catalog import encoder_text
 from ..erasure import UserDeletion, deleted_since
 from ..events import Event
 from ..model.data import Sequences, input_windows, training_windows
@@ -195,22 +199,24 @@ class OnlineLearner:
     # ---- learning side --------------------------------------------------------------------------
     def _text(self, item_id: str) -> str:
         it = self.items(self.app, item_id)
-        return f"{it.title} {it.text} {' '.join(it.categories)}".strip() if it is not None else ""
+        return encoder_text(it) if it is not None else ""
 
-    def _grow(self, current: TransformerScorer, model: FeedbackTransformer, new_ids: list[str]) -> tuple[FeedbackTransformer, list[str], int]:
-        """A model (copy) with rows for ``new_ids``.
+    def _grow(self, current: TransformerScorer, model: FeedbackTransformer, item_ids: list[str],
+              new_ids: list[str]) -> tuple[FeedbackTransformer, list[str], int]:
+        """``model`` (a copy of the served one, rows for ``item_ids``) with rows for ``new_ids``
+        too (items acted on that the served scorer does not know: no catalog text).
 
         With text features and an encoder, the scorer's own cold-start path is used (zero ID
         embedding + the item's projected text vector); otherwise the ID embedding is the mean of
         the item's nearest known items in text space (hashed title/text/categories).
         """
-        item_ids = [str(i) for i in current.item_ids]
         if not new_ids:
             return model, item_ids, 0
         if model.cfg.text_dim and current.text_encoder is not None:
             grown = TransformerScorer(self.app, model, item_ids, current.version, current.text_encoder).add_items(
                 new_ids, [self._text(i) or i for i in new_ids])
-            return grown.model, [str(i) for i in grown.item_ids], len(new_ids)
+            model, item_ids = grown.export()
+            return model, item_ids, len(new_ids)
         cfg = copy.deepcopy(model.cfg)
         cfg.n_items = len(item_ids) + len(new_ids)
         bigger = FeedbackTransformer(cfg)
@@ -252,9 +258,9 @@ class OnlineLearner:
         log_position = self.position()[0] if self.position is not None else None
         if not acting:
             return None
-        model = copy.deepcopy(current.model)
+        model, item_ids = current.export()  # a copy with the rows of the items it serves from their text
         new_ids = sorted({i.item_id for s in acting for i in s.sequence if i.item_id and i.item_id not in current.index})
-        model, item_ids, n_new = self._grow(current, model, new_ids)
+        model, item_ids, n_new = self._grow(current, model, item_ids, new_ids)
         index = {item: k + 1 for k, item in enumerate(item_ids)}
         seqs = _sequences(acting, index, max_len)
         held = seqs.truncate_last(1)  # training: everything but each user's newest event

@@ -3,8 +3,11 @@
 At request time the user's *current* sequence (the online state, including an event that arrived
 a moment ago) is encoded and every item the model knows is scored by a dot product with the
 cached item vectors (exact, no candidate pre-selection). Items added with text only
-(:meth:`TransformerScorer.add_items`) get a zero ID embedding and their projected text vector, so
-they are scored and have similar items from the first second (cold start).
+(:meth:`TransformerScorer.add_items`: a catalog item the model was not trained on, the moment its
+upsert is folded) get a zero ID embedding and their text vector through the model's learned text
+projection, so they are scored and have similar items from the first second (cold start). They
+extend the scorer's item matrix, not the model: :meth:`TransformerScorer.export` writes a model
+with their rows (what training and the online learner register).
 
 A catalog of at least ``AnnConfig.threshold`` items is retrieved approximately instead
 (:mod:`liverec.recommend.retrieval`): the user vector ``[h, 1]`` searches an index of the rows
@@ -23,7 +26,7 @@ start (:meth:`warm_texts`), never inside a request: a request only looks the vec
 
 from __future__ import annotations
 
-import threading
+import copy
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -89,24 +92,32 @@ class TransformerScorer:
         self.text_vectors: TextVectorMemo | None = None
         if text_encoder is not None and model.cfg.text_dim:
             self.text_vectors = text_vectors if text_vectors is not None else TextVectorMemo(text_encoder, text_cache_dir)
-        self.text_misses = 0  # event texts a request found without a vector (read as absent)
-        self._lock = threading.Lock()
-        # concurrent requests share one forward pass (equal to one at a time: tested)
-        self._batched: MicroBatcher[UserState | None, np.ndarray] = MicroBatcher(lambda states: list(self.score_many(states)))
         self.ann = ann
         self.approximate = ann is not None and ann.approximate(len(self.item_ids))
         self._retrieval: ItemIndex | None = None  # rows [E[i], b[i]]: candidates for a user vector [h, 1]
         self._neighbours: ItemIndex | None = None  # rows E[i] / |E[i]|: similar items
-        self._top_batched: MicroBatcher[tuple[UserState | None, int], tuple[np.ndarray, np.ndarray]] = MicroBatcher(self._top_many)
-        self._popular: np.ndarray | None = None  # rows by bias, best first (the prior without history)
+        # items added from text beyond the model's rows (add_items): their texts and (K, text_dim) vectors
+        self._added_texts: list[str] = []
+        self._added_vectors = np.zeros((0, model.cfg.text_dim), np.float32)
+        self._start()
         self._refresh()
         if self.approximate and build_index:
             self.build_index()
+
+    def _start(self) -> None:
+        """What each scorer object holds for itself, never shared with one it was grown from."""
+        self.text_misses = 0  # event texts a request found without a vector (read as absent)
+        # concurrent requests share one forward pass (equal to one at a time: tested)
+        self._batched: MicroBatcher[UserState | None, np.ndarray] = MicroBatcher(lambda states: list(self.score_many(states)))
+        self._top_batched: MicroBatcher[tuple[UserState | None, int], tuple[np.ndarray, np.ndarray]] = MicroBatcher(self._top_many)
+        self._popular: np.ndarray | None = None  # rows by bias, best first (the prior without history)
 
     def _refresh(self) -> None:
         with torch.inference_mode():
             vecs = self.model.item_vectors().detach().clone()  # (N+1, D)
             self._bias = self.model.bias().detach().clone()  # (N,)
+            # the output bias of an item added from text: the mean of the trained items' (a neutral prior)
+            self._cold_bias = float(self._bias.mean()) if len(self._bias) else 0.0
             if self.approximate and self.ann is not None and self.ann.matrix == "bf16":
                 # A large catalog's item matrix is read only at the rows of the sequence and of the
                 # retrieved pool: bf16 halves it (the recall it costs: docs/benchmarks.md).
@@ -399,39 +410,104 @@ class TransformerScorer:
         return items, types, values, gap_bucket(gaps).astype(np.int64), text, next_gaps
 
     # ------------------------------------------------------------------ cold start
+    @property
+    def can_add_items(self) -> bool:
+        """Whether items can be added from their text (the model has text features and the
+        scorer an encoder)."""
+        return self.text_encoder is not None and bool(self.model.cfg.text_dim) and self.model.text_proj is not None
+
     def add_items(self, item_ids: Sequence[str], texts: Sequence[str]) -> TransformerScorer:
         """A new scorer that also knows ``item_ids`` from their text alone (cold start).
 
-        Their ID embeddings start at zero and their output bias at the mean bias, so the score is
-        the projected text vector's match with the user's state. The current scorer is unchanged
-        (swap it in by assignment).
+        An item's vector is its text vector through the model's learned text projection (its ID
+        embedding is zero: it has none yet), its output bias the mean of the trained items', so
+        its score is the projected text's match with the user's state. An item added before
+        (not one of the model's own) whose text changed takes the new text; the model's items,
+        items without text and unchanged ones are left as they are (``self`` when nothing
+        changes). The rows extend the item matrix (and the indexes of a catalog retrieved
+        approximately), not the model: this is cheap enough for every upsert. The current scorer
+        is unchanged (swap the new one in by assignment).
         """
-        if self.text_encoder is None or not self.model.cfg.text_dim:
+        if not self.can_add_items:
             raise ValueError("this model has no text features (or no text encoder): cannot add text-only items")
-        new = [(i, t) for i, t in zip(item_ids, texts) if str(i) not in self.index]
-        if not new:
+        wanted = {str(i): t for i, t in zip(item_ids, texts) if t}  # an id given twice: its last text
+        base = self.model.cfg.n_items
+        new = [i for i in wanted if i not in self.index]
+        changed = [i for i in wanted if self.index.get(i, 0) > base and self._added_texts[self.index[i] - base - 1] != wanted[i]]
+        if not new and not changed:
             return self
-        vecs = self.text_encoder.encode([t for _, t in new]).astype(np.float32)
-        cfg = ModelConfig.from_dict({**self.model.cfg.to_dict(), "n_items": self.model.cfg.n_items + len(new)})
-        model = FeedbackTransformer(cfg)
-        old = self.model.state_dict()
-        state = model.state_dict()
-        k = len(new)
-        for name, tensor in old.items():
-            if name == "item_emb.weight":
-                state[name] = torch.cat([tensor, torch.zeros(k, tensor.shape[1])])
-            elif name == "item_text":
-                state[name] = torch.cat([tensor, torch.from_numpy(vecs)])
-            elif name == "out_bias":
-                state[name] = torch.cat([tensor, tensor.mean().expand(k)])
-            else:
-                state[name] = tensor
-        model.load_state_dict(state)
-        grown = TransformerScorer(self.app, model, list(self.item_ids) + [str(i) for i, _ in new], self.version,
-                                  self.text_encoder, self.metrics, text_vectors=self.text_vectors, ann=self.ann,
-                                  build_index=False)
+        vectors = self._text_vectors([wanted[i] for i in new + changed])  # (K, text_dim)
+        with torch.inference_mode():
+            proj = self.model.text_proj  # type: ignore[union-attr]  # can_add_items checked it
+            rows = proj(torch.from_numpy(vectors)).to(self._vecs.dtype)  # (K, D): zero ID embedding + projected text
+            k = len(new)
+            at = torch.tensor([self.index[i] for i in changed], dtype=torch.int64)  # (C,) 1-based rows replaced
+            vecs = torch.cat([self._vecs, rows[:k]])  # (N+K+1, D): a copy, so the rows can be replaced
+            vecs[at] = rows[k:]
+            unit = None
+            if self._unit is not None:
+                unit = torch.cat([self._unit, torch.nn.functional.normalize(rows[:k], dim=1)])  # (N+K, D)
+                unit[at - 1] = torch.nn.functional.normalize(rows[k:], dim=1)
+            bias = torch.cat([self._bias, torch.full((k,), self._cold_bias, dtype=self._bias.dtype)])  # (N+K,)
+        grown = copy.copy(self)  # shares the model, encoder, text vectors and (for now) the indexes
+        grown._start()
+        grown._vecs, grown._unit, grown._bias = vecs, unit, bias
+        grown.item_ids = np.concatenate([self.item_ids, np.array(new, dtype=object)]) if new else self.item_ids
+        grown.index = {**self.index, **{item: len(self.item_ids) + j + 1 for j, item in enumerate(new)}}
+        grown._added_texts = self._added_texts + [wanted[i] for i in new]
+        grown._added_vectors = np.concatenate([self._added_vectors, vectors[:k]])
+        for j, item in enumerate(changed):
+            grown._added_texts[self.index[item] - base - 1] = wanted[item]
+            grown._added_vectors[self.index[item] - base - 1] = vectors[k + j]
         grown._extend_indexes(self)
         return grown
+
+    def _text_vectors(self, texts: list[str]) -> np.ndarray:
+        """(K, text_dim) vectors of item texts: those the scorer's text memo knows, or the
+        on-disk cache (many at once: one read), the rest encoded (and remembered)."""
+        memo, encoder = self.text_vectors, self.text_encoder
+        assert encoder is not None
+        if memo is None or memo.encoder is not encoder:
+            return np.asarray(encoder.encode(texts), dtype=np.float32)
+        if len(texts) >= 256:  # a catalog at start or a large batch: one read of the on-disk cache
+            memo.warm(texts)
+        else:  # an upsert or a few: encoded now (the cache file is read and written in bulk later)
+            memo.add(texts)
+        out = np.zeros((len(texts), self.model.cfg.text_dim), np.float32)
+        missing = []
+        for k, text in enumerate(texts):
+            v = memo.get(text)
+            if v is None:  # dropped again by the memo's bound
+                missing.append(k)
+            else:
+                out[k] = v
+        if missing:
+            out[missing] = encoder.encode([texts[k] for k in missing])
+        return out
+
+    def export(self) -> tuple[FeedbackTransformer, list[str]]:
+        """A copy of the model with a row for every item this scorer serves, and the item ids in
+        row order (what a version registered from this scorer holds). Items added from text get
+        a zero ID embedding, their text vector and the bias they are served with, so a scorer of
+        the exported model scores them as this one does (tested)."""
+        ids = [str(i) for i in self.item_ids]
+        k = len(self._added_texts)
+        if k == 0:
+            return copy.deepcopy(self.model), ids
+        cfg = ModelConfig.from_dict({**self.model.cfg.to_dict(), "n_items": self.model.cfg.n_items + k})
+        model = FeedbackTransformer(cfg)
+        state = model.state_dict()
+        for name, tensor in self.model.state_dict().items():
+            if name == "item_emb.weight":
+                state[name] = torch.cat([tensor, torch.zeros(k, tensor.shape[1], dtype=tensor.dtype)])
+            elif name == "item_text":
+                state[name] = torch.cat([tensor, torch.from_numpy(self._added_vectors).to(tensor.dtype)])
+            elif name == "out_bias":
+                state[name] = torch.cat([tensor, torch.full((k,), self._cold_bias, dtype=tensor.dtype)])
+            else:
+                state[name] = tensor.clone()
+        model.load_state_dict(state)
+        return model.eval(), ids
 
     def _extend_indexes(self, base: TransformerScorer) -> None:
         """Take over ``base``'s indexes and add the rows this scorer has beyond it (incremental:

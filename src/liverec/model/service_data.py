@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from liverec.catalog import encoder_text
 from liverec.erasure import deleted_since
 from liverec.evaluation.offline import DEFAULT_RECIPE, split_overrides
 from liverec.evaluation.protocol import InteractionLog, build_log, leave_one_out
@@ -79,13 +80,7 @@ def log_from_store(data_dir: str | Path, app: str, store_url: str | None = None,
                 types.append(e.type)
                 values.append(np.nan if e.value is None else e.value)
                 texts.append(e.text)
-        catalog: dict[str, str] = {}
-        for it in store.catalog.scan(app):
-            parts = [p for p in (it.title, it.text) if p]
-            text = ". ".join(parts)
-            if it.categories:
-                text = f"{text} ({', '.join(it.categories)})" if text else ", ".join(it.categories)
-            catalog[it.item_id] = text
+        catalog = {it.item_id: encoder_text(it) for it in store.catalog.scan(app)}
     if not users:
         raise ValueError(f"app {app!r} in {data_dir}: no events to train on")
     log = build_log(app, np.asarray(users, dtype=object), np.asarray(items, dtype=object), np.asarray(ts),
@@ -155,8 +150,8 @@ def train_from_service(
     if cold and enc is not None and text_dim:
         from liverec.model.scorer import TransformerScorer
 
-        extended = TransformerScorer(app, model, item_ids, text_encoder=enc).add_items(cold, [catalog[i] for i in cold])
-        model, item_ids = extended.model, [str(i) for i in extended.item_ids]
+        extended = TransformerScorer(app, model, item_ids, text_encoder=enc, text_cache_dir=Path(data_dir) / "text_cache")
+        model, item_ids = extended.add_items(cold, [catalog[i] for i in cold]).export()
         say(f"added {len(cold)} catalog items with text only (cold start)")
     reg = ModelRegistry.for_data_dir(data_dir, app)
     version = reg.register(model, item_ids, {

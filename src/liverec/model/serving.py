@@ -10,29 +10,47 @@ Event text (searches, tags, reviews) is encoded off the request path: the senten
 loaded by :func:`load_scorer`, each event's text is encoded when the event is observed, and the
 texts already in user state are encoded at start with :meth:`PromotedModels.warm_texts`. A version
 swapped in keeps the vectors of the one it replaces.
+
+Catalog items a version was not trained on (an item upserted while serving, a news article, a new
+product) are served from their text: every version set is extended with the app's catalog items
+it lacks, and an upsert folded from the log (:meth:`PromotedModels.items_changed`, in every
+process that follows the log) extends the served one, so the item is scored and has similar items
+at the next request. A restart reaches the same scorer from the version and the catalog (tested).
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
+from liverec.catalog import encoder_text
 from liverec.events import Event
 from liverec.model.registry import ModelRegistry
 from liverec.model.scorer import TransformerScorer
-from liverec.model.text import MiniLMEncoder, TextEncoder
+from liverec.model.text import TextEncoder, encoder_named
 from liverec.recommend.retrieval import AnnConfig
 from liverec.recommend.scoring import Scored
 from liverec.state import UserState
+from liverec.store.base import Item
 
 
 class PromotedModels:
-    """A scorer that delegates to the promoted :class:`TransformerScorer` of each app."""
+    """A scorer that delegates to the promoted :class:`TransformerScorer` of each app.
+
+    ``catalog`` gives an app's catalog items (the process's catalog fold): the items a version
+    set here was not trained on are added to it from their text.
+    """
 
     name = "transformer"
 
-    def __init__(self) -> None:
+    def __init__(self, catalog: Callable[[str], Iterable[Item]] | None = None) -> None:
         self.by_app: dict[str, TransformerScorer] = {}
+        self.catalog = catalog
+        # apps whose served scorer holds every catalog item with text: upserts extend it as they
+        # are folded (the others get the whole catalog when follow_catalog is called)
+        self._following: set[str] = set()
+        self._lock = threading.RLock()  # one version set or catalog extension at a time
 
     @property
     def version(self) -> str | None:
@@ -42,13 +60,49 @@ class PromotedModels:
     def metrics(self) -> dict[str, Any]:
         return {a: s.metrics for a, s in self.by_app.items()}
 
-    def set(self, app: str, scorer: TransformerScorer) -> None:
+    def set(self, app: str, scorer: TransformerScorer, with_catalog: bool = True) -> None:
         """Serve ``scorer`` for ``app``; it takes over the event text vectors of the scorer it
-        replaces (same encoder), so a new version needs no warm-up for texts already seen."""
-        old = self.by_app.get(app)
-        if old is not None and old is not scorer:
-            scorer.share_text_vectors(old)
-        self.by_app[app] = scorer  # one assignment: in-flight requests keep the old object
+        replaces (same encoder), so a new version needs no warm-up for texts already seen.
+
+        ``with_catalog``: first add the catalog items it was not trained on (their text is
+        encoded now, or read from the text vectors and the on-disk cache); without it (a start
+        whose sentence encoder loads in the background) they come with :meth:`follow_catalog`.
+        """
+        with self._lock:
+            old = self.by_app.get(app)
+            if old is not None and old is not scorer:
+                scorer.share_text_vectors(old)
+            if with_catalog:
+                scorer = self._with_catalog(app, scorer)
+                self._following.add(app)
+            else:
+                self._following.discard(app)
+            self.by_app[app] = scorer  # one assignment: in-flight requests keep the old object
+
+    def follow_catalog(self, app: str) -> None:
+        """Add the catalog items ``app``'s served scorer was not trained on, and from now on each
+        upsert as it is folded (after a start that set it ``with_catalog=False``)."""
+        with self._lock:
+            scorer = self.by_app.get(app)
+            if scorer is not None:
+                self.by_app[app] = self._with_catalog(app, scorer)
+                self._following.add(app)
+
+    def items_changed(self, app: str, items: Sequence[Item]) -> None:
+        """Catalog upserts folded from the log: items the served scorer does not know join it
+        from their text (an item added so before takes its new text); the trained items keep
+        their vectors. Called on the fold, so every process's next request scores them."""
+        with self._lock:
+            scorer = self.by_app.get(app)
+            if scorer is None or app not in self._following or not scorer.can_add_items:
+                return
+            self.by_app[app] = scorer.add_items([i.item_id for i in items], [encoder_text(i) for i in items])
+
+    def _with_catalog(self, app: str, scorer: TransformerScorer) -> TransformerScorer:
+        if self.catalog is None or not scorer.can_add_items:
+            return scorer
+        items = list(self.catalog(app))
+        return scorer.add_items([i.item_id for i in items], [encoder_text(i) for i in items])
 
     def observe(self, app: str, event: Event) -> None:
         """Hand the event to the app's scorer (which encodes its text, if any)."""
@@ -109,7 +163,7 @@ def load_scorer(registry: ModelRegistry, app: str, version: str | None = None,
     enc = text_encoder
     if art.model.cfg.text_dim:
         if enc is None:
-            enc = MiniLMEncoder()
+            enc = encoder_named(art.manifest.get("text_encoder"))
         load = getattr(enc, "load", None)  # encoders without weights to load need not have one
         if load_encoder and callable(load):
             load()

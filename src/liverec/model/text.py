@@ -114,6 +114,21 @@ class HashingEncoder:
         return out
 
 
+def encoder_named(name: str | None) -> TextEncoder:
+    """The encoder a model was trained with, by the name its manifest records (``None``: a model
+    from before names were recorded, which all used all-MiniLM-L6-v2).
+
+    >>> encoder_named("hashing-16").encode(["red shoes"]).shape
+    (1, 16)
+    """
+    if name is None or name == MiniLMEncoder.name:
+        return MiniLMEncoder()
+    hashed = re.fullmatch(r"hashing-(\d+)", name)
+    if hashed:
+        return HashingEncoder(int(hashed.group(1)))
+    raise ValueError(f"text encoder {name!r}: expected {MiniLMEncoder.name!r} or 'hashing-<dim>'")
+
+
 def text_key(text: str) -> str:
     """Cache key of a text: sha256 hex of its UTF-8 bytes."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

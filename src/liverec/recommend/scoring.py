@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Generic, Protocol, Sequence, TypeVar
+from typing import Callable, Generic, Protocol, Sequence, TypeVar, runtime_checkable
 
 import numpy as np
 
 from ..events import Event
 from ..state import UserState
+from ..store.base import Item
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,3 +114,12 @@ class Scorer(Protocol):
 
     def similar(self, app: str, item_id: str, n: int) -> list[tuple[str, float]]:
         """Items most similar to ``item_id``, best first (excluding the item itself)."""
+
+
+@runtime_checkable
+class FollowsCatalog(Protocol):
+    """A scorer that serves catalog items it was not trained on (a model that places an item from
+    its text): it is handed every item upsert as the process folds it from the log."""
+
+    def items_changed(self, app: str, items: Sequence[Item]) -> None:
+        """Items upserted (new, or changed), folded from the log in commit order."""

@@ -73,7 +73,9 @@ def build_service(settings: Settings, store: Store | None = None, scorer: Scorer
     if scorer is not None:
         main = scorer
     elif settings.scorer in ("auto", "transformer"):
-        router = PromotedModels()  # apps without a promoted model get nothing: the baseline answers
+        # apps without a promoted model get nothing: the baseline answers; catalog items a version
+        # was not trained on are served from their text
+        router = PromotedModels(catalog=catalog.items)
         main = router
 
     # The ranking stages read the pipeline's scorer when they run (it is swapped while serving);

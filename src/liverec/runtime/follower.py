@@ -37,10 +37,13 @@ class LogFollower:
         event_seq: int = 0,
         change_seq: int = 0,
         batch: int = 5_000,
+        settle: Callable[[], None] | None = None,
     ) -> None:
         self.log = log
         self.apply_events = apply_events
         self.apply_change = apply_change
+        # called once a catch-up has applied everything (folds that apply a run of changes at once)
+        self.settle = settle
         self.event_seq = event_seq
         self.change_seq = change_seq
         self.batch = batch
@@ -118,5 +121,7 @@ class LogFollower:
             self.apply_change(change)
             self.change_seq = change.seq
         self.change_seq = max(self.change_seq, change_head)
+        if self.settle is not None:
+            self.settle()
         self.applied_events += applied
         return applied

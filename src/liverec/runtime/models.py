@@ -7,6 +7,9 @@ pipeline scores with. ``start`` loads the promoted version of each app under
 train``, ``liverec models promote`` or the online learner (in this process or another) is
 swapped in while serving: one dict assignment, requests in flight finish on the old model.
 
+Every version served is extended with the catalog items it was not trained on, from their text
+(:meth:`~liverec.model.serving.PromotedModels.set`; at start once the sentence encoder is loaded).
+
 A catalog retrieved approximately (``ann``) gets its index built before a new version is
 swapped in (in the watcher's thread: the old version serves meanwhile); at start the version
 serves at once, exactly, and its index is built in the background.
@@ -56,22 +59,26 @@ class ModelServer:
         # a version replacing a served one builds its index here, before the swap
         scorer = load_scorer(registry, app, version, text_encoder=encoder, text_cache_dir=self.text_cache_dir,
                              load_encoder=not background, ann=self.ann, build_index=not background)
-        self.router.set(app, scorer)  # takes over the replaced version's text vectors
+        # takes over the replaced version's text vectors, and is extended with the catalog items it
+        # was not trained on (at a start in the background: once the sentence encoder is loaded)
+        self.router.set(app, scorer, with_catalog=not background)
         if background:
             # Loading the sentence model takes seconds (most of a start from a snapshot); the
             # service answers meanwhile: a text not encoded yet reads as absent, never encoded
             # in a request, and the event path waits for the model only if text arrives first.
-            thread = threading.Thread(target=self._texts_ready, args=(app, scorer), name=f"liverec-text-{app}", daemon=True)
+            thread = threading.Thread(target=self._texts_ready, args=(app, scorer, True), name=f"liverec-text-{app}", daemon=True)
             thread.start()
             self.loading.append(thread)
         else:
-            self._texts_ready(app, scorer)
+            self._texts_ready(app, scorer, False)
 
-    def _texts_ready(self, app: str, scorer: TransformerScorer) -> None:
+    def _texts_ready(self, app: str, scorer: TransformerScorer, background: bool) -> None:
         scorer.build_index()  # a large catalog's index (nothing to do otherwise)
         load = getattr(scorer.text_encoder, "load", None)
         if callable(load):
             load()
+        if background:  # the catalog items the version was not trained on, then each upsert
+            self.router.follow_catalog(app)
         if self.texts is not None:
             # text vectors off the request path: the texts in folded state are encoded here, once
             self.router.warm_texts(app, self.texts(app))
