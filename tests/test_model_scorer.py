@@ -100,6 +100,26 @@ def test_cold_start_item_scored_and_similar() -> None:
         TransformerScorer("a", _model(text_dim=0), ITEMS, text_encoder=enc).add_items(["x"], ["t"])
 
 
+def test_items_added_from_text_extend_the_matrix_and_export_as_model_rows() -> None:
+    """Added rows: the model is shared, not rebuilt; a new text for an added item replaces its row,
+    a model item keeps its own; a scorer of the exported model scores and lists similar items as
+    the grown one does."""
+    enc = HashingEncoder(16)
+    sc = TransformerScorer("a", _model(), ITEMS, text_encoder=enc)
+    grown = sc.add_items(["n1", "n2", "i3"], ["item 4 group 1", "item 7 group 1", "something else"])
+    assert grown.model is sc.model and len(grown.item_ids) == N_ITEMS + 2 and len(sc.item_ids) == N_ITEMS
+    assert grown.add_items(["n1"], ["item 4 group 1"]) is grown  # nothing changed
+    again = grown.add_items(["n2"], ["item 9 group 0"])
+    assert not torch.equal(again._vecs[again.index["n2"]], grown._vecs[grown.index["n2"]])
+    assert torch.equal(again._vecs[: N_ITEMS + 1], sc._vecs)  # the model's items untouched (i3 too)
+    model, ids = again.export()
+    assert model.cfg.n_items == N_ITEMS + 2 and ids == ITEMS + ["n1", "n2"]
+    rebuilt = TransformerScorer("a", model, ids, text_encoder=enc)
+    states = [_state(["i1", "i2"]), _state(["n1", "i5", "n2"]), None]
+    np.testing.assert_allclose(rebuilt.score_many(states), again.score_many(states), rtol=1e-5, atol=1e-6)
+    assert [i for i, _ in rebuilt.similar("a", "n2", 5)] == [i for i, _ in again.similar("a", "n2", 5)]
+
+
 def test_registry_promote_rollback(tmp_path) -> None:
     reg = ModelRegistry.for_data_dir(tmp_path, "shop")
     v1 = reg.register(_model(0), ITEMS, {"validation": {"NDCG@10": 0.1}})
