@@ -94,7 +94,10 @@ def test_evaluate_log_report_shape() -> None:
     json.dumps(report)  # serialisable
     for variant in ("all_items", "seen_filtered"):
         assert {"HR@10", "NDCG@10", "MRR", "coverage@10", "F1@10"} <= set(report["variants"][variant])
-    assert set(report["baselines"]) == {"popular", "cooccurrence", "implicit_als"}
+    assert set(report["baselines"]) == {"popular", "cooccurrence", "implicit_als", "sasrec"}
+    assert {"P@10", "R@10", "F1@10", "n_future", "baselines"} <= set(report["set_metrics"])
+    assert {"RMSE", "MAE", "baselines"} <= set(report["rating"])
+    assert report["selection"]["chosen"] in (0, 1, 2)
     for res in report["baselines"].values():
         assert 0.0 <= res["all_items"]["HR@10"] <= 1.0
     assert report["train_seconds"] > 0 and report["protocol"]

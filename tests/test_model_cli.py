@@ -34,7 +34,7 @@ def test_models_list_promote_rollback(tmp_path) -> None:
 def test_evaluate_events_writes_report(tmp_path) -> None:
     lines = ["user_id,item_id,timestamp,type,value"]
     for u in range(40):
-        for k in range(6):
+        for k in range(8):
             lines.append(f"u{u},i{(u + k) % 12},{100 + k},rating,{1 + k % 5}")
     (tmp_path / "ev.csv").write_text("\n".join(lines) + "\n")
     (tmp_path / "items.csv").write_text("item_id,title\n" + "".join(f"i{k},Item {k}\n" for k in range(12)))
@@ -45,5 +45,7 @@ def test_evaluate_events_writes_report(tmp_path) -> None:
     report = json.loads((tmp_path / "r.json").read_text())
     assert {"protocol", "train_seconds", "variants", "baselines"} <= set(report)
     assert {"all_items", "seen_filtered"} == set(report["variants"])
-    assert {"popular", "cooccurrence", "implicit_als"} == set(report["baselines"])
+    assert {"popular", "cooccurrence", "implicit_als", "sasrec"} == set(report["baselines"])
+    assert {"P@10", "R@10", "F1@10"} <= set(report["set_metrics"]) and report["set_metrics"]["users"] == 40
+    assert {"RMSE", "MAE"} <= set(report["rating"])
     assert (tmp_path / "r.md").exists()

@@ -133,16 +133,22 @@ def cooccurrence_scores(log: InteractionLog, split: Split) -> ScoreFn:
     return fn
 
 
+def baseline_scorers(log: InteractionLog, split: Split, seed: int = 0) -> dict[str, Callable[[], ScoreFn]]:
+    """Each baseline's constructor (fits on ``split.test_prefix`` when called)."""
+    return {
+        "popular": lambda: popular_scores(split, log.n_items),
+        "cooccurrence": lambda: cooccurrence_scores(log, split),
+        "implicit_als": lambda: als_scores(split, log.n_items, seed=seed),
+    }
+
+
 def run_baselines(log: InteractionLog, split: Split, seed: int = 0,
                   log_fn: Callable[[str], None] | None = None) -> dict[str, dict]:
-    """All baselines, each with both variants and its fit+score time."""
+    """The fitted baselines (popular, co-occurrence, implicit ALS), each with both variants and
+    its fit+score time (the plain SASRec is trained by :mod:`liverec.evaluation.sasrec`)."""
     say = log_fn or (lambda s: None)
     out: dict[str, dict] = {}
-    for name, make in (
-        ("popular", lambda: popular_scores(split, log.n_items)),
-        ("cooccurrence", lambda: cooccurrence_scores(log, split)),
-        ("implicit_als", lambda: als_scores(split, log.n_items, seed=seed)),
-    ):
+    for name, make in baseline_scorers(log, split, seed).items():
         t0 = time.perf_counter()
         res = evaluate_scores(make(), split, log.n_items)
         res["seconds"] = round(time.perf_counter() - t0, 1)  # type: ignore[assignment]

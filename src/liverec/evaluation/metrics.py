@@ -60,6 +60,31 @@ def coverage(top_items: np.ndarray, n_items: int) -> float:
     return float(len(np.unique(np.asarray(top_items).ravel())) / n_items)
 
 
+def set_metrics(top: np.ndarray, future: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Precision, recall and F1 at ``k`` of top lists against multi-item future sets.
+
+    ``top`` (U, >=k) 0-based item columns, best first; ``future`` (U, N) 1-based items (0 =
+    padding). Per user: hits = distinct future items in the top ``k``; P = hits / k,
+    R = hits / distinct future items, F1 = 2PR / (P + R) (0 without hits); each averaged over users.
+
+    >>> m = set_metrics(np.array([[0, 1, 2], [5, 6, 7]]), np.array([[1, 4], [9, 9]]), k=3)
+    >>> round(m["P@3"], 4), m["R@3"], round(m["F1@3"], 4)
+    (0.1667, 0.25, 0.2)
+    """
+    top = np.asarray(top)[:, :k] + 1  # (U, k) 1-based
+    fut = np.asarray(future)
+    if len(top) == 0:
+        return {}
+    p = np.zeros(len(top))
+    r = np.zeros(len(top))
+    for u in range(len(top)):
+        want = set(int(x) for x in fut[u] if x > 0)
+        hits = len(want.intersection(int(x) for x in top[u]))
+        p[u], r[u] = hits / k, hits / max(len(want), 1)
+    f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
+    return {f"P@{k}": float(p.mean()), f"R@{k}": float(r.mean()), f"F1@{k}": float(f1.mean()), "users": float(len(top))}
+
+
 @dataclass
 class RankingAccumulator:
     """Collects target ranks and top-10 lists batch by batch, then summarises.

@@ -14,13 +14,17 @@ from typing import Any, Callable
 
 import numpy as np
 
-from liverec.evaluation.baselines import run_baselines
-from liverec.evaluation.protocol import PROTOCOL, InteractionLog, leave_one_out
+from liverec.evaluation.baselines import baseline_scorers, run_baselines
+from liverec.evaluation.rating import evaluate_rating, has_ratings
+from liverec.evaluation.sasrec import run_sasrec, train_sasrec
+from liverec.evaluation.select import select_and_train
+from liverec.evaluation.future import baseline_batches, evaluate_future
+from liverec.evaluation.protocol import N_FUTURE, PROTOCOL, FutureSplit, InteractionLog, Split, future_split, leave_one_out
 from liverec.evaluation.report import PUBLISHED_REFERENCES, machine, now_iso
 from liverec.model.distributed import Launch, train_parallel
 from liverec.model.features import TYPE_IDS
 from liverec.model.text import MINILM_DIM, HashingEncoder, MiniLMEncoder, TextEncoder, text_matrix
-from liverec.model.train import TrainConfig, ValidationSet, evaluate_windows
+from liverec.model.train import TrainConfig, TrainResult, ValidationSet, evaluate_windows, score_windows
 from liverec.model.transformer import ModelConfig
 
 #: The recipe behind the reported figures (chosen on the validation position only).
@@ -29,7 +33,13 @@ DEFAULT_RECIPE: dict[str, Any] = {
     "batch_size": 32, "lr": 2e-3, "schedule": "cosine", "warmup_steps": 100, "epochs": 50,
     "stride": 50, "eval_every": 2, "patience": 5, "bf16": False, "text": True,
     "time_budget_s": 2580.0,  # the 45-minute CPU target: the cosine decay ends inside it on a slow machine
+    # evaluation settings (not model or optimiser fields):
+    "select": True, "select_share": 0.1,  # per-dataset selection (evaluation/select.py), share of the budget per trial
+    "n_future": N_FUTURE, "future_share": 0.25,  # set metrics: future size; budget share of the models trained for it
 }
+
+#: Recipe keys that configure the evaluation rather than the model or the optimiser.
+EVAL_KEYS = frozenset({"text", "select", "select_share", "n_future", "future_share"})
 
 MODEL_FEATURES = [
     "Causal pre-LN Transformer over the user's event sequence (max 200), item vectors tied between input and output.",
@@ -47,9 +57,9 @@ def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str
     """Split a flat recipe dict into ModelConfig fields, TrainConfig fields and the text flag."""
     m = {f.name for f in fields(ModelConfig)}
     t = {f.name for f in fields(TrainConfig)}
-    unknown = set(overrides) - m - t - {"text"}
+    unknown = set(overrides) - m - t - EVAL_KEYS
     if unknown:
-        raise ValueError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(m | t | {'text'})}")
+        raise ValueError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(m | t | EVAL_KEYS)}")
     return ({k: v for k, v in overrides.items() if k in m}, {k: v for k, v in overrides.items() if k in t},
             bool(overrides.get("text", False)))
 
@@ -90,13 +100,28 @@ def evaluate_log(
     if text_dim and log.event_texts:
         enc = text_encoder or MiniLMEncoder()
         event_text = text_matrix(log.event_texts, enc, text_cache)[1:]
+    say(f"split: {len(split.eval_users)} evaluated users, {split.train.n_events} training events")
+
+    def train_on(sp: Split, rcp: dict[str, Any]) -> TrainResult:
+        m, t, _ = split_overrides(rcp)
+        r = train_parallel(launch, ModelConfig(n_items=log.n_items, text_dim=text_dim, **m), TrainConfig(seed=seed, **t),
+                           sp.train, ValidationSet(sp.valid_windows, sp.valid_targets),
+                           item_text=item_text, event_text=event_text, progress=progress, log=say)
+        assert r is not None  # one machine: this process is node 0
+        return r
+
+    t_train = time.perf_counter()
+    selection = None
+    if recipe.get("select"):
+        chosen, res, selection = select_and_train(recipe, lambda r: train_on(split, r),
+                                                  share=float(recipe.get("select_share", 0.1)), log_fn=say)
+    else:
+        chosen, res = recipe, train_on(split, recipe)
+    train_seconds = time.perf_counter() - t_train if selection else res.train_seconds
+    mo, to, _ = split_overrides(chosen)
     mc = ModelConfig(n_items=log.n_items, text_dim=text_dim, **mo)
     tc = TrainConfig(seed=seed, **to)
-    say(f"split: {len(split.eval_users)} evaluated users, {split.train.n_events} training events")
-    res = train_parallel(launch, mc, tc, split.train, ValidationSet(split.valid_windows, split.valid_targets),
-                         item_text=item_text, event_text=event_text, progress=progress, log=say)
-    assert res is not None  # one machine: this process is node 0
-    say(f"trained in {res.train_seconds:.0f}s, best epoch {res.best_epoch}")
+    say(f"trained in {train_seconds:.0f}s, best epoch {res.best_epoch}")
     import torch
 
     ev_table = None
@@ -113,12 +138,13 @@ def evaluate_log(
         "protocol": PROTOCOL,
         "dataset": {"name": log.name, "users": log.seqs.n_users, "items": log.n_items, "events": log.seqs.n_events,
                     "evaluated_users": int(len(split.eval_users)), "fingerprint": log.source_fingerprint},
-        "train_seconds": round(res.train_seconds, 3),
+        "train_seconds": round(train_seconds, 3),
         "ranks": launch.world_size,
         "epochs_run": res.epochs_run,
         "best_epoch": res.best_epoch,
         "seed": seed,
         "recipe": recipe,
+        "selection": selection,
         "model_config": mc.to_dict(),
         "train_config": tc.to_dict(),
         "validation": res.best_metrics,
@@ -135,9 +161,59 @@ def evaluate_log(
             "rating": float(res.model.rep_type[TYPE_IDS["rating"]].detach()),
             "by_value": [round(float(x), 3) for x in res.model.rep_value.detach()],
         }
+    sasrec_tc = TrainConfig(seed=seed, **split_overrides({**DEFAULT_RECIPE, **{k: v for k, v in recipe.items() if k in {
+        "time_budget_s", "epochs"}}})[1])  # the default recipe's optimiser at the same budget
+    arch = {**DEFAULT_RECIPE, **{k: v for k, v in recipe.items() if k == "max_len"}}
     if baselines:
         report["baselines"] = run_baselines(log, split, seed=seed, log_fn=say)
+        report["baselines"]["sasrec"] = run_sasrec(split, log.n_items, arch, sasrec_tc, log_fn=say)
+        say(f"baseline sasrec: NDCG@10={report['baselines']['sasrec']['all_items']['NDCG@10']:.4f} "
+            f"({report['baselines']['sasrec']['train_seconds']}s training)")
+    n_future = int(recipe.get("n_future", N_FUTURE))
+    if n_future > 0:
+        fsplit = future_split(log, n_future, max_len=mc.max_len)
+        if len(fsplit.eval_users):
+            share = float(recipe.get("future_share", 0.25))
+            report["set_metrics"] = _set_metrics(log, fsplit, chosen, share, lambda r: train_on(fsplit, r), ev_table,
+                                                 arch, sasrec_tc, baselines, seed, say)
+    if has_ratings(split):
+        report["rating"] = evaluate_rating(res.model, log, split, ev_table, seed=seed, baselines=baselines, log_fn=say)
     return report, res.model
+
+
+def _short(rcp: dict[str, Any], share: float) -> dict[str, Any]:
+    """``rcp`` with ``share`` of its time budget (or of its epochs without one)."""
+    if rcp.get("time_budget_s"):
+        return {**rcp, "time_budget_s": float(rcp["time_budget_s"]) * share}
+    return {**rcp, "epochs": max(1, round(int(rcp.get("epochs", 1)) * share))}
+
+
+def _set_metrics(log: InteractionLog, fsplit: FutureSplit, chosen: dict[str, Any], share: float,
+                 train_fn: Callable[[dict[str, Any]], TrainResult], ev_table: Any, arch: dict[str, Any],
+                 sasrec_tc: TrainConfig, baselines: bool, seed: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """P/R/F1@10 on the multi-item future: the Transformer (chosen recipe) and SASRec trained
+    again on the future split with ``share`` of the budget, and the other baselines refitted."""
+    import dataclasses
+
+    res = train_fn(_short(chosen, share))
+    model_sets = evaluate_future(score_windows(res.model, fsplit.test_windows, event_text_table=ev_table), fsplit)
+    out: dict[str, Any] = {**{k: v for k, v in model_sets["all_items"].items() if k != "users"},
+                           "n_future": fsplit.future.shape[1], "users": int(len(fsplit.eval_users)),
+                           "seen_filtered": model_sets["seen_filtered"], "train_seconds": round(res.train_seconds, 1)}
+    say(f"set metrics (last {out['n_future']} events, {out['users']} users): P@10={out['P@10']:.4f} "
+        f"R@10={out['R@10']:.4f} F1@10={out['F1@10']:.4f}")
+    if baselines:
+        base: dict[str, Any] = {}
+        for name, make in baseline_scorers(log, fsplit, seed).items():
+            base[name] = evaluate_future(baseline_batches(make(), fsplit), fsplit)
+        budget = sasrec_tc.time_budget_s * share if sasrec_tc.time_budget_s else None
+        epochs = sasrec_tc.epochs if budget else max(1, round(sasrec_tc.epochs * share))
+        _, batches = train_sasrec(fsplit, log.n_items, arch,
+                                  dataclasses.replace(sasrec_tc, time_budget_s=budget, epochs=epochs))
+        base["sasrec"] = evaluate_future(batches(), fsplit)
+        out["baselines"] = base
+        say("set metrics baselines: " + ", ".join(f"{k} F1@10={v['all_items']['F1@10']:.4f}" for k, v in base.items()))
+    return out
 
 
 __all__ = ["DEFAULT_RECIPE", "MODEL_FEATURES", "evaluate_log", "split_overrides", "HashingEncoder", "MINILM_DIM"]

@@ -16,6 +16,14 @@ Protocol (ML-1M and any log in the generic import format):
 5. The request time of a held-out position is its event's timestamp (a recommendation is asked
    for when the user comes back); a model may read how long after the newest input event that
    is, never which item it is (see :func:`liverec.model.data.next_gap_buckets`).
+
+Multi-item future (set metrics, :func:`future_split`), a separate split of the same log: each
+user's last ``N`` target events (:data:`N_FUTURE` = 5, by time) are the **future set**, the target
+event before them the validation position, everything before that training data. Models and
+baselines recommend once, from the events before the future set (request time: the first future
+event's timestamp), and precision/recall/F1@10 compare that top-10 list with the future set's
+distinct items (:func:`liverec.evaluation.metrics.set_metrics`). Users with fewer than ``N + 2``
+target events are not evaluated; their events are training data.
 """
 
 from __future__ import annotations
@@ -68,6 +76,8 @@ class Split:
     test_windows: Windows  # (V, T) inputs before the test position (include the validation event)
     test_targets: np.ndarray  # (V,) 1-based items
     test_prefix: Sequences  # every user's events before the test position (for baselines)
+    valid_values: np.ndarray | None = None  # (V,) float32 feedback value of the validation event (NaN: none)
+    test_values: np.ndarray | None = None  # (V,) float32 feedback value of the test event (NaN: none)
 
     def seen_items(self) -> np.ndarray:
         """(V, L) every item each evaluated user interacted with before the test position
@@ -79,6 +89,14 @@ class Split:
             items = p.items[p.offsets[u]:p.offsets[u + 1]]
             out[r, :len(items)] = items
         return out
+
+
+@dataclass(frozen=True)
+class FutureSplit(Split):
+    """The multi-item-future split: ``test_*`` is the request before the future set (its
+    ``test_targets`` the first future item), ``future`` every evaluated user's future items."""
+
+    future: np.ndarray = None  # type: ignore[assignment]  # (V, N) 1-based items, in time order
 
 
 def _file_hash(path: Path) -> str:
@@ -197,13 +215,40 @@ def _parse_times(col: pd.Series) -> np.ndarray:
     return (dt.astype("int64") / 1e9).to_numpy()
 
 
+def log_name(events: str | Path) -> str:
+    """A log's name from its file: the stem without ``.csv``/``.gz``, or the folder's name when
+    the file has a generic name (``genrec-food/interactions.csv.gz`` -> ``genrec-food``).
+
+    >>> log_name("data/genrec-food/interactions.csv.gz"), log_name("shop.csv")
+    ('genrec-food', 'shop')
+    """
+    p = Path(events)
+    stem = p.name
+    for suffix in (".gz", ".bz2", ".zst", ".xz", ".zip", ".csv"):
+        stem = stem.removesuffix(suffix)
+    if stem in ("interactions", "events", "ratings") and p.parent.name:
+        return p.parent.name
+    return stem
+
+
+#: MovieLens CSV column names read as the generic format's (``ratings.csv``, ``movies.csv``).
+EVENT_COLUMN_ALIASES = {"userId": "user_id", "movieId": "item_id", "rating": "value"}
+ITEM_COLUMN_ALIASES = {"movieId": "item_id", "genres": "categories"}
+
+
 def load_events_csv(events: str | Path, items: str | Path | None = None) -> InteractionLog:
     """Load the generic import format.
 
     events CSV: ``user_id, item_id, timestamp[, type, value, text]`` (timestamp: epoch seconds or
-    ISO-8601); items CSV: ``item_id, title[, text, categories]``.
+    ISO-8601); items CSV: ``item_id, title[, text, categories]``. MovieLens CSVs (``userId,
+    movieId, rating, timestamp``; ``movieId, title, genres``) read as they are. Either may be compressed
+    (``.gz``, ``.bz2``, ``.zip``, ``.xz``, ``.zst``: read as they are, by the file's suffix).
     """
-    df = pd.read_csv(events, dtype={"user_id": str, "item_id": str}, keep_default_na=False, na_values={"value": [""]})
+    head = pd.read_csv(events, nrows=0).columns
+    names = {c: EVENT_COLUMN_ALIASES.get(c, c) for c in head if EVENT_COLUMN_ALIASES.get(c, c) not in head}
+    ids = {c for c in head if names.get(c, c) in ("user_id", "item_id")}
+    df = pd.read_csv(events, dtype={c: str for c in ids}, keep_default_na=False,
+                     na_values={c: [""] for c in head if names.get(c, c) == "value"}).rename(columns=names)
     missing = {"user_id", "item_id", "timestamp"} - set(df.columns)
     if missing:
         raise ValueError(f"{events}: missing columns {sorted(missing)}; expected user_id, item_id, timestamp[, type, value]")
@@ -218,6 +263,10 @@ def load_events_csv(events: str | Path, items: str | Path | None = None) -> Inte
     item_text: dict[str, str] = {}
     if items is not None:
         it = pd.read_csv(items, dtype=str, keep_default_na=False)
+        it = it.rename(columns={c: ITEM_COLUMN_ALIASES[c] for c in it.columns
+                                if c in ITEM_COLUMN_ALIASES and ITEM_COLUMN_ALIASES[c] not in it.columns})
+        if "categories" in it.columns:
+            it["categories"] = it["categories"].str.replace("|", ", ", regex=False)
         if "item_id" not in it.columns:
             raise ValueError(f"{items}: missing column item_id; expected item_id, title[, text, categories]")
         for row in it.itertuples(index=False):
@@ -229,7 +278,7 @@ def load_events_csv(events: str | Path, items: str | Path | None = None) -> Inte
             item_text[str(d["item_id"])] = text
     etext = df["text"].to_numpy() if "text" in df.columns else None
     return build_log(
-        Path(events).stem, df["user_id"].to_numpy(), df["item_id"].replace("", None).to_numpy(),
+        log_name(events), df["user_id"].to_numpy(), df["item_id"].replace("", None).to_numpy(),
         _parse_times(df["timestamp"]), types=types, values=values, event_texts=etext,
         item_text=item_text, fingerprint=_file_hash(Path(events)),
     )
@@ -277,7 +326,48 @@ def leave_one_out(log: InteractionLog, max_len: int = 200) -> Split:
         test_windows=input_windows(before_test, max_len, eval_users, request_times=_at(seqs.timestamps, test_pos)),
         test_targets=seqs.items[test_pos[eval_users]].astype(np.int64),
         test_prefix=before_test,
+        valid_values=seqs.values[valid_pos[eval_users]],
+        test_values=seqs.values[test_pos[eval_users]],
     )
 
 
-__all__ = ["PROTOCOL", "InteractionLog", "Split", "build_log", "load_movielens", "load_events_csv", "leave_one_out", "TARGET_TYPES"]
+N_FUTURE = 5
+
+
+def future_split(log: InteractionLog, n_future: int = N_FUTURE, max_len: int = 200) -> FutureSplit:
+    """Split ``log`` for set metrics: each user's last ``n_future`` target events are the future
+    set (see the module docstring)."""
+    if n_future < 1:
+        raise ValueError(f"n_future={n_future}: expected at least 1")
+    seqs = log.seqs
+    tgt = is_target_type(seqs.types) & (seqs.items > 0)
+    n_users = seqs.n_users
+    first_future = np.full(n_users, -1, dtype=np.int64)
+    valid_pos = np.full(n_users, -1, dtype=np.int64)
+    future = np.zeros((n_users, n_future), dtype=np.int64)
+    for u in range(n_users):
+        s, e = int(seqs.offsets[u]), int(seqs.offsets[u + 1])
+        pos = np.nonzero(tgt[s:e])[0]
+        if len(pos) >= n_future + 2:
+            first_future[u], valid_pos[u] = s + pos[-n_future], s + pos[-n_future - 1]
+            future[u] = seqs.items[s + pos[-n_future:]]
+    idx = np.arange(seqs.n_events)
+    user_of = np.repeat(np.arange(n_users), seqs.lengths())
+    evaluated = first_future >= 0
+    big = np.iinfo(np.int64).max
+    train = _select(seqs, idx < np.where(evaluated, valid_pos, big)[user_of])
+    before = _select(seqs, idx < np.where(evaluated, first_future, big)[user_of])
+    eval_users = np.nonzero(evaluated)[0]
+    return FutureSplit(
+        train=train,
+        eval_users=eval_users,
+        valid_windows=input_windows(train, max_len, eval_users, request_times=_at(seqs.timestamps, valid_pos)),
+        valid_targets=seqs.items[valid_pos[eval_users]].astype(np.int64),
+        test_windows=input_windows(before, max_len, eval_users, request_times=_at(seqs.timestamps, first_future)),
+        test_targets=future[eval_users, 0],
+        test_prefix=before,
+        future=future[eval_users],
+    )
+
+
+__all__ = ["PROTOCOL", "N_FUTURE", "FutureSplit", "future_split", "log_name", "InteractionLog", "Split", "build_log", "load_movielens", "load_events_csv", "leave_one_out", "TARGET_TYPES"]

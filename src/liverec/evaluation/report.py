@@ -68,6 +68,30 @@ def to_markdown(report: dict[str, Any]) -> str:
         for name, res in report.get("baselines", {}).items():
             lines.append(_row(name, res[variant], HEADLINE))
         lines.append("")
+    sets = report.get("set_metrics")
+    if sets:
+        lines += [f"## Set metrics (each user's last {sets['n_future']} events; {sets['users']} users)", "",
+                  "| model | P@10 | R@10 | F1@10 | P@10 seen filtered | R@10 seen filtered | F1@10 seen filtered |",
+                  "|---|---|---|---|---|---|---|"]
+        keys = ("P@10", "R@10", "F1@10")
+        rows = [("**transformer**", sets, sets.get("seen_filtered", {}))]
+        rows += [(n, r["all_items"], r["seen_filtered"]) for n, r in sets.get("baselines", {}).items()]
+        for name, a, f in rows:
+            lines.append(f"| {name} | " + " | ".join(f"{a.get(k, float('nan')):.4f}" for k in keys) + " | "
+                         + " | ".join(f"{f.get(k, float('nan')):.4f}" for k in keys) + " |")
+        lines.append("")
+    rating = report.get("rating")
+    if rating:
+        lines += [f"## Rating view ({rating['ratings']} held-out test ratings)", "", "| model | RMSE | MAE |", "|---|---|---|",
+                  f"| **transformer rating head** | {rating['RMSE']:.4f} | {rating['MAE']:.4f} |"]
+        lines += [f"| {n} | {r['RMSE']:.4f} | {r['MAE']:.4f} |" for n, r in rating.get("baselines", {}).items()]
+        lines.append("")
+    sel = report.get("selection")
+    if sel:
+        lines.append("Recipe selection (validation NDCG@10 of short trials): " + "; ".join(
+            f"{c['overrides'] or 'recipe'} {c['val_NDCG@10']:.4f}" for c in sel["candidates"])
+            + f"; chosen {sel['chosen_overrides'] or 'recipe'} (kept the {sel['kept_run']} run).")
+        lines.append("")
     lines.append("Validation (model selection, all items): " + ", ".join(
         f"{k} {v:.4f}" for k, v in report.get("validation", {}).items() if k in ("HR@10", "NDCG@10")))
     lines.append("")

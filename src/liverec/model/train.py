@@ -376,10 +376,14 @@ def train(
     for epoch in range(1, train_cfg.epochs + 1):
         net.train()
         total, count = 0.0, 0
+        cut = False  # the budget ran out inside this epoch (every rank reads rank 0's clock)
         for idx in _batches(windows, train_cfg.batch_size, rng):
             elapsed = time.perf_counter() - t0
             if clocked:
                 elapsed = ranks.main_number(elapsed)
+                if count and elapsed >= train_cfg.time_budget_s:  # type: ignore[operator]
+                    cut = True
+                    break
             for g in opt.param_groups:
                 g["lr"] = train_cfg.lr * _lr_factor(step, total_steps, train_cfg, elapsed)
             if ranks.world == 1:
@@ -398,7 +402,7 @@ def train(
         # Stop when the next epoch would not finish inside the time budget (epochs take similar
         # time); every rank stops when any rank would run out.
         elapsed = time.perf_counter() - t0
-        out_of_time = bool(train_cfg.time_budget_s) and elapsed * (epoch + 1) / epoch >= train_cfg.time_budget_s
+        out_of_time = cut or (bool(train_cfg.time_budget_s) and elapsed * (epoch + 1) / epoch >= train_cfg.time_budget_s)
         total, late = ranks.total([total, float(out_of_time)])
         out_of_time = late > 0
         rec: dict[str, float] = {"epoch": epoch, "loss": total / max(count, 1), "seconds": elapsed}

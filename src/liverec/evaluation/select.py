@@ -1,0 +1,77 @@
+"""Per-dataset recipe selection on the validation position, inside the training time budget.
+
+A small fixed grid over capacity and regularisation (:data:`CANDIDATES`, the same for every
+dataset: no per-dataset tuning) is tried with short runs, each ``select_share`` of the time budget
+(its cosine decay completes inside its own budget, so short runs are comparable); the candidate
+with the best validation NDCG@10 is then trained from scratch on the rest of the budget. The test
+position is never read. The final model is whichever of the winner's short and full runs scored
+higher on validation (the full run, unless it overfits its longer budget).
+
+Without a time budget (tests) a trial runs ``ceil(select_share * epochs)`` epochs instead.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+from liverec.model.train import TrainResult
+
+#: Overrides tried on top of the recipe: as it is; stronger regularisation; more capacity + regularisation.
+CANDIDATES: tuple[dict[str, Any], ...] = (
+    {},
+    {"dropout": 0.5, "weight_decay": 0.1},
+    {"d_model": 128, "dropout": 0.5, "weight_decay": 0.1},
+)
+
+TrainFn = Callable[[dict[str, Any]], TrainResult]  # recipe -> trained result (validation inside)
+
+
+def _trial_recipe(recipe: dict[str, Any], share: float) -> dict[str, Any]:
+    budget = recipe.get("time_budget_s")
+    if budget:
+        return {**recipe, "time_budget_s": float(budget) * share}
+    return {**recipe, "epochs": max(1, math.ceil(share * int(recipe.get("epochs", 1))))}
+
+
+def select_and_train(recipe: dict[str, Any], train_fn: TrainFn, share: float = 0.1,
+                     candidates: tuple[dict[str, Any], ...] = CANDIDATES,
+                     log_fn: Callable[[str], None] | None = None) -> tuple[dict[str, Any], TrainResult, dict[str, Any]]:
+    """Try every candidate briefly, train the best one on the remaining budget.
+
+    Returns (the chosen recipe, its trained result, a summary for the report: each trial's
+    overrides, validation NDCG@10/HR@10 and seconds, and the time spent in all).
+    """
+    say = log_fn or (lambda s: None)
+    t0 = time.perf_counter()
+    trials: list[dict[str, Any]] = []
+    best_i, best_res, best_score = 0, None, -1.0
+    for i, over in enumerate(candidates):
+        res = train_fn(_trial_recipe({**recipe, **over}, share))
+        score = float(res.best_metrics.get("NDCG@10", 0.0))
+        trials.append({"overrides": over, "val_NDCG@10": score, "val_HR@10": float(res.best_metrics.get("HR@10", 0.0)),
+                       "seconds": round(res.train_seconds, 1), "epochs_run": res.epochs_run})
+        say(f"selection trial {i} {over or '(recipe)'}: val NDCG@10={score:.4f} ({res.train_seconds:.0f}s)")
+        if score > best_score:
+            best_i, best_res, best_score = i, res, score
+    chosen = {**recipe, **candidates[best_i]}
+    spent = time.perf_counter() - t0
+    final_recipe = dict(chosen)
+    if recipe.get("time_budget_s"):
+        final_recipe["time_budget_s"] = max(float(recipe["time_budget_s"]) - spent, 1.0)
+    res = train_fn(final_recipe)
+    final_score = float(res.best_metrics.get("NDCG@10", 0.0))
+    kept = "full"
+    assert best_res is not None
+    if best_score > final_score:
+        res, kept = best_res, "trial"
+    summary = {"candidates": trials, "chosen": best_i, "chosen_overrides": candidates[best_i], "kept_run": kept,
+               "final_val_NDCG@10": final_score, "share": share,
+               "seconds": round(time.perf_counter() - t0, 1)}
+    say(f"selected candidate {best_i} {candidates[best_i] or '(recipe)'}; final val NDCG@10={final_score:.4f} "
+        f"(kept the {kept} run)")
+    return chosen, res, summary
+
+
+__all__ = ["CANDIDATES", "select_and_train"]
