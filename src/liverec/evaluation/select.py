@@ -3,8 +3,8 @@
 A small fixed grid over capacity and regularisation (:data:`CANDIDATES`, the same for every
 dataset: no per-dataset tuning) is tried with short runs, each ``select_share`` of the time budget
 (its cosine decay completes inside its own budget, so short runs are comparable); the candidate
-with the best validation NDCG@10 is then trained from scratch on the rest of the budget. The test
-position is never read. The final model is whichever of the winner's short and full runs scored
+with the best validation NDCG@10 is then trained from scratch on the rest of the budget (a later
+candidate must beat the best so far by :data:`MIN_GAIN`). The test position is never read. The final model is whichever of the winner's short and full runs scored
 higher on validation (the full run, unless it overfits its longer budget).
 
 Without a time budget (tests) a trial runs ``ceil(select_share * epochs)`` epochs instead.
@@ -24,6 +24,10 @@ CANDIDATES: tuple[dict[str, Any], ...] = (
     {"dropout": 0.5, "weight_decay": 0.1},
     {"d_model": 128, "dropout": 0.5, "weight_decay": 0.1},
 )
+
+#: A later (costlier) candidate replaces the best so far only when its validation NDCG@10 is
+#: higher by more than this share: short trials are noisy, and ties keep the cheaper recipe.
+MIN_GAIN = 0.02
 
 TrainFn = Callable[[dict[str, Any]], TrainResult]  # recipe -> trained result (validation inside)
 
@@ -53,7 +57,7 @@ def select_and_train(recipe: dict[str, Any], train_fn: TrainFn, share: float = 0
         trials.append({"overrides": over, "val_NDCG@10": score, "val_HR@10": float(res.best_metrics.get("HR@10", 0.0)),
                        "seconds": round(res.train_seconds, 1), "epochs_run": res.epochs_run})
         say(f"selection trial {i} {over or '(recipe)'}: val NDCG@10={score:.4f} ({res.train_seconds:.0f}s)")
-        if score > best_score:
+        if score > best_score * (1.0 + MIN_GAIN) or best_res is None:
             best_i, best_res, best_score = i, res, score
     chosen = {**recipe, **candidates[best_i]}
     spent = time.perf_counter() - t0
