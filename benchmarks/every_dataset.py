@@ -27,17 +27,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 #: (name, events file, items file) relative to the data directory.
-DATASETS = [
+DATASETS = [  # smallest first
     ("ml-latest-small", "ml-latest-small/ratings.csv", "ml-latest-small/movies.csv"),
+    ("steam", "genrec-steam-100000/interactions.csv.gz", "genrec-steam-100000/item_titles.csv.gz"),
     ("amazon2014-toy", "genrec-amazon2014-toy/interactions.csv.gz", "genrec-amazon2014-toy/item_titles.csv.gz"),
     ("amazon2014-clothing", "genrec-amazon2014-clothing/interactions.csv.gz",
      "genrec-amazon2014-clothing/item_titles.csv.gz"),
     ("amazon2014-health", "genrec-amazon2014-health/interactions.csv.gz",
      "genrec-amazon2014-health/item_titles.csv.gz"),
+    ("amazon2018-game", "genrec-amazon2018-game/interactions.csv.gz", "genrec-amazon2018-game/item_titles.csv.gz"),
     ("amazon2014-book", "genrec-amazon2014-book-1000000/interactions.csv.gz",
      "genrec-amazon2014-book-1000000/item_titles.csv.gz"),
-    ("amazon2018-game", "genrec-amazon2018-game/interactions.csv.gz", "genrec-amazon2018-game/item_titles.csv.gz"),
-    ("steam", "genrec-steam-100000/interactions.csv.gz", "genrec-steam-100000/item_titles.csv.gz"),
     ("food", "genrec-food/interactions.csv.gz", "genrec-food/item_titles.csv.gz"),
 ]
 

@@ -138,3 +138,13 @@ def test_movielens_csv_columns_read_as_the_generic_format(tmp_path) -> None:
     assert log.item_ids.tolist() == ["5", "7"] and log.seqs.values.tolist() == [2.0, 4.5]
     assert (log.seqs.types == TYPE_IDS["rating"]).all()
     assert log.item_texts[0] == "Heat (1995) (Action, Crime)"
+
+
+def test_a_short_budget_ends_the_warmup_at_five_percent_of_it() -> None:
+    from liverec.model.train import _lr_factor
+
+    short = TrainConfig(warmup_steps=100, schedule="cosine", time_budget_s=100.0)
+    assert np.isclose(_lr_factor(4, 10_000, short, elapsed=0.0), 0.05)  # step 5 of 100
+    assert _lr_factor(4, 10_000, short, elapsed=5.0) > 0.99  # 5% of the budget spent: warm
+    long = TrainConfig(warmup_steps=100, schedule="cosine", time_budget_s=2580.0)
+    assert np.isclose(_lr_factor(4, 10_000, long, elapsed=5.0), 0.05)  # the step count ends it first

@@ -176,10 +176,14 @@ def mask_seen(scores: torch.Tensor, seen_items: torch.Tensor) -> torch.Tensor:
 
 
 def _lr_factor(step: int, total: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
-    """Warmup, then constant or cosine decay. With a time budget the cosine runs on whichever is
+    """Warmup (``warmup_steps``, or 5% of a cosine run's time budget if that comes first), then
+    constant or cosine decay. With a time budget the cosine runs on whichever is
     further along, steps or time, so a slow machine still finishes its decay inside the budget
     (runs are then only as deterministic as the machine's speed; without a budget they are exact)."""
     warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+    if cfg.schedule == "cosine" and cfg.time_budget_s:
+        # a short budget: the warmup also ends once 5% of the budget is spent
+        warm = max(warm, min(1.0, elapsed / (0.05 * cfg.time_budget_s)))
     if cfg.schedule == "cosine" and total > 0:
         prog = min(1.0, step / total)
         if cfg.time_budget_s:
