@@ -107,7 +107,7 @@ def _errors(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 def fit_rating_head(
     model: FeedbackTransformer, split: Split, event_text_table: torch.Tensor | None = None,
     epochs: int = 50, patience: int = 5, lr: float = 3e-3, batch_size: int = 256, seed: int = 0,
-    time_budget_s: float = 300.0,
+    time_budget_s: float = 120.0,
 ) -> tuple[RatingHead, dict[str, Any]]:
     """Train the head on the training positions' ratings, early-stopped on the validation
     ratings; returns the head (its best validation epoch) and a summary."""
