@@ -12,7 +12,7 @@ from liverec.evaluation.metrics import set_metrics
 from liverec.evaluation.protocol import build_log, future_split, leave_one_out, load_events_csv
 from liverec.evaluation.rating import evaluate_rating
 from liverec.evaluation.sasrec import positives_only, run_sasrec
-from liverec.evaluation.select import select_and_train
+from liverec.evaluation.selection import select_and_train
 from liverec.model.features import TYPE_IDS
 from liverec.model.synthetic import sequential_log
 from liverec.model.train import TrainConfig, TrainResult, ValidationSet, train
@@ -114,6 +114,9 @@ def test_selection_trains_the_best_candidate_on_the_rest_of_the_budget() -> None
     assert chosen["dropout"] == 0.5 and summary["chosen"] == 1
     assert seen[3]["dropout"] == 0.5 and 90.0 < seen[3]["time_budget_s"] <= 100.0
     assert summary["kept_run"] == "full" and res.best_metrics["NDCG@10"] > 0.3
+    seen.clear()
+    select_and_train({"dropout": 0.2, "time_budget_s": 1000.0}, fake_train, share=0.1, max_trial_s=20.0, candidates=cands)
+    assert [r["time_budget_s"] for r in seen[:3]] == [20.0, 20.0, 20.0]  # capped: the final run keeps the rest
 
 
 def test_compressed_events_and_items_files_load_as_they_are(tmp_path) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from liverec.evaluation.baselines import baseline_scorers, run_baselines
 from liverec.evaluation.rating import evaluate_rating, has_ratings
 from liverec.evaluation.sasrec import run_sasrec, train_sasrec
-from liverec.evaluation.select import select_and_train
+from liverec.evaluation.selection import select_and_train
 from liverec.evaluation.future import baseline_batches, evaluate_future
 from liverec.evaluation.protocol import N_FUTURE, PROTOCOL, FutureSplit, InteractionLog, Split, future_split, leave_one_out
 from liverec.evaluation.report import PUBLISHED_REFERENCES, machine, now_iso
@@ -34,12 +34,12 @@ DEFAULT_RECIPE: dict[str, Any] = {
     "stride": 50, "eval_every": 2, "patience": 5, "bf16": False, "text": True,
     "time_budget_s": 2580.0,  # the 45-minute CPU target: the cosine decay ends inside it on a slow machine
     # evaluation settings (not model or optimiser fields):
-    "select": True, "select_share": 0.1,  # per-dataset selection (evaluation/select.py), share of the budget per trial
+    "select": True, "select_share": 0.1, "select_trial_max_s": 120.0,  # per-dataset selection (evaluation/selection.py): budget share per trial, capped
     "n_future": N_FUTURE, "future_share": 0.25,  # set metrics: future size; budget share of the models trained for it
 }
 
 #: Recipe keys that configure the evaluation rather than the model or the optimiser.
-EVAL_KEYS = frozenset({"text", "select", "select_share", "n_future", "future_share"})
+EVAL_KEYS = frozenset({"text", "select", "select_share", "select_trial_max_s", "n_future", "future_share"})
 
 MODEL_FEATURES = [
     "Causal pre-LN Transformer over the user's event sequence (max 200), item vectors tied between input and output.",
@@ -114,7 +114,8 @@ def evaluate_log(
     selection = None
     if recipe.get("select"):
         chosen, res, selection = select_and_train(recipe, lambda r: train_on(split, r),
-                                                  share=float(recipe.get("select_share", 0.1)), log_fn=say)
+                                                  share=float(recipe.get("select_share", 0.1)),
+                                                  max_trial_s=recipe.get("select_trial_max_s"), log_fn=say)
     else:
         chosen, res = recipe, train_on(split, recipe)
     train_seconds = time.perf_counter() - t_train if selection else res.train_seconds
