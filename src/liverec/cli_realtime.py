@@ -27,7 +27,7 @@ def ope(
     data_dir: Path = DataDirOpt,
     store: Optional[str] = typer.Option(None, "--store", help="Store URL (default sqlite:///DATA_DIR/liverec.db); on PostgreSQL the impressions are read from it too."),
     app_id: str = typer.Option("default", "--app", help="App (tenant) id."),
-    policies: str = typer.Option("logging,greedy,uniform,softmax:0.1", help="Comma-separated target policies: logging, greedy, uniform, softmax:T."),
+    policies: str = typer.Option("logging,greedy,uniform,softmax:0.1", help="Comma-separated target policies: logging, greedy, uniform, softmax:T, shadow (the distribution logged beside the chosen one: explore_shadow)."),
     window: Optional[float] = typer.Option(None, help="Reward window in seconds (default: the app's reward_window_s)."),
     log: Optional[Path] = typer.Option(None, "--log", exists=True, dir_okay=False, help="Evaluate an exported decision log (JSON lines) instead of the data dir."),
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the confidence intervals."),
@@ -35,7 +35,8 @@ def ope(
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON result here too."),
 ) -> None:
-    """Off-policy evaluation (IPS, SNIPS with bootstrap CIs) of exploration-slot policies."""
+    """Off-policy evaluation of exploration-slot policies: IPS, SNIPS and doubly robust (cross-fitted
+    reward model) with bootstrap and normal CIs, and the slate pseudo-inverse estimate per response."""
     from .config import Settings
     from .evaluation.ope import decisions_from_log, evaluate, read_decisions_jsonl
     from .ranking import load_settings, open_impressions

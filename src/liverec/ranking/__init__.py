@@ -19,6 +19,7 @@ from ..config import Settings
 from ..events import TypeSpec
 from .bandit import RewardTracker, ThompsonBandit
 from .config import RankingConfig, RankingSettings
+from .contextual import LinearThompson
 from .impressions import (
     Impression, ImpressionLog, MemoryImpressionLog, PostgresImpressionLog, SQLiteImpressionLog, assign_rewards, open_impressions,
 )
@@ -67,11 +68,12 @@ def build_ranking(
             seed = env.ranking_seed
     space = ItemSpace([ScorerEmbeddings(scorer), CatalogTextVectors(catalog)], similar, pairs)
     log = impressions if impressions is not None else MemoryImpressionLog()
-    return RankingStages(settings, space, catalog.get, ThompsonBandit(seed), log, types, categories=catalog.category_matrix)
+    return RankingStages(settings, space, catalog.get, ThompsonBandit(seed), log, types, categories=catalog.category_matrix,
+                         contextual=LinearThompson(seed))
 
 
 __all__ = [
-    "RankingConfig", "RankingSettings", "RankingStages", "ItemSpace", "ThompsonBandit", "RewardTracker",
+    "RankingConfig", "RankingSettings", "RankingStages", "ItemSpace", "ThompsonBandit", "RewardTracker", "LinearThompson",
     "Impression", "ImpressionLog", "MemoryImpressionLog", "SQLiteImpressionLog", "PostgresImpressionLog", "assign_rewards",
     "open_impressions",
     "build_ranking", "load_settings", "read_settings",

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..events import DEFAULT_TYPES, Event, TypeSpec
 from .config import RankingConfig
+from .contextual import LinearThompson
 from .impressions import Impression, Shown, feedback_reward
 from .recent import RecentIndex
 
@@ -123,6 +124,7 @@ class ThompsonBandit:
 
 
 Key = tuple[str, str, str]  # (app, user, item)
+Waiting = tuple[float, str, int, "tuple[int, ...] | None"]  # (ts shown, impression id, event_seq, features)
 
 
 class RewardTracker:
@@ -142,17 +144,22 @@ class RewardTracker:
     the recent feedback this tracker keeps (``max_recent`` events, by (app, user, item), with their
     log positions). ``max_pending`` bounds memory (the oldest waiting impressions are closed early
     with 0.5).
+
+    Every reward updates the item's Beta posterior of ``bandit`` and, for an impression logged with
+    policy features, the reward regression of ``contextual``.
     """
 
     def __init__(self, bandit: ThompsonBandit, window_s: float, types: Mapping[str, TypeSpec] = DEFAULT_TYPES,
-                 max_pending: int = 200_000, grace_s: float = 60.0, max_recent: int = 100_000) -> None:
+                 max_pending: int = 200_000, grace_s: float = 60.0, max_recent: int = 100_000,
+                 contextual: LinearThompson | None = None) -> None:
         self.bandit = bandit
+        self.contextual = contextual
         self.window_s = window_s
         self.grace_s = grace_s
         self.types = types
         self.max_pending = max_pending
         self.max_recent = max_recent
-        self._pending: dict[Key, list[tuple[float, str, int]]] = {}  # key -> (ts shown, impression id, event_seq)
+        self._pending: dict[Key, list[Waiting]] = {}  # key -> (ts shown, impression id, event_seq, features)
         self._due: list[tuple[float, int, Key, str]] = []  # heap: (closes at, tiebreak, key, impression id)
         self._tiebreak = itertools.count()
         self._open: dict[str, Key] = {}
@@ -169,14 +176,15 @@ class RewardTracker:
             for imp in impressions:
                 key = (imp.app, imp.user_id, imp.item_id)
                 after = self.position if imp.event_seq is None else imp.event_seq
+                feats = tuple(imp.features) if imp.features else None
                 if after < self.position:  # read late: its feedback may have been observed already
                     if after < self._recent.horizon:
                         self.undecidable += 1
                     first = next((f for seq, f in self._recent.get(key) if seq > after), None)
                     if first is not None:
-                        self._reward(key, self._decide(imp.timestamp, first[0], first[1]))
+                        self._reward(key, self._decide(imp.timestamp, first[0], first[1]), feats)
                         continue
-                self._pending.setdefault(key, []).append((imp.timestamp, imp.impression_id, after))
+                self._pending.setdefault(key, []).append((imp.timestamp, imp.impression_id, after, feats))
                 heapq.heappush(self._due, (imp.timestamp + self.window_s + self.grace_s, next(self._tiebreak), key, imp.impression_id))
                 self._open[imp.impression_id] = key
             while len(self._open) > self.max_pending and self._due:
@@ -190,14 +198,18 @@ class RewardTracker:
         if self._open.pop(imp_id, None) is None:
             return  # already rewarded by feedback
         waiting = self._pending.get(key)
+        feats = None
         if waiting:
+            feats = next((w[3] for w in waiting if w[1] == imp_id), None)
             waiting[:] = [w for w in waiting if w[1] != imp_id]
             if not waiting:
                 del self._pending[key]
-        self._reward(key, 0.5)
+        self._reward(key, 0.5, feats)
 
-    def _reward(self, key: Key, r: float) -> None:
+    def _reward(self, key: Key, r: float, features: tuple[int, ...] | None = None) -> None:
         self.bandit.update(key[0], key[2], r)
+        if features is not None and self.contextual is not None:
+            self.contextual.update(key[0], features, r)
         self.rewards[r] = self.rewards.get(r, 0) + 1
 
     def observe(self, events: Sequence[Event], seqs: Sequence[int] | None = None) -> None:
@@ -218,10 +230,10 @@ class RewardTracker:
                 # an impression read from another process that had seen more of the log than this
                 # one has is not decided by events it was shown after
                 later = [w for w in waiting if w[2] >= seq]
-                for shown_at, imp_id, after in waiting:
+                for shown_at, imp_id, after, feats in waiting:
                     if after < seq:
                         del self._open[imp_id]
-                        self._reward(key, self._decide(shown_at, e.timestamp, r))
+                        self._reward(key, self._decide(shown_at, e.timestamp, r), feats)
                 if later:
                     self._pending[key] = later
                 else:
@@ -270,13 +282,14 @@ class RewardTracker:
 
     def load(self, data: Mapping[str, Any]) -> None:
         """Replace the fold with :func:`encode_rewards`'s data."""
-        pending: dict[Key, list[tuple[float, str, int]]] = {}
+        pending: dict[Key, list[Waiting]] = {}
         opened: dict[str, Key] = {}
         due: list[tuple[float, int, Key, str]] = []
         for app, user, item, waiting in data["pending"]:
             key = (app, user, item)
-            pending[key] = [(float(ts), str(imp), int(after)) for ts, imp, after, _ in waiting]
-            for ts, imp, _, tie in waiting:
+            pending[key] = [(float(w[0]), str(w[1]), int(w[2]), tuple(int(v) for v in w[4]) if len(w) > 4 and w[4] else None)
+                            for w in waiting]
+            for ts, imp, _, tie, *_ in waiting:
                 opened[imp] = key
                 # closes when :meth:`shown` said it would (the same sum, so the same float)
                 due.append((float(ts) + self.window_s + self.grace_s, int(tie), key, str(imp)))
@@ -292,9 +305,9 @@ class RewardTracker:
             self.undecidable = int(data["undecidable"])
             self.rewards = rewards
 
-    def empty_like(self, bandit: ThompsonBandit) -> RewardTracker:
-        """A tracker with this one's settings and nothing folded, updating ``bandit``."""
-        return RewardTracker(bandit, self.window_s, self.types, self.max_pending, self.grace_s, self.max_recent)
+    def empty_like(self, bandit: ThompsonBandit, contextual: LinearThompson | None = None) -> RewardTracker:
+        """A tracker with this one's settings and nothing folded, updating ``bandit`` (and ``contextual``)."""
+        return RewardTracker(bandit, self.window_s, self.types, self.max_pending, self.grace_s, self.max_recent, contextual)
 
     def forget(self, app: str, matches: Callable[[str], bool]) -> int:
         """Drop the impressions of a deleted user of ``app`` that wait for feedback and the user's
@@ -305,7 +318,7 @@ class RewardTracker:
             keys = [k for k in self._pending if k[0] == app and matches(k[1])]
             dropped = 0
             for key in keys:
-                for _, imp_id, _ in self._pending.pop(key):
+                for _, imp_id, _, _ in self._pending.pop(key):
                     if self._open.pop(imp_id, None) is not None:  # its closing entry is skipped when popped
                         dropped += 1
             self._recent.discard({k for k in self._recent.keys() if k[0] == app and matches(k[1])})
@@ -320,7 +333,7 @@ class RewardTracker:
         """The user's impressions waiting for feedback: (item, time shown, impression id)."""
         with self._lock:
             return sorted((key[2], ts, imp) for key, waiting in self._pending.items()
-                          if key[0] == app and key[1] == user_id for ts, imp, _ in waiting)
+                          if key[0] == app and key[1] == user_id for ts, imp, _, _ in waiting)
 
     def pending(self) -> int:
         """Impressions still waiting for feedback."""
@@ -365,7 +378,8 @@ def encode_rewards(copied: Mapping[str, Any]) -> dict[str, Any]:
     # (entries of impressions already decided are skipped when popped, so they are left out)
     ties = {imp: tie for _, tie, _, imp in copied["due"]}
     return {
-        "pending": [[*key, [[*w, ties[w[1]]] for w in waiting]] for key, waiting in copied["pending"].items()],
+        "pending": [[*key, [[w[0], w[1], w[2], ties[w[1]], list(w[3]) if w[3] else None] for w in waiting]]
+                    for key, waiting in copied["pending"].items()],
         "recent": recent_entries(copied["recent"], list, list),
         "position": copied["position"],
         "undecidable": copied["undecidable"],

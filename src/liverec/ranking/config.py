@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+EXPLORE_POLICIES = ("thompson", "contextual")
+
 
 @dataclass(frozen=True)
 class RankingConfig:
@@ -69,6 +71,13 @@ class RankingConfig:
     explore_epsilon: float = 0.05  # uniform mixing: every pool item keeps propensity >= eps / pool
     prior_strength: float = 4.0  # Beta prior pseudo-counts, centred on the model's rank prior
     reward_window_s: float = 1800.0  # no feedback within this window after an impression = 0.5
+    # which policy fills the item exploration slots: "thompson" (per-item Beta posteriors,
+    # ranking/bandit.py) or "contextual" (linear Thompson sampling over features of the user and
+    # the candidate, ranking/contextual.py)
+    explore_policy: str = "thompson"
+    explore_shadow: bool = False  # also log the other policy's distribution of each item slot (for `liverec ope --policies shadow`)
+    contextual_ridge: float = 4.0  # prior precision of the contextual policy's weights (pseudo-impressions)
+    contextual_noise: float = 0.3  # reward noise (standard deviation) of its regression: the width of its draws
     # ---- explanations ------------------------------------------------------------------------
     because_events: int = 3  # history events listed per item
 
@@ -92,6 +101,10 @@ class RankingConfig:
             raise ValueError("pool, explore_pool and explore_draws must be >= 1")
         if not (self.recency_events >= 0 and math.isfinite(self.recency_events)):
             raise ValueError(f"recency_events={self.recency_events!r}: expected a number of events >= 0 (0 = off)")
+        if self.explore_policy not in EXPLORE_POLICIES:
+            raise ValueError(f"explore_policy={self.explore_policy!r}: expected one of {', '.join(EXPLORE_POLICIES)}")
+        if not (self.contextual_ridge > 0 and self.contextual_noise > 0):
+            raise ValueError(f"contextual_ridge={self.contextual_ridge!r}, contextual_noise={self.contextual_noise!r}: expected > 0")
         if any(p < 0 for p in self.explore_slots):
             raise ValueError(f"explore_slots={self.explore_slots!r}: expected 0-based positions")
 

@@ -59,7 +59,7 @@ class Impression:
     timestamp: float
     propensity: float  # P(this item at this position | context) under the logging policy
     explored: bool
-    policy: str  # "rank" (deterministic), "thompson" (an item slot) or "thompson-category" (a category slot)
+    policy: str  # "rank" (deterministic), "thompson" / "contextual" (an item slot) or "thompson-category" (a category slot)
     # For explored slots: the candidates the bandit chose among, their probabilities and scores.
     pool: list[str] = field(default_factory=list)
     pool_propensities: list[float] = field(default_factory=list)
@@ -68,6 +68,12 @@ class Impression:
     # records written before positions were kept), and which process that was (``""``: unknown).
     event_seq: int | None = None
     origin: str = ""
+    # Logged while exploring: the item's policy features (integers, ranking/contextual.py), which
+    # the contextual policy's posterior is a fold of; for explored slots the pool's features and
+    # the distribution the other policy would have drawn from (``explore_shadow``).
+    features: list[int] | None = None
+    pool_features: list[list[int]] = field(default_factory=list)
+    shadow_propensities: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         # Explicit (dataclasses.asdict deep-copies recursively: too slow for the request path).
@@ -94,11 +100,12 @@ class Shown(NamedTuple):
     timestamp: float
     event_seq: int | None
     origin: str
+    features: tuple[int, ...] | None = None
 
     @staticmethod
     def of(imp: Impression) -> "Shown":
         return Shown(imp.impression_id, imp.request_id, imp.app, imp.user_id, imp.item_id, imp.position, imp.timestamp,
-                     imp.event_seq, imp.origin)
+                     imp.event_seq, imp.origin, tuple(imp.features) if imp.features else None)
 
 
 class ImpressionLog(Protocol):
@@ -258,7 +265,8 @@ class QueuedImpressionLog(ABC):
             failed = False
             try:
                 rows = [(i.app, i.user_id, i.item_id, i.timestamp, json.dumps(i.to_dict(), separators=(",", ":")),
-                         i.impression_id, i.request_id, i.position, i.event_seq, i.origin) for i in batch]
+                         i.impression_id, i.request_id, i.position, i.event_seq, i.origin,
+                         ",".join(map(str, i.features)) if i.features else None) for i in batch]
                 with self._lock:
                     self._insert(sql, rows)
             except Exception:  # noqa: BLE001 - the thread must outlive a busy or unreachable database
@@ -312,12 +320,13 @@ class QueuedImpressionLog(ABC):
             params.append(other_than)
         # rows written before the columns existed have only the record
         sql = (f"SELECT seq, impression_id, request_id, app, user_id, item_id, position, ts, event_seq, origin, "
-               f"CASE WHEN impression_id IS NULL THEN record END FROM impressions WHERE {' AND '.join(where)} "
+               f"CASE WHEN impression_id IS NULL THEN record END, features FROM impressions WHERE {' AND '.join(where)} "
                f"ORDER BY seq LIMIT {p}")
         with self._lock:
             rows = self._fetch(sql, (*params, limit))
         return [(int(r[0]), Shown.of(Impression.from_dict(orjson.loads(r[10]))) if r[1] is None else
-                 Shown(r[1], r[2], r[3], r[4], r[5], int(r[6]), float(r[7]), None if r[8] is None else int(r[8]), r[9]))
+                 Shown(r[1], r[2], r[3], r[4], r[5], int(r[6]), float(r[7]), None if r[8] is None else int(r[8]), r[9],
+                       tuple(int(v) for v in r[11].split(",")) if r[11] else None))
                 for r in rows]
 
     def head(self) -> int:
@@ -375,7 +384,8 @@ CREATE INDEX IF NOT EXISTS impressions_user ON impressions (app, user_id);
 """
 
 # What the ranking's folds read (:class:`Shown`), beside the record; added to logs created without them.
-_FOLD_COLUMNS = {"impression_id": "TEXT", "request_id": "TEXT", "position": "INTEGER", "event_seq": "BIGINT", "origin": "TEXT"}
+_FOLD_COLUMNS = {"impression_id": "TEXT", "request_id": "TEXT", "position": "INTEGER", "event_seq": "BIGINT", "origin": "TEXT",
+                 "features": "TEXT"}
 
 
 def _add_fold_columns(conn: sqlite3.Connection) -> None:

@@ -1,7 +1,8 @@
 """The ranking's learned state as a fold of the impression log and the event log, in every worker.
 
 ``liverec serve --workers N`` runs N processes over one store. What the ranking stages learn from
-traffic (the bandit's posteriors, the impressions waiting for feedback, each user's last slates)
+traffic (the bandit's posteriors, the contextual policy's reward regression, the impressions waiting
+for feedback, each user's last slates)
 lives in each process's memory; for it not to be lost at a restart nor differ between workers, it
 is a fold of the two durable logs, as the user state is a fold of the event log:
 
@@ -93,13 +94,14 @@ from ..events import Event
 from ..memory import collector_paused
 from ..store.base import EventLog, Snapshots, user_digest
 from .bandit import encode_rewards
+from .contextual import FEATURES
 from .examined import encode_examined
 from .impressions import ImpressionLog, Shown, assign_rewards, feedback_reward
 from .stages import RankingStages
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = 2  # 2: with the changes feed position (deletions after it void the snapshot)
+SNAPSHOT_FORMAT = 3  # 2: with the changes feed position (deletions after it void the snapshot); 3: the contextual policy's sums
 SNAPSHOT_APP = "_liverec"  # the service's own records in the store's snapshot role
 SNAPSHOT_NAME = "ranking"
 
@@ -116,6 +118,7 @@ def fold_settings(ranking: RankingStages) -> dict[str, Any]:
         "window_s": rewards.window_s, "grace_s": rewards.grace_s, "max_pending": rewards.max_pending,
         "rewards_recent": rewards.max_recent, "max_users": examined.max_users, "per_user": examined.per_user,
         "keep": examined.keep, "reactions_recent": examined.max_recent, "reactions": sorted(examined.reactions),
+        "features": list(FEATURES),  # what the contextual policy's sums are sums of
         # which apps' slates are read (the others' reactions are not folded into the readings)
         "reads_slates": {"": _reads(ranking.settings.default),
                          **{app: _reads(cfg) for app, cfg in sorted(ranking.settings.apps.items())}},
@@ -339,6 +342,7 @@ class ImpressionFollower:
         data = snap.data
         with ranking._fold, collector_paused():
             ranking.bandit.load(data["bandit"])
+            ranking.contextual.load(data["contextual"])
             ranking.rewards.load(data["rewards"])
             ranking.examined.load(data["examined"])
             ranking.position = snap.event_seq
@@ -368,16 +372,17 @@ class ImpressionFollower:
                 if (position, seq) == self._written:
                     return None
                 bandit = ranking.bandit.posteriors()
+                contextual = ranking.contextual.rows()
                 rewards = ranking.rewards.copy()
                 examined = ranking.examined.copy()
                 held = time.perf_counter() - acquired
         started = time.perf_counter()
-        at_position = sorted(imp for waiting in rewards["pending"].values() for _, imp, after in waiting if after == position)
+        at_position = sorted(imp for waiting in rewards["pending"].values() for _, imp, after, _ in waiting if after == position)
         data = {
             "format": SNAPSHOT_FORMAT, "settings": fold_settings(ranking), "event_seq": position, "change_seq": changes,
             "impression_seq": seq,
             "impression_head": head, "origin": ranking.origin, "at_position": at_position,
-            "bandit": [[app, item, sf[0], sf[1]] for (app, item), sf in bandit.items()],
+            "bandit": [[app, item, sf[0], sf[1]] for (app, item), sf in bandit.items()], "contextual": contextual,
             "rewards": encode_rewards(rewards), "examined": encode_examined(examined), "created_at": time.time(),
         }
         blob = zlib.compress(orjson.dumps(data), 6)

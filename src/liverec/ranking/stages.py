@@ -13,15 +13,17 @@
          read past on their last slate count as weak negatives)          [examined.Examined]
       -> diversity (MMR, per-request ``diversity``)                       [diversity.mmr]
       -> exploration (Thompson sampling on ``explore_slots``; the first   [bandit.ThompsonBandit]
-         slot over the user's categories, at the top of the slate on a streak)
+         slot over the user's categories, at the top of the slate on a streak; [contextual.LinearThompson]
+         the item slots per item posteriors, or with ``explore_policy =
+         "contextual"`` a linear Thompson policy over user x candidate features)
       -> hard filters again on the final slate (blocks are the last word)
       -> explanations (``because``) and impressions with propensities
 
 Every candidate any stage can place comes from the allowed pool, and the final slate is checked
 once more, so no boost, neighbour expansion or exploration can bring back a blocked item.
 
-What the stages learn from traffic (bandit posteriors, impressions waiting for feedback, each
-user's last slates) is a fold of the impression log and the event log: every impression records
+What the stages learn from traffic (bandit posteriors, the contextual policy's reward regression,
+impressions waiting for feedback, each user's last slates) is a fold of the impression log and the event log: every impression records
 the event log position it was shown at, and events and impressions enter the folds under one lock
 (:meth:`RankingStages.observe`, the request's own impressions, :meth:`RankingStages.adopt` for
 other workers'), so that position is exact. :mod:`liverec.ranking.replicas` rebuilds the folds at
@@ -46,6 +48,7 @@ from ..state import UserState
 from ..store.base import Item
 from .bandit import RewardTracker, ThompsonBandit
 from .config import RankingConfig, RankingSettings
+from .contextual import N_FEATURES, LinearThompson, quantise
 from .diversity import mmr
 from .examined import Examined
 from .feedback import Adjustments, Summary, adjust, negative_streak, recent_positives, stale_after_streak, summarise
@@ -125,6 +128,7 @@ def top_order(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 Slot = tuple[int, float, "dict | None"]  # (pool index, propensity, exploration info or None)
+Featurise = Callable[[list[int], "int | np.ndarray"], np.ndarray]  # (pool indices, slate position(s)) -> (K, F) int features
 
 
 @dataclass(frozen=True)
@@ -155,16 +159,18 @@ class RankingStages:
         types: Mapping[str, TypeSpec] | None = None,
         clock: Callable[[], float] = time.time,
         categories: Callable[[str], CategoryMatrix] | None = None,
+        contextual: LinearThompson | None = None,
     ) -> None:
         self.settings = settings
         self.space = space
         self.items = items
         self.bandit = bandit or ThompsonBandit(0)
+        self.contextual = contextual or LinearThompson(0)
         self.impressions = impressions
         self.types = dict(types or DEFAULT_TYPES)
         self.clock = clock
         self.categories = categories
-        self.rewards = RewardTracker(self.bandit, settings.default.reward_window_s, self.types)
+        self.rewards = RewardTracker(self.bandit, settings.default.reward_window_s, self.types, contextual=self.contextual)
         self.examined = Examined(reactions=self.types)
         self.stats = RankStats()
         self._lock = threading.Lock()
@@ -229,6 +235,7 @@ class RankingStages:
         ``position`` of the event log is to be folded again."""
         with self._fold:
             self.bandit.clear()
+            self.contextual.clear()
             self.rewards.clear(position)
             self.examined.clear(position)
             self.position = position
@@ -245,8 +252,8 @@ class RankingStages:
         """Stages with these settings and empty folds that log nothing: what a refold replays
         the logs into before :meth:`install` swaps its folds in."""
         other = RankingStages(self.settings, self.space, self.items, ThompsonBandit(0), None, self.types, self.clock,
-                              self.categories)
-        other.rewards = self.rewards.empty_like(other.bandit)
+                              self.categories, LinearThompson(0))
+        other.rewards = self.rewards.empty_like(other.bandit, other.contextual)
         other.examined = self.examined.empty_like()
         other.origin = self.origin
         return other
@@ -255,7 +262,9 @@ class RankingStages:
         """Take the folds of ``other`` (a :meth:`fresh` one, replayed up to this one's position):
         posteriors, pending impressions, slates. The caller holds ``_fold``."""
         self.bandit.adopt(other.bandit)
+        self.contextual.adopt(other.contextual)
         other.rewards.bandit = self.bandit
+        other.rewards.contextual = self.contextual
         self.rewards = other.rewards
         self.examined = other.examined
         self.position = other.position
@@ -417,9 +426,10 @@ class RankingStages:
             return []
         final, adj = self._final_scores(ctx, ids, raw)
         order, diversified = self._diversify(ctx, ids, final, adj)
-        slate = self._fill_slate(ctx, ids, final, order)
+        featurise = self._featuriser(ctx, ids, final, adj, order) if ctx.explore else None
+        slate = self._fill_slate(ctx, ids, final, order, featurise)
         slate = self._blocks_last(slate, ids, allow)
-        recs, impressions = self._explain(ctx, ids, final, adj, slate, diversified, self.position)
+        recs, impressions = self._explain(ctx, ids, final, adj, slate, diversified, self.position, featurise)
         self._log(ctx, recs, impressions)
         return recs
 
@@ -468,9 +478,67 @@ class RankingStages:
         rest = [int(k) for k in order if int(k) not in picked]
         return np.asarray(chosen + rest, dtype=np.int64), diversified
 
-    def _fill_slate(self, ctx: RankContext, ids: list[str], final: np.ndarray, order: np.ndarray) -> list[Slot]:
+    def _featuriser(self, ctx: RankContext, ids: list[str], final: np.ndarray, adj: Adjustments, order: np.ndarray) -> Featurise:
+        """The contextual policy's features (:data:`liverec.ranking.contextual.FEATURES`) of pool
+        candidates at a slate position, as the integers they are logged as."""
+        app, cfg, summary = ctx.request.app, ctx.cfg, ctx.summary
+        rel = final - adj.total  # (K,) model score min-max scaled over the pool
+        rank_of = np.empty(len(order), dtype=np.float64)
+        rank_of[order] = np.arange(len(order))
+
+        def featurise(ks: list[int], position: int | np.ndarray) -> np.ndarray:
+            x = np.zeros((len(ks), N_FEATURES))  # (K', F)
+            x[:, 0] = 1.0
+            x[:, 1] = rel[ks]
+            x[:, 2] = adj.total[ks]
+            x[:, 3] = np.minimum(rank_of[ks], cfg.explore_pool) / cfg.explore_pool
+            for j, k in enumerate(ks):
+                item = self.items(app, ids[k])
+                cats = item.categories if item is not None else ()
+                if cats:
+                    x[j, 4] = float(np.mean([np.tanh(summary.positive.get(c, 0.0) / 2.0) for c in cats]))
+                    x[j, 5] = float(np.mean([np.tanh(summary.negative.get(c, 0.0) / 2.0) for c in cats]))
+                    x[j, 6] = float(summary.turned_against(cats))
+                succ, fail = self.bandit.stats(app, ids[k])
+                x[j, 7] = 2.0 * (succ + 1.0) / (succ + fail + 2.0) - 1.0
+            x[:, 8] = np.asarray(position, dtype=np.float64) / 10.0
+            return quantise(x)
+
+        return featurise
+
+    def _explore_item(self, ctx: RankContext, ids: list[str], final: np.ndarray, remaining: list[int], position: int,
+                      featurise: Featurise | None) -> tuple[int, float, dict]:
+        """One item exploration slot over the ``remaining`` candidates, by the app's
+        ``explore_policy``: (chosen pool index, its propensity, exploration info)."""
+        cfg, app = ctx.cfg, ctx.request.app
+        pool_ids = [ids[k] for k in remaining]
+        feats = featurise(remaining, position) if featurise is not None else None  # (P, F)
+        contextual = cfg.explore_policy == "contextual" and feats is not None
+        shadow = None
+        if contextual:
+            dist = self.contextual.distribution(app, feats, cfg.contextual_ridge, cfg.contextual_noise, cfg.explore_draws,
+                                                cfg.explore_epsilon)
+            choice = self.contextual.sample(dist)
+            if cfg.explore_shadow:
+                shadow = self.bandit.distribution(app, pool_ids, final[remaining], cfg)
+        else:
+            choice, dist = self.bandit.choose(app, pool_ids, final[remaining], cfg)
+            if cfg.explore_shadow and feats is not None:
+                shadow = self.contextual.distribution(app, feats, cfg.contextual_ridge, cfg.contextual_noise, cfg.explore_draws,
+                                                      cfg.explore_epsilon)
+        info = {"pool": pool_ids, "p": dist.tolist(), "s": final[remaining].tolist(),
+                "policy": "contextual" if contextual else "thompson"}
+        if feats is not None:
+            info["features"] = feats.tolist()
+        if shadow is not None:
+            info["shadow"] = shadow.tolist()
+        return remaining[choice], float(dist[choice]), info
+
+    def _fill_slate(self, ctx: RankContext, ids: list[str], final: np.ndarray, order: np.ndarray,
+                    featurise: Featurise | None = None) -> list[Slot]:
         """The slate's (pool index, propensity, exploration info) in order: the ranked order,
-        with the configured positions filled by Thompson exploration (one over categories)."""
+        with the configured positions filled by exploration (Thompson over categories, then the
+        app's item policy)."""
         cfg = ctx.cfg
         n = min(ctx.request.n, len(ids))
         slots = set(p for p in cfg.explore_slots if p < n) if ctx.explore else set()
@@ -492,11 +560,9 @@ class RankingStages:
             if p in slots:
                 remaining = [k for k in queue if not used[k]][: cfg.explore_pool]
                 if len(remaining) >= 2:
-                    pool_ids = [ids[k] for k in remaining]
-                    choice, dist = self.bandit.choose(ctx.request.app, pool_ids, final[remaining], cfg)
-                    k = remaining[choice]
-                    used[k] = True
-                    slate.append((k, float(dist[choice]), {"pool": pool_ids, "p": dist.tolist(), "s": final[remaining].tolist()}))
+                    picked = self._explore_item(ctx, ids, final, remaining, p, featurise)
+                    used[picked[0]] = True
+                    slate.append(picked)
                     continue
             while qpos < len(queue) and used[queue[qpos]]:
                 qpos += 1
@@ -516,7 +582,7 @@ class RankingStages:
         return kept
 
     def _explain(self, ctx: RankContext, ids: list[str], final: np.ndarray, adj: Adjustments, slate: list[Slot],
-                 diversified: set[int], position: int) -> tuple[list[Recommendation], list[Impression]]:
+                 diversified: set[int], position: int, featurise: Featurise | None = None) -> tuple[list[Recommendation], list[Impression]]:
         """Recommendations with ``because`` (the user's own events, the policy's adjustments,
         diversity, exploration) and the impressions to log (shown at event log ``position``)."""
         request, state = ctx.request, ctx.state
@@ -526,6 +592,9 @@ class RankingStages:
         request_id = uuid.uuid4().hex
         shown_at = self.clock() if request.now is None else request.now
         impressions: list[Impression] = []
+        # every shown item's policy features (what the contextual policy's posterior learns from)
+        shown_feats = (featurise([k for k, _, _ in slate], np.arange(len(slate))).tolist()
+                       if featurise is not None and slate and request.user_id is not None else None)
         for pos, ((k, prop, info), hist) in enumerate(zip(slate, history)):
             because = list(hist)
             because.extend(adj.explain(k))
@@ -550,6 +619,9 @@ class RankingStages:
                     propensity=prop, explored=info is not None, policy=info.get("policy", "thompson") if info is not None else "rank",
                     pool=info["pool"] if info else [], pool_propensities=info["p"] if info else [],
                     pool_scores=info["s"] if info else [], event_seq=position, origin=self.origin,
+                    features=shown_feats[pos] if shown_feats is not None else None,
+                    pool_features=info.get("features", []) if info else [],
+                    shadow_propensities=info.get("shadow", []) if info else [],
                 ))
         return recs, impressions
 
