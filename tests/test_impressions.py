@@ -123,7 +123,9 @@ def test_service_on_postgresql_logs_impressions_there(tmp_path):
         result = CliRunner().invoke(app, ["ope", "--data-dir", str(tmp_path / "data"), "--store", url, "--window", "0",
                                           "--bootstrap", "20", "--policies", "logging,uniform"])
         assert result.exit_code == 0, result.output
-        assert json.loads(result.stdout)["decisions"] == sum(i.explored for i in logged)
+        out = json.loads(result.stdout)
+        assert out["decisions"] == sum(i.explored for i in logged)
+        assert {"ips", "snips", "dr", "dr_ci", "dr_normal_ci"} <= set(out["policies"]["uniform"])
     finally:
         log._conn.execute(f'DROP SCHEMA IF EXISTS "{log.schema}" CASCADE')
         log.close()

@@ -72,3 +72,13 @@ def test_taste_shifts():
     assert any(np.allclose(other.taste, t) for t in world.tastes) and other.averse == {world.names[0]}
     with pytest.raises(ValueError, match="shift"):
         SimConfig(shift="flip")
+
+
+def test_one_cohort_and_the_negative_share(api):
+    world = synthetic_world(n_categories=6, per_category=15, n_background=20, seed=5)
+    report = run(api, world, SimConfig(users=6, steps=6, shift_at=3, seed=2, cohorts=("explore",)), app="one")
+    assert set(report["cohorts"]) == {"explore"} and report["requests"] == 6 * 6
+    share = report["cohorts"]["explore"]["negative_share"]
+    assert 0.0 < share < 1.0  # aversions are drawn from the first slate: some negatives, not all
+    with pytest.raises(ValueError, match="cohorts"):
+        SimConfig(cohorts=("everyone",))

@@ -264,14 +264,11 @@ def _z(q: float) -> float:
 
 
 def decisions_from_impressions(rewarded: Iterable[tuple[Impression, float]]) -> list[Decision]:
-    """Explored impressions (with rewards) as decisions; deterministic placements are skipped.
-    Category slots (``thompson-category``) are left out when item slots are present: their pool is
-    one candidate per category, not the item pool a target policy chooses from."""
-    rows = [(imp, reward) for imp, reward in rewarded if imp.explored and imp.pool]
-    if any(imp.policy != "thompson-category" for imp, _ in rows):
-        rows = [(imp, reward) for imp, reward in rows if imp.policy != "thompson-category"]
+    """Explored impressions (with rewards) as decisions; deterministic placements are skipped."""
     out = []
-    for imp, reward in rows:
+    for imp, reward in rewarded:
+        if not imp.explored or not imp.pool:
+            continue
         feats = (np.asarray(imp.pool_features, dtype=np.float64) / FEATURE_SCALE
                  if imp.pool_features and len(imp.pool_features) == len(imp.pool) else None)
         target = (np.asarray(imp.shadow_propensities, dtype=np.float64)
@@ -318,9 +315,14 @@ def evaluate(decisions: list[Decision], policies: list[str], n_boot: int = 1000,
     slates = len({d.slate for d in decisions if d.slate})
     policies_out = {}
     for p in policies:
-        est = estimate(decisions, p, n_boot, alpha, seed, reward_model)
-        if slates and slates < len(decisions):  # responses with several exploration slots
-            est["slate"] = slate_pi(decisions, p, n_boot, alpha, seed)
+        # the shadow policy is logged beside item slots only (not beside category slots)
+        rows = [d for d in decisions if d.target is not None] if p == "shadow" else decisions
+        if not rows:
+            raise ValueError("policy 'shadow': no decision has a logged shadow distribution "
+                             "(log one with the app's explore_shadow setting)")
+        est = estimate(rows, p, n_boot, alpha, seed, reward_model)
+        if slates and slates < len(rows):  # responses with several exploration slots
+            est["slate"] = slate_pi(rows, p, n_boot, alpha, seed)
         policies_out[p] = est
     return {
         "decisions": len(decisions),

@@ -27,7 +27,7 @@ came back; how many feedback events after the taste shift until NDCG@10 (graded 
 hidden utility over the allowed, unconsumed catalog) is back at 90% of its steady state before
 the shift, also counted in requests, beside the number of feedback events the user gave on the
 slate at the shift (a user reads a whole slate before asking again, so those events are the floor
-of the event count for a service that recovers on the very next request); CTR per step, with exploration on and off (two cohorts with the same tastes); catalog coverage and
+of the event count for a service that recovers on the very next request); CTR per step and negative reactions (skip, dislike, block) per item shown, with exploration on and off (two cohorts with the same tastes, ``SimConfig.cohorts``); catalog coverage and
 intra-list diversity (1 - genre cosine) of the slates.
 """
 
@@ -145,12 +145,18 @@ class SimConfig:
     # another fitted user, drawn at random (a new person on the account, a change of life)
     shift: str = "swap"
     seed: int = 0
+    cohorts: tuple[str, ...] = ("explore", "no_explore")  # which cohorts run (same tastes in each)
 
     def __post_init__(self) -> None:
+        if not self.cohorts or set(self.cohorts) - {"explore", "no_explore"}:
+            raise ValueError(f"cohorts {self.cohorts!r}: expected some of 'explore', 'no_explore'")
         if self.mode not in ("slate", "feed"):
             raise ValueError(f"mode {self.mode!r}: expected 'slate' or 'feed'")
         if self.shift not in ("swap", "user"):
             raise ValueError(f"shift {self.shift!r}: expected 'swap' or 'user'")
+
+
+NEGATIVE_REACTIONS = ("skip", "dislike", "block")  # what SimUser.react sends against an item
 
 
 def _sigmoid(x: float) -> float:
@@ -284,7 +290,10 @@ def run(client: Client, world: World, cfg: SimConfig, app: str, setup: bool = Tr
     clock_start, ticks = time.time(), 0
     requests = 0
     for cohort, explore in (("explore", True), ("no_explore", False)):
+        if cohort not in cfg.cohorts:
+            continue
         ctr = np.zeros(cfg.steps)
+        negatives = items_shown = 0
         ndcg_steps: list[list[float]] = []  # per user: NDCG@10 of each slate (hidden utility)
         dropped_flags: list[bool] = []
         before_share, after_share, after_n = [], [], []
@@ -343,6 +352,8 @@ def run(client: Client, world: World, cfg: SimConfig, app: str, setup: bool = Tr
                     recovered_after = user.feedback_events - (shift_events or 0)
                     recovered_step = step
                 events = user.react(slate, step)
+                items_shown += len(slate)
+                negatives += sum(e["type"] in NEGATIVE_REACTIONS for e in events)
                 if step == cfg.shift_at:
                     at_shift_events = len(events)
                 clicked = any(e["type"] == "click" for e in events)
@@ -398,6 +409,8 @@ def run(client: Client, world: World, cfg: SimConfig, app: str, setup: bool = Tr
                                       if any(dropped_flags) else []),
             "ctr_per_step": (ctr / cfg.users).round(4).tolist(),
             "ctr": float(ctr.sum() / (cfg.users * cfg.steps)),
+            # negative reactions (skip, dislike, block) per item shown
+            "negative_share": negatives / items_shown if items_shown else float("nan"),
             "coverage": len(shown) / len(world.item_ids),  # share of the catalog ever shown
             "intra_list_diversity": float(np.mean(ild)) if ild else float("nan"),  # 1 - genre cosine
         }
