@@ -12,13 +12,15 @@ simulated users (``liverec.evaluation.simulate``, exploration cohort) meet each 
   placed) against its off-policy estimate from the Thompson app's log (IPS, SNIPS, DR of the
   logged shadow distribution), pooled over seeds;
 * the request-time cost: in-process recommendation latency with each policy (median of a warm
-  loop on the same catalog and users).
+  loop on the same catalog and users, the policies alternating), and with ``--cost-only`` on the
+  code before the learned policy (``PYTHONPATH=OLD/src``: its Thompson slots log no features).
 
 Rewards are assigned as the live fold assigns them (the first feedback on the item committed after
 the event position the slate was shown at; 0.5 when none): the simulator's event timestamps come
 from its own clock, not the server's.
 
     flock /tmp/liverec-bench.lock .venv/bin/python benchmarks/policy_sim.py --seeds 5 --out benchmarks/results/policy_sim.json
+    PYTHONPATH=OLD/src .venv/bin/python benchmarks/policy_sim.py --cost-only --cost-policies thompson
 """
 
 from __future__ import annotations
@@ -39,10 +41,10 @@ import numpy as np
 from liverec.client import Client
 from liverec.evaluation.ope import Decision, estimate
 from liverec.evaluation.simulate import SimConfig, run, synthetic_world, world_from_movielens
-from liverec.ranking.contextual import FEATURE_SCALE
 from liverec.ranking.impressions import SQLiteImpressionLog, feedback_reward
 
 POLICIES = {"thompson": {"explore_shadow": True}, "contextual": {"explore_policy": "contextual", "explore_shadow": True}}
+PLAIN = {"thompson": {}, "contextual": {"explore_policy": "contextual"}}  # what the request cost is measured with
 
 
 def t_interval(values: list[float]) -> list[float]:
@@ -85,6 +87,8 @@ def rewarded_slots(data_dir: Path, app: str) -> list[tuple[object, float]]:
 
 
 def decisions(rows: list[tuple[object, float]]) -> list[Decision]:
+    from liverec.ranking.contextual import FEATURE_SCALE
+
     out = []
     for imp, reward in rows:
         feats = np.asarray(imp.pool_features, dtype=np.float64) / FEATURE_SCALE if imp.pool_features else None
@@ -94,29 +98,29 @@ def decisions(rows: list[tuple[object, float]]) -> list[Decision]:
     return out
 
 
-def request_cost(world, seed: int, requests: int) -> dict[str, float]:
+def request_cost(world, seed: int, requests: int, policies: list[str]) -> dict[str, float]:
     """Median in-process recommendation latency (ms) with each policy, on one service."""
     from liverec.config import Settings
     from liverec.runtime.compose import build_service
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ranking.json"
-        path.write_text(json.dumps({"apps": {name: over for name, over in POLICIES.items()}}))
+        path.write_text(json.dumps({"apps": {name: PLAIN[name] for name in policies}}))
         service = build_service(Settings(data_dir=Path(tmp) / "data", scorer="cooccurrence", ranking_config=path,
                                          snapshot_interval_s=0))
         service.start()
         try:
             users = [f"u{k}" for k in range(20)]
-            for name in POLICIES:
+            for name in policies:
                 service.upsert_items(name, [{"item_id": m, "title": t, "categories": c}
                                             for m, t, c in zip(world.item_ids, world.titles, world.categories)])
                 service.ingest(name, world.history)
                 rng = np.random.default_rng(seed)
                 service.ingest(name, [{"user_id": u, "item_id": world.item_ids[int(rng.integers(len(world.item_ids)))],
                                        "type": "click", "event_id": f"{u}-{j}"} for u in users for j in range(5)])
-            times: dict[str, list[float]] = {name: [] for name in POLICIES}
+            times: dict[str, list[float]] = {name: [] for name in policies}
             for k in range(requests):  # the policies alternate, so the machine's load falls on both alike
-                for name in POLICIES:
+                for name in policies:
                     started = time.perf_counter()
                     service.recommend(name, users[k % len(users)], n=10, explore=True)
                     times[name].append(time.perf_counter() - started)
@@ -136,10 +140,15 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None, help="ML-1M folder (default: the synthetic catalog)")
     ap.add_argument("--history-events", type=int, default=20_000)
     ap.add_argument("--cost-requests", type=int, default=300)
+    ap.add_argument("--cost-only", action="store_true", help="only the request cost (runs on the code before, too)")
+    ap.add_argument("--cost-policies", default="thompson,contextual")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/policy_sim.json"))
     args = ap.parse_args()
 
     world = world_from_movielens(args.data, args.history_events, 0) if args.data else synthetic_world(seed=0)
+    if args.cost_only:
+        print(json.dumps({"request_ms_median": request_cost(world, 0, args.cost_requests, args.cost_policies.split(","))}))
+        return
     tmp = Path(tempfile.mkdtemp(prefix="policy-sim-"))
     data_dir = tmp / "data"
     config = tmp / "ranking.json"
@@ -204,7 +213,7 @@ def main() -> None:
                             "slots": len(thompson)},
         "contextual_from_thompson_log": offline,
     }
-    summary["request_ms_median"] = request_cost(world, 0, args.cost_requests)
+    summary["request_ms_median"] = request_cost(world, 0, args.cost_requests, args.cost_policies.split(","))
     result["summary"] = summary
     result["date"] = time.strftime("%Y-%m-%d")
     args.out.parent.mkdir(parents=True, exist_ok=True)
