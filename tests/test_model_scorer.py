@@ -348,14 +348,14 @@ def test_concurrent_requests_are_micro_batched_and_equal_one_at_a_time() -> None
     states = [_state([f"i{(u + k) % N_ITEMS}" for k in range(1 + u % 9)]) for u in range(24)]
     alone = [sc.score("a", s, 5).scores for s in states]
     sizes: list[int] = []
-    plain = sc.score_many
+    plain = sc._score_users
 
-    def slow_score_many(batch, now=None):  # a pass long enough for the other callers to queue
+    def slow_pass(batch, now=None):  # a pass long enough for the other callers to queue
         sizes.append(len(batch))
         time.sleep(0.02)
         return plain(batch, now)
 
-    sc.score_many = slow_score_many  # type: ignore[method-assign]
+    sc._score_users = slow_pass  # type: ignore[method-assign]
     got: dict[int, np.ndarray] = {}
     threads = [threading.Thread(target=lambda u=u: got.__setitem__(u, sc.score("a", states[u], 5).scores))
                for u in range(len(states))]

@@ -202,3 +202,30 @@ def test_a_wrong_feature_length_is_not_folded():
     pol = LinearThompson()
     pol.update("a", [FEATURE_SCALE] * (N_FEATURES - 1), 1.0)  # logged under another feature definition
     assert pol.count("a") == 0
+
+
+def test_the_transformer_user_vector_enters_as_its_cosine_with_each_candidate(one_torch_thread):
+    from liverec.model.scorer import TransformerScorer
+    from liverec.model.synthetic import clustered_catalog
+    from liverec.recommend.pipeline import RecommendRequest
+
+    from .test_ann_retrieval import _pipeline, _state
+
+    cat = clustered_catalog(400, clusters=8, d_model=16, n_blocks=1, max_len=20, seed=2)
+    scorer = TransformerScorer("a", cat.model, cat.item_ids)
+    state = _state(cat.history(np.random.default_rng(0), 12, topics=2))
+    pipeline, _ = _pipeline(cat, scorer, {"u": state})
+    pipeline.recommend(RecommendRequest("a", "u", 10))
+    user = scorer.score("a", state, 10).user  # (D,) the state after the newest event
+    assert user is not None and user.shape == (16,)
+    vecs = cat.model.item_vectors()[1:].detach().numpy()  # (N, D)
+    row = {item: k for k, item in enumerate(cat.item_ids)}
+    k_cos = FEATURES.index("user_cosine")
+    shown = list(pipeline.ranking.impressions.scan("a"))
+    assert len(shown) == 10
+    for imp in shown:
+        e = vecs[row[imp.item_id]]
+        cosine = float(e @ user / (np.linalg.norm(e) * np.linalg.norm(user)))
+        assert abs(imp.features[k_cos] - cosine * FEATURE_SCALE) <= 1.0, (imp.item_id, imp.features, cosine)
+    assert any(abs(imp.features[k_cos]) > 8 for imp in shown)
+    assert scorer.score("a", None, 10).user is None  # no history: no user vector

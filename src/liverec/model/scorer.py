@@ -108,8 +108,10 @@ class TransformerScorer:
         """What each scorer object holds for itself, never shared with one it was grown from."""
         self.text_misses = 0  # event texts a request found without a vector (read as absent)
         # concurrent requests share one forward pass (equal to one at a time: tested)
-        self._batched: MicroBatcher[UserState | None, np.ndarray] = MicroBatcher(lambda states: list(self.score_many(states)))
-        self._top_batched: MicroBatcher[tuple[UserState | None, int], tuple[np.ndarray, np.ndarray]] = MicroBatcher(self._top_many)
+        self._batched: MicroBatcher[UserState | None, tuple[np.ndarray, np.ndarray | None]] = MicroBatcher(
+            lambda states: self._score_users(states))
+        self._top_batched: MicroBatcher[tuple[UserState | None, int], tuple[np.ndarray, np.ndarray, np.ndarray | None]] = MicroBatcher(
+            self._top_many)
         self._popular: np.ndarray | None = None  # rows by bias, best first (the prior without history)
 
     def _refresh(self) -> None:
@@ -170,9 +172,10 @@ class TransformerScorer:
         if app != self.app:
             return Scored.empty()
         if self._retrieval is None or self.ann is None or self.ann.pool(n) >= len(self.item_ids):
-            return Scored(self.item_ids, self._batched(state))
-        rows, scores = self._top_batched((state, self.ann.pool(n)))
-        return Scored(self.item_ids[rows], scores, self.item_ids, rows)
+            scores, user = self._batched(state)
+            return Scored(self.item_ids, scores, user=user)
+        rows, scores, user = self._top_batched((state, self.ann.pool(n)))
+        return Scored(self.item_ids[rows], scores, self.item_ids, rows, user)
 
     def score_many(self, states: Sequence[UserState | None], now: float | None = None) -> np.ndarray:
         """(B, N) float32 scores for several users in one batched forward pass.
@@ -180,6 +183,15 @@ class TransformerScorer:
         ``now`` (epoch seconds, default the clock) is when the recommendation is asked for; a
         model trained with ``use_request_gap`` reads the time since each user's newest event.
         """
+        return self._pass(states, now)[0]
+
+    def _score_users(self, states: Sequence[UserState | None], now: float | None = None) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Per state: its (N,) scores and its (D,) user vector (``None`` without history)."""
+        scores, h, empty = self._pass(states, now)
+        return [(scores[b], None if empty[b] else h[b]) for b in range(len(states))]
+
+    def _pass(self, states: Sequence[UserState | None], now: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B, N) float32 scores, (B, D) float32 user vectors and (B,) whether a state has no history."""
         h, ti, tt, tv, empty = self._encode(states, now)
         with torch.inference_mode():
             scores = self._dot_all(h) + self._bias  # (B, N)
@@ -188,7 +200,7 @@ class TransformerScorer:
                 scores = scores.scatter_add(1, idx, src)
             if bool(empty.any()):  # no history: the learned item bias is the prior
                 scores[empty] = self._bias
-        return scores.numpy().astype(np.float32, copy=False)
+        return scores.numpy().astype(np.float32, copy=False), h.float().numpy(), empty.numpy()
 
     def _dot_all(self, h: torch.Tensor) -> torch.Tensor:
         """(B, N) ``h @ E[1:].T`` for (B, D) user vectors; a bf16 matrix is read in float32 slices."""
@@ -287,10 +299,10 @@ class TransformerScorer:
             self._popular = top
         return top[:k]
 
-    def _top_many(self, requests: Sequence[tuple[UserState | None, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per (state, k): (K,) item positions, ascending, and their exact float32 scores, for the
-        ``k`` retrieved candidates plus the sequence's items. One forward pass and one index
-        search for the batch."""
+    def _top_many(self, requests: Sequence[tuple[UserState | None, int]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """Per (state, k): (K,) item positions, ascending, their exact float32 scores, for the
+        ``k`` retrieved candidates plus the sequence's items, and the (D,) user vector (``None``
+        without history). One forward pass and one index search for the batch."""
         retrieval = self._retrieval
         if retrieval is None:
             raise RuntimeError("no retrieval index: build_index() first")
@@ -305,7 +317,7 @@ class TransformerScorer:
             for b in range(len(requests)):
                 if bool(empty[b]):  # no history: the prior, exactly
                     rows = np.sort(self._best_by_bias(k))
-                    out.append((rows, self._bias[torch.from_numpy(rows)].numpy().astype(np.float32)))
+                    out.append((rows, self._bias[torch.from_numpy(rows)].numpy().astype(np.float32), None))
                     continue
                 seq = ti[b][ti[b] > 0].numpy() - 1  # the sequence's items: the repeat term may lift them
                 got = found[b]
@@ -318,7 +330,7 @@ class TransformerScorer:
                     active = ti[b] > 0
                     at = torch.from_numpy(np.searchsorted(rows, ti[b][active].numpy() - 1))
                     scores = scores.index_add(0, at, src[b][active])
-                out.append((rows, scores.numpy().astype(np.float32, copy=False)))
+                out.append((rows, scores.numpy().astype(np.float32, copy=False), h[b].float().numpy()))
         return out
 
     def similar(self, app: str, item_id: str, n: int) -> list[tuple[str, float]]:

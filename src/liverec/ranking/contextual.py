@@ -15,7 +15,9 @@ rewards) from :data:`FEATURES` of the candidate for this user at this request:
   disliked or demoted one of them);
 * ``item_rate``: the candidate's reward rate across users so far (the Beta posterior's mean,
   scaled to [-1, 1]);
-* ``position``: the slate position, over 10 (a lower slot is read less often).
+* ``position``: the slate position, over 10 (a lower slot is read less often);
+* ``user_cosine``: the cosine of the Transformer's user vector (its state after the user's newest
+  event, ``Scored.user``) and the candidate's item vector (0 with a scorer that has no user vector).
 
 Only inner products and feedback enter, never raw embedding coordinates: a retrained model's
 vectors live in another basis, and the posterior outlives model versions.
@@ -33,7 +35,7 @@ the count are kept as integers, so the posterior is the same whatever order rewa
 (every worker, a restart, a refold after a deletion reach it exactly).
 
 >>> pol = LinearThompson(seed=0)
->>> x = quantise(np.array([1.0, 0.9, 0.0, 0.0, 0.5, 0.0, 0.0, 0.2, 0.4]))
+>>> x = quantise(np.array([1.0, 0.9, 0.0, 0.0, 0.5, 0.0, 0.0, 0.2, 0.4, 0.3]))
 >>> for _ in range(20):
 ...     pol.update("shop", x.tolist(), 1.0)
 >>> pol.count("shop"), round(float(pol.mean("shop", 4.0) @ (x / FEATURE_SCALE)), 2)
@@ -48,7 +50,7 @@ from typing import Sequence
 import numpy as np
 
 FEATURES = ("bias", "relevance", "adjustment", "rank", "category_positive", "category_negative", "turned_against",
-            "item_rate", "position")
+            "item_rate", "position", "user_cosine")
 N_FEATURES = len(FEATURES)
 FEATURE_SCALE = 64  # logged features are integers in units of 1/64
 FEATURE_CLIP = 4.0  # |feature| <= 4 (the integer sums stay exact for 2^40 impressions)

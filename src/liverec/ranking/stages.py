@@ -426,7 +426,7 @@ class RankingStages:
             return []
         final, adj = self._final_scores(ctx, ids, raw)
         order, diversified = self._diversify(ctx, ids, final, adj)
-        featurise = self._featuriser(ctx, ids, final, adj, order) if ctx.explore else None
+        featurise = self._featuriser(ctx, ids, final, adj, order, scored.user) if ctx.explore else None
         slate = self._fill_slate(ctx, ids, final, order, featurise)
         slate = self._blocks_last(slate, ids, allow)
         recs, impressions = self._explain(ctx, ids, final, adj, slate, diversified, self.position, featurise)
@@ -478,13 +478,18 @@ class RankingStages:
         rest = [int(k) for k in order if int(k) not in picked]
         return np.asarray(chosen + rest, dtype=np.int64), diversified
 
-    def _featuriser(self, ctx: RankContext, ids: list[str], final: np.ndarray, adj: Adjustments, order: np.ndarray) -> Featurise:
+    def _featuriser(self, ctx: RankContext, ids: list[str], final: np.ndarray, adj: Adjustments, order: np.ndarray,
+                    user: np.ndarray | None) -> Featurise:
         """The contextual policy's features (:data:`liverec.ranking.contextual.FEATURES`) of pool
         candidates at a slate position, as the integers they are logged as."""
         app, cfg, summary = ctx.request.app, ctx.cfg, ctx.summary
         rel = final - adj.total  # (K,) model score min-max scaled over the pool
         rank_of = np.empty(len(order), dtype=np.float64)
         rank_of[order] = np.arange(len(order))
+        table = self.space.table(app) if user is not None else None
+        if table is not None and (table.source != "model" or table.matrix.shape[1] != len(user)):
+            table = None  # the cosine needs the model's own item vectors
+        unit_user = user / max(float(np.linalg.norm(user)), 1e-12) if table is not None else None  # (D,)
 
         def featurise(ks: list[int], position: int | np.ndarray) -> np.ndarray:
             x = np.zeros((len(ks), N_FEATURES))  # (K', F)
@@ -502,6 +507,9 @@ class RankingStages:
                 succ, fail = self.bandit.stats(app, ids[k])
                 x[j, 7] = 2.0 * (succ + 1.0) / (succ + fail + 2.0) - 1.0
             x[:, 8] = np.asarray(position, dtype=np.float64) / 10.0
+            if table is not None:
+                at, rows = table.rows([ids[k] for k in ks])
+                x[at, 9] = table.matrix[rows] @ unit_user  # (K',) cosine: the table's rows are unit vectors
             return quantise(x)
 
         return featurise

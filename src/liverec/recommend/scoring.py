@@ -33,6 +33,9 @@ class Scored:
     scores: np.ndarray  # (K,) float32
     table: np.ndarray | None = None  # (N,) the scorer's id table, the same object between requests
     index: np.ndarray | None = None  # (K,) with ``table``: positions of ``item_ids`` in it
+    # (D,) the user vector the scores came from (the Transformer's state after the user's newest
+    # event), where the scorer has one: the learned exploration policy reads its cosine with items
+    user: np.ndarray | None = None
 
     @property
     def partial(self) -> bool:
