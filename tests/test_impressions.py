@@ -89,7 +89,7 @@ def test_workers_on_one_postgresql_schema_share_one_log():
         assert sorted(i.impression_id for i in a.scan("a")) == ["r1:0", "r2:0", "r3:0"]
         assert b.count("a") == 3
     finally:
-        a._conn.execute(f'DROP SCHEMA IF EXISTS "{a.schema}" CASCADE')
+        a._link.execute(f'DROP SCHEMA IF EXISTS "{a.schema}" CASCADE')
         a.close()
         b.close()
 
@@ -127,7 +127,7 @@ def test_service_on_postgresql_logs_impressions_there(tmp_path):
         assert out["decisions"] == sum(i.explored for i in logged)
         assert {"ips", "snips", "dr", "dr_ci", "dr_normal_ci"} <= set(out["policies"]["uniform"])
     finally:
-        log._conn.execute(f'DROP SCHEMA IF EXISTS "{log.schema}" CASCADE')
+        log._link.execute(f'DROP SCHEMA IF EXISTS "{log.schema}" CASCADE')
         log.close()
 
 

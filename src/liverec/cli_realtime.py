@@ -181,7 +181,7 @@ def learn(
     from .model.registry import ModelRegistry
     from .model.serving import load_scorer
     from .state import StateStore
-    from .store import open_store
+    from .store import StoreUnavailable, open_store
 
     settings = Settings(data_dir=data_dir, **({"store_url": store_url} if store_url else {}))
     registry = ModelRegistry.for_data_dir(data_dir, app_id)
@@ -210,8 +210,12 @@ def learn(
     follower = learner_follower(store, app_id, state, catalog, learner)
     try:
         while True:
-            follower.catch_up(force=True)
-            result = learner.step()
+            try:
+                follower.catch_up(force=True)
+                result = learner.step()
+            except StoreUnavailable as exc:  # PostgreSQL down or restarting: the same step again later
+                typer.echo(json.dumps({"store_unavailable": exc.cause}), err=True)
+                result = None
             if result is not None:
                 typer.echo(json.dumps(result))
             if once:

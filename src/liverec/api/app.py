@@ -23,6 +23,7 @@ from ..config import Settings
 from ..runtime.compose import build_service
 from ..runtime.readiness import WorkerRegistry
 from ..service import Service
+from ..store import StoreUnavailable
 from . import auth, events, items, ops, stats, users
 from .ops import Metrics
 from .schemas import body_schemas
@@ -127,6 +128,12 @@ def create_app(settings: Settings | None = None, service: Service | None = None,
         else:
             body = {"detail": str(detail), "errors": []}
         return JSONResponse(body, status_code=exc.status_code, headers=headers or None)
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request: Request, exc: StoreUnavailable):
+        # a 503, never a 500: nothing was acknowledged, the request may be sent again as it was
+        return JSONResponse({"detail": f"{exc}; retry in {exc.retry_after_s} s", "errors": []}, status_code=503,
+                            headers={"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(RequestValidationError)
     async def request_error(request: Request, exc: RequestValidationError):

@@ -163,6 +163,8 @@ AUTH_HEADERS = {
     401: {"WWW-Authenticate": {"description": "`Bearer realm=\"liverec\"`", "schema": {"type": "string"}}},
     429: {"Retry-After": {"description": "Seconds until the key's bucket has a token again",
                           "schema": {"type": "integer", "minimum": 1}}},
+    503: {"Retry-After": {"description": "Seconds after which the store may be back",
+                          "schema": {"type": "integer", "minimum": 1}}},
 }
 
 
@@ -188,7 +190,8 @@ def app_routes(app: FastAPI) -> list[RouteInfo]:
 
 def document_security(document: dict[str, Any], app: FastAPI) -> None:
     """Add the security schemes and, on every operation that needs a key, the scope it needs
-    (OpenAPI 3.1 lets a non-OAuth scheme list role names) and the 401, 403 and 429 answers."""
+    (OpenAPI 3.1 lets a non-OAuth scheme list role names) and the 401, 403 and 429 answers; and
+    503 (the store unreachable: every such request reads it, for the key or whether keys exist)."""
     components = document.setdefault("components", {})
     components["securitySchemes"] = SECURITY_SCHEMES
     error = {"$ref": "#/components/schemas/ErrorResponse"}  # there: the routes' own errors refer to it
@@ -201,7 +204,7 @@ def document_security(document: dict[str, Any], app: FastAPI) -> None:
                 continue
             operation["security"] = [{name: [route.scope]} for name in SECURITY_SCHEMES]
             responses = operation.setdefault("responses", {})
-            for status in (401, 403, 429):
+            for status in (401, 403, 429, 503):
                 answer: dict[str, Any] = {"description": ERROR_RESPONSES[status],
                                           "content": {"application/json": {"schema": error}}}
                 if status in AUTH_HEADERS:

@@ -44,6 +44,8 @@ ERROR_RESPONSES: dict[int, str] = {
     413: "Too many events in one request (`max_batch`)",
     422: "Invalid request: every field error, with the field, the value and what was expected",
     429: "The key's rate limit: its token bucket is empty (`Retry-After` says when it has a token again)",
+    503: "The store (PostgreSQL) cannot be reached now and nothing was acknowledged: `detail` names the cause, "
+         "`Retry-After` when to try again (send a write again as it was: its event ids make a retry a duplicate)",
 }
 
 

@@ -36,6 +36,7 @@ it is registered is discarded. Each version records the log position its data re
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -55,8 +56,10 @@ from ..model.text import HashingEncoder
 from ..model.train import mask_seen
 from ..model.transformer import FeedbackTransformer
 from ..state import StateStore
-from ..store.base import Change, Item
+from ..store.base import Change, Item, StoreUnavailable
 from .finetune import FineTuneConfig, FineTuner, bias_step, init_new_items
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -239,6 +242,14 @@ class OnlineLearner:
                 return None
             users, self._users, self._count = dict(self._users), {}, 0
             new_counts, self._new = dict(self._new), {}
+        try:
+            return self._update(users, new_counts)
+        except StoreUnavailable:
+            self._requeue(users, new_counts)  # learnt at the next step once the store is back
+            raise
+
+    def _update(self, users: dict[str, float], new_counts: dict[str, int]) -> dict:
+        """One guarded update from ``users``' events (those that arrived since the last update)."""
         current = self.serving()
         max_len = current.model.cfg.max_len
         # deletions after this change position are checked before publishing; the data read
@@ -390,7 +401,12 @@ class OnlineLearner:
 
     def _run(self) -> None:
         while not self._stop.wait(self.cfg.interval_s):
-            self.step()
+            try:
+                self.step()
+            except StoreUnavailable as exc:  # the next interval tries again with the same users
+                log.warning("online learner of %s: %s", self.app, exc)
+            except Exception:  # noqa: BLE001 - the learner must outlive one failed update
+                log.exception("online learner of %s: an update failed", self.app)
 
     def stop(self) -> None:
         self._stop.set()

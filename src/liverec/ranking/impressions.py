@@ -41,6 +41,7 @@ from typing import Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence
 import orjson
 
 from ..events import DEFAULT_TYPES, Event, TypeSpec
+from ..store.base import StoreUnavailable
 from ..store.sqlite import compact as compact_sqlite
 
 log = logging.getLogger(__name__)
@@ -269,6 +270,9 @@ class QueuedImpressionLog(ABC):
                          ",".join(map(str, i.features)) if i.features else None) for i in batch]
                 with self._lock:
                     self._insert(sql, rows)
+            except StoreUnavailable as exc:  # the server is away: kept and tried again, one line a try
+                failed = True
+                log.warning("impression log %s: %d impressions wait: %s", self.name, len(batch), exc)
             except Exception:  # noqa: BLE001 - the thread must outlive a busy or unreachable database
                 failed = True
                 log.exception("impression log %s: writing %d impressions failed", self.name, len(batch))
@@ -482,28 +486,30 @@ class PostgresImpressionLog(QueuedImpressionLog):
     placeholder = "%s"
 
     def __init__(self, url: str) -> None:
-        from ..store.postgres import connect
+        from ..store.postgres import Link
 
-        self._conn, self.schema = connect(url, _POSTGRES_SCHEMA)
+        # reconnects after the server went away (the writer keeps the queue and tries again)
+        self._link = Link(url, _POSTGRES_SCHEMA)
+        self.schema = self._link.schema
         self.name = f"postgresql schema {self.schema}"
         super().__init__()
 
     def _insert(self, sql: str, rows: list[tuple]) -> None:
-        with self._conn.transaction(), self._conn.cursor() as cur:
+        with self._link.transaction() as conn, conn.cursor() as cur:
             # Serialised across workers: a BIGSERIAL value is taken at insert, not at commit, so
             # without the lock a reader could pass a seq whose transaction commits after it.
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (IMPRESSION_APPEND_LOCK,))
             cur.executemany(sql, rows)
 
     def _fetch(self, sql: str, params: tuple) -> list[tuple]:
-        return self._conn.execute(sql, params).fetchall()
+        return self._link.execute(sql, params).fetchall()
 
     def _delete(self, sql: str, params: tuple) -> int:
-        with self._conn.transaction():
-            return self._conn.execute(sql, params).rowcount
+        with self._link.transaction() as conn:
+            return conn.execute(sql, params).rowcount
 
     def _close(self) -> None:
-        self._conn.close()
+        self._link.close()
 
 
 def open_impressions(store_url: str, data_dir: str | Path) -> ImpressionLog:

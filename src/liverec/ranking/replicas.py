@@ -92,7 +92,7 @@ import orjson
 from ..erasure import UserDeletion
 from ..events import Event
 from ..memory import collector_paused
-from ..store.base import EventLog, Snapshots, user_digest
+from ..store.base import EventLog, Snapshots, StoreUnavailable, user_digest
 from .bandit import encode_rewards
 from .contextual import FEATURES
 from .examined import encode_examined
@@ -236,6 +236,7 @@ class ImpressionFollower:
         self._refolded = threading.Condition(self._refold_lock)
         self._rewrite = False  # a deletion removed the stored snapshot: write one after the refold
         self.refolds = 0
+        self._unavailable = False  # the last poll found the store unreachable
 
     # ---- component ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -256,6 +257,12 @@ class ImpressionFollower:
         while not self._stop.wait(self.interval_s):
             try:
                 self.poll()
+                self._unavailable = False
+            except StoreUnavailable as exc:  # retried at the next poll, quietly: it lasts as long as the outage
+                if not self._unavailable:
+                    log.warning("following the impression log: %s", exc)
+                self._unavailable = True
+                continue
             except Exception:  # noqa: BLE001 - a failed poll is retried at the next one
                 log.exception("following the impression log failed")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
-from .base import ApiKey, ApiKeys, AppendResult, Catalog, Change, EventLog, Item, Snapshots, Store
+from .base import ApiKey, ApiKeys, AppendResult, Catalog, Change, EventLog, Item, Snapshots, Store, StoreUnavailable
 
 _BACKENDS: dict[str, Callable[[str], Store]] = {}
 
@@ -54,4 +54,4 @@ def open_store(url: str) -> Store:
     return opener(url)
 
 
-__all__ = ["ApiKey", "ApiKeys", "AppendResult", "Catalog", "Change", "EventLog", "Item", "Snapshots", "Store", "default_url", "open_store", "register_backend"]
+__all__ = ["ApiKey", "ApiKeys", "AppendResult", "Catalog", "Change", "EventLog", "Item", "Snapshots", "Store", "StoreUnavailable", "default_url", "open_store", "register_backend"]

@@ -21,6 +21,18 @@ from typing import Any, Iterator, Protocol, Sequence
 from ..events import Event
 
 
+class StoreUnavailable(RuntimeError):
+    """The store cannot be reached now (its server is down, restarting or cut off): nothing was
+    read or acknowledged; the same call may succeed once it is back (the API answers 503 with
+    ``Retry-After``). ``cause`` says what the driver reported."""
+
+    retry_after_s = 1
+
+    def __init__(self, cause: str):
+        super().__init__(f"the store is unavailable: {cause}")
+        self.cause = cause
+
+
 @dataclass(frozen=True, slots=True)
 class Item:
     """A catalog item. ``categories`` are also reachable as the ``category`` attribute."""

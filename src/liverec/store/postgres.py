@@ -12,21 +12,24 @@ the shared log by reading ``seq > last_applied``.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 from urllib.parse import parse_qs, urlparse, urlunparse
 
 import psycopg
 
 from ..events import Event
-from .base import DeletionRecord, user_digest
+from .base import DeletionRecord, StoreUnavailable, user_digest
 from .sql import DELETION_COLUMNS, SqlDeletionReads
 from .base import ApiKey, AppendResult, Item
 from .sql import (EVENT_COLUMNS, KEY_COLUMNS, KEY_TOUCH, SqlCatalogReads, SqlEventReads, SqlKeyReads, SqlSnapshotReads,
                   accepted_events, key_row)
 
 APPEND_LOCK = 0x6C69766572  # advisory lock key ("liver")
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -94,6 +97,25 @@ CREATE TABLE IF NOT EXISTS api_keys (
 
 
 
+# Bounds on waiting for an unreachable server (each overridable in the URL's query): a connect
+# gives up after 3 s, and a query on a connection whose packets go unanswered (a cut network, not
+# a refused or reset one) fails once they stay unacknowledged for 5 s.
+CONNECT_OPTIONS = {"connect_timeout": "3", "tcp_user_timeout": "5000", "keepalives": "1", "keepalives_idle": "10",
+                   "keepalives_interval": "2", "keepalives_count": "3"}
+RECONNECT_PAUSE_S = 0.5  # after a failed connect, calls fail at once for this long instead of connecting again
+
+
+def _schema_and_dsn(url: str) -> tuple[str, str]:
+    parsed = urlparse(url)
+    query = parse_qs(parsed.query)
+    schema = query.pop("schema", ["public"])[0]
+    if not schema.replace("_", "").isalnum():
+        raise ValueError(f"store URL {url!r}: schema {schema!r} must be letters, digits and _")
+    options = {**CONNECT_OPTIONS, **{k: v[-1] for k, v in query.items()}}
+    dsn = urlunparse(parsed._replace(scheme="postgresql", query="&".join(f"{k}={v}" for k, v in options.items())))
+    return schema, dsn
+
+
 def connect(url: str, ddl: str) -> tuple[psycopg.Connection, str]:
     """An autocommit connection whose ``search_path`` is the URL's schema, after creating the schema
     (if absent) and running ``ddl`` (``CREATE ... IF NOT EXISTS`` statements; empty: neither, a
@@ -102,11 +124,8 @@ def connect(url: str, ddl: str) -> tuple[psycopg.Connection, str]:
     Both run under the advisory lock: PostgreSQL's ``IF NOT EXISTS`` does not make concurrent
     creation safe, and several workers start at once.
     """
-    parsed = urlparse(url)
-    schema = parse_qs(parsed.query).get("schema", ["public"])[0]
-    if not schema.replace("_", "").isalnum():
-        raise ValueError(f"store URL {url!r}: schema {schema!r} must be letters, digits and _")
-    conn = psycopg.connect(urlunparse(parsed._replace(scheme="postgresql", query="")), autocommit=True)
+    schema, dsn = _schema_and_dsn(url)
+    conn = psycopg.connect(dsn, autocommit=True)
     if ddl:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
@@ -115,6 +134,87 @@ def connect(url: str, ddl: str) -> tuple[psycopg.Connection, str]:
             conn.execute(ddl)
     conn.execute(f'SET search_path TO "{schema}"')
     return conn, schema
+
+
+class Link:
+    """One connection to the URL's schema that outlives the server going away: a call that finds
+    it broken, or cannot open it, raises :class:`~liverec.store.base.StoreUnavailable` (the
+    driver's error as its cause) and drops it; the next call connects again. So a server restart
+    costs the calls made while it is down, never the process or its threads. Calls are serialised
+    (one connection, one statement at a time).
+
+    psycopg's pool was not used: it hands out several connections and reconnects in a thread of its
+    own, where each role here wants exactly one connection (the append lock's order and the
+    ``search_path`` are per connection) and a caller that fails fast.
+    """
+
+    def __init__(self, url: str, ddl: str = ""):
+        self.url = url
+        self.lock = threading.RLock()
+        self._conn: psycopg.Connection | None
+        self._conn, self.schema = connect(url, ddl)  # the first connect fails loudly: a wrong URL is no outage
+        self._retry_at = 0.0
+        self.reconnects = 0
+
+    def _open(self) -> psycopg.Connection:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        if time.monotonic() < self._retry_at:
+            raise StoreUnavailable("PostgreSQL could not be reached a moment ago")
+        try:
+            self._conn, _ = connect(self.url, "")
+        except psycopg.Error as exc:
+            self._retry_at = time.monotonic() + RECONNECT_PAUSE_S
+            raise StoreUnavailable(_cause(exc)) from exc
+        self.reconnects += 1
+        log.info("PostgreSQL schema %s: connected again", self.schema)
+        return self._conn
+
+    def _lost(self, conn: psycopg.Connection, exc: psycopg.Error) -> StoreUnavailable:
+        if conn.broken or conn.closed:
+            if not conn.closed:
+                conn.close()
+            self._conn = None
+            log.warning("PostgreSQL schema %s: connection lost (%s)", self.schema, _cause(exc))
+        return StoreUnavailable(_cause(exc))
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor:
+        """Run one statement (autocommit); the cursor holds every row already. A statement that
+        finds the connection broken (the server restarted since it was last used) runs once more
+        on a new one: only reads and idempotent statements come here."""
+        with self.lock:
+            for attempt in (0, 1):
+                conn = self._open()
+                try:
+                    return conn.execute(sql, params)
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    lost = self._lost(conn, exc)
+                    if attempt or self._conn is not None:  # not a broken connection, or a new one broke too
+                        raise lost from exc
+            raise AssertionError("unreachable")
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection]:
+        """The connection inside one transaction (committed on leaving, rolled back on an error)."""
+        with self.lock:
+            conn = self._open()
+            try:
+                with conn.transaction():
+                    yield conn
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                raise self._lost(conn, exc) from exc
+
+    def close(self) -> None:
+        with self.lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _cause(exc: BaseException) -> str:
+    """The driver's message on one line."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
 
 
 def _event_head(conn: psycopg.Connection) -> int:
@@ -132,12 +232,13 @@ class PostgresStore:
     decode_json = staticmethod(lambda value: value)  # psycopg decodes jsonb itself
 
     def __init__(self, url: str):
-        self._conn, self.schema = connect(url, SCHEMA)
-        self._lock = threading.RLock()
+        self._conn = Link(url, SCHEMA)
+        self.schema = self._conn.schema
+        self._lock = self._conn.lock
         # reads on a connection of their own: a request's catch-up never queues behind an append
         # of this process waiting for the advisory lock another worker holds
-        self._read_conn, _ = connect(url, "")
-        self._read_lock = threading.RLock()
+        self._read_conn = Link(url)
+        self._read_lock = self._read_conn.lock
         self.events = _EventLog(self)
         self.deletions = _Deletions(self)
         self.catalog = _Catalog(self)
@@ -152,14 +253,11 @@ class PostgresStore:
 
     def drop(self) -> None:
         """Remove the schema and everything in it (tests)."""
-        with self._lock:
-            self._conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+        self._conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-        with self._read_lock:
-            self._read_conn.close()
+        self._conn.close()
+        self._read_conn.close()
 
 
 class _EventLog(SqlEventReads):
@@ -176,8 +274,7 @@ class _EventLog(SqlEventReads):
              json.dumps(e.context) if e.context is not None else None)
             for e in events
         ]))
-        with self._s._lock, self._s._conn.transaction():
-            conn = self._s._conn
+        with self._s._conn.transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
             # WITH ORDINALITY keeps batch order, so the first of in-batch duplicates is the one stored.
             rows = conn.execute(
@@ -194,8 +291,7 @@ class _EventLog(SqlEventReads):
         return AppendResult(accepted, len(events) - len(accepted))
 
     def remove_user(self, app: str, user_id: str) -> list[tuple[int, Event]]:
-        with self._s._lock, self._s._conn.transaction():
-            conn = self._s._conn
+        with self._s._conn.transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))  # changes commit in seq order too
             rows = conn.execute(f"DELETE FROM events WHERE app = %s AND user_id = %s RETURNING seq, {EVENT_COLUMNS}",
                                 (app, user_id)).fetchall()
@@ -208,8 +304,8 @@ class _Deletions(SqlDeletionReads):
     _s: PostgresStore
 
     def record(self, entry: DeletionRecord) -> int:
-        with self._s._lock, self._s._conn.transaction():
-            row = self._s._conn.execute(
+        with self._s._conn.transaction() as conn:
+            row = conn.execute(
                 f"INSERT INTO deletions ({DELETION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s::jsonb) RETURNING seq",
                 (entry.deletion_id, entry.app, entry.subject, entry.requested_by, entry.at, json.dumps(entry.receipt))).fetchone()
         return int(row[0])
@@ -222,9 +318,9 @@ class _Catalog(SqlCatalogReads):
         now = time.time()
         rows = [(i.app, i.item_id, i.title, i.text, json.dumps(list(i.categories)), json.dumps(i.attributes), i.updated_at or now)
                 for i in items]
-        with self._s._lock, self._s._conn.transaction():
-            self._s._conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-            with self._s._conn.cursor() as cur:
+        with self._s._conn.transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+            with conn.cursor() as cur:
                 cur.executemany(
                     """INSERT INTO items (app, item_id, title, text, categories, attributes, updated_at)
                     VALUES (%s, %s, %s, %s, %s::jsonb, %s::jsonb, %s)
@@ -232,7 +328,7 @@ class _Catalog(SqlCatalogReads):
                         categories = EXCLUDED.categories, attributes = EXCLUDED.attributes, updated_at = EXCLUDED.updated_at""",
                     rows,
                 )
-                head = _event_head(self._s._conn)
+                head = _event_head(conn)
                 cur.executemany("INSERT INTO changes (app, kind, key, event_seq) VALUES (%s, 'item', %s, %s)",
                                 [(i.app, i.item_id, head) for i in items])
         return len(rows)
@@ -242,31 +338,31 @@ class _Snapshots(SqlSnapshotReads):
     _s: PostgresStore
 
     def put(self, app: str, name: str, blob: bytes) -> None:
-        with self._s._lock, self._s._conn.transaction():
-            self._s._conn.execute(
+        with self._s._conn.transaction() as conn:
+            conn.execute(
                 """INSERT INTO snapshots (app, name, blob, updated_at) VALUES (%s, %s, %s, %s)
                 ON CONFLICT (app, name) DO UPDATE SET blob = EXCLUDED.blob, updated_at = EXCLUDED.updated_at""",
                 (app, name, blob, time.time()),
             )
 
     def delete(self, app: str, name: str) -> bool:
-        with self._s._lock, self._s._conn.transaction():
-            return self._s._conn.execute("DELETE FROM snapshots WHERE app = %s AND name = %s", (app, name)).rowcount > 0
+        with self._s._conn.transaction() as conn:
+            return conn.execute("DELETE FROM snapshots WHERE app = %s AND name = %s", (app, name)).rowcount > 0
 
 
 class _Keys(SqlKeyReads):
     _s: PostgresStore
 
     def add(self, key: ApiKey) -> None:
-        with self._s._lock, self._s._conn.transaction():
-            self._s._conn.execute(f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)", key_row(key))
+        with self._s._conn.transaction() as conn:
+            conn.execute(f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)", key_row(key))
 
     def revoke(self, key_id: str, at: float) -> bool:
-        with self._s._lock, self._s._conn.transaction():
-            return self._s._conn.execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, %s) WHERE key_id = %s",
+        with self._s._conn.transaction() as conn:
+            return conn.execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, %s) WHERE key_id = %s",
                                          (at, key_id)).rowcount > 0
 
     def touch(self, used: dict[str, float]) -> None:
         if used:
-            with self._s._lock, self._s._conn.transaction(), self._s._conn.cursor() as cur:
+            with self._s._conn.transaction() as conn, conn.cursor() as cur:
                 cur.executemany(KEY_TOUCH.replace("?", "%s"), [(at, key_id, at) for key_id, at in used.items()])
