@@ -151,3 +151,12 @@ def test_a_short_budget_ends_the_warmup_at_five_percent_of_it() -> None:
     assert _lr_factor(4, 10_000, short, elapsed=5.0) > 0.99  # 5% of the budget spent: warm
     long = TrainConfig(warmup_steps=100, schedule="cosine", time_budget_s=2580.0)
     assert np.isclose(_lr_factor(4, 10_000, long, elapsed=5.0), 0.05)  # the step count ends it first
+
+
+def test_a_clocked_budget_is_used_to_the_end_and_cut_inside_an_epoch() -> None:
+    log = sequential_log(n_users=400, n_items=30, min_len=30, max_len=40, seed=0)
+    split = leave_one_out(log, max_len=40)
+    cfg = ModelConfig(n_items=log.n_items, max_len=40, d_model=16, n_blocks=1)
+    tc = TrainConfig(epochs=1000, batch_size=8, schedule="cosine", time_budget_s=1.0, eval_every=1000, seed=0)
+    res = train(cfg, tc, split.train, ValidationSet(split.valid_windows, split.valid_targets), progress=False)
+    assert 0.97 <= res.train_seconds < 1.0 + res.history[0]["seconds"]  # no epoch-sized gap left, no epoch-sized overrun

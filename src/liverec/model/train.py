@@ -404,9 +404,11 @@ def train(
             total += float(loss.detach()) / ranks.world  # summed over ranks below: the batch's mean
             count += 1
         # Stop when the next epoch would not finish inside the time budget (epochs take similar
-        # time); every rank stops when any rank would run out.
+        # time); every rank stops when any rank would run out. A clocked run (cosine over the
+        # budget) goes on instead: its rate is low by then, and the cut above ends it in time.
         elapsed = time.perf_counter() - t0
-        out_of_time = cut or (bool(train_cfg.time_budget_s) and elapsed * (epoch + 1) / epoch >= train_cfg.time_budget_s)
+        budget = train_cfg.time_budget_s
+        out_of_time = cut or (bool(budget) and (elapsed if clocked else elapsed * (epoch + 1) / epoch) >= budget)
         total, late = ranks.total([total, float(out_of_time)])
         out_of_time = late > 0
         rec: dict[str, float] = {"epoch": epoch, "loss": total / max(count, 1), "seconds": elapsed}
