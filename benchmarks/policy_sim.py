@@ -43,7 +43,9 @@ from liverec.evaluation.ope import Decision, estimate
 from liverec.evaluation.simulate import SimConfig, run, synthetic_world, world_from_movielens
 from liverec.ranking.impressions import SQLiteImpressionLog, feedback_reward
 
-POLICIES = {"thompson": {"explore_shadow": True}, "contextual": {"explore_policy": "contextual", "explore_shadow": True}}
+POLICIES = {"thompson": {"explore_shadow": True}, "contextual": {"explore_policy": "contextual", "explore_shadow": True},
+            # the learned policy learning only from its own slots (contextual_learn)
+            "contextual-explored": {"explore_policy": "contextual", "explore_shadow": True, "contextual_learn": "explored"}}
 PLAIN = {"thompson": {}, "contextual": {"explore_policy": "contextual"}}  # what the request cost is measured with
 
 
@@ -142,6 +144,7 @@ def main() -> None:
     ap.add_argument("--cost-requests", type=int, default=300)
     ap.add_argument("--cost-only", action="store_true", help="only the request cost (runs on the code before, too)")
     ap.add_argument("--cost-policies", default="thompson,contextual")
+    ap.add_argument("--policies", default="thompson,contextual", help=f"some of {', '.join(POLICIES)}")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/policy_sim.json"))
     args = ap.parse_args()
 
@@ -152,7 +155,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="policy-sim-"))
     data_dir = tmp / "data"
     config = tmp / "ranking.json"
-    config.write_text(json.dumps({"apps": {f"{name}-s{seed}": over for name, over in POLICIES.items() for seed in range(args.seeds)}}))
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    config.write_text(json.dumps({"apps": {f"{name}-s{seed}": POLICIES[name] for name in policies for seed in range(args.seeds)}}))
     port = free_port()
     env = {**os.environ, "LIVEREC_RANKING_CONFIG": str(config), "LIVEREC_SCORER": "cooccurrence"}
     server = subprocess.Popen([sys.executable, "-m", "liverec.cli", "serve", "--data-dir", str(data_dir), "--port", str(port)],
@@ -172,7 +176,7 @@ def main() -> None:
                         raise RuntimeError("liverec serve did not start")
                     time.sleep(0.5)
             for seed in range(args.seeds):
-                for name in POLICIES:
+                for name in policies:
                     cfg = SimConfig(users=args.users, steps=args.steps, shift_at=args.shift_at, seed=seed, mode=args.mode,
                                     diversity=0.0, cohorts=("explore",))
                     report = run(client, world, cfg, app=f"{name}-s{seed}")
@@ -187,32 +191,29 @@ def main() -> None:
     result["simulation_seconds"] = round(time.perf_counter() - started, 1)
 
     summary: dict = {}
-    for name in POLICIES:
+    for name in policies:
         for metric in ("ctr", "negative_share"):
             values = [result["runs"][f"{name}-s{s}"][metric] for s in range(args.seeds)]
             summary[f"{name}_{metric}"] = {"mean": float(np.mean(values)), "ci": t_interval(values), "per_seed": values}
-    for metric in ("ctr", "negative_share"):
-        diff = [result["runs"][f"contextual-s{s}"][metric] - result["runs"][f"thompson-s{s}"][metric] for s in range(args.seeds)]
-        summary[f"difference_{metric}"] = {"mean": float(np.mean(diff)), "ci": t_interval(diff), "per_seed": diff}
+    for name in policies:
+        if name == "thompson" or "thompson" not in policies:
+            continue
+        for metric in ("ctr", "negative_share"):
+            diff = [result["runs"][f"{name}-s{s}"][metric] - result["runs"][f"thompson-s{s}"][metric] for s in range(args.seeds)]
+            summary[f"difference_{name}_{metric}"] = {"mean": float(np.mean(diff)), "ci": t_interval(diff), "per_seed": diff}
 
-    # the learned policy: its realised slot value against the estimate from the Thompson log
-    realised, logged = [], []
-    for seed in range(args.seeds):
-        realised += rewarded_slots(data_dir, f"contextual-s{seed}")
-        logged += rewarded_slots(data_dir, f"thompson-s{seed}")
-    online = np.array([r for imp, r in realised if imp.policy == "contextual"])
-    thompson = np.array([r for imp, r in logged if imp.policy == "thompson"])
-    offline = estimate([d for d in decisions([row for row in logged if row[0].policy == "thompson"]) if d.target is not None],
-                       "shadow", n_boot=1000)
-    se = online.std(ddof=1) / math.sqrt(len(online))
-    se_t = thompson.std(ddof=1) / math.sqrt(len(thompson))
-    summary["slot_value"] = {
-        "contextual_online": {"mean": float(online.mean()), "ci": [float(online.mean() - 1.96 * se), float(online.mean() + 1.96 * se)],
-                              "slots": len(online)},
-        "thompson_online": {"mean": float(thompson.mean()), "ci": [float(thompson.mean() - 1.96 * se_t), float(thompson.mean() + 1.96 * se_t)],
-                            "slots": len(thompson)},
-        "contextual_from_thompson_log": offline,
-    }
+    # each policy's realised slot value; the learned policy's estimate from the Thompson log
+    slot_value: dict = {}
+    for name in policies:
+        rows = [row for seed in range(args.seeds) for row in rewarded_slots(data_dir, f"{name}-s{seed}")]
+        chose = np.array([r for imp, r in rows if imp.policy == ("thompson" if name == "thompson" else "contextual")])
+        se = chose.std(ddof=1) / math.sqrt(len(chose))
+        slot_value[f"{name}_online"] = {"mean": float(chose.mean()), "ci": [float(chose.mean() - 1.96 * se), float(chose.mean() + 1.96 * se)],
+                                        "slots": len(chose)}
+        if name == "thompson":
+            logged = [d for d in decisions([row for row in rows if row[0].policy == "thompson"]) if d.target is not None]
+            slot_value["contextual_from_thompson_log"] = estimate(logged, "shadow", n_boot=1000)
+    summary["slot_value"] = slot_value
     summary["request_ms_median"] = request_cost(world, 0, args.cost_requests, args.cost_policies.split(","))
     result["summary"] = summary
     result["date"] = time.strftime("%Y-%m-%d")

@@ -229,3 +229,18 @@ def test_the_transformer_user_vector_enters_as_its_cosine_with_each_candidate(on
         assert abs(imp.features[k_cos] - cosine * FEATURE_SCALE) <= 1.0, (imp.item_id, imp.features, cosine)
     assert any(abs(imp.features[k_cos]) > 8 for imp in shown)
     assert scorer.score("a", None, 10).user is None  # no history: no user vector
+
+
+def test_learning_from_the_exploration_slots_only(tmp_path):
+    service = build_service(_settings(tmp_path, contextual_learn="explored"))
+    service.start()
+    try:
+        _seed(service)
+        _traffic(service, [f"u{k}" for k in range(6)])
+        logged = list(service.ranking.impressions.scan("default"))
+        assert all((i.features is not None) == i.explored for i in logged) and any(i.explored for i in logged)
+        assert 0 < sums(service)["default"][2] < sum(service.ranking.rewards.rewards.values())
+    finally:
+        service.close()
+    with pytest.raises(ValueError, match="contextual_learn='all'"):
+        RankingConfig(contextual_learn="all")

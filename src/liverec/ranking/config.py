@@ -78,6 +78,9 @@ class RankingConfig:
     explore_shadow: bool = False  # also log the other policy's distribution of each item slot (for `liverec ope --policies shadow`)
     contextual_ridge: float = 4.0  # prior precision of the contextual policy's weights (pseudo-impressions)
     contextual_noise: float = 0.3  # reward noise (standard deviation) of its regression: the width of its draws
+    # which impressions log the features its posterior learns from: "shown" (every item shown while
+    # exploring) or "explored" (only the exploration slots: the positions it chooses for)
+    contextual_learn: str = "shown"
     # ---- explanations ------------------------------------------------------------------------
     because_events: int = 3  # history events listed per item
 
@@ -103,6 +106,8 @@ class RankingConfig:
             raise ValueError(f"recency_events={self.recency_events!r}: expected a number of events >= 0 (0 = off)")
         if self.explore_policy not in EXPLORE_POLICIES:
             raise ValueError(f"explore_policy={self.explore_policy!r}: expected one of {', '.join(EXPLORE_POLICIES)}")
+        if self.contextual_learn not in ("shown", "explored"):
+            raise ValueError(f"contextual_learn={self.contextual_learn!r}: expected shown or explored")
         if not (self.contextual_ridge > 0 and self.contextual_noise > 0):
             raise ValueError(f"contextual_ridge={self.contextual_ridge!r}, contextual_noise={self.contextual_noise!r}: expected > 0")
         if any(p < 0 for p in self.explore_slots):

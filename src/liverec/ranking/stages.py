@@ -601,8 +601,10 @@ class RankingStages:
         shown_at = self.clock() if request.now is None else request.now
         impressions: list[Impression] = []
         # every shown item's policy features (what the contextual policy's posterior learns from)
-        shown_feats = (featurise([k for k, _, _ in slate], np.arange(len(slate))).tolist()
-                       if featurise is not None and slate and request.user_id is not None else None)
+        learn = [pos for pos, (_, _, info) in enumerate(slate) if ctx.cfg.contextual_learn == "shown" or info is not None]
+        shown_feats: dict[int, list[int]] = {}
+        if featurise is not None and learn and request.user_id is not None:
+            shown_feats = dict(zip(learn, featurise([slate[pos][0] for pos in learn], np.asarray(learn)).tolist()))
         for pos, ((k, prop, info), hist) in enumerate(zip(slate, history)):
             because = list(hist)
             because.extend(adj.explain(k))
@@ -627,7 +629,7 @@ class RankingStages:
                     propensity=prop, explored=info is not None, policy=info.get("policy", "thompson") if info is not None else "rank",
                     pool=info["pool"] if info else [], pool_propensities=info["p"] if info else [],
                     pool_scores=info["s"] if info else [], event_seq=position, origin=self.origin,
-                    features=shown_feats[pos] if shown_feats is not None else None,
+                    features=shown_feats.get(pos),
                     pool_features=info.get("features", []) if info else [],
                     shadow_propensities=info.get("shadow", []) if info else [],
                 ))
