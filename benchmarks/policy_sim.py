@@ -45,7 +45,9 @@ from liverec.ranking.impressions import SQLiteImpressionLog, feedback_reward
 
 POLICIES = {"thompson": {"explore_shadow": True}, "contextual": {"explore_policy": "contextual", "explore_shadow": True},
             # the learned policy learning only from its own slots (contextual_learn)
-            "contextual-explored": {"explore_policy": "contextual", "explore_shadow": True, "contextual_learn": "explored"}}
+            "contextual-explored": {"explore_policy": "contextual", "explore_shadow": True, "contextual_learn": "explored"},
+            # ... with draws three times as wide (more exploration once the posterior is narrow)
+            "contextual-wide": {"explore_policy": "contextual", "explore_shadow": True, "contextual_noise": 0.9}}
 PLAIN = {"thompson": {}, "contextual": {"explore_policy": "contextual"}}  # what the request cost is measured with
 
 
