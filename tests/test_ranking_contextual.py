@@ -205,23 +205,30 @@ def test_a_wrong_feature_length_is_not_folded():
 
 
 def test_the_transformer_user_vector_enters_as_its_cosine_with_each_candidate(one_torch_thread):
+    from liverec.catalog import CatalogIndex
+    from liverec.events import DEFAULT_TYPES
     from liverec.model.scorer import TransformerScorer
     from liverec.model.synthetic import clustered_catalog
-    from liverec.recommend.pipeline import RecommendRequest
+    from liverec.ranking import build_ranking
+    from liverec.recommend.pipeline import Pipeline, Policy, RecommendRequest
 
-    from .test_ann_retrieval import _pipeline, _state
+    from .test_ann_retrieval import _items, _state
 
     cat = clustered_catalog(400, clusters=8, d_model=16, n_blocks=1, max_len=20, seed=2)
     scorer = TransformerScorer("a", cat.model, cat.item_ids)
     state = _state(cat.history(np.random.default_rng(0), 12, topics=2))
-    pipeline, _ = _pipeline(cat, scorer, {"u": state})
+    catalog = CatalogIndex()
+    catalog.load(_items(cat))
+    ranking = build_ranking(catalog, lambda: scorer, lambda app, item, n: scorer.similar(app, item, n), DEFAULT_TYPES, None,
+                            settings=RankingSettings(RankingConfig(explore_policy="contextual")), seed=0)
+    pipeline = Pipeline(lambda app, user: state, scorer, Policy(catalog.get), ranking=ranking)
     pipeline.recommend(RecommendRequest("a", "u", 10))
     user = scorer.score("a", state, 10).user  # (D,) the state after the newest event
     assert user is not None and user.shape == (16,)
     vecs = cat.model.item_vectors()[1:].detach().numpy()  # (N, D)
     row = {item: k for k, item in enumerate(cat.item_ids)}
     k_cos = FEATURES.index("user_cosine")
-    shown = list(pipeline.ranking.impressions.scan("a"))
+    shown = list(ranking.impressions.scan("a"))
     assert len(shown) == 10
     for imp in shown:
         e = vecs[row[imp.item_id]]
@@ -244,3 +251,48 @@ def test_learning_from_the_exploration_slots_only(tmp_path):
         service.close()
     with pytest.raises(ValueError, match="contextual_learn='all'"):
         RankingConfig(contextual_learn="all")
+
+
+def test_category_features_from_the_category_matrix_equal_the_per_item_reference(tmp_path):
+    from liverec.ranking.stages import RankingStages
+    from liverec.recommend.pipeline import RecommendRequest
+
+    service = build_service(_settings(tmp_path))
+    service.start()
+    try:
+        _seed(service)
+        users = [f"u{k}" for k in range(6)]
+        _traffic(service, users)  # likes, skips and dislikes: categories with feedback both ways
+        fast = service.ranking
+        reference = RankingStages(fast.settings, fast.space, fast.items, fast.bandit, None, fast.types, fast.clock,
+                                  categories=None, contextual=fast.contextual)
+        compared = 0
+        for user in users:
+            state = service.state.get("default", user)
+            request = RecommendRequest("default", user, 8, explore=True)
+            scored = service.pipeline.scorer_for("default").score("default", state, 200)
+            ctx = fast._context(request, state)
+            ids, raw = fast._pool(request, state, scored, lambda i: True, ctx.cfg, ctx.now, ctx.cfg.pool, ctx.summary, False)
+            final, adj = fast._final_scores(ctx, ids, raw)
+            order = np.argsort(-final, kind="stable")
+            ks = order[:20].tolist()
+            got = fast._featuriser(ctx, ids, final, adj, order, None)(ks, 4)
+            want = reference._featuriser(ctx, ids, final, adj, order, None)(ks, 4)
+            assert np.array_equal(got, want), (user, got - want)
+            compared += int(np.abs(got[:, 4:7]).sum() > 0)
+        assert compared >= 3  # users whose feedback moved the category features
+    finally:
+        service.close()
+
+
+def test_thompson_slots_alone_compute_and_log_no_features(tmp_path):
+    service = build_service(_settings(tmp_path, explore_policy="thompson", explore_shadow=False))
+    service.start()
+    try:
+        _seed(service)
+        _traffic(service, [f"u{k}" for k in range(4)])
+        logged = list(service.ranking.impressions.scan("default"))
+        assert any(i.explored for i in logged) and all(i.features is None and not i.pool_features for i in logged)
+        assert sums(service) == {} and service.ranking.bandit.posteriors()
+    finally:
+        service.close()

@@ -29,8 +29,10 @@ sum r x)``, covariance ``noise^2 A^-1``. A slot takes ``explore_draws`` draws of
 the argmax counts over the pool into a distribution, mixes in ``explore_epsilon`` of uniform and
 samples from it, so the logged propensity is exact, as for the Thompson slots.
 
-The fold: features are logged with every impression shown while exploring (integers, in units of
-``1 / FEATURE_SCALE``, clipped to ``+-FEATURE_CLIP``), and the sums ``sum x x^T``, ``sum 2 r x`` and
+The fold: in an app that runs this policy (or logs it beside the Thompson slots,
+``explore_shadow``), features are logged with every impression shown while exploring
+(``contextual_learn = "explored"``: only with its own slots' impressions), integers in units of
+``1 / FEATURE_SCALE``, clipped to ``+-FEATURE_CLIP``, and the sums ``sum x x^T``, ``sum 2 r x`` and
 the count are kept as integers, so the posterior is the same whatever order rewards are folded in
 (every worker, a restart, a refold after a deletion reach it exactly).
 

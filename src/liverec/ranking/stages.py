@@ -426,7 +426,9 @@ class RankingStages:
             return []
         final, adj = self._final_scores(ctx, ids, raw)
         order, diversified = self._diversify(ctx, ids, final, adj)
-        featurise = self._featuriser(ctx, ids, final, adj, order, scored.user) if ctx.explore else None
+        # features only where the learned policy chooses, or is evaluated beside the Thompson slots
+        learned = ctx.cfg.explore_policy == "contextual" or ctx.cfg.explore_shadow
+        featurise = self._featuriser(ctx, ids, final, adj, order, scored.user) if ctx.explore and learned else None
         slate = self._fill_slate(ctx, ids, final, order, featurise)
         slate = self._blocks_last(slate, ids, allow)
         recs, impressions = self._explain(ctx, ids, final, adj, slate, diversified, self.position, featurise)
@@ -490,6 +492,13 @@ class RankingStages:
         if table is not None and (table.source != "model" or table.matrix.shape[1] != len(user)):
             table = None  # the cosine needs the model's own item vectors
         unit_user = user / max(float(np.linalg.norm(user)), 1e-12) if table is not None else None  # (D,)
+        cm = self.categories(app) if self.categories is not None else None
+        if cm is not None and cm.names:  # the user's feedback per category, over the app's categories
+            pos_g = np.tanh(np.array([summary.positive.get(c, 0.0) for c in cm.names]) / 2.0)  # (G,)
+            neg_g = np.tanh(np.array([summary.negative.get(c, 0.0) for c in cm.names]) / 2.0)  # (G,)
+            against_g = np.array([c in summary.against for c in cm.names], dtype=np.float64)  # (G,)
+        else:
+            cm = None
 
         def featurise(ks: list[int], position: int | np.ndarray) -> np.ndarray:
             x = np.zeros((len(ks), N_FEATURES))  # (K', F)
@@ -497,13 +506,21 @@ class RankingStages:
             x[:, 1] = rel[ks]
             x[:, 2] = adj.total[ks]
             x[:, 3] = np.minimum(rank_of[ks], cfg.explore_pool) / cfg.explore_pool
+            cand = [ids[k] for k in ks]
+            if cm is not None:
+                member = cm.of(cand).astype(np.float64)  # (K', G)
+                n_cats = np.maximum(member.sum(axis=1), 1.0)
+                x[:, 4] = member @ pos_g / n_cats
+                x[:, 5] = member @ neg_g / n_cats
+                x[:, 6] = (member @ against_g) > 0
             for j, k in enumerate(ks):
-                item = self.items(app, ids[k])
-                cats = item.categories if item is not None else ()
-                if cats:
-                    x[j, 4] = float(np.mean([np.tanh(summary.positive.get(c, 0.0) / 2.0) for c in cats]))
-                    x[j, 5] = float(np.mean([np.tanh(summary.negative.get(c, 0.0) / 2.0) for c in cats]))
-                    x[j, 6] = float(summary.turned_against(cats))
+                if cm is None:
+                    item = self.items(app, ids[k])
+                    cats = item.categories if item is not None else ()
+                    if cats:
+                        x[j, 4] = float(np.mean([np.tanh(summary.positive.get(c, 0.0) / 2.0) for c in cats]))
+                        x[j, 5] = float(np.mean([np.tanh(summary.negative.get(c, 0.0) / 2.0) for c in cats]))
+                        x[j, 6] = float(summary.turned_against(cats))
                 succ, fail = self.bandit.stats(app, ids[k])
                 x[j, 7] = 2.0 * (succ + 1.0) / (succ + fail + 2.0) - 1.0
             x[:, 8] = np.asarray(position, dtype=np.float64) / 10.0
