@@ -50,6 +50,10 @@ class Settings(BaseSettings):
         50_000, ge=1, description="Catalogs of at least this many items retrieve the Transformer's candidates from an "
         "approximate index (faiss IVF, int8 codes) instead of scoring every item exactly.",
     )
+    experiment_model_versions: int = Field(
+        2, ge=0, description="Model versions other than the promoted ones a worker keeps loaded for live experiments' "
+        "variants (loaded on first use, least recently used dropped first); 0 = variants cannot name a version.",
+    )
     snapshot_interval_s: float = Field(
         60.0, ge=0, allow_inf_nan=False,
         description="Seconds between background snapshots of the in-memory folds; 0 = no snapshots.",

@@ -64,6 +64,21 @@ class Component(Protocol):
 
 
 @runtime_checkable
+class FollowsChanges(Protocol):
+    """A component that applies changes of kinds the service itself does not (an experiment
+    created or stopped), in commit order."""
+
+    def apply_change(self, change: Change) -> None: ...
+
+
+class Experimenting(Protocol):
+    """Live experiments on the request path (:class:`liverec.experiments.live.LiveExperiments`)."""
+
+    def recommend(self, pipeline: Pipeline, request: RecommendRequest) -> tuple[list[Any], str, dict | None]:
+        """The slate, the scorer's name and the experiment tag (``None``: no experiment)."""
+
+
+@runtime_checkable
 class Warming(Protocol):
     """A component with start-up work that goes on in the background after ``start``."""
 
@@ -89,6 +104,7 @@ class Service:
         listeners: list[Callable[[list[Event]], None]],
         components: list[Component] | None = None,
         restore: Callable[["Service"], tuple[int, int] | None] | None = None,
+        experiments: Experimenting | None = None,
     ):
         self.settings = settings
         self.rules: EventRules = settings.event_rules()
@@ -100,6 +116,7 @@ class Service:
         self.ranking = ranking
         self.listeners = listeners
         self.components = components or []
+        self.experiments = experiments
         self._restore = restore
         self.counters = Counters()
         self._count_lock = threading.Lock()
@@ -194,6 +211,10 @@ class Service:
                 self._upserted.setdefault(change.app, {})[item.item_id] = item
         elif change.kind == "user_deleted":
             self._apply_deletion(change)
+        else:
+            for component in self.components:
+                if isinstance(component, FollowsChanges):
+                    component.apply_change(change)
 
     def _apply_items(self) -> None:
         """Hand the items upserted since the last call to the scorer (a model places those it was
@@ -453,7 +474,11 @@ class Service:
             app, user_id, n, frozenset(exclude), frozenset(categories), include_consumed, diversity, explore
         )
         self.follower.catch_up()  # read-your-writes: whatever any process acknowledged is folded
-        recs, scorer_name = self.pipeline.recommend(request)  # reads a published state: no lock
+        tag = None
+        if self.experiments is not None:  # the app's running experiment, if the user is in it
+            recs, scorer_name, tag = self.experiments.recommend(self.pipeline, request)
+        else:
+            recs, scorer_name = self.pipeline.recommend(request)  # reads a published state: no lock
         with self._count_lock:
             self.counters.recommendations += 1
             if user_id is not None:
@@ -473,6 +498,8 @@ class Service:
         out = {"user_id": user_id, "app": app, "scorer": scorer_name, "items": items}
         if recs and recs[0].request_id is not None:
             out["request_id"] = recs[0].request_id
+        if tag is not None:
+            out["experiment"] = tag
         return out
 
     def similar(self, app: str, item_id: str, n: int = 10) -> dict[str, Any]:

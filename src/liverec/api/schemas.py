@@ -250,6 +250,8 @@ class ExportedImpression(BaseModel):
     pool_scores: list[float]
     event_seq: int | None
     origin: str
+    experiment: str = Field("", description="The live experiment the slate was part of (\"\": none)")
+    variant: str = Field("", description="The variant (in an interleaved slate, the team) that placed the item")
 
 
 class PendingReward(BaseModel):

@@ -75,6 +75,10 @@ class Impression:
     features: list[int] | None = None
     pool_features: list[list[int]] = field(default_factory=list)
     shadow_propensities: list[float] = field(default_factory=list)
+    # The live experiment the response was part of and the variant (in an interleaved slate: the
+    # team) that placed this item; "" outside experiments and in records written before them.
+    experiment: str = ""
+    variant: str = ""
 
     def to_dict(self) -> dict:
         # Explicit (dataclasses.asdict deep-copies recursively: too slow for the request path).
@@ -128,6 +132,10 @@ class ImpressionLog(Protocol):
 
     def head(self) -> int:
         """The highest committed position (0 for an empty log)."""
+
+    def experiment_after(self, seq: int, upto: int, limit: int = 10_000) -> list[tuple[int, Impression]]:
+        """Up to ``limit`` committed impressions tagged with an experiment, with position in
+        ``(seq, upto]``, in log order."""
 
     def user_impressions(self, app: str, user_id: str) -> list[Impression]:
         """One user's impressions in log order (this handle's queue included)."""
@@ -186,6 +194,10 @@ class MemoryImpressionLog:
 
     def head(self) -> int:
         return len(self._rows)
+
+    def experiment_after(self, seq: int, upto: int, limit: int = 10_000) -> list[tuple[int, Impression]]:
+        rows = self.scan_after(seq, max(upto - max(seq, 0), 0))
+        return [(s, imp) for s, imp in rows if imp.experiment][:limit]
 
     def user_impressions(self, app: str, user_id: str) -> list[Impression]:
         return [r for r in self.scan(app) if r.user_id == user_id]
@@ -267,7 +279,8 @@ class QueuedImpressionLog(ABC):
             try:
                 rows = [(i.app, i.user_id, i.item_id, i.timestamp, json.dumps(i.to_dict(), separators=(",", ":")),
                          i.impression_id, i.request_id, i.position, i.event_seq, i.origin,
-                         ",".join(map(str, i.features)) if i.features else None) for i in batch]
+                         ",".join(map(str, i.features)) if i.features else None, i.experiment, i.variant)
+                        for i in batch]
                 with self._lock:
                     self._insert(sql, rows)
             except StoreUnavailable as exc:  # the server is away: kept and tried again, one line a try
@@ -337,6 +350,15 @@ class QueuedImpressionLog(ABC):
         with self._lock:
             return int(self._fetch("SELECT COALESCE(MAX(seq), 0) FROM impressions", ())[0][0])
 
+    def experiment_after(self, seq: int, upto: int, limit: int = 10_000) -> list[tuple[int, Impression]]:
+        p = self.placeholder
+        # the column filters without decoding a record; only tagged rows are decoded
+        sql = (f"SELECT seq, record FROM impressions WHERE seq > {p} AND seq <= {p} AND experiment IS NOT NULL "
+               f"AND experiment <> '' ORDER BY seq LIMIT {p}")
+        with self._lock:
+            rows = self._fetch(sql, (seq, upto, limit))
+        return [(int(r[0]), Impression.from_dict(orjson.loads(r[1]))) for r in rows]
+
     def user_impressions(self, app: str, user_id: str) -> list[Impression]:
         self.flush()
         p = self.placeholder
@@ -389,7 +411,7 @@ CREATE INDEX IF NOT EXISTS impressions_user ON impressions (app, user_id);
 
 # What the ranking's folds read (:class:`Shown`), beside the record; added to logs created without them.
 _FOLD_COLUMNS = {"impression_id": "TEXT", "request_id": "TEXT", "position": "INTEGER", "event_seq": "BIGINT", "origin": "TEXT",
-                 "features": "TEXT"}
+                 "features": "TEXT", "experiment": "TEXT", "variant": "TEXT"}
 
 
 def _add_fold_columns(conn: sqlite3.Connection) -> None:

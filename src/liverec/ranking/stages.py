@@ -179,9 +179,13 @@ class RankingStages:
         self._fold = threading.Lock()  # events and impressions enter the folds one at a time
         self._reads: dict[str, bool] = {}
 
+    def config(self, request: RecommendRequest) -> RankingConfig:
+        """The request's ranking config: an experiment variant's, else the app's."""
+        return request.config if request.config is not None else self.settings.for_app(request.app)
+
     def candidates_wanted(self, request: RecommendRequest, state: UserState | None = None) -> int:
         """The pool size of the request's app (the pipeline adds it to what it asks the scorer)."""
-        cfg = self.settings.for_app(request.app)
+        cfg = self.config(request)
         return cfg.streak_pool if self._on_streak(state, cfg) else cfg.pool
 
     def _on_streak(self, state: UserState | None, cfg: RankingConfig) -> bool:
@@ -419,11 +423,19 @@ class RankingStages:
     # ------------------------------------------------------------------------------ rank
     def rank(self, request: RecommendRequest, state: UserState | None, scored: Scored, allow: Callable[[str], bool]) -> list[Recommendation]:
         """The slate for ``request`` with ``because``, propensities, and impressions logged."""
+        recs, impressions = self.slate(request, state, scored, allow)
+        self.log(request, recs, impressions)
+        return recs
+
+    def slate(self, request: RecommendRequest, state: UserState | None, scored: Scored,
+              allow: Callable[[str], bool]) -> tuple[list[Recommendation], list[Impression]]:
+        """The slate and the impressions it would log, logged nowhere (:meth:`log` logs them):
+        an interleaving experiment ranks twice and logs the merged slate."""
         ctx = self._context(request, state)
         ids, raw = self._pool(request, state, scored, allow, ctx.cfg, ctx.now, ctx.cfg.streak_pool if ctx.streak else ctx.cfg.pool,
                               ctx.summary, every_category=ctx.explore_categories or ctx.streak)
         if not ids:
-            return []
+            return [], []
         final, adj = self._final_scores(ctx, ids, raw)
         order, diversified = self._diversify(ctx, ids, final, adj)
         # features only where the learned policy chooses, or is evaluated beside the Thompson slots
@@ -431,13 +443,33 @@ class RankingStages:
         featurise = self._featuriser(ctx, ids, final, adj, order, scored.user) if ctx.explore and learned else None
         slate = self._fill_slate(ctx, ids, final, order, featurise)
         slate = self._blocks_last(slate, ids, allow)
-        recs, impressions = self._explain(ctx, ids, final, adj, slate, diversified, self.position, featurise)
-        self._log(ctx, recs, impressions)
-        return recs
+        return self._explain(ctx, ids, final, adj, slate, diversified, self.position, featurise)
+
+    def log(self, request: RecommendRequest, recs: list[Recommendation], impressions: list[Impression]) -> None:
+        """Count the slate, remember it, and log its impressions (see :meth:`slate`)."""
+        with self._lock:
+            self.stats.requests += 1
+            self.stats.explored += sum(1 for r in recs if r.explored)
+        if not impressions:
+            return
+        first = impressions[0]
+        with self._fold:
+            if first.event_seq != self.position:
+                # events were folded while this request ranked: the slate is shown after them
+                impressions = [replace(i, event_seq=self.position) for i in impressions]
+            if self.reads_slates(request.app):
+                self.examined.served(request.app, first.user_id, [r.item_id for r in recs],
+                                     (self.position, first.timestamp, first.request_id))
+            self.rewards.expire(first.timestamp)
+            self.rewards.shown(impressions)
+            # queued while the folds are held: whoever holds them (a refold's swap) and flushes
+            # the log finds every impression folded so far in it
+            if self.impressions is not None:
+                self.impressions.append(impressions)
 
     def _context(self, request: RecommendRequest, state: UserState | None) -> RankContext:
         """What every stage of one request reads: config, reference time, streak, feedback summary."""
-        cfg = self.settings.for_app(request.app)
+        cfg = self.config(request)
         now = request.now if request.now is not None else (state.last_timestamp if state is not None else 0.0)
         stale = stale_after_streak(request.app, state, self.types, cfg, self.items)
         passed = self.examined.passed(request.app, request.user_id) if state is not None else []
@@ -649,28 +681,6 @@ class RankingStages:
                     features=shown_feats.get(pos),
                     pool_features=info.get("features", []) if info else [],
                     shadow_propensities=info.get("shadow", []) if info else [],
+                    experiment=request.experiment, variant=request.variant,
                 ))
         return recs, impressions
-
-    def _log(self, ctx: RankContext, recs: list[Recommendation], impressions: list[Impression]) -> None:
-        """Counters, the last slate (for items read past), pending rewards, the impression log."""
-        request = ctx.request
-        with self._lock:
-            self.stats.requests += 1
-            self.stats.explored += sum(1 for r in recs if r.explored)
-        if not impressions:
-            return
-        first = impressions[0]
-        with self._fold:
-            if first.event_seq != self.position:
-                # events were folded while this request ranked: the slate is shown after them
-                impressions = [replace(i, event_seq=self.position) for i in impressions]
-            if self.reads_slates(request.app):
-                self.examined.served(request.app, first.user_id, [r.item_id for r in recs],
-                                     (self.position, first.timestamp, first.request_id))
-            self.rewards.expire(first.timestamp)
-            self.rewards.shown(impressions)
-            # queued while the folds are held: whoever holds them (a refold's swap) and flushes
-            # the log finds every impression folded so far in it
-            if self.impressions is not None:
-                self.impressions.append(impressions)

@@ -19,7 +19,7 @@ Each stage is a plain object with one method, so any of them can be replaced:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, NamedTuple, Protocol
 
 import numpy as np
 
@@ -39,6 +39,13 @@ class RecommendRequest:
     diversity: float | None = None  # MMR trade-off 0..1 (None: the app's configured default)
     explore: bool | None = None  # exploration slots on/off (None: the app's configured default)
     now: float | None = None  # reference time of feedback decay (None: the user's latest event)
+    # A live experiment's variant (liverec.experiments): the ranking config to use instead of the
+    # app's (a RankingConfig), the model version to score with instead of the promoted one, and
+    # the tags its impressions carry.
+    config: Any = None
+    model_version: str | None = None
+    experiment: str = ""
+    variant: str = ""
 
 
 @dataclass
@@ -59,6 +66,15 @@ class RankingStage(Protocol):
 
     def rank(self, request: RecommendRequest, state: UserState | None, scored: Scored, allow: Callable[[str], bool]) -> list[Recommendation]:
         """The final slate; every item in it must pass ``allow``."""
+
+
+class Candidates(NamedTuple):
+    """What the stages after the scorer work on, for one request."""
+
+    state: UserState | None
+    scored: Scored
+    allow: Callable[[str], bool]
+    scorer: Scorer
 
 
 class Policy:
@@ -123,6 +139,7 @@ class Pipeline:
         ranker: Ranker | None = None,
         fallback: Scorer | None = None,
         ranking: RankingStage | None = None,
+        versions: Callable[[str, str], Scorer | None] | None = None,
     ):
         self.history = history
         self.scorer = scorer
@@ -130,25 +147,33 @@ class Pipeline:
         self.policy = policy
         self.ranker = ranker or Ranker()
         self.ranking = ranking
+        self.versions = versions  # (app, model version) -> a scorer of that version (experiment variants)
 
     def recommend(self, request: RecommendRequest) -> tuple[list[Recommendation], str]:
         """Ranked items and the name of the scorer that produced them."""
+        c = self.candidates(request)
+        if self.ranking is not None:
+            return self.ranking.rank(request, c.state, c.scored, c.allow), c.scorer.name
+        recs = self.ranker.rank(c.scored, request.n, c.allow)
+        return recs, c.scorer.name
+
+    def candidates(self, request: RecommendRequest) -> Candidates:
+        """history -> scorer (the request's model version when it names one) -> hard filters."""
         state = self.history(request.app, request.user_id) if request.user_id is not None else None
         # Ask for enough candidates to survive the filters.
         want = request.n + (len(state.consumed) if state is not None else 0) + len(request.exclude)
         if self.ranking is not None:
             want += self.ranking.candidates_wanted(request, state)
         scorer = self.scorer
+        if request.model_version is not None and self.versions is not None:
+            scorer = self.versions(request.app, request.model_version) or scorer
         scored = scorer.score(request.app, state, want)
         if len(scored.item_ids) == 0 and self.fallback is not None:
             scorer = self.fallback
             scored = scorer.score(request.app, state, want)
         allow = lambda item: self.policy.allows(request, state, item)  # noqa: E731
         scored = self._enough(scorer, request, state, scored, want, allow)
-        if self.ranking is not None:
-            return self.ranking.rank(request, state, scored, allow), scorer.name
-        recs = self.ranker.rank(scored, request.n, allow)
-        return recs, scorer.name
+        return Candidates(state, scored, allow, scorer)
 
     @staticmethod
     def _enough(scorer: Scorer, request: RecommendRequest, state: UserState | None, scored: Scored, want: int,

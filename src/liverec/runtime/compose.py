@@ -20,7 +20,9 @@ from typing import Callable, Iterable
 from ..catalog import CatalogIndex
 from ..config import Settings
 from ..events import Event
+from ..experiments.live import LiveExperiments
 from ..learning import LearnerConfig, Learners
+from ..model.registry import ModelRegistry
 from ..model.serving import PromotedModels
 from ..ranking import build_ranking, open_impressions, read_settings
 from ..ranking.replicas import ImpressionFollower
@@ -87,15 +89,27 @@ def build_service(settings: Settings, store: Store | None = None, scorer: Scorer
     ranking = build_ranking(catalog, lambda: pipeline.scorer, similar, rules.types, impressions,
                             settings=read_settings(settings.ranking_config), seed=settings.ranking_seed,
                             pairs=baseline.pair_similarity)
-    pipeline = Pipeline(history=state.get, scorer=main, policy=Policy(catalog.get), fallback=baseline, ranking=ranking)
+    server: ModelServer | None = None  # assigned below when models serve; read by the closure when a request names a version
+    pipeline = Pipeline(history=state.get, scorer=main, policy=Policy(catalog.get), fallback=baseline, ranking=ranking,
+                        versions=lambda app, version: server.versioned(app, version) if server is not None else None)
     # with each event's log position (impressions record the position they were shown at); the
     # follower keeps the ranking's folds equal to the fold of the impression and event logs
     listeners.append(lambda events: ranking.observe(events, service.follower.applying))
     components.append(ImpressionFollower(ranking, impressions, store.events, lambda: service.follower,
                                           snapshots=store.snapshots))
+    # live experiments: served from the store's experiment role, their metrics a fold of the
+    # impression log and the events (``service`` is assigned below)
+    experiments = LiveExperiments(store.experiments, impressions, store.events, ranking,
+                                  versions=lambda app: set(ModelRegistry(models_dir / app).versions()),
+                                  position=lambda: service.follower.event_seq,
+                                  catch_up=lambda: service.follower.catch_up(force=True), types=rules.types)
+    listeners.append(lambda events: experiments.observe(events, service.follower.applying))
+    components.append(experiments)
     if router is not None:
-        components.append(ModelServer(Path(settings.data_dir), router, texts=_texts_of(state), watch=watch_models,
-                                      ann=AnnConfig(threshold=settings.ann_threshold)))
+        server = ModelServer(Path(settings.data_dir), router, texts=_texts_of(state), watch=watch_models,
+                             ann=AnnConfig(threshold=settings.ann_threshold),
+                             max_versions=settings.experiment_model_versions)
+        components.append(server)
         # an update learns from data up to the log's head at most, and checks the deletions
         # committed after the change position it started at (``service`` is assigned below)
         learners = Learners(settings.learner, learner_config(settings), models_dir, router, state, catalog.get,
@@ -109,5 +123,5 @@ def build_service(settings: Settings, store: Store | None = None, scorer: Scorer
     # still replaces the stored snapshot); the closure reads ``service``, assigned just below.
     components.append(SnapshotWriter(lambda: service, settings.snapshot_interval_s, settings.snapshot_min_tail))
     service = Service(settings, store, catalog, state, baseline, pipeline, ranking, listeners, components,
-                      restore=restore)
+                      restore=restore, experiments=experiments)
     return service

@@ -13,12 +13,18 @@ Every version served is extended with the catalog items it was not trained on, f
 A catalog retrieved approximately (``ann``) gets its index built before a new version is
 swapped in (in the watcher's thread: the old version serves meanwhile); at start the version
 serves at once, exactly, and its index is built in the background.
+
+Other versions of an app serve beside the promoted one for live experiments
+(:meth:`ModelServer.versioned`): loaded on the first request that names one, sharing the
+promoted version's sentence encoder and event text vectors, and kept in a bounded
+least-recently-used table (``max_versions`` in all, the promoted ones not counted).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -38,7 +44,7 @@ class ModelServer:
 
     def __init__(self, data_dir: Path, router: PromotedModels, texts: Callable[[str], Iterable[str]] | None = None,
                  watch: bool = True, interval_s: float = 2.0, background: bool = True,
-                 ann: AnnConfig | None = None) -> None:
+                 ann: AnnConfig | None = None, max_versions: int = 2) -> None:
         self.models_dir = Path(data_dir) / "models"
         self.text_cache_dir = default_text_cache_dir(data_dir)
         self.router = router
@@ -51,6 +57,9 @@ class ModelServer:
         self.background = background  # load sentence encoders after start instead of during it
         self.loading: list[threading.Thread] = []
         self.ann = ann  # when a catalog is retrieved approximately (None: always exact)
+        self.max_versions = max_versions
+        self._versions: OrderedDict[tuple[str, str], TransformerScorer] = OrderedDict()
+        self._versions_lock = threading.Lock()
 
     def _load(self, registry: ModelRegistry, app: str, version: str | None = None, background: bool = False) -> None:
         current = self.router.by_app.get(app)
@@ -82,6 +91,35 @@ class ModelServer:
         if self.texts is not None:
             # text vectors off the request path: the texts in folded state are encoded here, once
             self.router.warm_texts(app, self.texts(app))
+
+    def versioned(self, app: str, version: str) -> TransformerScorer | None:
+        """A scorer of ``version`` of ``app``'s model: the promoted one when that is it, else one
+        loaded on first use (the caller waits for the load: an experiment variant's first
+        request) and kept among the ``max_versions`` used last. ``None`` when it cannot be loaded."""
+        current = self.router.by_app.get(app)
+        if current is not None and current.version == version:
+            return current
+        key = (app, version)
+        with self._versions_lock:  # one load at a time; requests for a loaded version wait only for the lookup
+            scorer = self._versions.get(key)
+            if scorer is not None:
+                self._versions.move_to_end(key)
+                return scorer
+            if self.max_versions <= 0:
+                return None
+            try:
+                scorer = load_scorer(ModelRegistry(self.models_dir / app), app, version,
+                                     text_encoder=current.text_encoder if current is not None else None,
+                                     text_cache_dir=self.text_cache_dir, ann=self.ann)
+            except (FileNotFoundError, KeyError, ValueError):
+                log.exception("model version %s of app %r cannot be loaded for an experiment", version, app)
+                return None
+            if current is not None:
+                scorer.share_text_vectors(current)
+            self._versions[key] = scorer
+            while len(self._versions) > self.max_versions:
+                self._versions.popitem(last=False)
+            return scorer
 
     def wait_loaded(self, timeout: float | None = None) -> None:
         """Wait until the sentence encoders and indexes started at start-up are loaded, warm and

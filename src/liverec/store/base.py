@@ -7,7 +7,9 @@ Each role has its own protocol so a backend can serve some roles and not others:
 - :class:`Snapshots` — opaque blobs for derived state and models (online-state snapshots,
   cached vectors), keyed by (app, name);
 - :class:`ApiKeys` — the API keys' records (never the keys: a keyed hash of each), so every
-  worker on every machine verifies the same keys.
+  worker on every machine verifies the same keys;
+- :class:`Experiments` — the apps' live experiments (variants and their overrides), created and
+  stopped with a change in the changes feed, so every worker serves the same ones.
 
 A backend is chosen by URL (see :func:`liverec.store.open_store`).
 """
@@ -77,8 +79,9 @@ class AppendResult:
 class Change:
     """A change to the log other than an appended event, in commit order.
 
-    ``kind`` is ``item`` (``key`` is an item id upserted) or ``user_deleted`` (``key`` is
-    :func:`user_digest` of the user: the store keeps no deleted user's id). ``event_seq`` is
+    ``kind`` is ``item`` (``key`` is an item id upserted), ``user_deleted`` (``key`` is
+    :func:`user_digest` of the user: the store keeps no deleted user's id) or ``experiment``
+    (``key`` is an experiment id created or stopped). ``event_seq`` is
     the event log's head when the change committed: a follower applies the
     events up to it first, then the change, so the order every process sees is the commit order.
     """
@@ -233,6 +236,36 @@ class ApiKeys(Protocol):
         service closed)."""
 
 
+@dataclass(frozen=True, slots=True)
+class ExperimentRecord:
+    """An experiment as stored: ``spec`` holds its variants, traffic, window and confidence
+    (:class:`liverec.experiments.spec.Experiment` reads it); ``stopped_at`` is ``None`` while it runs."""
+
+    experiment_id: str
+    app: str
+    name: str
+    kind: str
+    spec: dict[str, Any]
+    created_at: float
+    stopped_at: float | None = None
+
+
+class Experiments(Protocol):
+    def create(self, record: ExperimentRecord) -> str | None:
+        """Store a new, running experiment (its id must be new) and an ``experiment`` change in
+        the same transaction, unless another experiment of the app runs: then nothing is
+        stored and that one's id is returned (``None``: created)."""
+
+    def get(self, experiment_id: str) -> ExperimentRecord | None: ...
+
+    def list(self, app: str | None = None) -> list[ExperimentRecord]:
+        """Every experiment (of one app), oldest first."""
+
+    def stop(self, experiment_id: str, at: float) -> bool:
+        """Mark it stopped at ``at`` (once: a second stop keeps the first time) with an
+        ``experiment`` change; False when there is no such experiment."""
+
+
 class Store(Protocol):
     """A backend serving every role."""
 
@@ -241,6 +274,7 @@ class Store(Protocol):
     catalog: Catalog
     snapshots: Snapshots
     keys: ApiKeys
+    experiments: Experiments
 
     def compact(self) -> bool:
         """Make rows deleted so far unrecoverable from the store's files where the backend can

@@ -23,8 +23,8 @@ import psycopg
 
 from ..events import Event
 from .base import DeletionRecord, StoreUnavailable, user_digest
-from .sql import DELETION_COLUMNS, SqlDeletionReads
-from .base import ApiKey, AppendResult, Item
+from .sql import DELETION_COLUMNS, EXPERIMENT_COLUMNS, SqlDeletionReads, SqlExperimentReads
+from .base import ApiKey, AppendResult, ExperimentRecord, Item
 from .sql import (EVENT_COLUMNS, KEY_COLUMNS, KEY_TOUCH, SqlCatalogReads, SqlEventReads, SqlKeyReads, SqlSnapshotReads,
                   accepted_events, key_row)
 
@@ -92,6 +92,16 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at DOUBLE PRECISION NOT NULL,
     revoked_at DOUBLE PRECISION,
     last_used_at DOUBLE PRECISION
+);
+CREATE TABLE IF NOT EXISTS experiments (
+    seq BIGSERIAL PRIMARY KEY,
+    experiment_id TEXT NOT NULL UNIQUE,
+    app TEXT NOT NULL,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    spec JSONB NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    stopped_at DOUBLE PRECISION
 );
 """
 
@@ -244,6 +254,7 @@ class PostgresStore:
         self.catalog = _Catalog(self)
         self.snapshots = _Snapshots(self)
         self.keys = _Keys(self)
+        self.experiments = _Experiments(self)
 
     def compact(self) -> bool:
         """Nothing done here: deleted rows are dead tuples until (auto)VACUUM reclaims their
@@ -366,3 +377,34 @@ class _Keys(SqlKeyReads):
         if used:
             with self._s._conn.transaction() as conn, conn.cursor() as cur:
                 cur.executemany(KEY_TOUCH.replace("?", "%s"), [(at, key_id, at) for key_id, at in used.items()])
+
+
+class _Experiments(SqlExperimentReads):
+    _s: PostgresStore
+
+    def create(self, record: ExperimentRecord) -> str | None:
+        with self._s._conn.transaction() as conn:
+            # the append lock: one creator decides at a time, and the change commits in seq order
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+            running = conn.execute("SELECT experiment_id FROM experiments WHERE app = %s AND stopped_at IS NULL",
+                                   (record.app,)).fetchone()
+            if running is not None:
+                return str(running[0])
+            conn.execute(f"INSERT INTO experiments ({EXPERIMENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s)",
+                         (record.experiment_id, record.app, record.name, record.kind, json.dumps(record.spec),
+                          record.created_at, record.stopped_at))
+            conn.execute("INSERT INTO changes (app, kind, key, event_seq) VALUES (%s, 'experiment', %s, %s)",
+                         (record.app, record.experiment_id, _event_head(conn)))
+        return None
+
+    def stop(self, experiment_id: str, at: float) -> bool:
+        with self._s._conn.transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+            row = conn.execute("SELECT app FROM experiments WHERE experiment_id = %s", (experiment_id,)).fetchone()
+            if row is None:
+                return False
+            conn.execute("UPDATE experiments SET stopped_at = COALESCE(stopped_at, %s) WHERE experiment_id = %s",
+                         (at, experiment_id))
+            conn.execute("INSERT INTO changes (app, kind, key, event_seq) VALUES (%s, 'experiment', %s, %s)",
+                         (row[0], experiment_id, _event_head(conn)))
+        return True

@@ -11,7 +11,7 @@ import threading
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from ..events import Event
-from .base import ApiKey, Change, Item
+from .base import ApiKey, Change, ExperimentRecord, Item
 from .base import DeletionRecord
 
 EVENT_COLUMNS = "app, event_id, user_id, item_id, type, ts, value, text, scope, target, context"
@@ -210,3 +210,27 @@ class SqlDeletionReads:
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         rows = run(self._s, f"SELECT seq, {DELETION_COLUMNS} FROM deletions{clause} ORDER BY seq", params)
         return [DeletionRecord(r[1], r[2], r[3], r[4], float(r[5]), dict(self._s.decode_json(r[6])), int(r[0])) for r in rows]
+
+
+EXPERIMENT_COLUMNS = "experiment_id, app, name, kind, spec, created_at, stopped_at"
+
+
+class SqlExperimentReads:
+    """The read half of :class:`~liverec.store.base.Experiments`."""
+
+    def __init__(self, store: SqlBackend):
+        self._s = store
+
+    def _record(self, row: Sequence[Any]) -> ExperimentRecord:
+        experiment_id, app, name, kind, spec, created_at, stopped_at = row
+        return ExperimentRecord(experiment_id, app, name, kind, dict(self._s.decode_json(spec)), float(created_at),
+                                None if stopped_at is None else float(stopped_at))
+
+    def get(self, experiment_id: str) -> ExperimentRecord | None:
+        rows = run(self._s, f"SELECT {EXPERIMENT_COLUMNS} FROM experiments WHERE experiment_id = ?", (experiment_id,))
+        return self._record(rows[0]) if rows else None
+
+    def list(self, app: str | None = None) -> list[ExperimentRecord]:
+        rows = (run(self._s, f"SELECT {EXPERIMENT_COLUMNS} FROM experiments ORDER BY seq") if app is None
+                else run(self._s, f"SELECT {EXPERIMENT_COLUMNS} FROM experiments WHERE app = ? ORDER BY seq", (app,)))
+        return [self._record(r) for r in rows]

@@ -24,8 +24,8 @@ from typing import Sequence
 
 from ..events import Event
 from .base import DeletionRecord, user_digest
-from .sql import DELETION_COLUMNS, SqlDeletionReads
-from .base import ApiKey, AppendResult, Item
+from .sql import DELETION_COLUMNS, EXPERIMENT_COLUMNS, SqlDeletionReads, SqlExperimentReads
+from .base import ApiKey, AppendResult, ExperimentRecord, Item
 from .sql import (EVENT_COLUMNS, KEY_COLUMNS, KEY_TOUCH, SqlCatalogReads, SqlEventReads, SqlKeyReads, SqlSnapshotReads,
                   accepted_events, key_row)
 
@@ -89,6 +89,16 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at REAL NOT NULL,
     revoked_at REAL,
     last_used_at REAL
+);
+CREATE TABLE IF NOT EXISTS experiments (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    experiment_id TEXT NOT NULL UNIQUE,
+    app TEXT NOT NULL,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    stopped_at REAL
 );
 """
 
@@ -156,6 +166,7 @@ class SQLiteStore:
         self.catalog = _Catalog(self)
         self.snapshots = _Snapshots(self)
         self.keys = _Keys(self)
+        self.experiments = _Experiments(self)
 
     def transaction(self):
         return _Transaction(self)
@@ -288,3 +299,31 @@ class _Keys(SqlKeyReads):
         if used:
             with self._s.transaction() as conn:
                 conn.executemany(KEY_TOUCH, [(at, key_id, at) for key_id, at in used.items()])
+
+
+class _Experiments(SqlExperimentReads):
+    _s: SQLiteStore
+
+    def create(self, record: ExperimentRecord) -> str | None:
+        with self._s.transaction() as conn:  # BEGIN IMMEDIATE: one writer decides at a time
+            running = conn.execute("SELECT experiment_id FROM experiments WHERE app = ? AND stopped_at IS NULL",
+                                   (record.app,)).fetchone()
+            if running is not None:
+                return str(running[0])
+            conn.execute(f"INSERT INTO experiments ({EXPERIMENT_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+                         (record.experiment_id, record.app, record.name, record.kind,
+                          json.dumps(record.spec, separators=(",", ":")), record.created_at, record.stopped_at))
+            conn.execute("INSERT INTO changes (app, kind, key, event_seq) VALUES (?, 'experiment', ?, ?)",
+                         (record.app, record.experiment_id, _event_head(conn)))
+        return None
+
+    def stop(self, experiment_id: str, at: float) -> bool:
+        with self._s.transaction() as conn:
+            row = conn.execute("SELECT app FROM experiments WHERE experiment_id = ?", (experiment_id,)).fetchone()
+            if row is None:
+                return False
+            conn.execute("UPDATE experiments SET stopped_at = COALESCE(stopped_at, ?) WHERE experiment_id = ?",
+                         (at, experiment_id))
+            conn.execute("INSERT INTO changes (app, kind, key, event_seq) VALUES (?, 'experiment', ?, ?)",
+                         (row[0], experiment_id, _event_head(conn)))
+        return True
