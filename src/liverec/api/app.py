@@ -24,7 +24,7 @@ from ..runtime.compose import build_service
 from ..runtime.readiness import WorkerRegistry
 from ..service import Service
 from ..store import StoreUnavailable
-from . import auth, events, items, ops, stats, users
+from . import auth, events, experiments, items, ops, stats, users
 from .ops import Metrics
 from .schemas import body_schemas
 from .telemetry import Telemetry
@@ -146,7 +146,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None,
                 e["value"] = repr(e["value"])[:200]
         return JSONResponse({"detail": _summary(errors), "errors": errors}, status_code=422)
 
-    for router in (events.router, items.router, users.router, ops.router):
+    for router in (events.router, items.router, users.router, experiments.router, ops.router):
         app.include_router(router)
     app.include_router(stats.router)
     app.include_router(ui.router)

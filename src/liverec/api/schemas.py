@@ -8,7 +8,7 @@ for the service's own type table and rating range, so the document is the valida
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,6 +41,7 @@ ERROR_RESPONSES: dict[int, str] = {
     401: "No API key, or one that is unknown or revoked (only once auth is on: a key exists, or `LIVEREC_AUTH=required`)",
     403: f"The key lacks the scope this route needs, or `{APP_HEADER}` names another app than the key's",
     404: "No such resource in this app",
+    409: "Another experiment of the app is running (stop it first)",
     413: "Too many events in one request (`max_batch`)",
     422: "Invalid request: every field error, with the field, the value and what was expected",
     429: "The key's rate limit: its token bucket is empty (`Retry-After` says when it has a token again)",
@@ -124,12 +125,23 @@ class Recommendation(BaseModel):
     propensity: float | None = Field(None, description="The probability with which exploration chose it")
 
 
+class ExperimentTag(BaseModel):
+    """The live experiment this answer is part of."""
+
+    id: str
+    name: str
+    kind: str = Field(description="`split` or `interleave`")
+    variant: str | None = Field(description="The user's variant (null in an interleaved slate: each item's "
+                                "`because` names its team)")
+
+
 class Recommendations(BaseModel):
     user_id: str | None
     app: str
     scorer: str = Field(description="What scored the list (the app's model, or the co-occurrence baseline)")
     items: list[Recommendation]
     request_id: str | None = Field(None, description="Names the logged impressions of this list (absent when empty)")
+    experiment: ExperimentTag | None = Field(None, description="Present when the user is in the app's running experiment")
 
 
 class SimilarItem(BaseModel):
@@ -178,6 +190,7 @@ class DeletionCounts(BaseModel):
     snapshots: int = Field(0, description="Stored snapshots of the folds removed (a new one is written without the user)")
     ranking_snapshots: int = Field(0, description="Stored snapshots of the ranking's folds removed (likewise)")
     model_versions_marked: int = Field(0, description="Model versions trained on the user's events, marked as such")
+    experiment_users: int = Field(0, description="Experiments whose metrics counted the user (their counts taken out)")
 
 
 class DeleteReceipt(BaseModel):
@@ -392,3 +405,116 @@ class Stats(BaseModel):
     learners: list[dict[str, Any]]
     catalog: CatalogGlance
     series: list[dict[str, Any]]
+
+
+# ---- experiments -------------------------------------------------------------------------------
+
+
+def _ranking_overrides() -> type[BaseModel]:
+    """Every :class:`~liverec.ranking.config.RankingConfig` field a variant may override, typed
+    as the config types it (new fields join by themselves)."""
+    import typing
+    from dataclasses import fields
+
+    from pydantic import create_model
+
+    from ..experiments.spec import NOT_PER_VARIANT
+    from ..ranking.config import RankingConfig
+
+    hints = typing.get_type_hints(RankingConfig)
+    spec: dict[str, Any] = {f.name: (hints[f.name] | None, Field(None)) for f in fields(RankingConfig)
+                            if f.name not in NOT_PER_VARIANT}
+    return create_model("RankingOverrides", __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **spec)
+
+
+RankingOverrides = _ranking_overrides()
+RankingOverrides.__doc__ = ("Ranking settings of the app this variant overrides (any field of the app's ranking config "
+                            "but `reward_window_s`); checked by the ranking's own rules (422 naming the field)")
+
+
+class VariantIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    name: str = Field(min_length=1, max_length=64, description="Unique in the experiment; the first is the control")
+    share: float | None = Field(None, gt=0, le=1, description="Share of the experiment's users (all or none given; "
+                                "none: equal; they sum to 1). Ignored by interleaving")
+    model_version: str | None = Field(None, min_length=1, max_length=64,
+                                      description="A registered model version of the app to score with (null: the promoted one)")
+    ranking: RankingOverrides = Field(default_factory=RankingOverrides)  # type: ignore[valid-type]
+
+
+class ExperimentIn(BaseModel):
+    """A new experiment of the app. Bodies this schema accepts can still answer 422: variant
+    names must differ, shares sum to 1, an interleaving has exactly two variants, a model version
+    must be registered, and ranking overrides must pass the ranking's rules."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    name: str = Field(min_length=1, max_length=128)
+    kind: Literal["split", "interleave"] = Field("split", description="`split`: each user sees one variant (by a "
+                                                 "hash of experiment and user); `interleave`: two rankers, one slate (team draft)")
+    variants: list[VariantIn] = Field(min_length=2, max_length=16)
+    traffic: float = Field(1.0, gt=0, le=1, description="Share of the app's users in the experiment")
+    window_s: float | None = Field(None, gt=0, description="Feedback this long after an impression counts for it "
+                                   "(null: the app's reward window)")
+    confidence: float = Field(0.95, ge=0.5, lt=1, description="Level of the intervals and the verdict")
+
+
+class Interval(BaseModel):
+    value: float | None = Field(description="Null without impressions")
+    low: float | None = Field(description="Null with fewer than two users")
+    high: float | None
+
+
+class VariantOut(BaseModel):
+    name: str
+    share: float
+    model_version: str | None
+    ranking: dict[str, Any]
+    users: int
+    impressions: int
+    ctr: Interval = Field(description="Impressions with positive feedback (click, like, ...) / impressions")
+    like_rate: Interval = Field(description="Impressions liked / impressions")
+    negative_share: Interval = Field(description="Impressions with negative feedback (skip, dislike, block) / impressions")
+
+
+class Comparison(BaseModel):
+    variant: str
+    control: str = Field(description="The first variant")
+    ctr: Interval = Field(description="The difference variant - control, with its interval")
+    like_rate: Interval
+    negative_share: Interval
+    verdict: str = Field(description="On CTR: `B better than A at 95%`, or `no difference yet`")
+
+
+class InterleavingOut(BaseModel):
+    slates: int
+    slates_with_feedback: int
+    wins: dict[str, int] = Field(description="Slates each team won (more credit: +1 a positive, -1 a negative)")
+    ties: int = Field(description="Slates with feedback and equal credit")
+    p_value: float | None = Field(description="Two-sided sign test of wins against losses (null: no decided slate)")
+    verdict: str
+
+
+class ExperimentOut(BaseModel):
+    """An experiment with its variants' metrics. Intervals are user-clustered (the impressions of
+    one user are correlated): the delta method for a ratio of per-user sums, the normal-theory
+    form of a bootstrap by user."""
+
+    experiment_id: str
+    app: str
+    name: str
+    kind: str
+    status: str = Field(description="`running` or `stopped`")
+    created_at: float
+    stopped_at: float | None
+    traffic: float
+    window_s: float
+    confidence: float
+    variants: list[VariantOut]
+    comparisons: list[Comparison] = Field(description="Each variant after the first against the first")
+    interleaving: InterleavingOut | None = Field(description="Wins, ties and the sign test (interleaving experiments)")
+    verdict: str
+
+
+class ExperimentList(BaseModel):
+    app: str
+    experiments: list[ExperimentOut] = Field(description="Newest first")

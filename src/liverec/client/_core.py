@@ -199,6 +199,28 @@ def stats() -> Call[m.Stats]:
     return Call("GET", "/v1/stats", m.Stats.from_json)
 
 
+def experiments() -> Call[list[m.Experiment]]:
+    return Call("GET", "/v1/experiments", lambda d: [m.Experiment.from_json(e) for e in d["experiments"]])
+
+
+def experiment(experiment_id: str) -> Call[m.Experiment]:
+    return Call("GET", f"/v1/experiments/{_id(experiment_id)}", m.Experiment.from_json)
+
+
+def create_experiment(name: str, variants: Iterable[Mapping[str, Any]], kind: str, traffic: float | None,
+                      window_s: float | None, confidence: float | None) -> Call[m.Experiment]:
+    body: dict[str, Any] = {"name": name, "kind": kind, "variants": [dict(v) for v in variants]}
+    for key, value in (("traffic", traffic), ("window_s", window_s), ("confidence", confidence)):
+        if value is not None:
+            body[key] = value
+    # not retried: a retry after a lost answer would meet the experiment it created (409)
+    return Call("POST", "/v1/experiments", m.Experiment.from_json, json=body, idempotent=False)
+
+
+def stop_experiment(experiment_id: str) -> Call[m.Experiment]:
+    return Call("POST", f"/v1/experiments/{_id(experiment_id)}/stop", m.Experiment.from_json)
+
+
 def feedback(user_id: m.Id, type_: str, item_id: m.Id | None, scope: str | None, target: m.Id | None,
              fields: Mapping[str, Any]) -> m.Event:
     """An event of feedback ``type_``: on an item, or (``scope``, ``target``) on a category or an

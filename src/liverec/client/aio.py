@@ -107,6 +107,29 @@ class AsyncClient(c.Configured):
     async def health(self) -> m.Health:
         return await self._send(c.health())
 
+    # ---- experiments ----------------------------------------------------------------------------
+
+    async def experiments(self) -> list[m.Experiment]:
+        """The app's live experiments, newest first, with their variants' metrics."""
+        return await self._send(c.experiments())
+
+    async def experiment(self, experiment_id: str) -> m.Experiment:
+        """One experiment with its metrics and verdict (:class:`NotFound` for an id the app lacks)."""
+        return await self._send(c.experiment(experiment_id))
+
+    async def create_experiment(self, name: str, variants: Iterable[Mapping[str, Any]], *, kind: str = "split",
+                          traffic: float | None = None, window_s: float | None = None,
+                          confidence: float | None = None) -> m.Experiment:
+        """Start an experiment (admin scope). ``variants``: dicts with ``name``, optional
+        ``share``, ``model_version`` and ``ranking`` (RankingConfig fields to override), the
+        first the control; ``kind``: ``split`` or ``interleave``. An :class:`APIError` with
+        status 409 while another experiment of the app runs."""
+        return await self._send(c.create_experiment(name, variants, kind, traffic, window_s, confidence))
+
+    async def stop_experiment(self, experiment_id: str) -> m.Experiment:
+        """Stop it (admin scope): users get the app's own configuration again."""
+        return await self._send(c.stop_experiment(experiment_id))
+
     async def stats(self) -> m.Stats:
         return await self._send(c.stats())
 

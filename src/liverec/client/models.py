@@ -165,11 +165,12 @@ class Recommendations:
     scorer: str
     items: list[Recommendation]
     request_id: str | None = None
+    experiment: dict[str, Any] | None = None  # the live experiment the user is in: id, name, kind, variant
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Recommendations:
         return cls(d.get("user_id"), d["app"], d["scorer"], [Recommendation.from_json(i) for i in d["items"]],
-                   d.get("request_id"))
+                   d.get("request_id"), d.get("experiment"))
 
     @property
     def item_ids(self) -> list[str]:
@@ -369,3 +370,34 @@ class Stats:
     def from_json(cls, d: Mapping[str, Any]) -> Stats:
         return cls(d["app"], float(d["time"]), float(d["uptime_s"]), bool(d["ready"]), dict(d.get("throughput") or {}),
                    Totals.from_json(d["totals"]), dict(d))
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A live experiment with its variants' metrics (each variant's ``ctr``, ``like_rate`` and
+    ``negative_share`` as ``{"value", "low", "high"}``); ``verdict`` says which variant is better
+    at the experiment's confidence, or "no difference yet". The whole answer is in ``data``."""
+
+    experiment_id: str
+    app: str
+    name: str
+    kind: str
+    status: str
+    variants: list[dict[str, Any]]
+    verdict: str
+    data: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Experiment:
+        return cls(d["experiment_id"], d["app"], d["name"], d["kind"], d["status"], list(d["variants"]), d["verdict"], dict(d))
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    def variant(self, name: str) -> dict[str, Any]:
+        """One variant's metrics by name (KeyError when there is none)."""
+        for v in self.variants:
+            if v["name"] == name:
+                return v
+        raise KeyError(name)

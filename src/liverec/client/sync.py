@@ -136,6 +136,29 @@ class Client(c.Configured):
     def health(self) -> m.Health:
         return self._send(c.health())
 
+    # ---- experiments ----------------------------------------------------------------------------
+
+    def experiments(self) -> list[m.Experiment]:
+        """The app's live experiments, newest first, with their variants' metrics."""
+        return self._send(c.experiments())
+
+    def experiment(self, experiment_id: str) -> m.Experiment:
+        """One experiment with its metrics and verdict (:class:`NotFound` for an id the app lacks)."""
+        return self._send(c.experiment(experiment_id))
+
+    def create_experiment(self, name: str, variants: Iterable[Mapping[str, Any]], *, kind: str = "split",
+                          traffic: float | None = None, window_s: float | None = None,
+                          confidence: float | None = None) -> m.Experiment:
+        """Start an experiment (admin scope). ``variants``: dicts with ``name``, optional
+        ``share``, ``model_version`` and ``ranking`` (RankingConfig fields to override), the
+        first the control; ``kind``: ``split`` or ``interleave``. An :class:`APIError` with
+        status 409 while another experiment of the app runs."""
+        return self._send(c.create_experiment(name, variants, kind, traffic, window_s, confidence))
+
+    def stop_experiment(self, experiment_id: str) -> m.Experiment:
+        """Stop it (admin scope): users get the app's own configuration again."""
+        return self._send(c.stop_experiment(experiment_id))
+
     def stats(self) -> m.Stats:
         """The dashboard's figures for the app."""
         return self._send(c.stats())

@@ -417,3 +417,37 @@ def run(client: Client, world: World, cfg: SimConfig, app: str, setup: bool = Tr
     report["requests"] = requests
     report["seconds"] = round(time.perf_counter() - t0, 2)
     return report
+
+
+def run_experiment(client: Client, world: World, cfg: SimConfig, app: str, name: str, variants: list[dict[str, Any]],
+                   kind: str = "split", setup: bool = True, confidence: float = 0.95) -> dict[str, Any]:
+    """Start an experiment in ``app``, let ``cfg.users`` simulated users (no taste shift) ask
+    for ``cfg.steps`` slates each and react, and return the experiment as the API reads it
+    (variants' metrics, verdict) with the clicks the simulator counted per variant (split) and
+    the requests made. The server assigns the variants; the simulator only reads the tag."""
+    if setup:
+        setup_app(client, world, app)
+    api = client.with_app(app)
+    experiment = api.create_experiment(name, variants, kind=kind, confidence=confidence)
+    rng = np.random.default_rng(cfg.seed)
+    taste_rows = rng.choice(len(world.tastes), size=cfg.users, replace=len(world.tastes) < cfg.users)
+    user_seeds = rng.integers(0, 2**31, size=cfg.users)
+    clicks: dict[str, int] = {}
+    shown: dict[str, int] = {}
+    clock_start, ticks, requests = time.time(), 0, 0
+    for k in range(cfg.users):
+        user = SimUser(world, f"{name}-u{k}", world.tastes[taste_rows[k]], np.random.default_rng(int(user_seeds[k])), cfg)
+        for step in range(cfg.steps):
+            recs = api.recommend(user.uid, n=cfg.n, diversity=cfg.diversity)
+            requests += 1
+            tag = recs.experiment or {}
+            events = user.react(recs.item_ids, step)
+            variant = tag.get("variant") or ""
+            shown[variant] = shown.get(variant, 0) + 1
+            clicks[variant] = clicks.get(variant, 0) + sum(e["type"] == "click" for e in events)
+            if events:
+                ticks += 1
+                api.send_events([{"user_id": user.uid, "timestamp": clock_start + 0.001 * ticks, **e} for e in events])
+    result = api.experiment(experiment.experiment_id)
+    return {"experiment": result.data, "verdict": result.verdict, "requests": requests,
+            "simulated_clicks_per_slate": {v: clicks[v] / shown[v] for v in shown}}

@@ -1,0 +1,227 @@
+"""Live experiments: stable, proportional assignment; valid team-draft slates; the metrics fold
+equal to a recomputation in any order; intervals that match a bootstrap by user; and, with
+simulated users over the API, a variant known to be better wins at the stated confidence."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from liverec.events import Event
+from liverec.experiments.interleave import team_draft
+from liverec.experiments.metrics import IMPRESSIONS, POSITIVE, ExperimentFold, Tally, sign_test
+from liverec.experiments.spec import Experiment, unit_hash
+
+
+def experiment(kind: str = "split", shares=(0.5, 0.5), traffic: float = 1.0, exp_id: str = "e1") -> Experiment:
+    variants = [{"name": n, "share": s} for n, s in zip("ABCD", shares)]
+    return Experiment.from_record(exp_id, "shop", "t", kind, {"variants": variants, "traffic": traffic, "window_s": 100.0}, 0.0)
+
+
+# ---- assignment ------------------------------------------------------------------------------
+
+
+def test_assignment_is_stable_and_proportional():
+    exp = experiment(shares=(0.2, 0.3, 0.5))
+    users = [f"user-{k}" for k in range(20_000)]
+    first = [exp.assign(u).name for u in users]
+    again = experiment(shares=(0.2, 0.3, 0.5))  # another process: the same answers
+    assert first == [again.assign(u).name for u in users]
+    counts = {n: first.count(n) / len(users) for n in "ABC"}
+    for name, share in zip("ABC", (0.2, 0.3, 0.5)):
+        assert abs(counts[name] - share) < 0.015, counts
+    # another experiment splits the same users independently of this one
+    other = experiment(shares=(0.2, 0.3, 0.5), exp_id="e2")
+    same = sum(a == other.assign(u).name for a, u in zip(first, users)) / len(users)
+    assert abs(same - (0.04 + 0.09 + 0.25)) < 0.02
+    # traffic: the share of users in the experiment at all
+    half = experiment(traffic=0.4)
+    inside = [half.assign(u) is not None for u in users]
+    assert abs(np.mean(inside) - 0.4) < 0.015
+    assert 0.0 <= unit_hash("e1", "u") < 1.0
+
+
+# ---- interleaving ----------------------------------------------------------------------------
+
+
+def test_team_draft_slates_are_valid_and_balanced():
+    rng = random.Random(0)
+    for trial in range(300):
+        pool = [f"i{k}" for k in range(rng.randint(0, 30))]
+        a = rng.sample(pool, rng.randint(0, len(pool)))
+        b = rng.sample(pool, rng.randint(0, len(pool)))
+        n = rng.randint(1, 12)
+        slate = team_draft(a, b, n, seed=trial)
+        items = [item for item, _ in slate]
+        assert len(items) == len(set(items)), slate  # no duplicates
+        assert len(items) == min(n, len(set(a) | set(b)))
+        assert set(items) <= set(a) | set(b)
+        for team, ranking in ((0, a), (1, b)):
+            picks = [item for item, t in slate if t == team]
+            assert all(item in ranking for item in picks)
+            assert [ranking.index(p) for p in picks] == sorted(ranking.index(p) for p in picks)  # in its own order
+        # balanced while both rankers had items to give
+        sizes = [0, 0]
+        for item, team in slate:
+            sizes[team] += 1
+            if len(a) >= n and len(b) >= n and len(set(a) | set(b)) >= 2 * n:
+                assert abs(sizes[0] - sizes[1]) <= 1
+        assert team_draft(a, b, n, seed=trial) == slate  # the coin is seeded
+    # over many seeds each team leads the slate about half the time
+    leads = [team_draft(["x", "y"], ["y", "x"], 2, seed=s)[0][1] for s in range(2000)]
+    assert 0.45 < np.mean(leads) < 0.55
+
+
+# ---- the metrics fold ------------------------------------------------------------------------
+
+
+@dataclass
+class Imp:
+    app: str
+    user_id: str
+    item_id: str
+    timestamp: float
+    event_seq: int
+    request_id: str
+    position: int
+    experiment: str
+    variant: str
+
+
+def traffic(seed: int, kind: str = "split"):
+    """Tagged impressions and feedback events, each event with its log position."""
+    rng = random.Random(seed)
+    imps, events, seqs = [], [], []
+    seq = 0
+    for r in range(200):
+        user = f"u{rng.randrange(25)}"
+        variant = rng.choice("AB")
+        at = seq
+        for pos in range(4):
+            team = variant if kind == "split" else rng.choice("AB")
+            imps.append(Imp("shop", user, f"i{rng.randrange(12)}", 1000.0 + r, at, f"r{r}", pos, "e1", team))
+        for _ in range(rng.randrange(4)):
+            seq += 1
+            item = rng.choice([i.item_id for i in imps[-4:]] + ["i99"])
+            etype = rng.choice(["click", "like", "skip", "dislike", "view", "impression"])
+            events.append(Event("shop", f"ev{seq}", user, etype, 1000.0 + r + rng.choice([1.0, 50.0, 500.0]), item))
+            seqs.append(seq)
+    events.append(Event("news", "other", "u1", "click", 1001.0, "i1"))  # another app: not kept
+    seqs.append(seq + 1)
+    return imps, events, seqs
+
+
+@pytest.mark.parametrize("kind", ["split", "interleave"])
+def test_metrics_fold_incremental_equals_recomputed(kind):
+    imps, events, seqs = traffic(1, kind)
+    reference = ExperimentFold()
+    reference.register(experiment(kind))
+    reference.impressions(imps)
+    reference.events(events, seqs)
+    rng = random.Random(7)
+    for _ in range(5):  # the two logs read in random interleavings and chunk sizes
+        fold = ExperimentFold()
+        fold.register(experiment(kind))
+        i = j = 0
+        while i < len(imps) or j < len(events):
+            if j >= len(events) or (i < len(imps) and rng.random() < 0.5):
+                k = rng.randint(1, 9)
+                fold.impressions(imps[i:i + k])
+                i += k
+            else:
+                k = rng.randint(1, 5)
+                fold.events(events[j:j + k], seqs[j:j + k])
+                j += k
+        assert fold.state("e1") == reference.state("e1")
+        assert fold.summary("e1") == reference.summary("e1")
+    # and the counts are what a direct count of the definition gives
+    tally = reference.counts["e1"].tallies
+    direct = {"A": [0, 0], "B": [0, 0]}
+    for imp in imps:
+        hit = any(e.app == imp.app and e.user_id == imp.user_id and e.item_id == imp.item_id and s > imp.event_seq
+                  and e.timestamp <= imp.timestamp + 100.0 and e.type in ("click", "like", "view")
+                  for e, s in zip(events, seqs))
+        direct[imp.variant][0] += 1
+        direct[imp.variant][1] += int(hit)
+    assert {v: [tally[v].s1[IMPRESSIONS], tally[v].s1[POSITIVE]] for v in "AB"} == direct
+    if kind == "interleave":
+        duel = reference.counts["e1"].duel
+        assert sum(duel.slates.values()) == 200 and duel.wins[0] + duel.wins[1] + duel.ties == len(duel.credit)
+
+
+def test_forgetting_a_user_equals_a_fold_without_them():
+    imps, events, seqs = traffic(2, "interleave")
+    fold = ExperimentFold()
+    fold.register(experiment("interleave"))
+    fold.impressions(imps)
+    fold.events(events, seqs)
+    assert fold.forget_user("shop", "u3") == 1
+    without = ExperimentFold()
+    without.register(experiment("interleave"))
+    without.impressions([i for i in imps if i.user_id != "u3"])
+    without.events([e for e in events if e.user_id != "u3"], [s for e, s in zip(events, seqs) if e.user_id != "u3"])
+    assert fold.state("e1") == without.state("e1")
+
+
+def test_user_clustered_interval_matches_a_bootstrap_by_user():
+    rng = np.random.default_rng(0)
+    tally = Tally()
+    per_user = []
+    for u in range(400):
+        n = int(rng.integers(1, 40))
+        p = rng.beta(2, 6)  # users differ: their impressions are correlated
+        y = int(rng.binomial(n, p))
+        per_user.append((n, y))
+        for _ in range(n):
+            tally.add(f"u{u}", IMPRESSIONS)
+        for _ in range(y):
+            tally.add(f"u{u}", POSITIVE)
+    r, var = tally.rate(POSITIVE)
+    n_arr, y_arr = np.array(per_user).T
+    assert r == pytest.approx(y_arr.sum() / n_arr.sum())
+    boot = []
+    for _ in range(2000):
+        pick = rng.integers(0, len(per_user), len(per_user))
+        boot.append(y_arr[pick].sum() / n_arr[pick].sum())
+    sd = float(np.std(boot))
+    assert np.sqrt(var) == pytest.approx(sd, rel=0.12)
+    # the naive per-impression (binomial) interval would be much narrower than the truth here
+    assert np.sqrt(r * (1 - r) / n_arr.sum()) < 0.8 * sd
+
+
+def test_sign_test():
+    assert sign_test(0, 0) is None
+    assert sign_test(10, 10) == pytest.approx(1.0)
+    assert sign_test(30, 10) < 0.01 < sign_test(12, 8)
+
+
+# ---- through the API, with simulated users -----------------------------------------------------
+
+DEGRADED = {"diversity": 1.0, "category_boost": 0.0, "like_boost": 0.0, "click_boost": 0.0, "explore": False}
+
+
+@pytest.mark.parametrize("kind", ["split", "interleave"])
+def test_a_better_variant_wins_with_the_stated_confidence(api, kind):
+    from liverec.evaluation.simulate import SimConfig, run_experiment, synthetic_world
+
+    world = synthetic_world(n_categories=8, per_category=15, n_background=60, seed=4)
+    # A's ranking ignores relevance (MMR at full diversity, no feedback boosts); B is the app's own
+    variants = [{"name": "A", "ranking": DEGRADED}, {"name": "B"}]
+    report = run_experiment(api, world, SimConfig(users=60, steps=8, seed=3), app=f"exp-{kind}", name=kind,
+                            variants=variants, kind=kind)
+    exp = report["experiment"]
+    assert report["requests"] == 60 * 8
+    assert report["verdict"] == "B better than A at 95%", exp
+    a, b = exp["variants"]
+    assert a["impressions"] > 0 and b["impressions"] > 0
+    if kind == "split":
+        assert 15 <= a["users"] <= 45 and a["users"] + b["users"] == 60  # the hash split the users
+        assert b["ctr"]["value"] > a["ctr"]["value"]
+        assert exp["comparisons"][0]["ctr"]["low"] > 0
+    else:
+        duel = exp["interleaving"]
+        assert duel["wins"]["B"] > duel["wins"]["A"] and duel["p_value"] < 0.05
+        assert duel["slates"] == 60 * 8
