@@ -279,6 +279,28 @@ def test_unknown_user_and_empty_catalog(server: Server, page):
 
 # ---- the dashboard ------------------------------------------------------------------------------
 
+def test_dashboard_shows_experiments_with_their_metrics(server: Server, page):
+    tab, console = page
+    body = {"name": "mmr", "variants": [{"name": "A"}, {"name": "B", "ranking": {"diversity": 0.3}}]}
+    created = server.api("POST", "/v1/experiments", json=body)
+    assert created.status_code == 201, created.text
+    exp_id = created.json()["experiment_id"]
+    try:
+        for k in range(6):
+            assert server.api("GET", f"/v1/users/exp-user-{k}/recommendations").json()["experiment"]["id"] == exp_id
+        tab.goto(f"{server.url}/dashboard")
+        wait_until(lambda: tab.locator(f"#experiments tr[data-experiment-id='{exp_id}']").count() == 1, "the experiment's row")
+        assert "no difference yet" in tab.locator(f"[data-testid='verdict-{exp_id}']").inner_text()
+        assert tab.locator("#experiments tr[data-variant='A']").count() == 1
+        wait_until(lambda: sum(int(tab.locator(f"#experiments tr[data-variant='{v}'] td").nth(2).inner_text())
+                               for v in "AB") == 60, "the variants' impressions")
+        assert "1 running" in tab.locator("#experiments-note").inner_text()
+        shot(tab, "dashboard-experiments.png")
+        assert console.errors == []
+    finally:
+        assert server.api("POST", f"/v1/experiments/{exp_id}/stop").json()["status"] == "stopped"
+
+
 def test_dashboard_updates_after_events(server: Server, page):
     tab, console = page
     tab.goto(f"{server.url}/dashboard")

@@ -117,6 +117,35 @@
       : "no stream consumer has reported (events arrive over HTTP only)";
   }
 
+  // Each experiment of the app: a header row (name, kind, status, verdict), then one row per
+  // variant with its rates and their intervals (user-clustered, at the experiment's confidence).
+  function rateCell(r) {
+    if (!r || r.value === null) return "—";
+    return r.low === null ? pct(r.value) : `${pct(r.value)} [${pct(r.low)}–${pct(r.high)}]`;
+  }
+
+  function renderExperiments(experiments) {
+    const rows = [];
+    for (const e of experiments) {
+      const duel = e.interleaving
+        ? ` · wins ${Object.entries(e.interleaving.wins).map(([k, v]) => `${k} ${v}`).join(", ")}, ties ${e.interleaving.ties}`
+        : "";
+      rows.push(el("tr", { class: "experiment", dataset: { experimentId: e.experiment_id } },
+        el("td", { colspan: "2" }, `${e.name} `, el("span", { class: "muted" }, `${e.kind} · ${e.status}`)),
+        el("td", { colspan: "4", class: "verdict", "data-testid": `verdict-${e.experiment_id}` }, `${e.verdict}${duel}`)));
+      for (const v of e.variants) {
+        rows.push(el("tr", { dataset: { variant: v.name } },
+          el("td", {}, `  ${v.name}`), el("td", {}, count(v.users)), el("td", {}, count(v.impressions)),
+          el("td", {}, rateCell(v.ctr)), el("td", {}, rateCell(v.like_rate)), el("td", {}, rateCell(v.negative_share))));
+      }
+    }
+    $("experiments").tBodies[0].replaceChildren(...rows);
+    const running = experiments.filter((e) => e.status === "running").length;
+    $("experiments-note").textContent = experiments.length
+      ? `${running} running · intervals at each experiment's confidence, by user`
+      : "no experiment in this app (POST /v1/experiments)";
+  }
+
   function renderModel(model) {
     const pairs = [["Scorer", model.scorer, "model-scorer"]];
     if (model.version !== undefined) pairs.push(["Version", shortValue(model.version), "model-version"]);
@@ -171,6 +200,8 @@
       const stats = await api("GET", "/v1/stats", { app });
       connection.ok();
       render(stats);
+      const listed = await api("GET", "/v1/experiments", { app });
+      renderExperiments(listed.experiments || []);
     } catch (err) {
       if (err instanceof Unreachable) {
         // Keep the last figures; the banner says they are stale until the server answers.
