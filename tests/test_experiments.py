@@ -225,3 +225,31 @@ def test_a_better_variant_wins_with_the_stated_confidence(api, kind):
         duel = exp["interleaving"]
         assert duel["wins"]["B"] > duel["wins"]["A"] and duel["p_value"] < 0.05
         assert duel["slates"] == 60 * 8
+
+
+def test_experiments_of_one_app_share_its_users_and_serve_every_worker(api):
+    shop = api.with_app("shop")
+    shop.upsert_items([{"item_id": f"i{k}", "title": f"t{k}", "categories": ["A" if k % 2 else "B"]} for k in range(20)])
+    shop.send_events([{"user_id": f"bg{u}", "item_id": f"i{(u + k) % 20}", "type": "view", "timestamp": 100.0 + k}
+                      for u in range(10) for k in range(4)])
+    first = shop.create_experiment("half", [{"name": "A"}, {"name": "B", "ranking": {"diversity": 0.5}}], traffic=0.5)
+    second = shop.create_experiment("rest", [{"name": "C", "share": 0.2}, {"name": "D", "share": 0.8}])
+    tags = [shop.recommend(f"u{k}").experiment for k in range(200)]
+    ids = [t["id"] for t in tags]
+    assert 70 <= ids.count(first.experiment_id) <= 130 and ids.count(first.experiment_id) + ids.count(second.experiment_id) == 200
+    assert all(t["variant"] in ("A", "B") for t in tags if t["id"] == first.experiment_id)
+    assert [t["variant"] for t in tags] == [shop.recommend(f"u{k}").experiment["variant"] for k in range(200)]  # stable
+    assert [e.experiment_id for e in shop.experiments()] == [second.experiment_id, first.experiment_id]  # newest first
+    assert shop.stop_experiment(first.experiment_id).status == "stopped"
+    assert {shop.recommend(f"u{k}").experiment["id"] for k in range(50)} == {second.experiment_id}
+    stopped = shop.experiment(first.experiment_id)
+    assert not stopped.running and sum(v["impressions"] for v in stopped.variants) > 0  # its metrics stay readable
+    assert api.with_app("news").experiments() == []  # per app
+    from liverec.client.errors import InvalidRequest, NotFound
+
+    with pytest.raises(NotFound):
+        api.with_app("news").experiment(first.experiment_id)
+    with pytest.raises(InvalidRequest) as bad:
+        shop.create_experiment("x", [{"name": "A", "model_version": "v000009"}, {"name": "A", "ranking": {"pool": 0}}])
+    fields = {e.field for e in bad.value.errors}
+    assert {"variants[0].model_version", "variants[1].name"} <= fields, fields

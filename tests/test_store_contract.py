@@ -180,17 +180,16 @@ def test_experiments(store):
     a = ExperimentRecord("x1", "shop", "mmr", "split", spec, 100.0)
     assert store.experiments.list() == [] and store.experiments.get("x1") is None
     before = store.events.heads()[1]
-    assert store.experiments.create(a) is None
+    store.experiments.create(a)
     assert store.experiments.get("x1") == a and store.experiments.list("shop") == [a] and store.experiments.list("news") == []
-    # one running experiment per app: the second is refused, naming the first
-    b = ExperimentRecord("x2", "shop", "other", "interleave", spec, 101.0)
-    assert store.experiments.create(b) == "x1" and store.experiments.get("x2") is None
-    assert store.experiments.create(ExperimentRecord("x3", "news", "n", "split", spec, 102.0)) is None
+    store.experiments.create(ExperimentRecord("x3", "news", "n", "split", spec, 102.0))
     assert store.experiments.stop("x1", 200.0) and store.experiments.stop("x1", 300.0)
     assert store.experiments.get("x1").stopped_at == 200.0  # stopped once, at the first time
     assert not store.experiments.stop("nope", 1.0)
-    assert store.experiments.create(b) is None
+    store.experiments.create(ExperimentRecord("x2", "shop", "other", "interleave", spec, 101.0))
     assert [r.experiment_id for r in store.experiments.list()] == ["x1", "x3", "x2"]
+    with pytest.raises(Exception):
+        store.experiments.create(a)  # ids are unique
     # every worker learns of each creation and stop from the changes feed, in commit order
     changes = [(c.app, c.kind, c.key) for c in store.events.changes(before)]
     assert changes == [("shop", "experiment", "x1"), ("news", "experiment", "x3"), ("shop", "experiment", "x1"),

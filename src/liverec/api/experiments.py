@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException, Path
 
 from ..auth import ADMIN, READ
-from ..experiments.live import ExperimentConflict, ExperimentInvalid, LiveExperiments
+from ..experiments.live import ExperimentInvalid, LiveExperiments
 from ..service import Service
 from .auth import requires
 from .deps import get_app_id, get_service, validation_error
@@ -18,7 +18,7 @@ from .schemas import ExperimentIn, ExperimentList, ExperimentOut, errors
 
 router = APIRouter(prefix="/v1", tags=["experiments"])
 
-EXPERIMENT_ID = Path(min_length=1, max_length=64, description="The experiment's id (`exp_...`)")
+EXPERIMENT_ID = Path(description="The experiment's id (`exp_...`)")
 
 
 def _live(service: Service) -> LiveExperiments:
@@ -39,19 +39,17 @@ def list_experiments(app: str = Depends(get_app_id), service: Service = Depends(
     return {"app": app, "experiments": _live(service).list(app)}
 
 
-@router.post("/experiments", response_model=ExperimentOut, status_code=201, responses=errors(400, 409, 422))
+@router.post("/experiments", response_model=ExperimentOut, status_code=201, responses=errors(400, 422))
 @requires(ADMIN)
 def create_experiment(body: ExperimentIn, app: str = Depends(get_app_id), service: Service = Depends(get_service)) -> dict:
-    """Start an experiment: every worker serves its variants from its next request. One
-    experiment runs per app at a time (409 names the running one)."""
+    """Start an experiment: every worker serves its variants from its next request.
+    Experiments running in one app share its users, each user in the oldest one whose
+    `traffic` takes them (one with traffic 1 takes them all while it runs)."""
     variants = [v.model_dump(exclude_none=True) | {"ranking": v.ranking.model_dump(exclude_none=True)} for v in body.variants]
     try:
         return _live(service).create(app, body.name, body.kind, variants, body.traffic, body.window_s, body.confidence)
     except ExperimentInvalid as exc:
         raise validation_error(exc.errors) from None
-    except ExperimentConflict as exc:
-        raise HTTPException(409, detail={"errors": [{"field": "app", "value": app,
-                                                     "expected": f"no running experiment (stop {exc.running} first)"}]}) from None
 
 
 @router.get("/experiments/{experiment_id}", response_model=ExperimentOut, responses=errors(400, 404))

@@ -41,7 +41,6 @@ ERROR_RESPONSES: dict[int, str] = {
     401: "No API key, or one that is unknown or revoked (only once auth is on: a key exists, or `LIVEREC_AUTH=required`)",
     403: f"The key lacks the scope this route needs, or `{APP_HEADER}` names another app than the key's",
     404: "No such resource in this app",
-    409: "Another experiment of the app is running (stop it first)",
     413: "Too many events in one request (`max_batch`)",
     422: "Invalid request: every field error, with the field, the value and what was expected",
     429: "The key's rate limit: its token bucket is empty (`Retry-After` says when it has a token again)",

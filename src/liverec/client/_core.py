@@ -213,7 +213,7 @@ def create_experiment(name: str, variants: Iterable[Mapping[str, Any]], kind: st
     for key, value in (("traffic", traffic), ("window_s", window_s), ("confidence", confidence)):
         if value is not None:
             body[key] = value
-    # not retried: a retry after a lost answer would meet the experiment it created (409)
+    # not retried: a retry after a lost answer would create a second experiment
     return Call("POST", "/v1/experiments", m.Experiment.from_json, json=body, idempotent=False)
 
 

@@ -151,8 +151,7 @@ class Client(c.Configured):
                           confidence: float | None = None) -> m.Experiment:
         """Start an experiment (admin scope). ``variants``: dicts with ``name``, optional
         ``share``, ``model_version`` and ``ranking`` (RankingConfig fields to override), the
-        first the control; ``kind``: ``split`` or ``interleave``. An :class:`APIError` with
-        status 409 while another experiment of the app runs."""
+        first the control; ``kind``: ``split`` or ``interleave``."""
         return self._send(c.create_experiment(name, variants, kind, traffic, window_s, confidence))
 
     def stop_experiment(self, experiment_id: str) -> m.Experiment:

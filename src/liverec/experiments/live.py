@@ -7,6 +7,11 @@ in commit order (:meth:`LiveExperiments.apply_change`), so all workers serve the
 from their next request on. On the request path the running experiment of the app is one dict
 read, the variant one hash (:func:`liverec.experiments.spec.unit_hash`).
 
+Several experiments may run in one app; they share its users, each user in at most one: the
+oldest running experiment whose ``traffic`` takes the user (by its own hash) has them, the next
+one is asked only for users the earlier ones left. An experiment with ``traffic`` 1 takes every
+user while it runs: give concurrent ones smaller shares.
+
 The metrics (:class:`~liverec.experiments.metrics.ExperimentFold`) fold the tagged impressions of
 every worker, read from the impression log (polled every ``interval_s`` and before each read-out),
 and the feedback events this process's follower applies. At start they are rebuilt from the two
@@ -44,12 +49,6 @@ class ExperimentInvalid(ValueError):
         super().__init__("; ".join(f"{e['field']}={e['value']!r}: expected {e['expected']}" for e in errors))
 
 
-class ExperimentConflict(RuntimeError):
-    def __init__(self, app: str, running: str):
-        self.app, self.running = app, running
-        super().__init__(f"experiment {running} runs in app {app!r}: stop it first")
-
-
 class Versions(Protocol):
     def __call__(self, app: str) -> set[str]: ...
 
@@ -81,7 +80,7 @@ class LiveExperiments:
         self.interval_s = interval_s
         self.clock = clock
         self.fold = ExperimentFold(types)
-        self._running: dict[str, Experiment] = {}  # app -> its running experiment (replaced, never changed)
+        self._running: dict[str, tuple[Experiment, ...]] = {}  # app -> running ones, oldest first (replaced, never changed)
         self._all: dict[str, Experiment] = {}
         self._configs: dict[tuple[str, str], RankingConfig] = {}
         self._lock = threading.Lock()  # the fold and the positions
@@ -185,28 +184,34 @@ class LiveExperiments:
         self.fold.register(exp)
         self._all[exp.experiment_id] = exp
         running = dict(self._running)
+        others = [e for e in running.get(exp.app, ()) if e.experiment_id != exp.experiment_id]
         if exp.running:
-            running[exp.app] = exp
-        elif exp.app in running and running[exp.app].experiment_id == exp.experiment_id:
-            del running[exp.app]
+            others.append(exp)
+        running[exp.app] = tuple(sorted(others, key=lambda e: (e.created_at, e.experiment_id)))
         self._running = running  # one assignment: the request path reads it without the lock
 
     # ---- the request path ---------------------------------------------------------------------
-    def running(self, app: str) -> Experiment | None:
-        return self._running.get(app)
+    def assign(self, app: str, user_id: str) -> tuple[Experiment, Variant] | None:
+        """The user's experiment and variant: the oldest running experiment of ``app`` whose
+        traffic takes them (``None``: none does)."""
+        for exp in self._running.get(app, ()):
+            variant = exp.assign(user_id)
+            if variant is not None:
+                return exp, variant
+        return None
 
     def _variant_request(self, request: RecommendRequest, exp: Experiment, v: Variant) -> RecommendRequest:
         return replace(request, config=self._configs[(exp.experiment_id, v.name)], model_version=v.model_version,
                        experiment=exp.experiment_id, variant=v.name)
 
     def recommend(self, pipeline: Pipeline, request: RecommendRequest) -> tuple[list[Recommendation], str, dict | None]:
-        """The slate for ``request`` under the app's running experiment (if the user is in its
-        traffic), the scorer's name, and the experiment tag of the answer."""
-        exp = self._running.get(request.app)
-        variant = exp.assign(request.user_id) if exp is not None and request.user_id is not None else None
-        if exp is None or variant is None:
+        """The slate for ``request`` under the user's experiment (if a running one takes them),
+        the scorer's name, and the experiment tag of the answer."""
+        assigned = self.assign(request.app, request.user_id) if request.user_id is not None else None
+        if assigned is None:
             recs, name = pipeline.recommend(request)
             return recs, name, None
+        exp, variant = assigned
         tag: dict[str, Any] = {"id": exp.experiment_id, "name": exp.name, "kind": exp.kind}
         if exp.kind == "split":
             recs, name = pipeline.recommend(self._variant_request(request, exp, variant))
@@ -249,8 +254,8 @@ class LiveExperiments:
     # ---- administration -----------------------------------------------------------------------
     def create(self, app: str, name: str, kind: str, variants: list[Mapping[str, Any]], traffic: float = 1.0,
                window_s: float | None = None, confidence: float = 0.95) -> dict[str, Any]:
-        """Check and store a new running experiment of ``app`` (:class:`ExperimentInvalid`,
-        :class:`ExperimentConflict`); every worker serves it from its next request."""
+        """Check and store a new running experiment of ``app`` (:class:`ExperimentInvalid`);
+        every worker serves it from its next request."""
         base = self.ranking.settings.for_app(app)
         window = base.reward_window_s if window_s is None else window_s
         errors = check(kind, variants, traffic, window, confidence, ranking_fields(), self.versions(app))
@@ -266,9 +271,7 @@ class LiveExperiments:
         spec = {"variants": [dict(v) for v in variants], "traffic": traffic, "window_s": window, "confidence": confidence}
         record = ExperimentRecord(f"exp_{uuid.uuid4().hex[:12]}", app, name, kind,
                                   Experiment.from_record("", app, name, kind, spec, 0.0).spec(), self.clock())
-        running = self.store.create(record)
-        if running is not None:
-            raise ExperimentConflict(app, running)
+        self.store.create(record)
         self.catch_up()  # this process serves it now (the others at their next request)
         view = self.view(app, record.experiment_id)
         assert view is not None

@@ -251,10 +251,9 @@ class ExperimentRecord:
 
 
 class Experiments(Protocol):
-    def create(self, record: ExperimentRecord) -> str | None:
+    def create(self, record: ExperimentRecord) -> None:
         """Store a new, running experiment (its id must be new) and an ``experiment`` change in
-        the same transaction, unless another experiment of the app runs: then nothing is
-        stored and that one's id is returned (``None``: created)."""
+        the same transaction."""
 
     def get(self, experiment_id: str) -> ExperimentRecord | None: ...
 

@@ -382,20 +382,14 @@ class _Keys(SqlKeyReads):
 class _Experiments(SqlExperimentReads):
     _s: PostgresStore
 
-    def create(self, record: ExperimentRecord) -> str | None:
+    def create(self, record: ExperimentRecord) -> None:
         with self._s._conn.transaction() as conn:
-            # the append lock: one creator decides at a time, and the change commits in seq order
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-            running = conn.execute("SELECT experiment_id FROM experiments WHERE app = %s AND stopped_at IS NULL",
-                                   (record.app,)).fetchone()
-            if running is not None:
-                return str(running[0])
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))  # the change commits in seq order
             conn.execute(f"INSERT INTO experiments ({EXPERIMENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s)",
                          (record.experiment_id, record.app, record.name, record.kind, json.dumps(record.spec),
                           record.created_at, record.stopped_at))
             conn.execute("INSERT INTO changes (app, kind, key, event_seq) VALUES (%s, 'experiment', %s, %s)",
                          (record.app, record.experiment_id, _event_head(conn)))
-        return None
 
     def stop(self, experiment_id: str, at: float) -> bool:
         with self._s._conn.transaction() as conn:

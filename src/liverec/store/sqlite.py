@@ -304,18 +304,13 @@ class _Keys(SqlKeyReads):
 class _Experiments(SqlExperimentReads):
     _s: SQLiteStore
 
-    def create(self, record: ExperimentRecord) -> str | None:
-        with self._s.transaction() as conn:  # BEGIN IMMEDIATE: one writer decides at a time
-            running = conn.execute("SELECT experiment_id FROM experiments WHERE app = ? AND stopped_at IS NULL",
-                                   (record.app,)).fetchone()
-            if running is not None:
-                return str(running[0])
+    def create(self, record: ExperimentRecord) -> None:
+        with self._s.transaction() as conn:
             conn.execute(f"INSERT INTO experiments ({EXPERIMENT_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
                          (record.experiment_id, record.app, record.name, record.kind,
                           json.dumps(record.spec, separators=(",", ":")), record.created_at, record.stopped_at))
             conn.execute("INSERT INTO changes (app, kind, key, event_seq) VALUES (?, 'experiment', ?, ?)",
                          (record.app, record.experiment_id, _event_head(conn)))
-        return None
 
     def stop(self, experiment_id: str, at: float) -> bool:
         with self._s.transaction() as conn:
