@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from liverec.config import Settings  # noqa: E402
 from liverec.evaluation.report import machine  # noqa: E402
 from liverec.evaluation.simulate import synthetic_world  # noqa: E402
+from liverec.experiments.metrics import ExperimentFold  # noqa: E402
 from liverec.runtime.compose import build_service  # noqa: E402
 
 
@@ -81,9 +82,20 @@ def main() -> None:
             view = service.experiments.view(app, exp_id)
             samples.append((time.perf_counter() - start) * 1000)
         reads[app] = {**summary(samples), "impressions": sum(v["impressions"] for v in view["variants"])}
+    # the fold's own cost per tagged impression: read from the log (column filter, JSON decode) and folded
+    live = service.experiments
+    live.impressions.flush()
+    fresh = ExperimentFold()
+    for exp in live._all.values():
+        fresh.register(exp)
     start = time.perf_counter()
-    service.experiments.stop()  # a start's rebuild of the fold from the two logs
-    service.experiments.start()
+    rows = live._tagged(0, live.impressions.head())
+    read_s = time.perf_counter() - start
+    fresh.impressions(rows)
+    fold_s = time.perf_counter() - start - read_s
+    start = time.perf_counter()
+    live.stop()  # a start's rebuild of the fold from the two logs
+    live.start()
     rebuild_s = time.perf_counter() - start
     service.close()
     result = {
@@ -92,7 +104,9 @@ def main() -> None:
         "recommend": {app: summary(t) for app, t in times.items()},
         "added_p50_ms": {app: round(summary(times[app])["p50_ms"] - summary(times["none"])["p50_ms"], 4)
                          for app in ("split", "interleave")},
-        "read_out": reads, "fold_rebuild_s": round(rebuild_s, 3),
+        "read_out": reads, "fold_rebuild_s": round(rebuild_s, 3), "tagged_impressions": len(rows),
+        "read_us_per_impression": round(1e6 * read_s / max(len(rows), 1), 2),
+        "fold_us_per_impression": round(1e6 * fold_s / max(len(rows), 1), 2),
     }
     text = json.dumps(result, indent=2)
     print(text)
