@@ -250,6 +250,28 @@ def test_experiments_of_one_app_share_its_users_and_serve_every_worker(api):
     with pytest.raises(NotFound):
         api.with_app("news").experiment(first.experiment_id)
     with pytest.raises(InvalidRequest) as bad:
-        shop.create_experiment("x", [{"name": "A", "model_version": "v000009"}, {"name": "A", "ranking": {"pool": 0}}])
+        shop.create_experiment("x", [{"name": "A", "model_version": "v000009"}, {"name": "A"}])
     fields = {e.field for e in bad.value.errors}
     assert {"variants[0].model_version", "variants[1].name"} <= fields, fields
+    with pytest.raises(InvalidRequest) as bad:
+        shop.create_experiment("x", [{"name": "A"}, {"ranking": {"pool": 0}}])
+    assert [e.field for e in bad.value.errors] == ["variants.1.ranking.pool"]
+
+
+def test_the_override_schema_states_the_ranking_configs_own_checks():
+    """Every bound the request schema states for a ranking override is one RankingConfig
+    enforces (past it the config refuses), so a schema-valid value is one the config takes."""
+    from liverec.api.schemas import OVERRIDE_BOUNDS, RankingOverrides
+    from liverec.ranking.config import RankingConfig
+
+    for name, bounds in OVERRIDE_BOUNDS.items():
+        for kind, edge in bounds.items():
+            if name == "explore_draws" and kind == "le":
+                continue  # a cap on one request's work, not a rule of the config
+            outside = {"gt": edge, "ge": edge - 1, "le": edge + 0.5}[kind]
+            with pytest.raises(ValueError):
+                RankingConfig(**{name: outside})
+            inside = {"gt": edge + 0.5, "ge": edge, "le": edge}[kind]
+            RankingConfig(**{name: type(getattr(RankingConfig(), name))(inside)})
+    props = RankingOverrides.model_json_schema()["properties"]
+    assert "reward_window_s" not in props and props["diversity"]["anyOf"][0] == {"maximum": 1, "minimum": 0, "type": "number"}

@@ -39,7 +39,7 @@ def list_experiments(app: str = Depends(get_app_id), service: Service = Depends(
     return {"app": app, "experiments": _live(service).list(app)}
 
 
-@router.post("/experiments", response_model=ExperimentOut, status_code=201, responses=errors(400, 422))
+@router.post("/experiments", response_model=ExperimentOut, responses=errors(400, 422))
 @requires(ADMIN)
 def create_experiment(body: ExperimentIn, app: str = Depends(get_app_id), service: Service = Depends(get_service)) -> dict:
     """Start an experiment: every worker serves its variants from its next request.

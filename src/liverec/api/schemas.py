@@ -409,6 +409,21 @@ class Stats(BaseModel):
 # ---- experiments -------------------------------------------------------------------------------
 
 
+# RankingConfig's own checks, as the schema states them (the config still checks every value; a
+# field without an entry takes any value of its type, an integer >= 0); the caps bound one
+# request's work, which the config does not.
+OVERRIDE_BOUNDS: dict[str, dict[str, Any]] = {
+    "half_life_s": {"gt": 0}, "diversity": {"ge": 0, "le": 1}, "streak_diversity": {"ge": 0, "le": 1},
+    "streak_forget": {"ge": 0, "le": 1}, "explore_epsilon": {"ge": 0, "le": 1}, "category_prior": {"gt": 0},
+    "streak_pool": {"ge": 1}, "pool": {"ge": 1}, "explore_pool": {"ge": 1}, "explore_draws": {"ge": 1, "le": 4096},
+    "recency_events": {"ge": 0}, "contextual_ridge": {"gt": 0}, "contextual_noise": {"gt": 0},
+}
+INT_CAP = 100_000
+# names are written to the impression log's columns and shown on the dashboard: plain text only
+VARIANT_NAME = r"^[A-Za-z0-9_.:-]{1,64}$"
+EXPERIMENT_NAME = r"^[A-Za-z0-9 _.,:;/()+=@#-]{1,128}$"
+
+
 def _ranking_overrides() -> type[BaseModel]:
     """Every :class:`~liverec.ranking.config.RankingConfig` field a variant may override, typed
     as the config types it (new fields join by themselves)."""
@@ -418,11 +433,23 @@ def _ranking_overrides() -> type[BaseModel]:
     from pydantic import create_model
 
     from ..experiments.spec import NOT_PER_VARIANT
-    from ..ranking.config import RankingConfig
+    from ..ranking import config as ranking_config
 
-    hints = typing.get_type_hints(RankingConfig)
-    spec: dict[str, Any] = {f.name: (hints[f.name] | None, Field(None)) for f in fields(RankingConfig)
-                            if f.name not in NOT_PER_VARIANT}
+    hints = typing.get_type_hints(ranking_config.RankingConfig)
+    spec: dict[str, Any] = {}
+    for f in fields(ranking_config.RankingConfig):
+        if f.name in NOT_PER_VARIANT:
+            continue
+        hint: Any = hints[f.name]
+        bounds = dict(OVERRIDE_BOUNDS.get(f.name, {}))
+        if hint is int:
+            bounds = {"ge": 0, "le": INT_CAP, **bounds}
+        elif f.name == "explore_policy":
+            hint = Literal[tuple(ranking_config.EXPLORE_POLICIES)]  # type: ignore[valid-type]
+        elif f.name == "explore_slots":
+            hint = tuple[typing.Annotated[int, Field(ge=0, le=1000)], ...]
+            bounds = {"max_length": 64}
+        spec[f.name] = (hint | None, Field(None, **bounds))
     return create_model("RankingOverrides", __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **spec)
 
 
@@ -433,28 +460,29 @@ RankingOverrides.__doc__ = ("Ranking settings of the app this variant overrides 
 
 class VariantIn(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    name: str = Field(min_length=1, max_length=64, description="Unique in the experiment; the first is the control")
-    share: float | None = Field(None, gt=0, le=1, description="Share of the experiment's users (all or none given; "
-                                "none: equal; they sum to 1). Ignored by interleaving")
-    model_version: str | None = Field(None, min_length=1, max_length=64,
+    name: str | None = Field(None, pattern=VARIANT_NAME,
+                             description="Unique in the experiment (default: A, B, C... by position); the first is the control")
+    share: float | None = Field(None, gt=0, le=1_000_000, description="Relative weight of the variant among the "
+                                "experiment's users (default 1: an equal split); ignored by interleaving")
+    model_version: str | None = Field(None, pattern=r"^v[0-9]{6}$",
                                       description="A registered model version of the app to score with (null: the promoted one)")
     ranking: RankingOverrides = Field(default_factory=RankingOverrides)  # type: ignore[valid-type]
 
 
 class ExperimentIn(BaseModel):
     """A new experiment of the app. Bodies this schema accepts can still answer 422: variant
-    names must differ, shares sum to 1, an interleaving has exactly two variants, a model version
-    must be registered, and ranking overrides must pass the ranking's rules."""
+    names must differ, an interleaving has exactly two variants, a model version must be
+    registered in the app, and ranking overrides must pass the ranking's own checks."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    name: str = Field(min_length=1, max_length=128)
+    name: str = Field(pattern=EXPERIMENT_NAME, description="For people: letters, digits, spaces and `_.,:;/()+=@#-`")
     kind: Literal["split", "interleave"] = Field("split", description="`split`: each user sees one variant (by a "
                                                  "hash of experiment and user); `interleave`: two rankers, one slate (team draft)")
     variants: list[VariantIn] = Field(min_length=2, max_length=16)
     traffic: float = Field(1.0, gt=0, le=1, description="Share of the app's users in the experiment")
     window_s: float | None = Field(None, gt=0, description="Feedback this long after an impression counts for it "
                                    "(null: the app's reward window)")
-    confidence: float = Field(0.95, ge=0.5, lt=1, description="Level of the intervals and the verdict")
+    confidence: float = Field(0.95, ge=0.5, le=0.999, description="Level of the intervals and the verdict")
 
 
 class Interval(BaseModel):

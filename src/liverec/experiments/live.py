@@ -36,7 +36,7 @@ from ..recommend.pipeline import Pipeline, Recommendation, RecommendRequest
 from ..store.base import Change, EventLog, ExperimentRecord, Experiments
 from .interleave import team_draft
 from .metrics import ExperimentFold
-from .spec import NOT_PER_VARIANT, Experiment, Variant, check, unit_hash
+from .spec import NOT_PER_VARIANT, Experiment, Variant, check, unit_hash, variant_name
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,8 @@ class LiveExperiments:
                                    "expected": f"settings the ranking accepts ({exc})"})
         if errors:
             raise ExperimentInvalid(errors)
-        spec = {"variants": [dict(v) for v in variants], "traffic": traffic, "window_s": window, "confidence": confidence}
+        spec = {"variants": [{**v, "name": variant_name(v, k)} for k, v in enumerate(variants)], "traffic": traffic,
+                "window_s": window, "confidence": confidence}
         record = ExperimentRecord(f"exp_{uuid.uuid4().hex[:12]}", app, name, kind,
                                   Experiment.from_record("", app, name, kind, spec, 0.0).spec(), self.clock())
         self.store.create(record)

@@ -6,8 +6,8 @@ and any field of the app's :class:`~liverec.ranking.config.RankingConfig` (the e
 policy, MMR ``diversity``, ...). Two kinds:
 
 - ``split``: each user sees one variant, chosen by a stable hash of (experiment id, user id)
-  against the variants' ``share`` of the experiment's ``traffic`` (users outside ``traffic`` get
-  the app's own configuration, untagged);
+  against the variants' ``share`` (relative weights, normalised) of the experiment's ``traffic``
+  (users outside ``traffic`` get the app's own configuration, untagged);
 - ``interleave``: exactly two variants; every request in ``traffic`` ranks with both and the
   slate is built by team draft (:mod:`liverec.experiments.interleave`).
 
@@ -40,6 +40,19 @@ def unit_hash(experiment_id: str, user_id: str) -> float:
     """
     digest = hashlib.blake2b(f"{experiment_id}\x00{user_id}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2.0**64
+
+
+def variant_name(variant: Mapping[str, Any], position: int) -> str:
+    """The variant's name, or its letter by position (A, B, ...; A1, B1, ... past Z).
+
+    >>> variant_name({}, 0), variant_name({"name": "mmr"}, 1), variant_name({}, 27)
+    ('A', 'mmr', 'B1')
+    """
+    name = variant.get("name")
+    if name is not None:
+        return str(name)
+    letter = chr(ord("A") + position % 26)
+    return letter if position < 26 else f"{letter}{position // 26}"
 
 
 @dataclass(frozen=True)
@@ -79,11 +92,10 @@ class Experiment:
     def from_record(cls, experiment_id: str, app: str, name: str, kind: str, spec: Mapping[str, Any], created_at: float,
                     stopped_at: float | None = None) -> Experiment:
         raw = list(spec.get("variants") or [])
-        shares = [v.get("share") for v in raw]
-        if all(s is None for s in shares):  # equal split unless stated
-            shares = [1.0 / len(raw)] * len(raw) if raw else []
-        variants = tuple(Variant(str(v["name"]), float(s if s is not None else 0.0), v.get("model_version"),
-                                 dict(v.get("ranking") or {})) for v, s in zip(raw, shares))
+        weights = [float(v["share"]) if v.get("share") is not None else 1.0 for v in raw]
+        total = sum(weights) or 1.0
+        variants = tuple(Variant(variant_name(v, k), w / total, v.get("model_version"), dict(v.get("ranking") or {}))
+                         for k, (v, w) in enumerate(zip(raw, weights)))
         return cls(experiment_id, app, name, kind, variants, created_at, float(spec.get("traffic", 1.0)),
                    float(spec.get("window_s", 1800.0)), float(spec.get("confidence", 0.95)), stopped_at)
 
@@ -124,20 +136,16 @@ def check(kind: str, variants: list[Mapping[str, Any]], traffic: float, window_s
         bad("traffic", traffic, "a share of the app's users in (0, 1]")
     if not (window_s > 0 and math.isfinite(window_s)):
         bad("window_s", window_s, "a positive number of seconds")
-    if not (0.5 <= confidence < 1.0):
-        bad("confidence", confidence, "a level in [0.5, 1), e.g. 0.95")
-    names = [str(v.get("name")) for v in variants]
+    if not (0.5 <= confidence <= 0.999):
+        bad("confidence", confidence, "a level in [0.5, 0.999], e.g. 0.95")
+    names = [variant_name(v, k) for k, v in enumerate(variants)]
     for k, name in enumerate(names):
         if names.index(name) != k:
             bad(f"variants[{k}].name", name, "a name no other variant of the experiment has")
-    shares = [v.get("share") for v in variants]
-    if any(s is not None for s in shares):
-        if any(s is None for s in shares):
-            bad("variants", shares, "a share for every variant, or for none (an equal split)")
-        elif any(not (0.0 < float(s) <= 1.0) for s in shares):
-            bad("variants", shares, "shares in (0, 1]")
-        elif abs(sum(float(s) for s in shares) - 1.0) > 1e-6:
-            bad("variants", shares, f"shares that sum to 1 (they sum to {sum(float(s) for s in shares):g})")
+    for k, v in enumerate(variants):
+        share = v.get("share")
+        if share is not None and not (0.0 < float(share) and math.isfinite(float(share))):
+            bad(f"variants[{k}].share", share, "a positive weight (the shares are normalised to sum to 1)")
     for k, v in enumerate(variants):
         version = v.get("model_version")
         if version is not None and version not in versions:
