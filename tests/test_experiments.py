@@ -275,3 +275,46 @@ def test_the_override_schema_states_the_ranking_configs_own_checks():
             RankingConfig(**{name: type(getattr(RankingConfig(), name))(inside)})
     props = RankingOverrides.model_json_schema()["properties"]
     assert "reward_window_s" not in props and props["diversity"]["anyOf"][0] == {"maximum": 1, "minimum": 0, "type": "number"}
+
+
+def test_workers_over_one_store_serve_and_count_alike_and_a_restart_refolds_the_same(tmp_path):
+    """Two services over one store (as two workers): an experiment one creates the other serves
+    from its next request; feedback through either counts in both; a restart's rebuild from the
+    two logs equals what they folded live; a stop reaches both."""
+    from liverec.config import Settings
+    from liverec.runtime.compose import build_service
+
+    settings = Settings(data_dir=tmp_path, scorer="cooccurrence", snapshot_interval_s=0)
+    one, two = build_service(settings), build_service(settings)
+    one.start()
+    two.start()
+    try:
+        one.upsert_items("default", [{"item_id": f"i{k}", "title": f"t{k}", "categories": ["A" if k % 2 else "B"]}
+                                     for k in range(30)])
+        one.ingest("default", [{"user_id": f"bg{u}", "item_id": f"i{(3 * u + k) % 30}", "type": "view",
+                                "timestamp": 100.0 + k} for u in range(20) for k in range(5)])
+        exp = one.experiments.create("default", "two", "split", [{"name": "A"}, {"name": "B", "ranking": {"diversity": 0.6}}])
+        exp_id = exp["experiment_id"]
+        rng = random.Random(0)
+        for k in range(40):
+            worker = (one, two)[k % 2]
+            out = worker.recommend("default", f"u{k % 10}")
+            assert out["experiment"]["id"] == exp_id
+            item = out["items"][rng.randrange(len(out["items"]))]["item_id"]
+            (two, one)[k % 2].ingest("default", [{"user_id": f"u{k % 10}", "item_id": item,
+                                                  "type": rng.choice(["click", "like", "skip"])}])
+        views = [w.experiments.view("default", exp_id) for w in (one, two)]
+        assert views[0]["variants"] == views[1]["variants"] and sum(v["impressions"] for v in views[0]["variants"]) == 400
+        assert sum(v["ctr"]["value"] * v["impressions"] for v in views[0]["variants"]) > 0
+        third = build_service(settings)
+        third.start()
+        try:
+            assert third.experiments.view("default", exp_id)["variants"] == views[0]["variants"]
+        finally:
+            third.close()
+        two.experiments.stop_experiment("default", exp_id)
+        assert "experiment" not in one.recommend("default", "u1")
+        assert one.experiments.view("default", exp_id)["status"] == "stopped"
+    finally:
+        one.close()
+        two.close()

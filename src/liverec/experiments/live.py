@@ -273,8 +273,7 @@ class LiveExperiments:
         record = ExperimentRecord(f"exp_{uuid.uuid4().hex[:12]}", app, name, kind,
                                   Experiment.from_record("", app, name, kind, spec, 0.0).spec(), self.clock())
         self.store.create(record)
-        self.catch_up()  # this process serves it now (the others at their next request)
-        view = self.view(app, record.experiment_id)
+        view = self.view(app, record.experiment_id)  # caught up: this process serves it now, the others at their next request
         assert view is not None
         return view
 
@@ -283,12 +282,16 @@ class LiveExperiments:
         if record is None or record.app != app:
             return None
         self.store.stop(experiment_id, self.clock())
-        self.catch_up()
         return self.view(app, experiment_id)
 
     def view(self, app: str, experiment_id: str) -> dict[str, Any] | None:
-        """The experiment with its variants' metrics (``None``: not an experiment of ``app``)."""
+        """The experiment with its variants' metrics (``None``: not an experiment of ``app``), as
+        of every event committed and every impression of this process logged so far."""
+        self.catch_up()
         self.refresh(flush=True)
+        return self._view(app, experiment_id)
+
+    def _view(self, app: str, experiment_id: str) -> dict[str, Any] | None:
         with self._lock:
             exp = self._all.get(experiment_id)
             if exp is None or exp.app != app:
@@ -300,8 +303,10 @@ class LiveExperiments:
 
     def list(self, app: str) -> list[dict[str, Any]]:
         """The app's experiments, newest first."""
+        self.catch_up()
+        self.refresh(flush=True)
         ids = sorted((e.created_at, e.experiment_id) for e in self._all.values() if e.app == app)
-        views = [self.view(app, i) for _, i in reversed(ids)]
+        views = [self._view(app, i) for _, i in reversed(ids)]
         return [v for v in views if v is not None]
 
     # ---- deletion -----------------------------------------------------------------------------
