@@ -318,3 +318,60 @@ def test_workers_over_one_store_serve_and_count_alike_and_a_restart_refolds_the_
     finally:
         one.close()
         two.close()
+
+
+def test_a_variant_scores_with_another_model_version_served_beside_the_promoted_one(tmp_path):
+    import torch
+
+    from liverec.config import Settings
+    from liverec.model.registry import ModelRegistry
+    from liverec.model.service_data import train_from_service
+    from liverec.runtime.compose import build_service
+    from liverec.runtime.models import ModelServer
+
+    torch.set_num_threads(1)
+    recipe = {"d_model": 16, "n_blocks": 1, "epochs": 1, "batch_size": 16, "stride": None, "max_len": 20, "text": False,
+              "eval_every": 1}
+    settings = Settings(data_dir=tmp_path / "data", experiment_model_versions=1)
+    svc = build_service(settings)
+    svc.start()
+    svc.ingest("shop", [{"user_id": f"u{u}", "item_id": f"i{(u + k) % 15}", "type": "click", "timestamp": 1e6 + 60 * k}
+                        for u in range(30) for k in range(8)])
+    svc.close()
+    reg = ModelRegistry.for_data_dir(settings.data_dir, "shop")
+    v1, v2, v3 = (train_from_service(settings.data_dir, "shop", recipe, seed=s, progress=False) for s in range(3))
+    reg.promote(v1)
+    svc = build_service(settings)
+    svc.start()
+    try:
+        server = svc.component(ModelServer)
+        assert server.versioned("shop", v1) is svc.pipeline.scorer.by_app["shop"]  # the promoted one is itself
+        exp = svc.experiments.create("shop", "model", "split", [{"name": "A"}, {"name": "B", "model_version": v2}])
+        users = {}
+        for k in range(30):
+            out = svc.recommend("shop", f"u{k}", n=5)
+            users.setdefault(out["experiment"]["variant"], f"u{k}")
+        assert set(users) == {"A", "B"} and server.versioned("shop", v2).version == v2
+        # the B user's slate is the one the pipeline gives with v2's scores, not v1's
+        from dataclasses import replace as dc_replace
+
+        from liverec.recommend.pipeline import RecommendRequest
+
+        svc.experiments.stop_experiment("shop", exp["experiment_id"])
+        exp = svc.experiments.create("shop", "model", "split", [{"name": "A", "ranking": {"explore": False}},
+                                                                 {"name": "B", "model_version": v2,
+                                                                  "ranking": {"explore": False}}])
+        b_user = next(f"u{k}" for k in range(30) if svc.recommend("shop", f"u{k}")["experiment"]["variant"] == "B")
+        served = [(i["item_id"], i["score"]) for i in svc.recommend("shop", b_user, n=5, diversity=0.0)["items"]]
+        cfg = dc_replace(svc.ranking.settings.for_app("shop"), explore=False)
+        direct = {}
+        for version in (v1, v2):
+            recs, name = svc.pipeline.recommend(RecommendRequest("shop", b_user, 5, diversity=0.0, config=cfg,
+                                                                 model_version=version))
+            direct[version] = [(r.item_id, round(r.score, 6)) for r in recs]
+        assert served == direct[v2] != direct[v1]
+        # bounded: one extra version kept; a third pushes the second out
+        assert server.versioned("shop", v3).version == v3
+        assert list(server._versions) == [("shop", v3)]
+    finally:
+        svc.close()
