@@ -35,11 +35,13 @@ DEFAULT_RECIPE: dict[str, Any] = {
     "time_budget_s": 2580.0,  # the 45-minute CPU target: the cosine decay ends inside it on a slow machine
     # evaluation settings (not model or optimiser fields):
     "select": True, "select_share": 0.1, "select_trial_max_s": 120.0,  # per-dataset selection (evaluation/selection.py): budget share per trial, capped
+    "select_valid_users": 2000, "valid_max_users": 10000,  # validation users (a seeded sample where there are more): trials, other runs
     "n_future": N_FUTURE, "future_share": 0.25,  # set metrics: future size; budget share of the models trained for it
 }
 
 #: Recipe keys that configure the evaluation rather than the model or the optimiser.
-EVAL_KEYS = frozenset({"text", "select", "select_share", "select_trial_max_s", "n_future", "future_share"})
+EVAL_KEYS = frozenset({"text", "select", "select_share", "select_trial_max_s", "select_valid_users", "valid_max_users",
+                       "n_future", "future_share"})
 
 MODEL_FEATURES = [
     "Causal pre-LN Transformer over the user's event sequence (max 200), item vectors tied between input and output.",
@@ -102,10 +104,14 @@ def evaluate_log(
         event_text = text_matrix(log.event_texts, enc, text_cache)[1:]
     say(f"split: {len(split.eval_users)} evaluated users, {split.train.n_events} training events")
 
-    def train_on(sp: Split, rcp: dict[str, Any]) -> TrainResult:
+    def train_on(sp: Split, rcp: dict[str, Any], max_valid: int | None = None) -> TrainResult:
         m, t, _ = split_overrides(rcp)
+        cap = int(max_valid or recipe.get("valid_max_users") or len(sp.eval_users))
+        rows = np.arange(len(sp.eval_users))
+        if cap < len(rows):  # a fixed, seeded sample: every check (and every candidate) reads the same users
+            rows = np.sort(np.random.default_rng(seed).choice(rows, cap, replace=False))
         r = train_parallel(launch, ModelConfig(n_items=log.n_items, text_dim=text_dim, **m), TrainConfig(seed=seed, **t),
-                           sp.train, ValidationSet(sp.valid_windows, sp.valid_targets),
+                           sp.train, ValidationSet(sp.valid_windows.select(rows), sp.valid_targets[rows]),
                            item_text=item_text, event_text=event_text, progress=progress, log=say)
         assert r is not None  # one machine: this process is node 0
         return r
@@ -113,7 +119,9 @@ def evaluate_log(
     t_train = time.perf_counter()
     selection = None
     if recipe.get("select"):
-        chosen, res, selection = select_and_train(recipe, lambda r: train_on(split, r),
+        trial_valid = recipe.get("select_valid_users")
+        chosen, res, selection = select_and_train(
+            recipe, lambda r, trial: train_on(split, r, trial_valid if trial else None),
                                                   share=float(recipe.get("select_share", 0.1)),
                                                   max_trial_s=recipe.get("select_trial_max_s"), log_fn=say)
     else:
@@ -164,10 +172,11 @@ def evaluate_log(
         }
     sasrec_tc = TrainConfig(seed=seed, **split_overrides({**DEFAULT_RECIPE, **{k: v for k, v in recipe.items() if k in {
         "time_budget_s", "epochs"}}})[1])  # the default recipe's optimiser at the same budget
-    arch = {**DEFAULT_RECIPE, **{k: v for k, v in recipe.items() if k == "max_len"}}
+    arch = {**DEFAULT_RECIPE, **{k: v for k, v in recipe.items() if k in ("max_len", "select_valid_users")}}
     if baselines:
         report["baselines"] = run_baselines(log, split, seed=seed, log_fn=say)
-        report["baselines"]["sasrec"] = run_sasrec(split, log.n_items, arch, sasrec_tc, log_fn=say)
+        report["baselines"]["sasrec"] = run_sasrec(split, log.n_items, arch, sasrec_tc, log_fn=say,
+                                                   max_valid=recipe.get("valid_max_users"), seed=seed)
         say(f"baseline sasrec: NDCG@10={report['baselines']['sasrec']['all_items']['NDCG@10']:.4f} "
             f"({report['baselines']['sasrec']['train_seconds']}s training)")
     n_future = int(recipe.get("n_future", N_FUTURE))
@@ -175,7 +184,7 @@ def evaluate_log(
         fsplit = future_split(log, n_future, max_len=mc.max_len)
         if len(fsplit.eval_users):
             share = float(recipe.get("future_share", 0.25))
-            report["set_metrics"] = _set_metrics(log, fsplit, chosen, share, lambda r: train_on(fsplit, r), ev_table,
+            report["set_metrics"] = _set_metrics(log, fsplit, chosen, share, lambda r: train_on(fsplit, r, recipe.get("select_valid_users")), ev_table,
                                                  arch, sasrec_tc, baselines, seed, say)
     if has_ratings(split):
         report["rating"] = evaluate_rating(res.model, log, split, ev_table, seed=seed, baselines=baselines, log_fn=say)
@@ -210,7 +219,8 @@ def _set_metrics(log: InteractionLog, fsplit: FutureSplit, chosen: dict[str, Any
         budget = sasrec_tc.time_budget_s * share if sasrec_tc.time_budget_s else None
         epochs = sasrec_tc.epochs if budget else max(1, round(sasrec_tc.epochs * share))
         _, batches = train_sasrec(fsplit, log.n_items, arch,
-                                  dataclasses.replace(sasrec_tc, time_budget_s=budget, epochs=epochs))
+                                  dataclasses.replace(sasrec_tc, time_budget_s=budget, epochs=epochs),
+                                  max_valid=arch.get("select_valid_users"), seed=seed)
         base["sasrec"] = evaluate_future(batches(), fsplit)
         out["baselines"] = base
         say("set metrics baselines: " + ", ".join(f"{k} F1@10={v['all_items']['F1@10']:.4f}" for k, v in base.items()))

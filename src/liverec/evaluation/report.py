@@ -90,7 +90,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     if sel:
         lines.append("Recipe selection (validation NDCG@10 of short trials): " + "; ".join(
             f"{c['overrides'] or 'recipe'} {c['val_NDCG@10']:.4f}" for c in sel["candidates"])
-            + f"; chosen {sel['chosen_overrides'] or 'recipe'} (kept the {sel['kept_run']} run).")
+            + f"; chosen {sel['chosen_overrides'] or 'recipe'}.")
         lines.append("")
     lines.append("Validation (model selection, all items): " + ", ".join(
         f"{k} {v:.4f}" for k, v in report.get("validation", {}).items() if k in ("HR@10", "NDCG@10")))

@@ -50,13 +50,18 @@ def positives_only(seqs: Sequences) -> Sequences:
 
 
 def train_sasrec(split: Split, n_items: int, arch: dict[str, Any], train_cfg: TrainConfig,
-                 log_fn: Callable[[str], None] | None = None) -> tuple[TrainResult, Callable[[], Any]]:
+                 log_fn: Callable[[str], None] | None = None, max_valid: int | None = None,
+                 seed: int = 0) -> tuple[TrainResult, Callable[[], Any]]:
     """Train on ``split.train`` (positives only); returns the result and a function yielding
-    (row slice, (B, N) scores) over the split's evaluated users at their test position."""
+    (row slice, (B, N) scores) over the split's evaluated users at their test position.
+    ``max_valid`` caps the validation users (a seeded sample), as for the Transformer."""
     cfg = sasrec_config(n_items, arch)
     ml = cfg.max_len
     train_seqs = positives_only(split.train)
-    valid = ValidationSet(input_windows(train_seqs, ml, split.eval_users), split.valid_targets)
+    rows = np.arange(len(split.eval_users))
+    if max_valid and max_valid < len(rows):
+        rows = np.sort(np.random.default_rng(seed).choice(rows, int(max_valid), replace=False))
+    valid = ValidationSet(input_windows(train_seqs, ml, split.eval_users[rows]), split.valid_targets[rows])
     tc = dataclasses.replace(train_cfg, bf16=False)
     res = train(cfg, tc, train_seqs, valid, progress=False, log=log_fn)
     test_windows = input_windows(positives_only(split.test_prefix), ml, split.eval_users)
@@ -64,13 +69,14 @@ def train_sasrec(split: Split, n_items: int, arch: dict[str, Any], train_cfg: Tr
 
 
 def run_sasrec(split: Split, n_items: int, arch: dict[str, Any], train_cfg: TrainConfig,
-               log_fn: Callable[[str], None] | None = None) -> dict[str, Any]:
+               log_fn: Callable[[str], None] | None = None, max_valid: int | None = None,
+               seed: int = 0) -> dict[str, Any]:
     """Both ranking variants of the plain SASRec on the leave-one-out split, with its train time."""
     from liverec.evaluation.metrics import RankingAccumulator
     from liverec.model.train import mask_seen
 
     t0 = time.perf_counter()
-    res, batches = train_sasrec(split, n_items, arch, train_cfg, log_fn)
+    res, batches = train_sasrec(split, n_items, arch, train_cfg, log_fn, max_valid, seed)
     accs = {"all_items": RankingAccumulator(n_items), "seen_filtered": RankingAccumulator(n_items)}
     seen_all = split.seen_items()
     with torch.no_grad():
