@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,6 +40,7 @@ import torch
 from ..learning.finetune import FineTuneConfig, FineTuner, bias_step, init_new_items
 from ..model.data import Sequences, Windows, training_windows
 from ..model.features import gap_bucket, gaps_from_timestamps, value_bucket
+from ..model.negatives import NegativeFeedback
 from ..model.train import TrainConfig, ValidationSet, train
 from ..model.transformer import FeedbackTransformer, ModelConfig
 from .protocol import InteractionLog, load_movielens
@@ -81,6 +82,8 @@ class ReplayConfig:
     rtrec_parallel: bool = False  # refit item columns in worker processes (many-core machines)
     seed: int = 0
     device: str = "cpu"
+    # the not-to-recommend term in training the frozen model (the online updates: finetune.negatives)
+    negatives: NegativeFeedback | None = None
 
 
 @dataclass
@@ -239,7 +242,7 @@ def train_frozen(s: Stream, cfg: ReplayConfig, log: Callable[[str], None]) -> Fe
     valid = ValidationSet(prefix_windows(s, val_events, cfg.max_len), s.log.seqs.items[val_events].astype(np.int64))
     mc = ModelConfig(n_items=s.log.n_items, max_len=cfg.max_len, d_model=cfg.d_model, n_blocks=cfg.n_blocks, dropout=cfg.dropout)
     tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, patience=4, time_budget_s=cfg.train_budget_s,
-                     stride=cfg.max_len, seed=cfg.seed, device=cfg.device)
+                     stride=cfg.max_len, seed=cfg.seed, device=cfg.device, negatives=cfg.negatives)
     log(f"training on {train_seqs.n_events} events ({len(users)} validation users)")
     res = train(mc, tc, train_seqs, valid, progress=False, log=log)
     log(f"trained: best epoch {res.best_epoch}, val {res.best_metrics.get('NDCG@10', float('nan')):.4f}, {res.train_seconds:.0f}s")
@@ -322,7 +325,7 @@ def run_replay(
                                          "item_ids": [str(i) for i in mlog.item_ids]})
     online = FeedbackTransformer(frozen.cfg).to(cfg.device)
     online.load_state_dict(frozen.state_dict())
-    tuner = FineTuner(online, FineTuneConfig(**{**asdict(cfg.finetune), "device": cfg.device, "seed": cfg.seed}))
+    tuner = FineTuner(online, replace(cfg.finetune, device=cfg.device, seed=cfg.seed))
     # Replay data for the online learner: training-period windows of every user.
     keep_train = np.zeros(seqs.n_events, dtype=bool)
     keep_train[s.order[: s.cut]] = True

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..model.data import Windows, concat_windows
+from ..model.negatives import NegativeFeedback
 from ..model.train import _tensors, batch_loss
 from ..model.transformer import FeedbackTransformer
 
@@ -53,6 +54,7 @@ class FineTuneConfig:
     warmup_steps: int = 0
     seed: int = 0
     device: str = "cpu"
+    negatives: NegativeFeedback | None = None  # the not-to-recommend term of the loss (None: off)
 
 
 @dataclass
@@ -119,7 +121,7 @@ class FineTuner:
                 t = _tensors(self._batch(recent, replay), self.cfg.device)
                 if not bool((t["targets"] > 0).any()):
                     continue
-                loss = batch_loss(self.model, t, 0.0, False)
+                loss = batch_loss(self.model, t, 0.0, False, negatives=self.cfg.negatives)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 for group in self.opt.param_groups:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from liverec.model.features import gap_bucket, gaps_from_timestamps, is_target_type, value_bucket
+from liverec.model.features import gap_bucket, gaps_from_timestamps, is_negative_type, is_target_type, value_bucket
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,10 @@ class Windows:
     #: (N, T) int64 gap bucket from each event to the *next* request: the following event inside
     #: the window, and the time the recommendation is asked for after the newest one (0 = unknown).
     next_gaps: np.ndarray | None = None
+    #: (N, T) int64 the item of the event after each position when that event is negative feedback
+    #: (skip, dislike, block: no target, but an item not to recommend there), 0 otherwise; and its type
+    next_negative: np.ndarray | None = None
+    next_negative_type: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.items.shape[0]
@@ -130,7 +134,8 @@ class Windows:
         return Windows(*(None if getattr(self, f) is None else getattr(self, f)[idx] for f in WINDOW_FIELDS))
 
 
-WINDOW_FIELDS = ("items", "types", "values", "gaps", "text_ids", "targets", "next_gaps")
+WINDOW_FIELDS = ("items", "types", "values", "gaps", "text_ids", "targets", "next_gaps", "next_negative",
+                 "next_negative_type")
 
 
 def concat_windows(parts: list[Windows]) -> Windows:
@@ -210,6 +215,7 @@ def training_windows(seqs: Sequences, max_len: int, stride: int | None = None) -
     vb, gb = _encoded(seqs)
     nb = next_gap_buckets(seqs)
     tgt_ok = is_target_type(seqs.types) & (seqs.items > 0)
+    neg_ok = is_negative_type(seqs.types) & (seqs.items > 0)
     # (start, end) of each window's input events; its targets are events start+1 .. end.
     # A user's windows are listed newest first; ``first_new`` is the first input index whose
     # target no newer window of the same user has used already (overlaps count once).
@@ -237,6 +243,8 @@ def training_windows(seqs: Sequences, max_len: int, stride: int | None = None) -
     next_gaps = np.zeros_like(items)
     text = np.full_like(items, -1)
     targets = np.zeros_like(items)
+    next_negative = np.zeros_like(items)
+    next_negative_type = np.zeros_like(items)
     for row, (start, end, covered) in enumerate(spans):
         k = end - start
         items[row, -k:] = seqs.items[start:end]
@@ -248,4 +256,7 @@ def training_windows(seqs: Sequences, max_len: int, stride: int | None = None) -
         t = seqs.items[start + 1:end + 1].astype(np.int64) * tgt_ok[start + 1:end + 1]
         t[covered - start:] = 0
         targets[row, -k:] = t
-    return Windows(items, types, values, gaps, text, targets, next_gaps)
+        neg = neg_ok[start + 1:end + 1]
+        next_negative[row, -k:] = seqs.items[start + 1:end + 1] * neg
+        next_negative_type[row, -k:] = seqs.types[start + 1:end + 1] * neg
+    return Windows(items, types, values, gaps, text, targets, next_gaps, next_negative, next_negative_type)

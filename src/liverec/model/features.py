@@ -10,7 +10,10 @@ categorical features, each with its own learned embedding in the Transformer:
 
 Which events are *targets* (what the model learns to predict) is a property of the type:
 positive engagement (view, click, purchase, rating, like, ...) is a target; negative feedback
-(skip, dislike, block) and text-only events (search, tag) are input signal only.
+(skip, dislike, block) and text-only events (search, tag) are input, and negative feedback gives
+the loss items not to recommend (:mod:`liverec.model.negatives`). A rating, whatever its value, is
+an interaction (a target); a low one is negative feedback only where a training run says so
+(``NegativeFeedback.low_rating``).
 
 >>> gap_bucket(np.array([-1.0, 0.0, 1.0, 3600.0]))
 array([ 0,  1,  2, 13], dtype=int8)
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from liverec.events import DEFAULT_TYPES, IN_SEQUENCE, POSITIVE
+from liverec.events import DEFAULT_TYPES, IN_SEQUENCE, NEGATIVE, POSITIVE
 
 #: Event types the model knows, in the order of the default type table, which is fixed (the id
 #: is the index + 1; 0 is padding): trained models hold one embedding row per id.
@@ -34,6 +37,8 @@ UNKNOWN_TYPE = N_TYPES - 1
 #: Types the model is trained to predict (positive engagement with an item). The default table's
 #: polarity, not a deployment's: what a model predicts is fixed when it is trained.
 TARGET_TYPES: frozenset[str] = POSITIVE
+#: Types of negative feedback on an item: input, and in the loss items not to recommend.
+NEGATIVE_TYPES: frozenset[str] = NEGATIVE & IN_SEQUENCE
 #: Types that never enter the sequence (they say nothing about the user's taste).
 NON_SEQUENCE_TYPES: frozenset[str] = frozenset(DEFAULT_TYPES) - IN_SEQUENCE
 
@@ -50,6 +55,15 @@ def is_target_type(type_ids: np.ndarray) -> np.ndarray:
     """Boolean mask: which type ids are prediction targets."""
     lut = np.zeros(N_TYPES, dtype=bool)
     for name in TARGET_TYPES:
+        lut[TYPE_IDS[name]] = True
+    return lut[np.asarray(type_ids, dtype=np.int64)]
+
+
+def is_negative_type(type_ids: np.ndarray) -> np.ndarray:
+    """Boolean mask: which type ids are negative feedback on an item (skip, dislike, block): not
+    targets, but items not to recommend (:mod:`liverec.model.negatives`)."""
+    lut = np.zeros(N_TYPES, dtype=bool)
+    for name in NEGATIVE_TYPES:
         lut[TYPE_IDS[name]] = True
     return lut[np.asarray(type_ids, dtype=np.int64)]
 

@@ -12,6 +12,11 @@ forward pass. The backward pass only scales the stored gradients by the incoming
 The logits are ``H @ E.T + bias`` plus a sparse *repeat term*: ``rep_src[m, j]`` is added to
 item ``rep_idx[m, j]`` of row ``m`` (the items already in that row's prefix; entries with
 ``rep_src == 0`` and any index are no-ops).
+
+Rows may also carry items *not to recommend* (negative feedback, :mod:`liverec.model.negatives`):
+``avoid_w[m, k] * -log(1 - p_m(avoid_idx[m, k]))`` under the same softmax ``p_m``, whose gradient
+``a * (onehot - p)`` with ``a = w * p / (1 - p)`` is added in the same pass. A row without a target
+(``targets[m] == -1``) carries only that term. The mean is over the rows with a target.
 """
 
 from __future__ import annotations
@@ -34,12 +39,16 @@ class FullSoftmaxCE(torch.autograd.Function):
         bias: torch.Tensor,  # (N,)
         rep_idx: torch.Tensor,  # (M, J) int64
         rep_src: torch.Tensor,  # (M, J)
-        targets: torch.Tensor,  # (M,) int64 in [0, N)
+        targets: torch.Tensor,  # (M,) int64 in [0, N), -1 = no target (a row of avoided items only)
         label_smoothing: float,
         bf16: bool,
         chunk: int = DEFAULT_CHUNK,
+        avoid_idx: torch.Tensor | None = None,  # (M, K) int64 items not to recommend
+        avoid_w: torch.Tensor | None = None,  # (M, K) their weights (0 = an unused slot)
     ) -> torch.Tensor:
         m_rows, n_items = h.shape[0], e.shape[0]
+        has_target = targets >= 0  # (M,)
+        n_targets = int(has_target.sum())
         eps = float(label_smoothing)
         dt = h.dtype  # float32 in training; float64 in the exactness test
         hf, ef, bias = h, e.to(dt), bias.to(dt)
@@ -60,7 +69,8 @@ class FullSoftmaxCE(torch.autograd.Function):
                 torch.addmm(bias, hf[s:s + c], ef.T, out=g)  # (c, N) logits
             idx = rep_idx[s:s + c]
             g.scatter_add_(1, idx, rep_src[s:s + c].to(dt))
-            tgt = targets[s:s + c]
+            has = has_target[s:s + c]  # (c,)
+            tgt = targets[s:s + c].clamp(min=0)
             target_logit = g.gather(1, tgt[:, None]).squeeze(1)
             mean_logit = g.mean(1) if eps > 0 else None
             row_max = g.max(1).values
@@ -71,17 +81,30 @@ class FullSoftmaxCE(torch.autograd.Function):
             nll = lse - target_logit
             if mean_logit is not None:
                 nll = (1.0 - eps) * nll + eps * (lse - mean_logit)
-            total += nll.sum(dtype=torch.float64)
-            # d (sum of row losses) / d logits = softmax - smoothed one-hot
-            g[torch.arange(c, device=g.device), tgt] -= 1.0 - eps
+            total += nll[has].sum(dtype=torch.float64)
+            # d (sum of row losses) / d logits = softmax - smoothed one-hot (rows with a target), plus
+            # a * (onehot - softmax) per avoided item (a = w p / (1 - p))
+            keep = has.to(dt)  # (c,)
+            a = None
+            if avoid_idx is not None and avoid_w is not None:
+                aidx, aw = avoid_idx[s:s + c], avoid_w[s:s + c].to(dt)  # (c, K)
+                p = g.gather(1, aidx).clamp(max=1.0 - 1e-6)  # (c, K)
+                total += (aw * -torch.log1p(-p)).sum(dtype=torch.float64)
+                a = aw * p / (1.0 - p)
+                keep = keep - a.sum(1)
+            g.mul_(keep[:, None])
+            rows = torch.arange(c, device=g.device)[has]
+            g[rows, tgt[has]] -= 1.0 - eps
             if eps > 0:
-                g.sub_(eps / n_items)
+                g.sub_((eps / n_items) * has.to(dt)[:, None])
+            if a is not None:
+                g.scatter_add_(1, aidx, a)
             grad_h[s:s + c] = g @ ef
             grad_e.addmm_(g.T, hf[s:s + c])
             grad_bias += g.sum(0)
             grad_src[s:s + c] = g.gather(1, idx)
         ctx.save_for_backward(grad_h, grad_e, grad_bias, grad_src)
-        ctx.m_rows = max(m_rows, 1)
+        ctx.m_rows = max(n_targets, 1)
         ctx.dtypes = (h.dtype, e.dtype, bias.dtype, rep_src.dtype)
         return (total / ctx.m_rows).to(h.dtype)
 
@@ -91,7 +114,7 @@ class FullSoftmaxCE(torch.autograd.Function):
         scale = grad_out / ctx.m_rows
         dh, de, db, ds = ctx.dtypes
         return ((grad_h * scale).to(dh), (grad_e * scale).to(de), (grad_bias * scale).to(db), None,
-                (grad_src * scale).to(ds), None, None, None, None)
+                (grad_src * scale).to(ds), None, None, None, None, None, None)
 
 
 def full_softmax_ce(
@@ -104,9 +127,12 @@ def full_softmax_ce(
     label_smoothing: float = 0.0,
     bf16: bool = False,
     chunk: int = DEFAULT_CHUNK,
+    avoid_idx: torch.Tensor | None = None,
+    avoid_w: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy over all N items; see :class:`FullSoftmaxCE`."""
-    return FullSoftmaxCE.apply(h, e, bias, rep_idx, rep_src, targets, label_smoothing, bf16, chunk)
+    """Mean cross-entropy over all N items (plus the not-to-recommend term of ``avoid_idx`` /
+    ``avoid_w``); see :class:`FullSoftmaxCE`."""
+    return FullSoftmaxCE.apply(h, e, bias, rep_idx, rep_src, targets, label_smoothing, bf16, chunk, avoid_idx, avoid_w)
 
 
 def reference_full_softmax_ce(
@@ -117,8 +143,15 @@ def reference_full_softmax_ce(
     rep_src: torch.Tensor,
     targets: torch.Tensor,
     label_smoothing: float = 0.0,
+    avoid_idx: torch.Tensor | None = None,
+    avoid_w: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Plain-PyTorch reference for :func:`full_softmax_ce` (fp32)."""
     logits = h @ e.T + bias
     logits = logits.scatter_add(1, rep_idx, rep_src)
-    return torch.nn.functional.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    has = targets >= 0
+    ce = torch.nn.functional.cross_entropy(logits[has], targets[has], label_smoothing=label_smoothing, reduction="sum")
+    if avoid_idx is not None and avoid_w is not None:
+        p = torch.softmax(logits, 1).gather(1, avoid_idx)
+        ce = ce + (avoid_w * -torch.log1p(-p)).sum()
+    return ce / max(int(has.sum()), 1)

@@ -30,6 +30,7 @@ from torch import nn
 from liverec.evaluation.metrics import RankingAccumulator
 from liverec.model.data import Sequences, Windows, input_windows, training_windows
 from liverec.model.losses import full_softmax_ce
+from liverec.model.negatives import NegativeFeedback
 from liverec.model.transformer import FeedbackTransformer, ModelConfig
 
 
@@ -53,6 +54,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
+    # negative feedback as a training signal (liverec.model.negatives; None: off); a recipe gives a dict
+    negatives: NegativeFeedback | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.negatives, dict):
+            self.negatives = NegativeFeedback(**self.negatives)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +88,7 @@ def _tensors(w: Windows, device: str) -> dict[str, torch.Tensor]:
     start = int(cols[0]) if len(cols) else w.items.shape[1] - 1  # trim all-padding columns
     return {
         k: torch.from_numpy(np.ascontiguousarray(getattr(w, k)[:, start:])).to(device)
-        for k in ("items", "types", "values", "gaps", "text_ids", "targets", "next_gaps")
+        for k in ("items", "types", "values", "gaps", "text_ids", "targets", "next_gaps", "next_negative", "next_negative_type")
         if getattr(w, k) is not None
     }
 
@@ -102,15 +109,28 @@ def batch_loss(
     label_smoothing: float,
     bf16: bool,
     event_text_table: torch.Tensor | None = None,
+    negatives: NegativeFeedback | None = None,
 ) -> torch.Tensor:
-    """Mean next-event cross-entropy of one batch of training windows."""
-    items, types, values = t["items"], t["types"], t["values"]
+    """Mean next-event cross-entropy of one batch of training windows (plus the not-to-recommend
+    term of ``negatives``)."""
+    items, stored_types, values = t["items"], t["types"], t["values"]
+    types = stored_types
+    if negatives is not None and model.training:
+        types = negatives.read_low_ratings_as_dislikes(stored_types, values)  # (B, T) what the model reads
     e = model.item_vectors()  # (N+1, D)
     h = model.encode(items, types, values, t["gaps"], _event_text(t, event_text_table), e,
                      next_gaps=t.get("next_gaps"))  # (B, T, D)
     tmask = t["targets"] > 0  # (B, T)
+    avoid_idx = avoid_w = None
+    if negatives is not None and negatives.weight > 0:
+        unit = torch.nn.functional.normalize(e.detach(), dim=1)  # (N+1, D)
+        avoid_idx, avoid_w = negatives.avoid(items, stored_types, values, unit, t.get("next_negative"),
+                                             t.get("next_negative_type"))  # (B, T, K)
+        tmask = tmask | (avoid_w > 0).any(-1)  # rows with a target or an item not to recommend
     hm = h[tmask]  # (M, D)
-    tgt = t["targets"][tmask] - 1  # (M,)
+    tgt = t["targets"][tmask] - 1  # (M,) -1: no target
+    if avoid_idx is not None and avoid_w is not None:
+        avoid_idx, avoid_w = avoid_idx[tmask], avoid_w[tmask]  # (M, K)
     b, tt = items.shape
     if model.cfg.repeat_term:
         nxt = model.latest_occurrence_mask(items)  # (B, T): prefix item s is active for s <= t < nxt[s]
@@ -123,7 +143,8 @@ def batch_loss(
     else:
         rep_src = torch.zeros(hm.shape[0], 1, device=hm.device)
         rep_idx = torch.zeros(hm.shape[0], 1, dtype=torch.int64, device=hm.device)
-    return full_softmax_ce(hm, e[1:], model.bias(), rep_idx, rep_src, tgt, label_smoothing, bf16)
+    return full_softmax_ce(hm, e[1:], model.bias(), rep_idx, rep_src, tgt, label_smoothing, bf16,
+                           avoid_idx=avoid_idx, avoid_w=avoid_w)
 
 
 @torch.no_grad()
@@ -286,16 +307,17 @@ class _ShareLoss(nn.Module):
     """
 
     def __init__(self, model: FeedbackTransformer, label_smoothing: float, bf16: bool,
-                 event_text_table: torch.Tensor | None) -> None:
+                 event_text_table: torch.Tensor | None, negatives: NegativeFeedback | None = None) -> None:
         super().__init__()
         self.model = model
         self.label_smoothing, self.bf16 = label_smoothing, bf16
         self.event_text_table = event_text_table  # a plain attribute: DDP neither syncs nor owns it
+        self.negatives = negatives
 
     def forward(self, t: dict[str, torch.Tensor] | None, scale: float) -> torch.Tensor:  # type: ignore[override]
         if t is None:
             return sum(p.sum() for p in self.model.parameters()) * 0.0  # type: ignore[return-value]
-        return batch_loss(self.model, t, self.label_smoothing, self.bf16, self.event_text_table) * scale
+        return batch_loss(self.model, t, self.label_smoothing, self.bf16, self.event_text_table, self.negatives) * scale
 
 
 def train(
@@ -339,7 +361,7 @@ def train(
     if event_text is not None and model_cfg.text_dim > 0 and len(event_text):
         et = np.concatenate([np.asarray(event_text, np.float32), np.zeros((1, model_cfg.text_dim), np.float32)])
         ev_table = torch.from_numpy(et).to(device)
-    net: nn.Module = _ShareLoss(model, train_cfg.label_smoothing, train_cfg.bf16, ev_table)
+    net: nn.Module = _ShareLoss(model, train_cfg.label_smoothing, train_cfg.bf16, ev_table, train_cfg.negatives)
     if ranks.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
