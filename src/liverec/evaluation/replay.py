@@ -41,7 +41,7 @@ from ..learning.finetune import FineTuneConfig, FineTuner, bias_step, init_new_i
 from ..model.data import Sequences, Windows, training_windows
 from ..model.features import gap_bucket, gaps_from_timestamps, value_bucket
 from ..model.negatives import NegativeFeedback
-from ..model.train import TrainConfig, ValidationSet, train
+from ..model.train import TrainConfig, TrainResult, ValidationSet, train
 from ..model.transformer import FeedbackTransformer, ModelConfig
 from .protocol import InteractionLog, load_movielens
 from .report import machine
@@ -226,7 +226,7 @@ def load_model(path: Path, device: str = "cpu") -> FeedbackTransformer:
     return model.to(device).eval()
 
 
-def train_frozen(s: Stream, cfg: ReplayConfig, log: Callable[[str], None]) -> FeedbackTransformer:
+def train_frozen(s: Stream, cfg: ReplayConfig, log: Callable[[str], None]) -> TrainResult:
     """Train on the training period; each user's last training event validates (early stopping)."""
     keep = np.zeros(s.log.seqs.n_events, dtype=bool)
     keep[s.order[: s.cut]] = True
@@ -247,7 +247,7 @@ def train_frozen(s: Stream, cfg: ReplayConfig, log: Callable[[str], None]) -> Fe
     res = train(mc, tc, train_seqs, valid, progress=False, log=log)
     log(f"trained: best epoch {res.best_epoch}, val {res.best_metrics.get('NDCG@10', float('nan')):.4f}, {res.train_seconds:.0f}s")
     del train_all
-    return res.model
+    return res
 
 
 class RtrecBaseline:
@@ -319,7 +319,7 @@ def run_replay(
             raise ValueError(f"{model_path}: model has {frozen.cfg.n_items} items, the data {mlog.n_items}")
         log(f"loaded the training-period model from {model_path}")
     else:
-        frozen = train_frozen(s, cfg, log).to(cfg.device)
+        frozen = train_frozen(s, cfg, log).model.to(cfg.device)
         if save_to is not None:
             save_model(frozen, save_to, {"train_frac": cfg.train_frac, "source": s.log.source_fingerprint,
                                          "item_ids": [str(i) for i in mlog.item_ids]})
