@@ -171,3 +171,33 @@ def test_two_machines_train_on_the_same_log_and_register_once(tmp_path) -> None:
     assert versions[0] is not None and versions[1] is None
     assert len(ModelRegistry.for_data_dir(dirs[0], "shop").list()) == 1
     assert ModelRegistry.for_data_dir(dirs[1], "shop").list() == []
+
+
+def _rank_trains_with_dislikes(info: RankInfo, mc: ModelConfig, tc: TrainConfig, seqs: object, out: str) -> None:
+    res = train(mc, tc, seqs, None, progress=False)
+    save_file(dict(res.model.state_dict()), f"{out}/neg-{info.rank}.safetensors")
+    Path(f"{out}/neg-{info.rank}.json").write_text(json.dumps([h["loss"] for h in res.history]))
+
+
+def test_two_ranks_train_the_not_to_recommend_term_as_one_process(tmp_path) -> None:
+    """Data with dislikes and low ratings, the negative-feedback term on: 2 ranks end with equal
+    weights and the losses of one process (the term runs in each rank's share of a batch)."""
+    import numpy as np
+
+    from liverec.model.data import Sequences
+    from liverec.model.features import TYPE_IDS
+    from liverec.model.negatives import NegativeFeedback
+
+    mc, tc, seqs, _ = _job()
+    types = seqs.types.copy()
+    types[np.random.default_rng(0).random(len(types)) < 0.15] = TYPE_IDS["dislike"]
+    disliked = Sequences(seqs.offsets, seqs.items, types, seqs.values, seqs.timestamps, seqs.text_ids)
+    tc = TrainConfig(**{**tc.to_dict(), "negatives": NegativeFeedback(low_rating=2.0)})
+    spawn(_rank_trains_with_dislikes, Launch(nproc=2, threads=1, timeout_s=120), mc, tc, disliked, str(tmp_path))
+    _assert_same_state(*[load_file(str(tmp_path / f"neg-{r}.safetensors")) for r in (0, 1)])
+    two = json.loads((tmp_path / "neg-0.json").read_text())
+    one = [h["loss"] for h in train(mc, tc, disliked, None, progress=False).history]
+    without = [h["loss"] for h in train(mc, TrainConfig(**{**tc.to_dict(), "negatives": None}), disliked, None, progress=False).history]
+    for a, b in zip(two, one, strict=True):
+        assert abs(a - b) <= LOSS_TOLERANCE * b, (two, one)
+    assert one[0] > without[0]  # the term is in the loss

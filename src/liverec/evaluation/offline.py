@@ -33,6 +33,9 @@ DEFAULT_RECIPE: dict[str, Any] = {
     "batch_size": 32, "lr": 2e-3, "schedule": "cosine", "warmup_steps": 100, "epochs": 50,
     "stride": 50, "eval_every": 2, "patience": 5, "bf16": False, "text": True,
     "time_budget_s": 2580.0,  # the 45-minute CPU target: the cosine decay ends inside it on a slow machine
+    # skips, dislikes and blocks give the loss items not to recommend (data without them, as
+    # MovieLens, trains exactly as without); low ratings count only where a run asks (low_rating)
+    "negatives": {"weight": 1.0, "neighbours": 10, "neighbour_weight": 0.5, "horizon": 5},
     # evaluation settings (not model or optimiser fields):
     "select": True, "select_share": 0.1, "select_trial_max_s": 120.0,  # per-dataset selection (evaluation/selection.py): budget share per trial, capped
     "select_valid_users": 2000, "valid_max_users": 10000,  # validation users (a seeded sample where there are more): trials, other runs
@@ -50,6 +53,7 @@ MODEL_FEATURES = [
     "Item vector = ID embedding + learned projection of the item's all-MiniLM-L6-v2 text vector (title + genres); text-only items are scorable.",
     "Learned repeat term: items already in the sequence get a learned per-type + per-value logit offset (learned strongly negative on ML-1M).",
     "Full-softmax cross-entropy over all items at every target position (chunked: logits, softmax and gradients per 512 rows in cache).",
+    "Negative feedback (skip, dislike, block) adds a not-to-recommend term -log(1 - p) on the item and, weaker, its 10 nearest items, at the state before it and the 5 states after it.",
     "Training windows over the whole training history (a window ends every 50 events, each target counted once), batch 32, AdamW with warmup + cosine decay.",
     "Model selection (best epoch, early stopping) on the validation position only.",
 ]

@@ -50,6 +50,7 @@ from ..erasure import UserDeletion, deleted_since
 from ..events import Event
 from ..model.data import Sequences, input_windows, training_windows
 from ..model.features import type_id
+from ..model.negatives import NegativeFeedback
 from ..model.registry import ModelRegistry
 from ..model.scorer import TransformerScorer
 from ..model.text import HashingEncoder
@@ -68,7 +69,9 @@ class LearnerConfig:
     min_events: int = 50  # events since the last update before one is tried
     replay_users: int = 256  # other users' sequences mixed in
     # the held-out set (each acting user's newest event) is small: a drop must also be significant
-    finetune: FineTuneConfig = field(default_factory=lambda: FineTuneConfig(steps=20, batch_size=64, lr=3e-4, significance=1.64))
+    # skips, dislikes and blocks in the acting users' sequences push their items (and neighbours) down
+    finetune: FineTuneConfig = field(default_factory=lambda: FineTuneConfig(steps=20, batch_size=64, lr=3e-4, significance=1.64,
+                                                                            negatives=NegativeFeedback()))
     bias_lr: float = 0.0  # per-event SGD rate of the output bias before each update (0: off; 0.03 was best on the ML-1M validation replay)
     bias_events: int = 256  # most new events scored for the bias step (a uniform sample, the rate scaled up to match)
     seed: int = 0
