@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from liverec.client import Client
-from liverec.evaluation.ope import Decision, estimate
+from liverec.evaluation.ope import decisions_from_impressions, estimate
 from liverec.evaluation.simulate import SimConfig, run, synthetic_world, world_from_movielens
 from liverec.ranking.impressions import SQLiteImpressionLog, feedback_reward
 
@@ -87,18 +87,6 @@ def rewarded_slots(data_dir: Path, app: str) -> list[tuple[object, float]]:
     for imp in impressions:
         first = next((r for seq, r in feedback.get((imp.user_id, imp.item_id), []) if seq > (imp.event_seq or 0)), 0.5)
         out.append((imp, first))
-    return out
-
-
-def decisions(rows: list[tuple[object, float]]) -> list[Decision]:
-    from liverec.ranking.contextual import FEATURE_SCALE
-
-    out = []
-    for imp, reward in rows:
-        feats = np.asarray(imp.pool_features, dtype=np.float64) / FEATURE_SCALE if imp.pool_features else None
-        target = np.asarray(imp.shadow_propensities, dtype=np.float64) if imp.shadow_propensities else None
-        out.append(Decision(list(imp.pool), np.asarray(imp.pool_propensities), np.asarray(imp.pool_scores),
-                            imp.pool.index(imp.item_id), reward, feats, target, imp.request_id))
     return out
 
 
@@ -213,7 +201,7 @@ def main() -> None:
         slot_value[f"{name}_online"] = {"mean": float(chose.mean()), "ci": [float(chose.mean() - 1.96 * se), float(chose.mean() + 1.96 * se)],
                                         "slots": len(chose)}
         if name == "thompson":
-            logged = [d for d in decisions([row for row in rows if row[0].policy == "thompson"]) if d.target is not None]
+            logged = [d for d in decisions_from_impressions([row for row in rows if row[0].policy == "thompson"]) if d.target is not None]
             slot_value["contextual_from_thompson_log"] = estimate(logged, "shadow", n_boot=1000)
     summary["slot_value"] = slot_value
     summary["request_ms_median"] = request_cost(world, 0, args.cost_requests, args.cost_policies.split(","))
