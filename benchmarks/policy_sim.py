@@ -204,7 +204,8 @@ def main() -> None:
             logged = [d for d in decisions_from_impressions([row for row in rows if row[0].policy == "thompson"]) if d.target is not None]
             slot_value["contextual_from_thompson_log"] = estimate(logged, "shadow", n_boot=1000)
     summary["slot_value"] = slot_value
-    summary["request_ms_median"] = request_cost(world, 0, args.cost_requests, args.cost_policies.split(","))
+    if args.cost_requests > 0:
+        summary["request_ms_median"] = request_cost(world, 0, args.cost_requests, args.cost_policies.split(","))
     result["summary"] = summary
     result["date"] = time.strftime("%Y-%m-%d")
     args.out.parent.mkdir(parents=True, exist_ok=True)
