@@ -249,7 +249,7 @@ def test_learning_from_the_exploration_slots_only(tmp_path):
         assert 0 < sums(service)["default"][2] < sum(service.ranking.rewards.rewards.values())
     finally:
         service.close()
-    with pytest.raises(ValueError, match="contextual_learn='all'"):
+    with pytest.raises(ValueError, match="contextual_learn=.all.: expected one of shown, explored"):
         RankingConfig(contextual_learn="all")
 
 

@@ -446,6 +446,8 @@ def _ranking_overrides() -> type[BaseModel]:
             bounds = {"ge": 0, "le": INT_CAP, **bounds}
         elif f.name == "explore_policy":
             hint = Literal[tuple(ranking_config.EXPLORE_POLICIES)]  # type: ignore[valid-type]
+        elif f.name == "contextual_learn":
+            hint = Literal[tuple(ranking_config.CONTEXTUAL_LEARN)]  # type: ignore[valid-type]
         elif f.name == "explore_slots":
             hint = tuple[typing.Annotated[int, Field(ge=0, le=1000)], ...]
             bounds = {"max_length": 64}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 EXPLORE_POLICIES = ("thompson", "contextual")
+CONTEXTUAL_LEARN = ("shown", "explored")  # which impressions the learned policy learns from
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,8 @@ class RankingConfig:
             raise ValueError(f"recency_events={self.recency_events!r}: expected a number of events >= 0 (0 = off)")
         if self.explore_policy not in EXPLORE_POLICIES:
             raise ValueError(f"explore_policy={self.explore_policy!r}: expected one of {', '.join(EXPLORE_POLICIES)}")
-        if self.contextual_learn not in ("shown", "explored"):
-            raise ValueError(f"contextual_learn={self.contextual_learn!r}: expected shown or explored")
+        if self.contextual_learn not in CONTEXTUAL_LEARN:
+            raise ValueError(f"contextual_learn={self.contextual_learn!r}: expected one of {', '.join(CONTEXTUAL_LEARN)}")
         if not (self.contextual_ridge > 0 and self.contextual_noise > 0):
             raise ValueError(f"contextual_ridge={self.contextual_ridge!r}, contextual_noise={self.contextual_noise!r}: expected > 0")
         if any(p < 0 for p in self.explore_slots):
