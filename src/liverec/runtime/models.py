@@ -165,7 +165,10 @@ class ModelServer:
         registry = ModelRegistry(self.models_dir / app)
         if registry.promoted() is None:
             raise FileNotFoundError(f"no promoted model for app {app!r} under {self.models_dir}")
-        self._load(registry, app)
+        if app in self._served:
+            self._load(registry, app)
+        else:  # served and watched from now on: the discovery loop does not load it a second time
+            self._serve(app, background=False)
 
     def check(self) -> None:
         """Poll every registry once now (tests; the watchers poll on their own)."""
