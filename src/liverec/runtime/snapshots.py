@@ -47,6 +47,7 @@ from ..memory import collector_paused
 from ..ranking.replicas import ImpressionFollower
 from ..recommend.cooccurrence import CooccurrenceCapture, CooccurrenceScorer
 from ..state import StateStore, UserState, export_states, states_from_columns
+from ..store.base import StoreUnavailable
 
 if TYPE_CHECKING:
     from ..service import Service
@@ -386,6 +387,8 @@ class SnapshotWriter:
             try:
                 result = self.write_if_moved()
                 self.write_ranking(result is not None and result.written)
+            except StoreUnavailable as exc:  # PostgreSQL away: the next interval tries again
+                log.warning("writing a snapshot of the folds: %s", exc)
             except Exception:  # noqa: BLE001 - the next interval tries again; serving goes on
                 log.exception("writing a snapshot of the folds failed")
 
