@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..client import Client, Item
+from ..events import NEGATIVE
 from ..ranking.diversity import intra_list_diversity
 
 
@@ -154,9 +155,6 @@ class SimConfig:
             raise ValueError(f"mode {self.mode!r}: expected 'slate' or 'feed'")
         if self.shift not in ("swap", "user"):
             raise ValueError(f"shift {self.shift!r}: expected 'swap' or 'user'")
-
-
-NEGATIVE_REACTIONS = ("skip", "dislike", "block")  # what SimUser.react sends against an item
 
 
 def _sigmoid(x: float) -> float:
@@ -353,7 +351,7 @@ def run(client: Client, world: World, cfg: SimConfig, app: str, setup: bool = Tr
                     recovered_step = step
                 events = user.react(slate, step)
                 items_shown += len(slate)
-                negatives += sum(e["type"] in NEGATIVE_REACTIONS for e in events)
+                negatives += sum(e["type"] in NEGATIVE for e in events)
                 if step == cfg.shift_at:
                     at_shift_events = len(events)
                 clicked = any(e["type"] == "click" for e in events)
