@@ -298,27 +298,33 @@ def _at(values: np.ndarray, pos: np.ndarray) -> np.ndarray:
     return np.where(pos >= 0, values[np.maximum(pos, 0)], np.nan)
 
 
-def leave_one_out(log: InteractionLog, max_len: int = 200) -> Split:
-    """Split ``log`` as described in the module docstring."""
-    seqs = log.seqs
+def _held_out(seqs: Sequences, n_held: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per user: the validation position, the first held-out position (-1 where the user has
+    fewer than ``n_held + 2`` target events) and the (U, n_held) held-out items, in time order."""
     tgt = is_target_type(seqs.types) & (seqs.items > 0)
     n_users = seqs.n_users
-    test_pos = np.full(n_users, -1, dtype=np.int64)
+    first_held = np.full(n_users, -1, dtype=np.int64)
     valid_pos = np.full(n_users, -1, dtype=np.int64)
+    held = np.zeros((n_users, n_held), dtype=np.int64)
     for u in range(n_users):
         s, e = int(seqs.offsets[u]), int(seqs.offsets[u + 1])
         pos = np.nonzero(tgt[s:e])[0]
-        if len(pos) >= 3:
-            test_pos[u], valid_pos[u] = s + pos[-1], s + pos[-2]
+        if len(pos) >= n_held + 2:
+            first_held[u], valid_pos[u] = s + pos[-n_held], s + pos[-n_held - 1]
+            held[u] = seqs.items[s + pos[-n_held:]]
+    return valid_pos, first_held, held
+
+
+def _cut(seqs: Sequences, valid_pos: np.ndarray, test_pos: np.ndarray, max_len: int) -> dict:
+    """The fields of a :class:`Split` whose validation and test requests are at these positions."""
     idx = np.arange(seqs.n_events)
-    user_of = np.repeat(np.arange(n_users), seqs.lengths())
+    user_of = np.repeat(np.arange(seqs.n_users), seqs.lengths())
     evaluated = test_pos >= 0
-    cut_valid = np.where(evaluated, valid_pos, np.iinfo(np.int64).max)[user_of]
-    cut_test = np.where(evaluated, test_pos, np.iinfo(np.int64).max)[user_of]
-    train = _select(seqs, idx < cut_valid)
-    before_test = _select(seqs, idx < cut_test)
+    big = np.iinfo(np.int64).max
+    train = _select(seqs, idx < np.where(evaluated, valid_pos, big)[user_of])
+    before_test = _select(seqs, idx < np.where(evaluated, test_pos, big)[user_of])
     eval_users = np.nonzero(evaluated)[0]
-    return Split(
+    return dict(
         train=train,
         eval_users=eval_users,
         valid_windows=input_windows(train, max_len, eval_users, request_times=_at(seqs.timestamps, valid_pos)),
@@ -326,9 +332,16 @@ def leave_one_out(log: InteractionLog, max_len: int = 200) -> Split:
         test_windows=input_windows(before_test, max_len, eval_users, request_times=_at(seqs.timestamps, test_pos)),
         test_targets=seqs.items[test_pos[eval_users]].astype(np.int64),
         test_prefix=before_test,
-        valid_values=seqs.values[valid_pos[eval_users]],
-        test_values=seqs.values[test_pos[eval_users]],
     )
+
+
+def leave_one_out(log: InteractionLog, max_len: int = 200) -> Split:
+    """Split ``log`` as described in the module docstring."""
+    seqs = log.seqs
+    valid_pos, test_pos, _ = _held_out(seqs, 1)
+    fields = _cut(seqs, valid_pos, test_pos, max_len)
+    users = fields["eval_users"]
+    return Split(**fields, valid_values=seqs.values[valid_pos[users]], test_values=seqs.values[test_pos[users]])
 
 
 N_FUTURE = 5
@@ -339,35 +352,9 @@ def future_split(log: InteractionLog, n_future: int = N_FUTURE, max_len: int = 2
     set (see the module docstring)."""
     if n_future < 1:
         raise ValueError(f"n_future={n_future}: expected at least 1")
-    seqs = log.seqs
-    tgt = is_target_type(seqs.types) & (seqs.items > 0)
-    n_users = seqs.n_users
-    first_future = np.full(n_users, -1, dtype=np.int64)
-    valid_pos = np.full(n_users, -1, dtype=np.int64)
-    future = np.zeros((n_users, n_future), dtype=np.int64)
-    for u in range(n_users):
-        s, e = int(seqs.offsets[u]), int(seqs.offsets[u + 1])
-        pos = np.nonzero(tgt[s:e])[0]
-        if len(pos) >= n_future + 2:
-            first_future[u], valid_pos[u] = s + pos[-n_future], s + pos[-n_future - 1]
-            future[u] = seqs.items[s + pos[-n_future:]]
-    idx = np.arange(seqs.n_events)
-    user_of = np.repeat(np.arange(n_users), seqs.lengths())
-    evaluated = first_future >= 0
-    big = np.iinfo(np.int64).max
-    train = _select(seqs, idx < np.where(evaluated, valid_pos, big)[user_of])
-    before = _select(seqs, idx < np.where(evaluated, first_future, big)[user_of])
-    eval_users = np.nonzero(evaluated)[0]
-    return FutureSplit(
-        train=train,
-        eval_users=eval_users,
-        valid_windows=input_windows(train, max_len, eval_users, request_times=_at(seqs.timestamps, valid_pos)),
-        valid_targets=seqs.items[valid_pos[eval_users]].astype(np.int64),
-        test_windows=input_windows(before, max_len, eval_users, request_times=_at(seqs.timestamps, first_future)),
-        test_targets=future[eval_users, 0],
-        test_prefix=before,
-        future=future[eval_users],
-    )
+    valid_pos, first_future, future = _held_out(log.seqs, n_future)
+    fields = _cut(log.seqs, valid_pos, first_future, max_len)
+    return FutureSplit(**fields, future=future[fields["eval_users"]])
 
 
 __all__ = ["PROTOCOL", "N_FUTURE", "FutureSplit", "future_split", "log_name", "InteractionLog", "Split", "build_log", "load_movielens", "load_events_csv", "leave_one_out", "TARGET_TYPES"]
