@@ -383,3 +383,22 @@ def test_a_failing_batch_fails_each_of_its_callers_and_the_next_batch_runs() -> 
     with pytest.raises(ValueError):
         b(-1)
     assert b(1) == 2 and calls == [[-1], [1]]
+
+
+def test_a_replaced_scorer_is_freed_without_the_cyclic_collector() -> None:
+    """Every item upsert replaces the served scorer (add_items); the old one, with its item
+    matrices, must go when its last reference does, not wait for a cyclic collection."""
+    import gc
+    import weakref
+
+    sc = TransformerScorer("a", _model(), ITEMS, text_encoder=HashingEncoder(16))
+    sc.score("a", _state(["i1"]), 5)  # the batchers have run
+    gc.disable()
+    try:
+        grown = sc.add_items(["new"], ["item new group 1"])
+        gone = weakref.ref(sc)
+        del sc
+        assert gone() is None
+        assert grown.score("a", _state(["i1"]), 5).item_ids.size == N_ITEMS + 1
+    finally:
+        gc.enable()

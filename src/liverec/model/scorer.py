@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import time
+import weakref
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -107,11 +108,15 @@ class TransformerScorer:
     def _start(self) -> None:
         """What each scorer object holds for itself, never shared with one it was grown from."""
         self.text_misses = 0  # event texts a request found without a vector (read as absent)
-        # concurrent requests share one forward pass (equal to one at a time: tested)
+        # concurrent requests share one forward pass (equal to one at a time: tested). The
+        # batchers reach this scorer through a weak reference: a bound method would make a cycle,
+        # and a scorer replaced on every item upsert (add_items) would then wait, matrices and
+        # all, for the cyclic collector (the soak's workers grew ~20 MB a minute that way).
+        me = weakref.ref(self)
         self._batched: MicroBatcher[UserState | None, tuple[np.ndarray, np.ndarray | None]] = MicroBatcher(
-            lambda states: self._score_users(states))
+            lambda states: me()._score_users(states))  # type: ignore[union-attr]  # alive while called
         self._top_batched: MicroBatcher[tuple[UserState | None, int], tuple[np.ndarray, np.ndarray, np.ndarray | None]] = MicroBatcher(
-            self._top_many)
+            lambda asks: me()._top_many(asks))  # type: ignore[union-attr]
         self._popular: np.ndarray | None = None  # rows by bias, best first (the prior without history)
 
     def _refresh(self) -> None:

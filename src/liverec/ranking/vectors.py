@@ -29,12 +29,22 @@ class VectorTable:
 
     ``nearest(item_id, k)``, when given, answers :meth:`ItemSpace.neighbours` from an index over
     the same vectors instead of a pass over every row (a catalog retrieved approximately).
+
+    A table never changes once built (a new catalog or model version builds a new one), so each
+    item's neighbours are computed once and kept (``NEIGHBOUR_CACHE`` lists at most): the feedback
+    stage asks for them for every recent like on every request. A table that only appends rows
+    to ``carry`` (an item upserted while serving) keeps its lists: each records how many rows it
+    was taken over and is topped up with the new rows on its next use, so a new item joins its
+    neighbours' lists at once and the cache survives a steady stream of new items.
     """
 
-    __slots__ = ("index", "matrix", "source", "ids", "nearest")
+    NEIGHBOUR_CACHE = 20_000
+
+    __slots__ = ("index", "matrix", "source", "ids", "nearest", "_near")
 
     def __init__(self, index: dict[str, int], matrix: np.ndarray, source: str,
-                 nearest: Callable[[str, int], list[tuple[str, float]]] | None = None) -> None:
+                 nearest: Callable[[str, int], list[tuple[str, float]]] | None = None,
+                 carry: VectorTable | None = None) -> None:
         if len(index) != matrix.shape[0]:
             raise ValueError(f"{len(index)} item ids for {matrix.shape[0]} vector rows")
         self.index = index
@@ -44,6 +54,49 @@ class VectorTable:
         self.ids: list[str] = [""] * len(index)  # item ids in row order
         for item, r in index.items():
             self.ids[r] = item
+        # (item, k) -> (rows the list was taken over, neighbours); shared with ``carry`` when this
+        # table extends it (same rows first), so lists taken over more rows than a table has are
+        # another table's and not used by it
+        self._near: dict[tuple[str, int], tuple[int, list[tuple[str, float]]]] = {}
+        if carry is not None and self.extends(carry):
+            self._near = carry._near
+
+    def extends(self, other: VectorTable) -> bool:
+        """Whether this table's first rows are ``other``'s rows, same items, same vectors."""
+        n = len(other.ids)
+        return (n <= len(self.ids) and self.ids[:n] == other.ids and self.matrix.shape[1] == other.matrix.shape[1]
+                and bool(np.array_equal(self.matrix[:n], other.matrix)))
+
+    def neighbours(self, item_id: str, k: int) -> list[tuple[str, float]]:
+        """The ``k`` items most similar to ``item_id`` (a row of this table; not itself), best first."""
+        n = len(self.ids)
+        row = self.index[item_id]
+        hit = self._near.get((item_id, k))
+        if hit is not None and hit[0] == n:
+            return hit[1]
+        if hit is not None and hit[0] < n and row < hit[0]:  # taken over fewer rows: add the new ones
+            found = sorted(hit[1] + self._top(self.matrix[hit[0]:] @ self.matrix[row], k, hit[0]),
+                           key=lambda pair: -pair[1])[:k]
+        elif self.nearest is not None:
+            found = self.nearest(item_id, k)
+        else:
+            sims = self.matrix @ self.matrix[row]  # (N,)
+            sims[row] = -np.inf
+            found = self._top(sims, min(k, n - 1), 0)
+        if hit is None or hit[0] <= n:  # never replace a longer table's list
+            if len(self._near) >= self.NEIGHBOUR_CACHE:
+                self._near.clear()  # a bound, not an LRU: the hot set refills at once
+            self._near[(item_id, k)] = (n, found)
+        return found
+
+    def _top(self, sims: np.ndarray, k: int, first: int) -> list[tuple[str, float]]:
+        """The ``k`` best of ``sims`` (rows ``first`` on), best first, as (item, similarity)."""
+        k = min(k, len(sims))
+        if k <= 0:
+            return []
+        top = np.argpartition(-sims, k - 1)[:k]
+        top = top[np.argsort(-sims[top], kind="stable")]
+        return [(self.ids[first + int(t)], float(sims[t])) for t in top]
 
     def rows(self, item_ids: list[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions that have a vector, their rows) for ``item_ids``."""
@@ -98,7 +151,8 @@ class CatalogTextVectors:
             onehot = _normalise(onehot) * self.category_weight if len(cats) else onehot
             text = self.encoder.encode([f"{it.title} {it.text}" for it in items])  # (N, text_dim)
             matrix = _normalise(np.concatenate([onehot, text], axis=1))  # (N, C + text_dim)
-            table = VectorTable({it.item_id: r for r, it in enumerate(items)}, matrix, "text")
+            table = VectorTable({it.item_id: r for r, it in enumerate(items)}, matrix, "text",
+                                carry=hit[1] if hit is not None else None)
             self._cache[app] = (count, table)
             return table
 
@@ -114,7 +168,7 @@ class ScorerEmbeddings:
 
     def __init__(self, scorer: Callable[[], Any]) -> None:
         self._scorer = scorer
-        self._cache: dict[str, tuple[int, VectorTable]] = {}
+        self._cache: dict[str, tuple[Any, VectorTable]] = {}
 
     @staticmethod
     def _vectors(scorer: Any, app: str) -> tuple[list[str], np.ndarray] | None:
@@ -138,7 +192,7 @@ class ScorerEmbeddings:
             if scorer is None:
                 return None
         hit = self._cache.get(app)
-        if hit is not None and hit[0] == id(scorer):
+        if hit is not None and hit[0] is scorer:
             return hit[1]
         got = self._vectors(scorer, app)
         if got is None:
@@ -148,8 +202,8 @@ class ScorerEmbeddings:
         if getattr(scorer, "approximate", False):  # its similar items come from an index over these vectors
             nearest = lambda item_id, k, s=scorer: s.similar(app, item_id, k)  # noqa: E731
         table = VectorTable({str(i): r for r, i in enumerate(ids)}, _normalise(np.asarray(vecs, dtype=np.float32)), "model",
-                            nearest)
-        self._cache[app] = (id(scorer), table)
+                            nearest, carry=hit[1] if hit is not None else None)
+        self._cache[app] = (scorer, table)
         return table
 
 
@@ -213,18 +267,8 @@ class ItemSpace:
     def neighbours(self, app: str, item_id: str, k: int, min_similarity: float = 0.0) -> list[tuple[str, float]]:
         """The ``k`` items most similar to ``item_id`` (not itself), best first."""
         table = self.table(app)
-        if table is not None and table.nearest is not None and item_id in table.index:
-            return [(i, s) for i, s in table.nearest(item_id, k) if s >= min_similarity]
         if table is not None and item_id in table.index:
-            sims = table.matrix @ table.matrix[table.index[item_id]]  # (N,)
-            sims[table.index[item_id]] = -np.inf
-            k = min(k, len(sims) - 1)
-            if k <= 0:
-                return []
-            top = np.argpartition(-sims, k - 1)[:k]
-            top = top[np.argsort(-sims[top], kind="stable")]
-            ids = table.ids
-            return [(ids[int(t)], float(sims[t])) for t in top if sims[t] >= min_similarity]
+            return [(i, s) for i, s in table.neighbours(item_id, k) if s >= min_similarity]
         if self._similar is not None:
             return [(i, s) for i, s in self._similar(app, item_id, k) if s >= min_similarity]
         return []
