@@ -417,3 +417,32 @@ def test_one_bucket_per_key_across_two_worker_processes(tmp_path, engine, monkey
                 for _ in range(6)} == {401}
     finally:
         stop_group(proc)
+
+
+def test_a_caching_keyring_reads_the_store_once_until_a_key_changes():
+    from liverec.auth import Keyring
+    from liverec.store import open_store
+
+    store = open_store("sqlite:///:memory:")
+    reads = {"exists": 0, "get": 0}
+
+    class Counting:
+        def __getattr__(self, name):
+            if name in reads:
+                def read(*args):
+                    reads[name] += 1
+                    return getattr(store.keys, name)(*args)
+                return read
+            return getattr(store.keys, name)
+
+    ring = Keyring(Counting(), store.snapshots, secret=lambda: b"s" * 32, cached=True)
+    assert not ring.enabled() and not ring.enabled() and reads["exists"] == 1
+    other = Keyring(store.keys, store.snapshots, secret=lambda: b"s" * 32)  # another process
+    key, record = other.create("shop", ["read"], rate=10, burst=20)
+    assert not ring.enabled()  # the change not followed yet
+    ring.changed()  # the log's api_key change, followed
+    assert ring.enabled() and ring.verify(key).app == "shop" and ring.verify(key).app == "shop"
+    assert reads["get"] == 1
+    other.revoke(record.key_id)
+    ring.changed()
+    assert ring.verify(key) is None

@@ -216,6 +216,11 @@ class Service:
                 if isinstance(component, FollowsChanges):
                     component.apply_change(change)
 
+    def follow_changes(self, component: FollowsChanges) -> None:
+        """Hand ``component`` the changes of kinds the service does not apply itself, from now on
+        (a part built beside the service: the API's keyring)."""
+        self.components.append(component)
+
     def _apply_items(self) -> None:
         """Hand the items upserted since the last call to the scorer (a model places those it was
         not trained on from their text), a batch upsert in one call."""

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import ui
 from ..config import Settings
 from ..runtime.compose import build_service
+from ..runtime.follower import ARRIVED
 from ..runtime.readiness import WorkerRegistry
 from ..service import Service
 from ..store import StoreUnavailable
@@ -49,6 +50,7 @@ class ObserveRequests:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        arrived = ARRIVED.set(time.monotonic())  # a log check started after this covers the request
         status = 500
 
         async def send_and_note(message: Message) -> None:
@@ -62,6 +64,7 @@ class ObserveRequests:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
+            ARRIVED.reset(arrived)
             elapsed = time.perf_counter() - start
             # the router fills in scope["route"]; its path without convertors, as documented
             path = getattr(scope.get("route"), "path_format", "unmatched")
@@ -112,6 +115,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None,
     app.state.on_start.append(app.state.telemetry.start)
     app.state.on_stop.append(app.state.telemetry.stop)
     app.state.auth = auth.build_guard(app.state.service.settings, app.state.service.store)
+    app.state.service.follow_changes(app.state.auth)  # keys created or revoked by any process
     app.state.on_start.append(app.state.auth.start)
     app.state.on_stop.append(app.state.auth.stop)
 

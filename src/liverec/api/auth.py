@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
+import anyio
 from fastapi import FastAPI, HTTPException, Request, routing
 from fastapi.routing import APIRoute
 
@@ -29,6 +30,7 @@ from ..auth.keys import key_id_of
 from ..auth.ratelimit import RateLimiter
 from ..config import Settings
 from ..store import Store
+from ..store.base import Change
 from .deps import KEY_STATE
 from .schemas import ERROR_RESPONSES
 
@@ -70,6 +72,11 @@ class Guard:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def apply_change(self, change: Change) -> None:
+        """Followed from the log (the service hands it over): keys created or revoked anywhere."""
+        if change.kind == "api_key":
+            self.keyring.changed()
+
     def start(self, app: FastAPI | None = None) -> None:
         self.keyring.check()  # keys made with another secret: refuse to start, saying so
         self._stop.clear()
@@ -103,7 +110,7 @@ class Guard:
 def build_guard(settings: Settings, store: Store) -> Guard:
     """The guard for a service's settings and store."""
     keyring = Keyring(store.keys, store.snapshots, SecretSource(settings.auth_secret, settings.data_dir),
-                      required=settings.auth == "required")
+                      required=settings.auth == "required", cached=True)  # the app follows its api_key changes
     return Guard(keyring, open_limiter(settings.rate_limit_url, settings.data_dir))
 
 
@@ -127,8 +134,14 @@ def _unauthorized(value: str | None, expected: str, invalid: bool) -> HTTPExcept
 async def authorize(request: Request) -> None:
     """The app-wide dependency: authenticate, rate-limit and authorize the request."""
     needed = route_scope(request.scope.get("route"))
+    if needed == PUBLIC:
+        return
     guard: Guard = request.app.state.auth
-    if needed == PUBLIC or not guard.keyring.enabled():
+    # The keyring keeps what it read of the keys until the log says a key was created or revoked:
+    # catch up first (in a request thread: it may query the store and fold what is new), and the
+    # handler's own catch-up finds this check already covers the request (runtime.follower).
+    await anyio.to_thread.run_sync(request.app.state.service.follower.catch_up)
+    if not guard.keyring.enabled():
         return
     presented = presented_key(request)
     if presented is None:

@@ -158,8 +158,10 @@ class Keyring:
 
     TOUCH_EVERY_S = 60.0  # "last used" is recorded at this resolution (a write, off the request path)
 
+    CACHED_KEYS = 10_000  # records kept by a caching keyring (a bound, not an LRU)
+
     def __init__(self, keys: ApiKeys, snapshots: Snapshots, secret: Callable[[], bytes | None],
-                 required: bool = False, clock: Callable[[], float] = time.time):
+                 required: bool = False, clock: Callable[[], float] = time.time, cached: bool = False):
         self.keys = keys
         self.snapshots = snapshots
         self.secret = secret
@@ -170,21 +172,48 @@ class Keyring:
         self._misconfigured = False
         self._used: dict[str, float] = {}
         self._used_lock = threading.Lock()
+        # ``cached``: whether keys exist and the records read are kept until :meth:`changed` (the
+        # owner calls it for every ``api_key`` change it follows in the log, after catching up
+        # before each request); otherwise every check reads the store
+        self.cached = cached
+        self._exists: bool | None = None
+        self._records: dict[str, ApiKey] = {}
 
     # ---- the request path --------------------------------------------------------------------
 
+    def changed(self) -> None:
+        """A key was created or revoked (by any process): drop what was cached."""
+        self._exists = None
+        self._records = {}
+
     def enabled(self) -> bool:
         """Whether requests need a key: required, or a key exists (once true, stays true)."""
-        if not self._on and self.keys.exists():
-            self._on = True
+        if not self._on:
+            exists = self._exists if self.cached else None
+            if exists is None:
+                exists = self.keys.exists()
+                if self.cached:
+                    self._exists = exists
+            self._on = exists
         return self._on
+
+    def _record(self, key_id: str) -> ApiKey | None:
+        records = self._records
+        record = records.get(key_id) if self.cached else None
+        if record is None:
+            record = self.keys.get(key_id)
+            if record is not None and self.cached:
+                if len(records) >= self.CACHED_KEYS:
+                    records.clear()
+                records[key_id] = record
+        return record
 
     def verify(self, presented: str) -> ApiKey | None:
         """The record of a valid, unrevoked key; ``None`` for anything else."""
         key_id = key_id_of(presented)
         if key_id is None:
             return None
-        record = self.keys.get(key_id)
+        record = self._record(key_id)
         if record is None or record.revoked_at is not None:
             return None
         secret = self._secret()
@@ -253,11 +282,14 @@ class Keyring:
                         self.clock())
         self.keys.add(record)
         self._on = True
+        self.changed()
         return key, record
 
     def revoke(self, key_id: str) -> bool:
         """Revoke a key by id (or by the key itself); False when there is no such key."""
-        return self.keys.revoke(key_id_of(key_id) or key_id, self.clock())
+        done = self.keys.revoke(key_id_of(key_id) or key_id, self.clock())
+        self.changed()
+        return done
 
     def list(self, app: str | None = None) -> list[ApiKey]:
         return self.keys.list(app)

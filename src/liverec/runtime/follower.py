@@ -12,6 +12,12 @@ even that query is skipped while ``PRAGMA data_version`` says no other connectio
 Writers that appended call it too (``force``: their own commits do not move that version), so
 local and remote events take the same path into the folds.
 
+Under load one heads query serves many requests: the API notes when each request arrived
+(:data:`ARRIVED`), and a catch-up skips its query when a check that *started after* that moment
+has already been applied. Whatever was acknowledged before the request was sent committed
+before that check started, so read-your-writes holds; concurrent requests share the check, and
+a request that already caught up (auth does, before the handler) does not ask again.
+
 Order: both backends commit appends and changes in sequence order (SQLite serialises writers;
 PostgreSQL appends take an advisory lock), and a change records the event head it committed
 after, so interleaving events and changes by that number reproduces the commit order.
@@ -20,10 +26,17 @@ after, so interleaving events and changes by that number reproduces the commit o
 from __future__ import annotations
 
 import threading
+import time
+from contextvars import ContextVar
 from typing import Callable
 
 from ..events import Event
 from ..store.base import Change, EventLog
+
+
+#: ``time.monotonic()`` when the request being served arrived (the API sets it per request); unset
+#: outside requests, where every catch-up asks the log.
+ARRIVED: ContextVar[float | None] = ContextVar("liverec_request_arrived", default=None)
 
 
 class LogFollower:
@@ -53,6 +66,7 @@ class LogFollower:
         # folds that record where in the log they stand.
         self.applying: list[int] = []
         self._version: int | None = None  # the log's version when this process last caught up
+        self._fresh_since = float("-inf")  # monotonic start of the latest check applied in full
 
     @property
     def position(self) -> tuple[int, int]:
@@ -71,15 +85,32 @@ class LogFollower:
     def catch_up(self, force: bool = False) -> int:
         """Apply everything committed up to now; returns how many events were applied.
 
-        ``force`` after a commit of this process's own (see :meth:`behind`)."""
+        ``force`` after a commit of this process's own (see :meth:`behind`). Without it, a
+        request (:data:`ARRIVED`) that a check started after its arrival already covered returns
+        at once."""
+        if not force:
+            arrived = ARRIVED.get()
+            if arrived is not None and self._fresh_since >= arrived:
+                return 0
+        started = time.monotonic()
         heads, version = self.behind(force)
         if heads is None:
             self._version = version
+            if self.lock.acquire(blocking=False):  # not while another thread is still applying
+                self._fresh(started)
+                self.lock.release()
             return 0
         with self.lock:
             applied = self._apply_until(*heads)
             self._version = version  # read before the heads: a later commit moves it again
+            self._fresh(started)
             return applied
+
+    def _fresh(self, started: float) -> None:
+        # everything committed before ``started`` is applied (a thread that checked later may
+        # have moved it further already)
+        if started > self._fresh_since:
+            self._fresh_since = started
 
     def _apply_until(self, event_head: int, change_head: int) -> int:
         if event_head <= self.event_seq and change_head <= self.change_seq:

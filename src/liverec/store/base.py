@@ -80,8 +80,9 @@ class Change:
     """A change to the log other than an appended event, in commit order.
 
     ``kind`` is ``item`` (``key`` is an item id upserted), ``user_deleted`` (``key`` is
-    :func:`user_digest` of the user: the store keeps no deleted user's id) or ``experiment``
-    (``key`` is an experiment id created or stopped). ``event_seq`` is
+    :func:`user_digest` of the user: the store keeps no deleted user's id), ``experiment``
+    (``key`` is an experiment id created or stopped) or ``api_key`` (``key`` is the id of an API
+    key created or revoked: processes drop what they cached of the keys). ``event_seq`` is
     the event log's head when the change committed: a follower applies the
     events up to it first, then the change, so the order every process sees is the commit order.
     """

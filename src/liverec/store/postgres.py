@@ -366,12 +366,21 @@ class _Keys(SqlKeyReads):
 
     def add(self, key: ApiKey) -> None:
         with self._s._conn.transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))  # the change commits in seq order
             conn.execute(f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)", key_row(key))
+            conn.execute("INSERT INTO changes (app, kind, key, event_seq) VALUES (%s, 'api_key', %s, %s)",
+                         (key.app, key.key_id, _event_head(conn)))
 
     def revoke(self, key_id: str, at: float) -> bool:
         with self._s._conn.transaction() as conn:
-            return conn.execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, %s) WHERE key_id = %s",
-                                         (at, key_id)).rowcount > 0
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+            row = conn.execute("SELECT app FROM api_keys WHERE key_id = %s", (key_id,)).fetchone()
+            if row is None:
+                return False
+            conn.execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, %s) WHERE key_id = %s", (at, key_id))
+            conn.execute("INSERT INTO changes (app, kind, key, event_seq) VALUES (%s, 'api_key', %s, %s)",
+                         (row[0], key_id, _event_head(conn)))
+        return True
 
     def touch(self, used: dict[str, float]) -> None:
         if used:

@@ -289,11 +289,18 @@ class _Keys(SqlKeyReads):
     def add(self, key: ApiKey) -> None:
         with self._s.transaction() as conn:
             conn.execute(f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", key_row(key))
+            conn.execute("INSERT INTO changes (app, kind, key, event_seq) VALUES (?, 'api_key', ?, ?)",
+                         (key.app, key.key_id, _event_head(conn)))
 
     def revoke(self, key_id: str, at: float) -> bool:
         with self._s.transaction() as conn:
-            return conn.execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?",
-                                (at, key_id)).rowcount > 0
+            row = conn.execute("SELECT app FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
+            if row is None:
+                return False
+            conn.execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?", (at, key_id))
+            conn.execute("INSERT INTO changes (app, kind, key, event_seq) VALUES (?, 'api_key', ?, ?)",
+                         (row[0], key_id, _event_head(conn)))
+        return True
 
     def touch(self, used: dict[str, float]) -> None:
         if used:

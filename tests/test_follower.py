@@ -1,0 +1,65 @@
+"""One log check serves every request that arrived before it started (runtime.follower.ARRIVED)."""
+
+from __future__ import annotations
+
+import time
+
+from liverec.runtime.follower import ARRIVED, LogFollower
+
+
+class CountingLog:
+    """A log with no events whose heads queries are counted (no cheap version, like PostgreSQL)."""
+
+    def __init__(self) -> None:
+        self.head = (0, 0)
+        self.asked = 0
+
+    def version(self) -> None:
+        return None
+
+    def heads(self) -> tuple[int, int]:
+        self.asked += 1
+        return self.head
+
+
+def follower(log: CountingLog) -> LogFollower:
+    return LogFollower(log, apply_events=lambda events: None, apply_change=lambda change: None)  # type: ignore[arg-type]
+
+
+def test_a_check_started_after_arrival_covers_the_request():
+    log = CountingLog()
+    f = follower(log)
+    token = ARRIVED.set(time.monotonic())
+    try:
+        f.catch_up()  # the first check of this request: asks
+        f.catch_up()  # started after arrival: covered
+        f.catch_up()
+        assert log.asked == 1
+    finally:
+        ARRIVED.reset(token)
+
+
+def test_a_request_that_arrived_after_the_last_check_asks_again():
+    log = CountingLog()
+    f = follower(log)
+    f.catch_up()  # outside a request: always asks
+    f.catch_up()
+    assert log.asked == 2
+    token = ARRIVED.set(time.monotonic())  # arrived after those checks
+    try:
+        f.catch_up()
+        assert log.asked == 3
+    finally:
+        ARRIVED.reset(token)
+
+
+def test_forced_catch_ups_always_ask():
+    log = CountingLog()
+    f = follower(log)
+    token = ARRIVED.set(time.monotonic())
+    try:
+        f.catch_up()
+        f.catch_up(force=True)  # after this process's own commit
+        assert log.asked == 2
+    finally:
+        ARRIVED.reset(token)
