@@ -194,3 +194,46 @@ def test_experiments(store):
     changes = [(c.app, c.kind, c.key) for c in store.events.changes(before)]
     assert changes == [("shop", "experiment", "x1"), ("news", "experiment", "x3"), ("shop", "experiment", "x1"),
                        ("shop", "experiment", "x1"), ("shop", "experiment", "x2")]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_concurrent_appends_commit_in_seq_order(backend, tmp_path):
+    """Writers on their own connections (workers) append at once; a reader that sees head H never
+    later finds an event below H it had not seen (a follower would have skipped it)."""
+    import threading
+
+    if backend == "postgresql" and _postgres_available():
+        pytest.skip(_postgres_available())
+    url = f"sqlite:///{tmp_path}/db.sqlite" if backend == "sqlite" else f"{PG_URL}?schema=t_{uuid.uuid4().hex[:12]}"
+    store = open_store(url)
+    writers = [open_store(url) for _ in range(4)]
+    observed: list[tuple[int, int]] = []  # (head, events at or below it) as the reader saw them
+    done = threading.Event()
+
+    def write(w: int) -> None:
+        for k in range(150):
+            writers[w].events.append([ev(1000 * w + k, user=f"w{w}", event_id=f"w{w}-{k}")])
+
+    def read() -> None:
+        while not done.is_set():
+            head = store.events.heads()[0]
+            observed.append((head, sum(1 for s, _ in store.events.scan(after_seq=0) if s <= head)))
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    reader = threading.Thread(target=read)
+    reader.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    reader.join()
+    final = [s for s, _ in store.events.scan(after_seq=0)]
+    assert len(final) == 600
+    for head, seen in observed:
+        assert seen == sum(1 for s in final if s <= head), f"an event below head {head} committed after it was seen"
+    for w in writers:
+        w.close()
+    if backend == "postgresql":
+        store.drop()
+    store.close()

@@ -188,12 +188,13 @@ class Link:
             log.warning("PostgreSQL schema %s: connection lost (%s)", self.schema, _cause(exc))
         return StoreUnavailable(_cause(exc))
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor:
+    def execute(self, sql: str, params: Sequence[Any] = (), retry: bool = True) -> psycopg.Cursor:
         """Run one statement (autocommit); the cursor holds every row already. A statement that
         finds the connection broken (the server restarted since it was last used) runs once more
-        on a new one: only reads and idempotent statements come here."""
+        on a new one (reads and idempotent statements); ``retry=False`` for a write whose answer
+        must not be a second attempt's."""
         with self.lock:
-            for attempt in (0, 1):
+            for attempt in ((0, 1) if retry else (1,)):
                 conn = self._open()
                 try:
                     return conn.execute(sql, params)
@@ -285,19 +286,24 @@ class _EventLog(SqlEventReads):
              json.dumps(e.context) if e.context is not None else None)
             for e in events
         ]))
-        with self._s._conn.transaction() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-            # WITH ORDINALITY keeps batch order, so the first of in-batch duplicates is the one stored.
-            rows = conn.execute(
-                f"""INSERT INTO events ({EVENT_COLUMNS})
-                SELECT a, e, u, i, t, ts, v, x, s, g, c::jsonb FROM unnest(
-                    %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[],
-                    %s::text[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY AS b(a, e, u, i, t, ts, v, x, s, g, c, n)
-                ORDER BY n
-                ON CONFLICT (app, event_id) DO NOTHING
-                RETURNING seq, app, event_id""",
-                [list(c) for c in columns],
-            ).fetchall()
+        # One statement in a transaction of its own: the append lock (commits in seq order) is
+        # taken by the CTE before any row gets its seq and released at the commit that ends the
+        # statement, inside the server. As BEGIN / lock / INSERT / COMMIT round trips it was held
+        # while the client thread waited for the interpreter lock between them, and the workers'
+        # appends queued behind each other (py-spy and pg_stat_activity under the soak: "idle in
+        # transaction" holding it, the other worker's "SELECT waiting"). WITH ORDINALITY keeps
+        # batch order, so the first of in-batch duplicates is the one stored.
+        rows = self._s._conn.execute(
+            f"""WITH append_lock AS (SELECT pg_advisory_xact_lock(%s))
+            INSERT INTO events ({EVENT_COLUMNS})
+            SELECT a, e, u, i, t, ts, v, x, s, g, c::jsonb FROM append_lock, unnest(
+                %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[],
+                %s::text[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY AS b(a, e, u, i, t, ts, v, x, s, g, c, n)
+            ORDER BY n
+            ON CONFLICT (app, event_id) DO NOTHING
+            RETURNING seq, app, event_id""",
+            [APPEND_LOCK, *[list(c) for c in columns]], retry=False,
+        ).fetchall()
         accepted = accepted_events(events, [(app, event_id) for _, app, event_id in sorted(rows)])
         return AppendResult(accepted, len(events) - len(accepted))
 
