@@ -143,3 +143,28 @@ def test_a_liked_category_brings_its_best_items_into_the_pool(client):
     service.ranking.settings = RankingSettings(default=RankingConfig(pool=4, neighbour_candidates=0, explore=False,
                                                                      category_candidates=0))
     assert not any(i["item_id"].startswith("s") for i in recs(client, "u", n=4))
+
+
+def test_the_category_matrix_follows_upserts_as_a_rebuild_would():
+    """Items upserted one by one (new, recategorised, into new categories, out of the last item
+    of one) keep the cached membership equal to one built from the catalog afresh."""
+    import random
+
+    from liverec.catalog import CatalogIndex
+    from liverec.store.base import Item
+
+    rng = random.Random(0)
+    cats = [f"c{k}" for k in range(8)]
+    live = CatalogIndex()
+    for k in range(30):
+        live.put(Item("a", f"i{k}", f"t{k}", "", tuple(rng.sample(cats[:4], rng.randint(0, 2)))))
+    live.category_matrix("a")  # cached from here on
+    for step in range(300):
+        item_id = f"i{rng.randrange(45)}"
+        live.put(Item("a", item_id, "t", "", tuple(rng.sample(cats, rng.randint(0, 3)))))
+        got = live.category_matrix("a")
+        fresh = CatalogIndex()
+        fresh.load(live.items("a"))
+        want = fresh.category_matrix("a")
+        assert (got.names, got.col, got.row) == (want.names, want.col, want.row), step
+        assert (got.member == want.member).all(), step

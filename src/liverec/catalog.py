@@ -122,6 +122,35 @@ class CategoryMatrix:
         rows = self._tables(table)
         return self._of_rows(rows if index is None else rows[index])
 
+    def with_item(self, item_id: str, categories: Sequence[str]) -> CategoryMatrix | None:
+        """This membership with ``item_id`` (new: the last row; known: its row) in exactly
+        ``categories``, as a rebuild from the catalog would have it (columns in name order, rows
+        in catalog order); ``None`` when a category loses its last item (rebuild instead). A new
+        object: readers keep the one they hold."""
+        names, col, member = self.names, self.col, self.member
+        new = sorted(set(categories) - col.keys())
+        if new:
+            names = sorted([*names, *new])
+            col = {c: g for g, c in enumerate(names)}
+            grown = np.zeros((len(member), len(names)), dtype=bool)  # (N, G')
+            grown[:, [col[c] for c in self.names]] = member
+            member = grown
+        else:
+            member = member.copy()
+        row = self.row
+        r = row.get(item_id)
+        if r is None:
+            r = len(member)
+            row = {**row, item_id: r}
+            member = np.vstack([member, np.zeros((1, len(names)), dtype=bool)])
+        left = np.flatnonzero(member[r]).tolist()  # its categories before
+        member[r] = False
+        for c in categories:
+            member[r, col[c]] = True
+        if left and not member[:, left].any(axis=0).all():
+            return None
+        return CategoryMatrix(row, col, names, member)
+
     def _of_rows(self, rows: np.ndarray) -> np.ndarray:
         if len(self.member) == 0 or len(rows) == 0:
             return np.zeros((len(rows), len(self.names)), dtype=bool)
@@ -147,8 +176,19 @@ class CatalogIndex:
 
     def put(self, item: Item) -> None:
         with self._lock:
-            self._items.setdefault(item.app, {})[item.item_id] = item
-            self._matrices.pop(item.app, None)
+            items = self._items.setdefault(item.app, {})
+            before = items.get(item.item_id)
+            items[item.item_id] = item
+            # the cached membership follows the item (a rebuild walks the whole catalog, and
+            # items are upserted while serving)
+            cached = self._matrices.pop(item.app, None)
+            if cached is not None:
+                if before is not None and set(before.categories) == set(item.categories):
+                    self._matrices[item.app] = cached
+                else:
+                    grown = cached.with_item(item.item_id, item.categories)
+                    if grown is not None:
+                        self._matrices[item.app] = grown
             self._versions[item.app] = self._versions.get(item.app, 0) + 1
 
     def get(self, app: str, item_id: str) -> Item | None:
