@@ -188,13 +188,12 @@ class Link:
             log.warning("PostgreSQL schema %s: connection lost (%s)", self.schema, _cause(exc))
         return StoreUnavailable(_cause(exc))
 
-    def execute(self, sql: str, params: Sequence[Any] = (), retry: bool = True) -> psycopg.Cursor:
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor:
         """Run one statement (autocommit); the cursor holds every row already. A statement that
         finds the connection broken (the server restarted since it was last used) runs once more
-        on a new one (reads and idempotent statements); ``retry=False`` for a write whose answer
-        must not be a second attempt's."""
+        on a new one: only reads and idempotent statements come here."""
         with self.lock:
-            for attempt in ((0, 1) if retry else (1,)):
+            for attempt in (0, 1):
                 conn = self._open()
                 try:
                     return conn.execute(sql, params)
@@ -302,7 +301,10 @@ class _EventLog(SqlEventReads):
             ORDER BY n
             ON CONFLICT (app, event_id) DO NOTHING
             RETURNING seq, app, event_id""",
-            [APPEND_LOCK, *[list(c) for c in columns]], retry=False,
+            # a connection found broken (PostgreSQL restarted since its last use) is reopened and
+            # the append runs again: idempotent on (app, event_id), so at worst events a lost
+            # answer had stored come back as duplicates, never twice and never lost
+            [APPEND_LOCK, *[list(c) for c in columns]],
         ).fetchall()
         accepted = accepted_events(events, [(app, event_id) for _, app, event_id in sorted(rows)])
         return AppendResult(accepted, len(events) - len(accepted))
