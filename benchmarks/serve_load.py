@@ -697,13 +697,20 @@ def table(report: dict[str, Any]) -> str:
                      for r in rows)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def server_args(p: argparse.ArgumentParser, data: str, epochs: int) -> Path:
+    """The arguments every serving benchmark takes (what it prepares and what serves it); returns
+    the venv's liverec executable, their default."""
     venv_liverec = Path(sys.executable).parent / "liverec"
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=Path("../shared/data/ml-1m"), help="MovieLens folder")
+    p.add_argument("--data", type=Path, default=Path(data), help="MovieLens folder")
     p.add_argument("--work", type=Path, default=Path("bench-work"), help="cache of prepared data dirs, scratch and logs")
-    p.add_argument("--epochs", type=int, default=3, help="training epochs of the prepared model")
+    p.add_argument("--epochs", type=int, default=epochs, help="training epochs of the prepared model")
     p.add_argument("--liverec", type=Path, default=venv_liverec, help="the liverec executable that serves")
+    return venv_liverec
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    venv_liverec = server_args(p, "../shared/data/ml-1m", 3)
     p.add_argument("--prepare-liverec", type=Path, default=venv_liverec, help="the liverec executable that imports and trains")
     p.add_argument("--workers", type=int, default=1, help="server worker processes (--workers passed only when > 1)")
     p.add_argument("--port", type=int, default=0, help="server port (0: a free one)")

@@ -64,7 +64,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from serve_load import (Connection, HTTPError, free_port, git_commit, known_ids, latency_summary,  # noqa: E402
-                        log_problems, percentile, prepare)
+                        log_problems, percentile, prepare, server_args)
 
 from liverec.evaluation.report import machine  # noqa: E402
 
@@ -559,12 +559,8 @@ def plot(report: dict[str, Any], gen_per_s: dict[str, list[int]], samples: list[
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    venv_liverec = Path(sys.executable).parent / "liverec"
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=Path("../shared/data/ml-latest-small"), help="MovieLens folder")
-    p.add_argument("--work", type=Path, default=Path("bench-work"), help="cache of prepared data dirs, scratch and logs")
-    p.add_argument("--epochs", type=int, default=1, help="training epochs of the prepared model")
-    p.add_argument("--liverec", type=Path, default=venv_liverec, help="the liverec executable")
+    server_args(p, "../shared/data/ml-latest-small", 1)
     p.add_argument("--pg", default="postgresql://127.0.0.1:5432/test", help="PostgreSQL database (a fresh schema is made in it)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--minutes", type=float, default=30.0)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 from liverec.runtime.follower import ARRIVED, LogFollower
 
@@ -11,7 +13,6 @@ class CountingLog:
     """A log with no events whose heads queries are counted (no cheap version, like PostgreSQL)."""
 
     def __init__(self) -> None:
-        self.head = (0, 0)
         self.asked = 0
 
     def version(self) -> None:
@@ -19,24 +20,30 @@ class CountingLog:
 
     def heads(self) -> tuple[int, int]:
         self.asked += 1
-        return self.head
+        return (0, 0)
 
 
 def follower(log: CountingLog) -> LogFollower:
     return LogFollower(log, apply_events=lambda events: None, apply_change=lambda change: None)  # type: ignore[arg-type]
 
 
+@contextmanager
+def request_arriving_now() -> Iterator[None]:
+    token = ARRIVED.set(time.monotonic())
+    try:
+        yield
+    finally:
+        ARRIVED.reset(token)
+
+
 def test_a_check_started_after_arrival_covers_the_request():
     log = CountingLog()
     f = follower(log)
-    token = ARRIVED.set(time.monotonic())
-    try:
+    with request_arriving_now():
         f.catch_up()  # the first check of this request: asks
         f.catch_up()  # started after arrival: covered
         f.catch_up()
-        assert log.asked == 1
-    finally:
-        ARRIVED.reset(token)
+    assert log.asked == 1
 
 
 def test_a_request_that_arrived_after_the_last_check_asks_again():
@@ -45,21 +52,15 @@ def test_a_request_that_arrived_after_the_last_check_asks_again():
     f.catch_up()  # outside a request: always asks
     f.catch_up()
     assert log.asked == 2
-    token = ARRIVED.set(time.monotonic())  # arrived after those checks
-    try:
+    with request_arriving_now():  # arrived after those checks
         f.catch_up()
-        assert log.asked == 3
-    finally:
-        ARRIVED.reset(token)
+    assert log.asked == 3
 
 
 def test_forced_catch_ups_always_ask():
     log = CountingLog()
     f = follower(log)
-    token = ARRIVED.set(time.monotonic())
-    try:
+    with request_arriving_now():
         f.catch_up()
         f.catch_up(force=True)  # after this process's own commit
-        assert log.asked == 2
-    finally:
-        ARRIVED.reset(token)
+    assert log.asked == 2

@@ -285,13 +285,12 @@ class _EventLog(SqlEventReads):
              json.dumps(e.context) if e.context is not None else None)
             for e in events
         ]))
-        # One statement in a transaction of its own: the append lock (commits in seq order) is
-        # taken by the CTE before any row gets its seq and released at the commit that ends the
-        # statement, inside the server. As BEGIN / lock / INSERT / COMMIT round trips it was held
-        # while the client thread waited for the interpreter lock between them, and the workers'
-        # appends queued behind each other (py-spy and pg_stat_activity under the soak: "idle in
-        # transaction" holding it, the other worker's "SELECT waiting"). WITH ORDINALITY keeps
-        # batch order, so the first of in-batch duplicates is the one stored.
+        # One statement in a transaction of its own: the CTE takes the append lock (commits in seq
+        # order) before any row gets its seq, and the statement's own commit releases it, so it is
+        # never held across client round trips. WITH ORDINALITY keeps batch order: the first of
+        # in-batch duplicates is the one stored. A connection found broken (PostgreSQL restarted
+        # since its last use) is reopened and the append runs again: idempotent on (app,
+        # event_id), at worst events a lost answer had stored come back as duplicates.
         rows = self._s._conn.execute(
             f"""WITH append_lock AS (SELECT pg_advisory_xact_lock(%s))
             INSERT INTO events ({EVENT_COLUMNS})
@@ -301,9 +300,6 @@ class _EventLog(SqlEventReads):
             ORDER BY n
             ON CONFLICT (app, event_id) DO NOTHING
             RETURNING seq, app, event_id""",
-            # a connection found broken (PostgreSQL restarted since its last use) is reopened and
-            # the append runs again: idempotent on (app, event_id), so at worst events a lost
-            # answer had stored come back as duplicates, never twice and never lost
             [APPEND_LOCK, *[list(c) for c in columns]],
         ).fetchall()
         accepted = accepted_events(events, [(app, event_id) for _, app, event_id in sorted(rows)])
@@ -382,12 +378,12 @@ class _Keys(SqlKeyReads):
     def revoke(self, key_id: str, at: float) -> bool:
         with self._s._conn.transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-            row = conn.execute("SELECT app FROM api_keys WHERE key_id = %s", (key_id,)).fetchone()
-            if row is None:
+            rows = conn.execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, %s) WHERE key_id = %s RETURNING app",
+                                (at, key_id)).fetchall()  # the key's app, or none: no such key
+            if not rows:
                 return False
-            conn.execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, %s) WHERE key_id = %s", (at, key_id))
             conn.execute("INSERT INTO changes (app, kind, key, event_seq) VALUES (%s, 'api_key', %s, %s)",
-                         (row[0], key_id, _event_head(conn)))
+                         (rows[0][0], key_id, _event_head(conn)))
         return True
 
     def touch(self, used: dict[str, float]) -> None:

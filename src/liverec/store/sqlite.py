@@ -294,12 +294,12 @@ class _Keys(SqlKeyReads):
 
     def revoke(self, key_id: str, at: float) -> bool:
         with self._s.transaction() as conn:
-            row = conn.execute("SELECT app FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
-            if row is None:
+            rows = conn.execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ? RETURNING app",
+                                (at, key_id)).fetchall()  # the key's app, or none: no such key
+            if not rows:
                 return False
-            conn.execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?", (at, key_id))
             conn.execute("INSERT INTO changes (app, kind, key, event_seq) VALUES (?, 'api_key', ?, ?)",
-                         (row[0], key_id, _event_head(conn)))
+                         (rows[0][0], key_id, _event_head(conn)))
         return True
 
     def touch(self, used: dict[str, float]) -> None:
