@@ -43,6 +43,27 @@ def test_category_matrix_maps_a_scorer_table_once():
     other = table.copy()  # another table object, even with equal contents, is its own entry
     other[0] = "i2"
     assert cm.of_table(other, index).tolist() == cm.of(other[index]).tolist()
+    for g in range(len(cm.names)):  # each category's positions in the table
+        assert cm.in_table(table, g).tolist() == np.flatnonzero(cm.of(table)[:, g]).tolist()
+        assert cm.in_table(other, g).tolist() == np.flatnonzero(cm.of(other)[:, g]).tolist()
+
+
+@pytest.mark.parametrize("seed_", range(20))
+def test_best_first_offers_candidates_in_score_order(seed_):
+    """The pool walk: what ``take`` accepts comes best score first, ties in position order, as a
+    full stable sort would give, however much ``take`` refuses."""
+    from liverec.ranking.stages import best_first
+
+    rng = np.random.default_rng(seed_)
+    scores = rng.integers(0, 30, size=500).astype(np.float32)  # many ties
+    among = np.sort(rng.choice(500, size=200, replace=False)) if seed_ % 2 else None
+    refused = set(rng.choice(500, size=int(rng.integers(0, 450)), replace=False).tolist())
+    k = int(rng.integers(1, 120))
+    got: list[int] = []
+    n = best_first(scores, among, k, lambda j: j not in refused and (got.append(j) or True))
+    cand = np.arange(500) if among is None else among
+    want = [int(j) for j in cand[np.argsort(-scores[cand], kind="stable")] if int(j) not in refused][:k]
+    assert got == want and n == len(want)
 
 
 def test_scored_scores_of_reads_through_the_table():

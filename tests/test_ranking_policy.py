@@ -206,6 +206,42 @@ def test_taste_shift_turns_a_demoted_category_into_a_boosted_one(client):
     assert shifted.total[0] > 0 > demoted.total[0]
 
 
+def test_category_matrix_gives_the_same_adjustments_as_the_items(client):
+    """The request path reads category membership off the catalog's matrix (vectorised); the
+    effects must be those the items themselves give, over random feedback of every scope."""
+    import random
+
+    import numpy as np
+
+    seed(client)
+    service = client.app.state.service
+    cm = service.catalog.category_matrix("default")
+    everything = [i["item_id"] for i in CATALOG["items"]]
+    rng = random.Random(7)
+    for trial in range(40):
+        state = UserState()
+        for k in range(rng.randint(1, 14)):
+            typ = rng.choice(["like", "click", "skip", "dislike", "view"])
+            scoped = typ in ("skip", "dislike") and rng.random() < 0.3
+            ev = Event(app="default", event_id=f"t{trial}-{k}", user_id="u", type=typ, timestamp=5000.0 + k,
+                       **({"scope": rng.choice(["category", "creator"]),
+                           "target": rng.choice(["Comedy", "Horror", "c-studio-0", "h-studio-1"])} if scoped
+                          else {"item_id": rng.choice(everything)}))
+            state.apply(ev, DEFAULT_TYPES[typ])
+        pool = rng.sample(everything, 20)
+        cfg = RankingConfig(category_repeat=rng.choice([1, 2]))
+        args = ("default", state, pool, 5020.0, cfg, service.ranking.space, service.catalog.get)
+        by_items, by_matrix = adjust(*args), adjust(*args, categories=cm)
+        assert np.allclose(by_items.total, by_matrix.total)
+        for k in range(len(pool)):
+            a, b = by_items.parts_of(k), by_matrix.parts_of(k)
+            assert [(p["adjustment"], round(p["delta"], 9)) for p in a] == [(p["adjustment"], round(p["delta"], 9)) for p in b]
+            item = service.catalog.get("default", pool[k])
+            for p in b:  # one category per item here: the target is the item's own
+                if p["adjustment"] in ("category_demote", "category_boost"):
+                    assert p["target"] in item.categories
+
+
 def test_item_feedback_fades_with_newer_events_of_the_user(client):
     seed(client)
     pool = ["d2"]

@@ -367,6 +367,10 @@ def test_the_writer_runs_in_the_background_and_stops_with_the_service(sqlite_set
     unscheduled = started(sqlite_settings.model_copy(update={"snapshot_interval_s": 0}))
     assert unscheduled.component(SnapshotWriter)._thread is None  # no schedule (deletions still replace a stored one)
     unscheduled.close()
+    # the other workers of a server leave the schedule to worker 0
+    second = started(sqlite_settings.model_copy(update={"snapshot_interval_s": 0.05, "worker_index": 1}))
+    assert second.component(SnapshotWriter)._thread is None
+    second.close()
 
 
 def test_no_snapshot_while_counters_are_refolded(sqlite_settings):

@@ -106,10 +106,18 @@ class CategoryMatrix:
     member: np.ndarray  # (N, G) bool
     # a scorer's id table -> its rows here, once per table object (see ``of_table``)
     _tables: TableMemo[np.ndarray] = field(init=False, compare=False, repr=False)
+    # a scorer's id table -> per category, the table positions of its items (see ``in_table``)
+    _columns: TableMemo[list[np.ndarray]] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         get = self.row.get
         object.__setattr__(self, "_tables", TableMemo(lambda table: np.array([get(i, -1) for i in table.tolist()], dtype=np.int64)))
+        object.__setattr__(self, "_columns", TableMemo(lambda table: [np.flatnonzero(c) for c in self.of_table(table).T]))
+
+    def in_table(self, table: np.ndarray, category: int) -> np.ndarray:
+        """The positions in ``table`` (a scorer's id table) of the items in column ``category``,
+        ascending; kept per table object, like :meth:`of_table`'s lookup."""
+        return self._columns(table)[category]
 
     def of(self, item_ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """(K, G) membership of ``item_ids`` in row order (unknown items: no category)."""

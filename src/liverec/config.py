@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the API listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
     workers: int = Field(1, ge=1, description="API worker processes.")
+    worker_index: int = Field(
+        0, ge=0, description="This worker's index among the API workers (set by `serve --workers`): worker 0 writes the "
+        "scheduled snapshots of the folds for all of them.",
+    )
     request_threads: int = Field(
         8, ge=1, description="Threads per worker that run recommendation requests (Python runs one at a time; "
         "more only queue on the interpreter lock, while concurrent requests share one model pass).",

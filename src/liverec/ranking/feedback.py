@@ -39,6 +39,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..catalog import CategoryMatrix
 from ..events import CLICKS, DISLIKES, LIKE_LIKE, SKIPS, Feedback, TypeSpec
 from ..state import Interaction, UserState
 from ..store.base import Item
@@ -278,19 +279,31 @@ def recent_positives(state: UserState, k: int) -> list[tuple[str, float]]:
     return sorted(out.items(), key=lambda kv: -kv[1])[:k]
 
 
+@dataclass(frozen=True)
+class ScopedEffect:
+    """One effect that applies to every candidate of a scope at once: a scoped signal (a disliked
+    category or creator) or the net category feedback. ``delta[k]`` moved candidate ``k``;
+    ``targets`` (per candidate, with ``names``) says which category did, where that varies."""
+
+    info: dict
+    delta: np.ndarray  # (K,) float64
+    targets: np.ndarray | None = None  # (K,) int: index into ``names`` of the category that applied
+    names: Sequence[str] = ()
+
+
 @dataclass
 class Adjustments:
     """Per-candidate adjustments and what made them, for the pool ``item_ids``.
 
     The item-scoped signals' effects are one row each of ``effects`` (S, K), described by
-    ``effect_info``; a candidate's list of what applied (``parts``) is only put together for the
-    candidates a response explains."""
+    ``effect_info``; the scoped ones one :class:`ScopedEffect` each. A candidate's list of what
+    applied (``parts``) is only put together for the candidates a response explains."""
 
     item_ids: list[str]
     total: np.ndarray  # (K,) float64 sum of all effects
     effects: np.ndarray | None = None  # (S, K) float64: item-scoped signal s moved candidate k by effects[s, k]
     effect_info: list[dict] = field(default_factory=list)  # (S,) what each effects row is
-    scoped: dict[int, list[dict]] = field(default_factory=dict)  # candidate -> its scoped and category effects
+    scoped: list[ScopedEffect] = field(default_factory=list)  # scoped signals, then category demotion and boost
 
     def parts_of(self, k: int) -> list[dict]:
         """Every effect on candidate ``k``: item signals in signal order, then the scoped ones."""
@@ -298,7 +311,14 @@ class Adjustments:
         if self.effects is not None:
             col = self.effects[:, k]
             out = [{**self.effect_info[j], "delta": float(col[j])} for j in np.flatnonzero(col).tolist()]
-        return out + self.scoped.get(k, [])
+        for effect in self.scoped:
+            d = float(effect.delta[k])
+            if d != 0.0:
+                part = {**effect.info, "delta": d}
+                if effect.targets is not None:
+                    part["target"] = effect.names[int(effect.targets[k])]
+                out.append(part)
+        return out
 
     @property
     def parts(self) -> list[list[dict]]:
@@ -311,6 +331,26 @@ class Adjustments:
         return [{**p, "delta": round(p["delta"], 4)} for p in parts[:limit]]
 
 
+def membership(app: str, item_ids: Sequence[str], item_of: Callable[[str, str], Item | None],
+               categories: CategoryMatrix | None = None) -> tuple[np.ndarray, list[str], Mapping[str, int]]:
+    """(K, G) category membership of ``item_ids``, the category names and their columns: the
+    app's :class:`~liverec.catalog.CategoryMatrix` when given, else read off the items."""
+    if categories is not None:
+        return categories.of(item_ids), categories.names, categories.col
+    col: dict[str, int] = {}
+    rows: list[tuple[str, ...]] = []
+    for item_id in item_ids:
+        item = item_of(app, item_id)
+        cats = item.categories if item is not None else ()
+        for c in cats:
+            col.setdefault(c, len(col))
+        rows.append(cats)
+    member = np.zeros((len(item_ids), len(col)), dtype=bool)
+    for r, cats in enumerate(rows):
+        member[r, [col[c] for c in cats]] = True
+    return member, list(col), col
+
+
 def adjust(
     app: str,
     state: UserState | None,
@@ -320,9 +360,11 @@ def adjust(
     space: ItemSpace,
     item_of: Callable[[str, str], Item | None],
     summary: Summary | None = None,
+    categories: CategoryMatrix | None = None,
 ) -> Adjustments:
     """Compute the feedback adjustments of the candidates ``item_ids`` for this user
-    (``summary``: :func:`summarise` of the same user, when the caller has it already)."""
+    (``summary``: :func:`summarise` of the same user, when the caller has it already;
+    ``categories``: the app's category membership, else read off the items)."""
     k = len(item_ids)
     out = Adjustments(item_ids, np.zeros(k, dtype=np.float64))
     if state is None or k == 0:
@@ -332,7 +374,7 @@ def adjust(
     sigs = summary.sigs
     if not sigs:
         return out
-    total, parts = out.total, out.scoped
+    total = out.total
 
     # ---- item-scoped signals: the item itself and its neighbours ------------------------------
     item_sigs = [s for s in sigs if s.scope == "item"]
@@ -371,29 +413,35 @@ def adjust(
     # ---- scoped signals, and the net item feedback per category -----------------------------
     scoped = [s for s in sigs if s.scope != "item"]
     demoted, boosted = summary.demoted, summary.boosted
-    if scoped or demoted or boosted:
-        for r, item_id in enumerate(item_ids):
-            item = item_of(app, item_id)
-            if item is None:
-                continue
-            values = item.attribute_values() if scoped else {}
-            for s in scoped:
-                if s.target in values.get(s.scope, ()):
-                    w = cfg.scoped_dislike if s.type == Feedback.DISLIKE else cfg.scoped_skip
-                    d = -w * s.decay
-                    total[r] += d
-                    parts.setdefault(r, []).append({"kind": "policy", "adjustment": f"{s.type}_{s.scope}", "scope": s.scope,
-                                                    "target": s.target, "type": s.event_type, "delta": d})
-            cats = [c for c in item.categories if c in demoted]
-            if cats:
-                d = -max(demoted[c] for c in cats)
-                total[r] += d
-                parts.setdefault(r, []).append({"kind": "policy", "adjustment": "category_demote", "scope": "category",
-                                                "target": max(cats, key=lambda c: demoted[c]), "type": "skip/dislike", "delta": d})
-            cats = [c for c in item.categories if c in boosted]
-            if cats:
-                best = max(cats, key=lambda c: boosted[c])
-                total[r] += boosted[best]
-                parts.setdefault(r, []).append({"kind": "policy", "adjustment": "category_boost", "scope": "category",
-                                                "target": best, "type": "like/click", "delta": boosted[best]})
+    if not (scoped or demoted or boosted):
+        return out
+    member, names, col_of = membership(app, item_ids, item_of, categories)  # (K, G)
+    values: list[dict[str, set[str]]] | None = None  # other scopes than category: read off the items
+    for s in scoped:
+        w = cfg.scoped_dislike if s.type == Feedback.DISLIKE else cfg.scoped_skip
+        if s.scope == "category":
+            c = col_of.get(s.target)
+            hit = member[:, c] if c is not None else np.zeros(k, dtype=bool)
+        else:
+            if values is None:
+                values = [item.attribute_values() if item is not None else {} for item in (item_of(app, i) for i in item_ids)]
+            hit = np.array([s.target in v.get(s.scope, ()) for v in values], dtype=bool)
+        if hit.any():
+            delta = np.where(hit, -w * s.decay, 0.0)
+            total += delta
+            out.scoped.append(ScopedEffect({"kind": "policy", "adjustment": f"{s.type}_{s.scope}", "scope": s.scope,
+                                            "target": s.target, "type": s.event_type}, delta))
+    # a candidate in several demoted (boosted) categories takes the strongest one
+    for by_category, sign, name, what in ((demoted, -1.0, "category_demote", "skip/dislike"),
+                                          (boosted, 1.0, "category_boost", "like/click")):
+        if not by_category:
+            continue
+        strength = np.array([by_category.get(c, 0.0) for c in names])  # (G,)
+        weighted = member * strength  # (K, G)
+        best = weighted.argmax(axis=1) if len(names) else np.zeros(k, dtype=np.int64)  # (K,)
+        delta = sign * (weighted.max(axis=1) if len(names) else np.zeros(k))
+        if delta.any():
+            total += delta
+            out.scoped.append(ScopedEffect({"kind": "policy", "adjustment": name, "scope": "category", "type": what},
+                                           delta, best, names))
     return out

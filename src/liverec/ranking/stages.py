@@ -127,6 +127,25 @@ def top_order(scores: np.ndarray, k: int) -> np.ndarray:
     return cand[np.argsort(-scores[cand], kind="stable")][:k]
 
 
+def best_first(scores: np.ndarray, among: np.ndarray | None, k: int, take: Callable[[int], bool]) -> int:
+    """Offer the candidates ``among`` (positions into ``scores``; ``None``: all) to ``take`` best
+    score first (ties in position order) until it accepted ``k``; returns how many it accepted.
+    A top-k selection, not a sort of every score, unless ``take`` refuses most of it: then the
+    next, wider selection continues where the last one ended."""
+    sub = scores if among is None else scores[among]
+    accepted = seen = 0
+    width = min(len(sub), 2 * k + 32)
+    while accepted < k and seen < len(sub):
+        order = top_order(sub, width)
+        for j in order[seen:].tolist():
+            if take(j if among is None else int(among[j])):
+                accepted += 1
+                if accepted >= k:
+                    break
+        seen, width = len(order), min(len(sub), 4 * width)
+    return accepted
+
+
 Slot = tuple[int, float, "dict | None"]  # (pool index, propensity, exploration info or None)
 Featurise = Callable[[list[int], "int | np.ndarray"], np.ndarray]  # (pool indices, slate position(s)) -> (K, F) int features
 
@@ -301,21 +320,17 @@ class RankingStages:
         ids: list[str] = []
         scores: list[float] = []
         taken: set[str] = set()
-        # Walk the best candidates first; a top-k selection (not a sort of every item) is enough
-        # unless the filters reject most of it, and then the next, wider selection continues.
-        seen = 0
-        k = min(len(scored.scores), 2 * want + 32)
-        while len(ids) < want and seen < len(scored.scores):
-            order = top_order(scored.scores, k)
-            for j in order[seen:].tolist():
-                item_id = scored.item_ids[j]
-                if allow(item_id):
-                    ids.append(item_id)
-                    scores.append(float(scored.scores[j]))
-                    taken.add(item_id)
-                    if len(ids) >= want:
-                        break
-            seen, k = len(order), min(len(scored.scores), 4 * k)
+
+        def take(j: int) -> bool:  # candidate ``j`` joins the pool if allowed and not in it yet
+            item_id = str(scored.item_ids[j])
+            if item_id in taken or not allow(item_id):
+                return False
+            ids.append(item_id)
+            scores.append(float(scored.scores[j]))
+            taken.add(item_id)
+            return True
+
+        best_first(scored.scores, None, want, take)
         if state is not None and cfg.neighbour_candidates > 0 and ids:
             floor = min(scores)
             recent = recent_positives(state, 5)
@@ -334,24 +349,16 @@ class RankingStages:
         liked_cats = sorted(summary.boosted, key=lambda c: -summary.boosted[c])[:3] if cfg.category_candidates > 0 else []
         if (liked_cats or every_category) and self.categories is not None and ids:
             cm = self.categories(request.app)
-            member = cm.of_table(*scored.base())  # (S, G) in candidate order
+            table, index = scored.base()
+            member = cm.of_table(table, index) if index is not None else None  # (S, G) in candidate order
             wanted = [(cm.col[c], cfg.category_candidates) for c in liked_cats if c in cm.col]
             if every_category:  # categories the user has not turned against
                 have = cm.of(ids).any(axis=0)  # (G,)
                 wanted += [(g, 1) for g in np.flatnonzero(~have).tolist() if cm.names[g] not in summary.against]
             for g, k in wanted:
-                added = 0
-                in_g = np.flatnonzero(member[:, g])
-                for j in in_g[np.argsort(-scored.scores[in_g], kind="stable")].tolist():  # best first
-                    item_id = str(scored.item_ids[j])
-                    if item_id in taken or not allow(item_id):
-                        continue
-                    ids.append(item_id)
-                    scores.append(float(scored.scores[j]))
-                    taken.add(item_id)
-                    added += 1
-                    if added >= k:
-                        break
+                # every item scored: the category's positions in the table are its candidates
+                in_g = cm.in_table(table, g) if member is None else np.flatnonzero(member[:, g])
+                best_first(scored.scores, in_g, k, take)
         return ids, np.asarray(scores, dtype=np.float64)
 
     def _against(self, app: str, item_id: str, summary: Summary) -> bool:
@@ -487,7 +494,9 @@ class RankingStages:
         """(K,) model relevance scaled to [0, 1] plus the feedback policy's adjustments."""
         span = raw.max() - raw.min()
         rel = (raw - raw.min()) / span if span > 0 else np.ones(len(raw))  # (K,) in [0, 1]
-        adj = adjust(ctx.request.app, ctx.state, ids, ctx.now, ctx.cfg, self.space, self.items, ctx.summary)
+        app = ctx.request.app
+        adj = adjust(app, ctx.state, ids, ctx.now, ctx.cfg, self.space, self.items, ctx.summary,
+                     self.categories(app) if self.categories is not None else None)
         return rel + adj.total, adj  # (K,)
 
     def _diversify(self, ctx: RankContext, ids: list[str], final: np.ndarray, adj: Adjustments) -> tuple[np.ndarray, set[int]]:

@@ -121,7 +121,10 @@ def build_service(settings: Settings, store: Store | None = None, scorer: Scorer
     components.append(TrainedModels(Path(settings.data_dir), store.events, router))
     # Started after the folds are ready and stopped first (interval 0: no schedule, but a deletion
     # still replaces the stored snapshot); the closure reads ``service``, assigned just below.
-    components.append(SnapshotWriter(lambda: service, settings.snapshot_interval_s, settings.snapshot_min_tail))
+    # The workers of one server fold the same log into the same folds: worker 0 writes them for
+    # all (every worker writing them cost each a few % of its interpreter time under load).
+    interval = settings.snapshot_interval_s if settings.worker_index == 0 else 0.0
+    components.append(SnapshotWriter(lambda: service, interval, settings.snapshot_min_tail))
     service = Service(settings, store, catalog, state, baseline, pipeline, ranking, listeners, components,
                       restore=restore, experiments=experiments)
     return service

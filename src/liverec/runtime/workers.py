@@ -81,8 +81,10 @@ class Supervisor:
         self._context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked threads
         self._stop = False
 
-    def _spawn(self) -> multiprocessing.process.BaseProcess:
-        process = self._context.Process(target=run_worker, args=(self.settings_json,), name="liverec-worker")
+    def _spawn(self, index: int) -> multiprocessing.process.BaseProcess:
+        """Worker ``index`` (a replacement takes the index of the worker it replaces)."""
+        settings = Settings.model_validate_json(self.settings_json).model_copy(update={"worker_index": index})
+        process = self._context.Process(target=run_worker, args=(settings.model_dump_json(),), name="liverec-worker")
         process.start()
         return process
 
@@ -101,7 +103,7 @@ class Supervisor:
             probe.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: setattr(self, "_stop", True))
-        processes = [self._spawn() for _ in range(self.workers)]
+        processes = [self._spawn(k) for k in range(self.workers)]
         ever_ready: set[int] = set()
         status = 0
         while not self._stop:
@@ -115,7 +117,7 @@ class Supervisor:
                           file=sys.stderr)
                     self._stop, status = True, 1
                     break
-                processes[k] = self._spawn()  # catches up from the log, then reports ready
+                processes[k] = self._spawn(k)  # catches up from the log, then reports ready
         for process in processes:
             if process.is_alive():
                 process.terminate()  # SIGTERM: uvicorn finishes the requests in flight
