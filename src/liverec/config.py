@@ -42,11 +42,6 @@ class Settings(BaseSettings):
         8, ge=1, description="Threads per worker that run recommendation requests (Python runs one at a time; "
         "more only queue on the interpreter lock, while concurrent requests share one model pass).",
     )
-    store_threads: int = Field(
-        32, ge=1, description="Threads per worker that wait on the store for requests (event appends, the log check "
-        "before each request): apart from the request threads, so requests waiting on a commit never hold the "
-        "threads recommendations run in.",
-    )
     max_batch: int = Field(10_000, ge=1, description="Most events accepted in one POST /v1/events.")
     sequence_length: int = Field(200, ge=1, description="Recent interactions kept per user.")
     rating_min: float = Field(0.0, description="Lowest accepted rating (inclusive).")

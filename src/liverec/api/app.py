@@ -82,7 +82,6 @@ def create_app(settings: Settings | None = None, service: Service | None = None,
     async def lifespan(app: FastAPI):
         # sync routes run in this pool: a few threads, not anyio's 40 fighting for the interpreter lock
         anyio.to_thread.current_default_thread_limiter().total_tokens = app.state.service.settings.request_threads
-        app.state.store_limiter = anyio.CapacityLimiter(app.state.service.settings.store_threads)
         if not app.state.service.ready:
             app.state.service.start(progress=progress)
         for hook in app.state.on_start:

@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
+import anyio
 from fastapi import FastAPI, HTTPException, Request, routing
 from fastapi.routing import APIRoute
 
@@ -30,7 +31,7 @@ from ..auth.ratelimit import RateLimiter
 from ..config import Settings
 from ..store import Store
 from ..store.base import Change
-from .deps import KEY_STATE, in_store_thread
+from .deps import KEY_STATE
 from .schemas import ERROR_RESPONSES
 
 PUBLIC = "public"
@@ -137,9 +138,9 @@ async def authorize(request: Request) -> None:
         return
     guard: Guard = request.app.state.auth
     # The keyring keeps what it read of the keys until the log says a key was created or revoked:
-    # catch up first (in a store thread: it may query the store and fold what is new), and the
+    # catch up first (in a request thread: it may query the store and fold what is new), and the
     # handler's own catch-up finds this check already covers the request (runtime.follower).
-    await in_store_thread(request, request.app.state.service.follower.catch_up)
+    await anyio.to_thread.run_sync(request.app.state.service.follower.catch_up)
     if not guard.keyring.enabled():
         return
     presented = presented_key(request)

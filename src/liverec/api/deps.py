@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable, TypeVar
-
-import anyio
+from typing import Any
 
 import orjson
 from fastapi import Header, HTTPException, Request
@@ -46,15 +44,6 @@ class UserId(_Id):
 
 register_url_convertor("item_id", ItemId())
 register_url_convertor("user_id", UserId())
-
-
-T = TypeVar("T")
-
-
-async def in_store_thread(request: Request, fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn(*args)``, which waits on the store (a commit, a query), in one of the worker's
-    store threads (``store_threads``), not in the request threads that recommendations run in."""
-    return await anyio.to_thread.run_sync(fn, *args, limiter=request.app.state.store_limiter)
 
 
 def get_service(request: Request) -> Service:

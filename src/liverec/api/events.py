@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 
 from ..auth import INGEST
 from ..events import EventValidationError
 from ..service import BatchTooLarge, Service, field_errors
 from .auth import requires
-from .deps import get_app_id, get_service, in_store_thread, json_body, validation_error
+from .deps import get_app_id, get_service, json_body, validation_error
 from .schemas import IngestResponse, body, errors
 
 router = APIRouter(prefix="/v1", tags=["events"])
@@ -44,7 +45,7 @@ async def post_events(
     else:
         raise validation_error([{"field": "body", "value": str(body)[:80], "expected": "an event object or {\"events\": [...]}"}])
     try:
-        return await in_store_thread(request, service.ingest, app, raws, single)
+        return await run_in_threadpool(service.ingest, app, raws, single)
     except BatchTooLarge as exc:
         raise validation_error(field_errors(exc), status=413) from None
     except EventValidationError as exc:

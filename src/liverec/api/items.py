@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 
 from ..auth import INGEST, READ
 from ..events import MAX_ID_LEN, EventValidationError
 from ..service import Service, field_errors
 from .auth import requires
-from .deps import get_app_id, get_service, in_store_thread, json_body, validation_error
+from .deps import get_app_id, get_service, json_body, validation_error
 from .schemas import ItemOut, SimilarItems, UpsertResponse, body, errors
 
 # Ids may hold any character, "/" too: the path takes them whole (deps.ItemId), and the route whose
@@ -41,7 +42,7 @@ async def put_item(
     """Insert or replace one item (title, text, categories, attributes)."""
     raw = await json_body(request)
     try:
-        await in_store_thread(request, service.put_item, app, item_id, raw)
+        await run_in_threadpool(service.put_item, app, item_id, raw)
     except EventValidationError as exc:
         raise validation_error(field_errors(exc)) from None
     return {"upserted": 1}
@@ -58,7 +59,7 @@ async def post_items(request: Request, app: str = Depends(get_app_id), service: 
     if extra:
         raise validation_error([{"field": extra[0], "value": raw[extra[0]], "expected": "only 'items' in a batch"}])
     try:
-        count = await in_store_thread(request, service.upsert_items, app, raw["items"])
+        count = await run_in_threadpool(service.upsert_items, app, raw["items"])
     except EventValidationError as exc:
         raise validation_error(field_errors(exc)) from None
     return {"upserted": count}

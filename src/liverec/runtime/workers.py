@@ -103,10 +103,6 @@ class Supervisor:
             probe.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: setattr(self, "_stop", True))
-        # glibc gives each thread that allocates an arena of its own, up to 8 per core; a worker's
-        # request and store threads then hold freed memory in dozens of them (RSS grew with the
-        # threads in the soak). Two arenas per worker, unless the environment says otherwise.
-        os.environ.setdefault("MALLOC_ARENA_MAX", "2")
         processes = [self._spawn(k) for k in range(self.workers)]
         ever_ready: set[int] = set()
         status = 0
