@@ -103,6 +103,9 @@ class Supervisor:
             probe.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: setattr(self, "_stop", True))
+        # glibc gives each thread that allocates an arena of its own, up to 8 per core, each holding
+        # on to what was freed in it: two per worker, unless the environment says otherwise.
+        os.environ.setdefault("MALLOC_ARENA_MAX", "2")
         processes = [self._spawn(k) for k in range(self.workers)]
         ever_ready: set[int] = set()
         status = 0
