@@ -64,3 +64,40 @@ def test_forced_catch_ups_always_ask():
         f.catch_up()
         f.catch_up(force=True)  # after this process's own commit
     assert log.asked == 2
+
+
+class ChangingLog:
+    """A log with no events and ``n`` item changes whose reads are counted."""
+
+    def __init__(self, n: int) -> None:
+        from liverec.store.base import Change
+
+        self.changes_read = 0
+        self._changes = [Change(seq=k + 1, app="a", kind="item", key=f"i{k}", event_seq=0) for k in range(n)]
+
+    def version(self) -> None:
+        return None
+
+    def heads(self) -> tuple[int, int]:
+        return (0, len(self._changes))
+
+    def changes(self, after_seq: int = 0) -> list:
+        self.changes_read += 1
+        return [c for c in self._changes if c.seq > after_seq]
+
+
+def test_changes_are_prepared_outside_the_lock_and_applied_in_order():
+    """What needs no order (reading an upserted item, encoding its text) runs before the
+    follower's lock; the changes read for it are the ones applied, read once."""
+    log = ChangingLog(3)
+    prepared: list[tuple[list[str], bool]] = []
+    applied: list[tuple[str, bool]] = []
+    f = LogFollower(log, apply_events=lambda events: None,  # type: ignore[arg-type]
+                    apply_change=lambda c: applied.append((c.key, f.lock._is_owned())),  # type: ignore[attr-defined]
+                    prepare=lambda cs: prepared.append(([c.key for c in cs], f.lock._is_owned())))  # type: ignore[attr-defined]
+    f.catch_up()
+    assert prepared == [(["i0", "i1", "i2"], False)]
+    assert applied == [("i0", True), ("i1", True), ("i2", True)]
+    assert log.changes_read == 1 and f.change_seq == 3
+    f.catch_up()  # nothing new: nothing prepared, nothing read
+    assert len(prepared) == 1 and log.changes_read == 1

@@ -120,7 +120,9 @@ class Service:
         self._restore = restore
         self.counters = Counters()
         self._count_lock = threading.Lock()
-        self.follower = LogFollower(store.events, self._apply_events, self._apply_change, settle=self._apply_items)
+        self.follower = LogFollower(store.events, self._apply_events, self._apply_change, settle=self._apply_items,
+                                    prepare=self._prepare_changes)
+        self._prefetched: dict[int, Item | None] = {}  # change seq -> the upserted item, read before the follower's lock
         self._upserted: dict[str, dict[str, Item]] = {}  # app -> items upserted, handed to the scorer at once
         self._append: MicroBatcher[list[Event], AppendResult] = MicroBatcher(self._append_group)
         # this process's deletions being applied, by (app, digest): the deletion and the events
@@ -203,9 +205,27 @@ class Service:
         for listener in self.listeners:
             listener(events)
 
+    def _prepare_changes(self, changes: list[Change]) -> None:
+        """Before the follower's lock: read the items the changes upserted and encode their text
+        (a store round trip and a sentence-encoder pass each, which held every request waiting
+        on the lock when done inside it)."""
+        items = [c for c in changes if c.kind == "item" and c.seq not in self._prefetched]
+        if not items:
+            return
+        fetched = {c.seq: self.store.catalog.get(c.app, c.key) for c in items}
+        scorer = self.pipeline.scorer
+        if isinstance(scorer, FollowsCatalog):
+            by_app: dict[str, list[Item]] = {}
+            for item in fetched.values():
+                if item is not None:
+                    by_app.setdefault(item.app, []).append(item)
+            for app, upserted in by_app.items():
+                scorer.prepare_items(app, upserted)
+        self._prefetched.update(fetched)
+
     def _apply_change(self, change: Change) -> None:
         if change.kind == "item":
-            item = self.store.catalog.get(change.app, change.key)
+            item = self._prefetched.pop(change.seq) if change.seq in self._prefetched else self.store.catalog.get(change.app, change.key)
             if item is not None:
                 self.catalog.put(item)
                 self._upserted.setdefault(change.app, {})[item.item_id] = item

@@ -51,12 +51,18 @@ class LogFollower:
         change_seq: int = 0,
         batch: int = 5_000,
         settle: Callable[[], None] | None = None,
+        prepare: Callable[[list[Change]], None] | None = None,
     ) -> None:
         self.log = log
         self.apply_events = apply_events
         self.apply_change = apply_change
         # called once a catch-up has applied everything (folds that apply a run of changes at once)
         self.settle = settle
+        # called with the changes a catch-up is about to apply, before it takes the lock: work
+        # that needs no order (reading an upserted item, encoding its text) is done there, while
+        # other threads go on applying and answering
+        self.prepare = prepare
+        self._prepared: tuple[int, list[Change]] | None = None  # (read after change seq, the changes read)
         self.event_seq = event_seq
         self.change_seq = change_seq
         self.batch = batch
@@ -100,6 +106,11 @@ class LogFollower:
                 self._fresh(started)
                 self.lock.release()
             return 0
+        if self.prepare is not None and heads[1] > self.change_seq:
+            after = self.change_seq
+            changes = [c for c in self.log.changes(after) if c.seq <= heads[1]]
+            self.prepare(changes)
+            self._prepared = (after, changes)
         with self.lock:
             applied = self._apply_until(*heads)
             self._version = version  # read before the heads: a later commit moves it again
@@ -115,7 +126,13 @@ class LogFollower:
     def _apply_until(self, event_head: int, change_head: int) -> int:
         if event_head <= self.event_seq and change_head <= self.change_seq:
             return 0  # another thread caught up while this one waited
-        changes = [c for c in self.log.changes(self.change_seq) if c.seq <= change_head] if change_head > self.change_seq else []
+        changes: list[Change] = []
+        if change_head > self.change_seq:
+            read = self._prepared
+            if read is not None and read[0] == self.change_seq and read[1] and read[1][-1].seq >= change_head:
+                changes = [c for c in read[1] if c.seq <= change_head]  # read (and prepared) before the lock
+            else:
+                changes = [c for c in self.log.changes(self.change_seq) if c.seq <= change_head]
         applied = 0
         pending: list[Event] = []
         positions: list[int] = []
