@@ -101,3 +101,31 @@ def test_changes_are_prepared_outside_the_lock_and_applied_in_order():
     assert log.changes_read == 1 and f.change_seq == 3
     f.catch_up()  # nothing new: nothing prepared, nothing read
     assert len(prepared) == 1 and log.changes_read == 1
+
+
+def test_concurrent_catch_ups_prepare_the_changes_once():
+    """Threads that find the same changes pending prepare them once (preparing encodes text:
+    every request thread encoding every upserted item's text slowed a loaded server down)."""
+    import threading
+
+    log = ChangingLog(2)
+    prepared: list[list[str]] = []
+    entered = threading.Event()
+    release = threading.Event()
+
+    def prepare(changes) -> None:
+        prepared.append([c.key for c in changes])
+        entered.set()
+        release.wait(5)
+
+    f = LogFollower(log, apply_events=lambda events: None, apply_change=lambda c: None, prepare=prepare)  # type: ignore[arg-type]
+    threads = [threading.Thread(target=f.catch_up) for _ in range(4)]
+    threads[0].start()
+    assert entered.wait(5)
+    for t in threads[1:]:
+        t.start()
+    time.sleep(0.1)  # the others reach the prepare step and wait for it
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert prepared == [["i0", "i1"]] and f.change_seq == 2

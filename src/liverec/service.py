@@ -245,6 +245,10 @@ class Service:
         """Hand the items upserted since the last call to the scorer (a model places those it was
         not trained on from their text), a batch upsert in one call."""
         upserted, self._upserted = self._upserted, {}
+        if self._prefetched:  # read for changes another thread applied meanwhile: not needed any more
+            applied = self.follower.change_seq
+            for seq in [seq for seq in self._prefetched if seq <= applied]:
+                self._prefetched.pop(seq, None)
         scorer = self.pipeline.scorer
         if isinstance(scorer, FollowsCatalog):
             for app, items in upserted.items():
@@ -341,7 +345,11 @@ class Service:
 
     def ingest_events(self, events: list[Event]) -> dict[str, int]:
         """Store already-validated events and apply them; the return is the acknowledgement."""
-        result = self._append(events)  # durable and folded once this returns
+        result = self._append(events)  # durable once this returns
+        # Folded before the answer (read-your-writes), outside the group commit: the next group's
+        # append runs while this one's events are folded, and one check applies every group
+        # committed before it started.
+        self.follower.catch_up(since=time.monotonic())
         with self._count_lock:
             for event in result.accepted:
                 self.counters.by_type[event.type] = self.counters.by_type.get(event.type, 0) + 1
@@ -350,13 +358,13 @@ class Service:
         return {"accepted": len(result.accepted), "duplicates": result.duplicates}
 
     def _append_group(self, batches: Sequence[list[Event]]) -> list[AppendResult]:
-        """Group commit: the batches of concurrent requests in one transaction, then one catch-up.
+        """Group commit: the batches of concurrent requests in one transaction (each caller
+        folds them after, :meth:`ingest_events`).
 
         A batch is still all-or-nothing (a failure fails every batch of the group, none of them
         acknowledged); an event id sent twice in the group is stored once, from the first batch.
         """
         result = self.store.events.append([e for batch in batches for e in batch])  # durable
-        self.follower.catch_up(force=True)  # this process's folds now hold them (and whatever came before)
         stored = set(map(id, result.accepted))
         out = []
         for batch in batches:
@@ -373,7 +381,7 @@ class Service:
 
     def _store_items(self, items: list) -> int:
         written = self.store.catalog.upsert(items)
-        self.follower.catch_up(force=True)
+        self.follower.catch_up(since=time.monotonic())
         return written
 
     def delete_user(self, app: str, user_id: str, requested_by: str = "open") -> dict[str, Any]:
