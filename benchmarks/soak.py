@@ -634,7 +634,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         learner_log = run_dir / "learn.log"
         with open(learner_log, "a") as out:
             learner = subprocess.Popen(
-                ["nice", "-n", "10", str(args.liverec), "learn", "--data-dir", str(run_dir), "--store", pg_url,
+                ["chrt", "--idle", "0", str(args.liverec), "learn", "--data-dir", str(run_dir), "--store", pg_url,
                  "--interval", str(args.learner_interval), "--min-events", str(args.learner_min_events),
                  "--steps", str(args.learner_steps)],
                 env={**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, stdout=out, stderr=subprocess.STDOUT,
