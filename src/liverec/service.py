@@ -345,11 +345,7 @@ class Service:
 
     def ingest_events(self, events: list[Event]) -> dict[str, int]:
         """Store already-validated events and apply them; the return is the acknowledgement."""
-        result = self._append(events)  # durable once this returns
-        # Folded before the answer (read-your-writes), outside the group commit: the next group's
-        # append runs while this one's events are folded, and one check applies every group
-        # committed before it started.
-        self.follower.catch_up(since=time.monotonic())
+        result = self._append(events)  # durable and folded once this returns
         with self._count_lock:
             for event in result.accepted:
                 self.counters.by_type[event.type] = self.counters.by_type.get(event.type, 0) + 1
@@ -358,13 +354,14 @@ class Service:
         return {"accepted": len(result.accepted), "duplicates": result.duplicates}
 
     def _append_group(self, batches: Sequence[list[Event]]) -> list[AppendResult]:
-        """Group commit: the batches of concurrent requests in one transaction (each caller
-        folds them after, :meth:`ingest_events`).
+        """Group commit: the batches of concurrent requests in one transaction, then one catch-up.
 
         A batch is still all-or-nothing (a failure fails every batch of the group, none of them
         acknowledged); an event id sent twice in the group is stored once, from the first batch.
         """
         result = self.store.events.append([e for batch in batches for e in batch])  # durable
+        # this process's folds now hold them (and whatever came before): one check per group
+        self.follower.catch_up(since=time.monotonic())
         stored = set(map(id, result.accepted))
         out = []
         for batch in batches:
