@@ -120,9 +120,7 @@ class Service:
         self._restore = restore
         self.counters = Counters()
         self._count_lock = threading.Lock()
-        self.follower = LogFollower(store.events, self._apply_events, self._apply_change, settle=self._apply_items,
-                                    prepare=self._prepare_changes)
-        self._prefetched: dict[int, Item | None] = {}  # change seq -> the upserted item, read before the follower's lock
+        self.follower = LogFollower(store.events, self._apply_events, self._apply_change, settle=self._apply_items)
         self._upserted: dict[str, dict[str, Item]] = {}  # app -> items upserted, handed to the scorer at once
         self._append: MicroBatcher[list[Event], AppendResult] = MicroBatcher(self._append_group)
         # this process's deletions being applied, by (app, digest): the deletion and the events
@@ -205,27 +203,9 @@ class Service:
         for listener in self.listeners:
             listener(events)
 
-    def _prepare_changes(self, changes: list[Change]) -> None:
-        """Before the follower's lock: read the items the changes upserted and encode their text
-        (a store round trip and a sentence-encoder pass each, which held every request waiting
-        on the lock when done inside it)."""
-        items = [c for c in changes if c.kind == "item" and c.seq not in self._prefetched]
-        if not items:
-            return
-        fetched = {c.seq: self.store.catalog.get(c.app, c.key) for c in items}
-        scorer = self.pipeline.scorer
-        if isinstance(scorer, FollowsCatalog):
-            by_app: dict[str, list[Item]] = {}
-            for item in fetched.values():
-                if item is not None:
-                    by_app.setdefault(item.app, []).append(item)
-            for app, upserted in by_app.items():
-                scorer.prepare_items(app, upserted)
-        self._prefetched.update(fetched)
-
     def _apply_change(self, change: Change) -> None:
         if change.kind == "item":
-            item = self._prefetched.pop(change.seq) if change.seq in self._prefetched else self.store.catalog.get(change.app, change.key)
+            item = self.store.catalog.get(change.app, change.key)
             if item is not None:
                 self.catalog.put(item)
                 self._upserted.setdefault(change.app, {})[item.item_id] = item
@@ -245,10 +225,6 @@ class Service:
         """Hand the items upserted since the last call to the scorer (a model places those it was
         not trained on from their text), a batch upsert in one call."""
         upserted, self._upserted = self._upserted, {}
-        if self._prefetched:  # read for changes another thread applied meanwhile: not needed any more
-            applied = self.follower.change_seq
-            for seq in [seq for seq in self._prefetched if seq <= applied]:
-                self._prefetched.pop(seq, None)
         scorer = self.pipeline.scorer
         if isinstance(scorer, FollowsCatalog):
             for app, items in upserted.items():
@@ -360,8 +336,7 @@ class Service:
         acknowledged); an event id sent twice in the group is stored once, from the first batch.
         """
         result = self.store.events.append([e for batch in batches for e in batch])  # durable
-        # this process's folds now hold them (and whatever came before): one check per group
-        self.follower.catch_up(since=time.monotonic())
+        self.follower.catch_up(force=True)  # this process's folds now hold them (and whatever came before)
         stored = set(map(id, result.accepted))
         out = []
         for batch in batches:
@@ -378,7 +353,7 @@ class Service:
 
     def _store_items(self, items: list) -> int:
         written = self.store.catalog.upsert(items)
-        self.follower.catch_up(since=time.monotonic())
+        self.follower.catch_up(force=True)
         return written
 
     def delete_user(self, app: str, user_id: str, requested_by: str = "open") -> dict[str, Any]:

@@ -479,12 +479,6 @@ class TransformerScorer:
         grown._extend_indexes(self)
         return grown
 
-    def prepare_texts(self, texts: Sequence[str]) -> None:
-        """Encode item texts :meth:`add_items` will read, ahead of it (into the text memo)."""
-        memo = self.text_vectors
-        if memo is not None and memo.encoder is self.text_encoder:
-            memo.add([t for t in texts if t])
-
     def _text_vectors(self, texts: list[str]) -> np.ndarray:
         """(K, text_dim) vectors of item texts: those the scorer's text memo knows, or the
         on-disk cache (many at once: one read), the rest encoded (and remembered)."""

@@ -98,13 +98,6 @@ class PromotedModels:
                 return
             self.by_app[app] = scorer.add_items([i.item_id for i in items], [encoder_text(i) for i in items])
 
-    def prepare_items(self, app: str, items: Sequence[Item]) -> None:
-        """Encode the text of items about to be upserted into the app's scorer (its text memo
-        keeps the vectors that :meth:`items_changed` then reads), outside the fold's lock."""
-        scorer = self.by_app.get(app)
-        if scorer is not None and app in self._following and scorer.can_add_items:
-            scorer.prepare_texts([encoder_text(i) for i in items])
-
     def _with_catalog(self, app: str, scorer: TransformerScorer) -> TransformerScorer:
         if self.catalog is None or not scorer.can_add_items:
             return scorer

@@ -126,7 +126,3 @@ class FollowsCatalog(Protocol):
 
     def items_changed(self, app: str, items: Sequence[Item]) -> None:
         """Items upserted (new, or changed), folded from the log in commit order."""
-
-    def prepare_items(self, app: str, items: Sequence[Item]) -> None:
-        """Items about to be handed to :meth:`items_changed`: work that needs no order (encoding
-        their text) done ahead, outside the fold's lock."""

@@ -51,19 +51,12 @@ class LogFollower:
         change_seq: int = 0,
         batch: int = 5_000,
         settle: Callable[[], None] | None = None,
-        prepare: Callable[[list[Change]], None] | None = None,
     ) -> None:
         self.log = log
         self.apply_events = apply_events
         self.apply_change = apply_change
         # called once a catch-up has applied everything (folds that apply a run of changes at once)
         self.settle = settle
-        # called with the changes a catch-up is about to apply, before it takes the lock: work
-        # that needs no order (reading an upserted item, encoding its text) is done there, while
-        # other threads go on applying and answering
-        self.prepare = prepare
-        self._prepared: tuple[int, list[Change]] | None = None  # (read after change seq, the changes read)
-        self._preparing = threading.Lock()
         self.event_seq = event_seq
         self.change_seq = change_seq
         self.batch = batch
@@ -89,38 +82,25 @@ class LogFollower:
         heads = self.log.heads()
         return (heads if heads[0] > self.event_seq or heads[1] > self.change_seq else None), version
 
-    def catch_up(self, force: bool = False, since: float | None = None) -> int:
+    def catch_up(self, force: bool = False) -> int:
         """Apply everything committed up to now; returns how many events were applied.
 
         ``force`` after a commit of this process's own (see :meth:`behind`). Without it, a
         request (:data:`ARRIVED`) that a check started after its arrival already covered returns
-        at once. ``since`` (``time.monotonic()`` taken after this process's own commit returned;
-        implies ``force``): a check started after it covers the caller, whether it was applied
-        before this call or while it waited for the lock."""
-        covered = since if since is not None else (ARRIVED.get() if not force else None)
-        if covered is not None and self._fresh_since >= covered:
-            return 0
+        at once."""
+        if not force:
+            arrived = ARRIVED.get()
+            if arrived is not None and self._fresh_since >= arrived:
+                return 0
         started = time.monotonic()
-        heads, version = self.behind(force or since is not None)
+        heads, version = self.behind(force)
         if heads is None:
             self._version = version
             if self.lock.acquire(blocking=False):  # not while another thread is still applying
                 self._fresh(started)
                 self.lock.release()
             return 0
-        if self.prepare is not None and heads[1] > self.change_seq:
-            with self._preparing:  # one thread prepares; the others then find it done
-                read = self._prepared
-                if heads[1] <= self.change_seq:
-                    pass  # applied by another thread meanwhile
-                elif read is None or read[0] != self.change_seq or not read[1] or read[1][-1].seq < heads[1]:
-                    after = self.change_seq
-                    changes = [c for c in self.log.changes(after) if c.seq <= heads[1]]
-                    self.prepare(changes)
-                    self._prepared = (after, changes)
         with self.lock:
-            if since is not None and self._fresh_since >= since:
-                return 0  # a check that started after the commit was applied while this one waited
             applied = self._apply_until(*heads)
             self._version = version  # read before the heads: a later commit moves it again
             self._fresh(started)
@@ -135,13 +115,7 @@ class LogFollower:
     def _apply_until(self, event_head: int, change_head: int) -> int:
         if event_head <= self.event_seq and change_head <= self.change_seq:
             return 0  # another thread caught up while this one waited
-        changes: list[Change] = []
-        if change_head > self.change_seq:
-            read = self._prepared
-            if read is not None and read[0] == self.change_seq and read[1] and read[1][-1].seq >= change_head:
-                changes = [c for c in read[1] if c.seq <= change_head]  # read (and prepared) before the lock
-            else:
-                changes = [c for c in self.log.changes(self.change_seq) if c.seq <= change_head]
+        changes = [c for c in self.log.changes(self.change_seq) if c.seq <= change_head] if change_head > self.change_seq else []
         applied = 0
         pending: list[Event] = []
         positions: list[int] = []
