@@ -127,6 +127,7 @@ class Windows:
         self.lat: dict[int, dict[str, list[float]]] = {}
         self.status: dict[int, dict[str, int]] = {}
         self.per_s: dict[int, list[int]] = {}
+        self.done_per_w: dict[int, int] = {}  # window -> 200s answered in it (by when they were answered)
 
     def add(self, slot: float, done: float, kind: str, status: int | str) -> None:
         w = int((slot - self.start) // self.window_s)
@@ -135,6 +136,8 @@ class Windows:
         if status == 200:
             self.lat.setdefault(w, {}).setdefault(kind, []).append(1000.0 * (done - slot))
             counts[0] += 1
+            answered = int((done - self.start) // self.window_s)
+            self.done_per_w[answered] = self.done_per_w.get(answered, 0) + 1
         else:
             key = f"{kind}:{status}"
             self.status.setdefault(w, {})[key] = self.status.setdefault(w, {}).get(key, 0) + 1
@@ -251,7 +254,8 @@ async def open_loop(spec: dict[str, Any], progress: Any, stop_flag: Any) -> dict
     return {"sent": k, "connections_opened": pool.opened, "acked_events": acked_events, "acked_items": acked_items,
             "refused": refused, "failures": failures, "failure_count": failure_count,
             "lat": {str(w): v for w, v in win.lat.items()}, "status": {str(w): v for w, v in win.status.items()},
-            "per_s": {str(s): v for s, v in win.per_s.items()}}
+            "per_s": {str(s): v for s, v in win.per_s.items()},
+            "done_per_w": {str(w): n for w, n in win.done_per_w.items()}}
 
 
 def generator_main(spec: dict[str, Any], results: Any, stop_flag: Any) -> None:
@@ -420,6 +424,9 @@ def summarise(gen: dict[str, Any], samples: list[dict[str, Any]], versions: list
         windows.append({
             "window": w, "t0_s": w * args.window_s,
             "achieved_rps": round(ok / args.window_s, 1),
+            # by when they were answered: below the offered rate when a backlog builds up (what the
+            # server served), where achieved_rps (by when they were due) catches up at the end
+            "answered_rps": round(gen.get("done_per_w", {}).get(str(w), 0) / args.window_s, 1),
             "latency_ms": {k: {"n": len(v), "p50": _q(v, 0.5), "p99": _q(v, 0.99)} for k, v in sorted(lat.items())},
             "failures_by_status": statuses,
             "rss_mb": {r: round(sum(s["rss_mb"][r] for s in rss if r in s["rss_mb"]) / max(1, sum(r in s["rss_mb"] for s in rss)), 1)
@@ -762,10 +769,15 @@ def _learner_updates(path: Path) -> dict[str, Any]:
 def verdict(report: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     overall = report["overall"]
+    # every window outside the outage answers at the offered rate (by when answers came: a server
+    # that falls behind answers below it) and its p50 stays under a second (no backlog carried)
+    steady = [w for i, w in enumerate(report["windows"]) if not _in_outage(i, report, args)]
     out["rate"] = {"target": f">= {args.rps:g} req/s offered, answered at that rate outside the outage",
-                   "value": overall["achieved_rps"], "pass": overall["offered_rps"] >= 0.99 * args.rps
-                   and all(w["achieved_rps"] >= 0.97 * args.rps for i, w in enumerate(report["windows"])
-                           if not _in_outage(i, report, args))}
+                   "value": overall["achieved_rps"],
+                   "answered_rps_min": min((w["answered_rps"] for w in steady), default=None),
+                   "pass": overall["offered_rps"] >= 0.99 * args.rps
+                   and all(w["answered_rps"] >= 0.97 * args.rps for w in steady)
+                   and all(v["p50"] is None or v["p50"] < 1000.0 for w in steady for v in w["latency_ms"].values())}
     worst_rss = max(report["rss_drift"].items(), key=lambda kv: abs(kv[1]), default=(None, 0.0))
     out["rss_flat"] = {"target": f"every process within {RSS_TARGET:.0%}", "worst": worst_rss,
                        "pass": all(abs(v) <= RSS_TARGET for v in report["rss_drift"].values())}

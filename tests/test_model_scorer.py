@@ -385,6 +385,37 @@ def test_a_failing_batch_fails_each_of_its_callers_and_the_next_batch_runs() -> 
     assert b(1) == 2 and calls == [[-1], [1]]
 
 
+def test_submitted_inputs_are_batched_while_a_batch_runs_and_resolve_their_futures() -> None:
+    """An async caller submits without blocking a thread: what is submitted while a batch runs
+    goes into the next one, run by the batcher's own thread; failures reach every future."""
+    import threading
+
+    from liverec.batching import MicroBatcher
+
+    running, release = threading.Event(), threading.Event()
+    calls = []
+
+    def fn(xs):
+        calls.append(list(xs))
+        if xs[0] == 0:  # the first batch: hold it while more is submitted
+            running.set()
+            release.wait(5)
+        if any(x < 0 for x in xs):
+            raise ValueError("negative")
+        return [x * 10 for x in xs]
+
+    b = MicroBatcher(fn)
+    first = b.submit(0)
+    assert running.wait(5)
+    later = [b.submit(x) for x in (1, 2, 3)]
+    release.set()
+    assert first.result(5) == 0 and [f.result(5) for f in later] == [10, 20, 30]
+    assert calls == [[0], [1, 2, 3]]
+    with pytest.raises(ValueError):
+        b.submit(-1).result(5)
+    assert b(5) == 50  # a blocking caller still runs its own batch
+
+
 def test_a_replaced_scorer_is_freed_without_the_cyclic_collector() -> None:
     """Every item upsert replaces the served scorer (add_items); the old one, with its item
     matrices, must go when its last reference does, not wait for a cyclic collection."""

@@ -9,6 +9,11 @@ runs one with everything queued so far (itself included); callers arriving meanw
 the next of them runs the next batch. An idle worker therefore adds no latency, and a busy one
 batches as many requests as arrived during the previous pass.
 
+A caller that should not block a thread while it waits (an async request handler: a request
+thread held for a whole group commit is one recommendations cannot use) hands its input over
+with :meth:`MicroBatcher.submit` and waits on the future; a runner thread of the batcher's own,
+started on the first submit, runs batches whenever inputs wait and no caller runs one.
+
 >>> calls = []
 >>> double = MicroBatcher(lambda xs: (calls.append(len(xs)), [2 * x for x in xs])[1])
 >>> double(21), calls
@@ -18,6 +23,7 @@ batches as many requests as arrived during the previous pass.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from typing import Callable, Generic, Sequence, TypeVar
 
 X = TypeVar("X")
@@ -25,13 +31,14 @@ Y = TypeVar("Y")
 
 
 class _Slot(Generic[X, Y]):
-    __slots__ = ("x", "y", "error", "done")
+    __slots__ = ("x", "y", "error", "done", "future")
 
-    def __init__(self, x: X) -> None:
+    def __init__(self, x: X, future: Future[Y] | None = None) -> None:
         self.x = x
         self.y: Y | None = None
         self.error: BaseException | None = None
         self.done = False
+        self.future = future  # a submitted input's: resolved when its batch ran
 
 
 class MicroBatcher(Generic[X, Y]):
@@ -46,6 +53,29 @@ class MicroBatcher(Generic[X, Y]):
         self._busy = False
         self.batches = 0  # batched calls made (with ``items``: the mean batch size)
         self.items = 0
+        self._runner: threading.Thread | None = None
+
+    def submit(self, x: X) -> Future[Y]:
+        """Queue ``x`` for the next batch without waiting for it: the future resolves (or fails)
+        when its batch has run."""
+        future: Future[Y] = Future()
+        with self._cond:
+            self._queue.append(_Slot(x, future))
+            if self._runner is None:
+                self._runner = threading.Thread(target=self._serve, name="liverec-batcher", daemon=True)
+                self._runner.start()
+            self._cond.notify_all()
+        return future
+
+    def _serve(self) -> None:
+        """The runner thread: a batch of what waits whenever no caller runs one."""
+        while True:
+            with self._cond:
+                while self._busy or not self._queue:
+                    self._cond.wait()
+                self._busy = True
+                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+            self._run(batch)
 
     def __call__(self, x: X) -> Y:
         slot: _Slot[X, Y] = _Slot(x)
@@ -82,3 +112,9 @@ class MicroBatcher(Generic[X, Y]):
                 self.batches += 1
                 self.items += len(batch)
                 self._cond.notify_all()
+            for s in batch:
+                if s.future is not None:
+                    if s.error is not None:
+                        s.future.set_exception(s.error)
+                    else:
+                        s.future.set_result(s.y)  # type: ignore[arg-type]

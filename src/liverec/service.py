@@ -18,6 +18,7 @@ import gc
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
@@ -309,19 +310,30 @@ class Service:
 
         ``single``: the request sent one event object (errors then name plain fields).
         """
+        return self.ingest_events(self._validate(app, raws, single))
+
+    def submit(self, app: str, raws: list[Any], single: bool = False) -> Future[AppendResult]:
+        """:meth:`ingest` without waiting for the commit: validated here (errors raised here),
+        then queued for the next group commit; the future resolves once the batch is durable and
+        folded (:meth:`acknowledge` turns its result into the answer)."""
+        return self._append.submit(self._validate(app, raws, single))
+
+    def _validate(self, app: str, raws: list[Any], single: bool) -> list[Event]:
         if len(raws) > self.settings.max_batch:
             self.counters.events_rejected += len(raws)
             raise BatchTooLarge(len(raws), self.settings.max_batch)
         try:
-            events = parse_batch(raws, app=app, rules=self.rules, positions=not single)
+            return parse_batch(raws, app=app, rules=self.rules, positions=not single)
         except EventValidationError:
             self.counters.events_rejected += len(raws)
             raise
-        return self.ingest_events(events)
 
     def ingest_events(self, events: list[Event]) -> dict[str, int]:
         """Store already-validated events and apply them; the return is the acknowledgement."""
-        result = self._append(events)  # durable and folded once this returns
+        return self.acknowledge(self._append(events))  # durable and folded once this returns
+
+    def acknowledge(self, result: AppendResult) -> dict[str, int]:
+        """Count a committed batch; the answer to its sender."""
         with self._count_lock:
             for event in result.accepted:
                 self.counters.by_type[event.type] = self.counters.by_type.get(event.type, 0) + 1
