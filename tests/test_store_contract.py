@@ -55,6 +55,17 @@ def test_append_is_idempotent_and_ordered(store):
     assert [e.event_id for _, e in store.events.scan(after_seq=seqs[0])] == ["e2", "e3"]
 
 
+@pytest.mark.parametrize("n", [5, 6, 7])
+def test_scan_reads_the_log_in_batches_to_its_end(store, n):
+    """Batches of 3 over logs of 5, 6 and 7 events (a partial last batch, an exact multiple):
+    every event once, in order, after any position."""
+    store.events.append([ev(k) for k in range(1, n + 1)])
+    seqs = [seq for seq, _ in store.events.scan(batch=3)]
+    assert [e.event_id for _, e in store.events.scan(batch=3)] == [f"e{k}" for k in range(1, n + 1)]
+    assert [s for s, _ in store.events.scan(after_seq=seqs[2], batch=3)] == seqs[3:]
+    assert [e.event_id for _, e in store.events.scan(app="a", batch=3)] == [f"e{k}" for k in range(1, n + 1)]
+
+
 def test_events_round_trip_every_field(store):
     e = Event("a", "x", "u", "block", 12.5, None, None, "no thanks", "category", "Horror", {"page": "home", "n": 2})
     store.events.append([e])

@@ -70,10 +70,10 @@ class SqlEventReads:
                 # app for each batch (ML-1M: 0.68 s a batch instead of 0.07 s)
                 rows = run(self._s, f"SELECT seq, {EVENT_COLUMNS} FROM events WHERE seq > ? AND app || '' = ? ORDER BY seq LIMIT ?",
                            (last, app, batch))
-            if not rows:
-                return
             for row in rows:
                 yield row[0], self._event(row[1:])
+            if len(rows) < batch:  # the end of the log: no query that would only say so
+                return
             last = rows[-1][0]
 
     def last_seq(self) -> int:
