@@ -86,7 +86,7 @@ class Pool:
     """Keep-alive connections handed to one request at a time; a new one while fewer than
     ``cap`` exist, else the request waits for one (its latency, counted from its slot, shows it)."""
 
-    IDLE_S = 3.0  # the server closes a keep-alive connection idle for 5 s (uvicorn's default): not reused past this
+    IDLE_S = 30.0  # the server closes a keep-alive connection idle for 65 s (runtime.workers.KEEP_ALIVE_S): not reused past this
 
     def __init__(self, host: str, port: int, cap: int) -> None:
         self.host, self.port, self.cap = host, port, cap

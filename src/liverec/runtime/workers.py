@@ -30,6 +30,13 @@ from ..config import Settings
 from .readiness import SETTINGS_ENV, WorkerRegistry
 
 
+# Seconds an idle keep-alive connection stays open. uvicorn's 5 s default races clients that
+# reuse a connection near it, and a worker whose loop was held up for a moment closed every
+# connection whose timer ran out meanwhile, requests already sent on them included (78 failed
+# requests in a 30-minute soak, in bursts); proxies and clients keep connections ~60 s.
+KEEP_ALIVE_S = 65
+
+
 def share_cores(workers: int) -> None:
     """Give each worker's PyTorch its share of the cores: N workers each running intra-op
     threads over every core oversubscribe the machine (one batched forward runs at a time per
@@ -67,7 +74,8 @@ def run_worker(settings_json: str) -> None:
     settings = Settings.model_validate_json(settings_json)
     share_cores(settings.workers)
     sock = listen(settings.host, settings.port)
-    config = uvicorn.Config(create_app(settings, progress=False), log_level="warning", access_log=False)
+    config = uvicorn.Config(create_app(settings, progress=False), log_level="warning", access_log=False,
+                            timeout_keep_alive=KEEP_ALIVE_S)
     uvicorn.Server(config).run(sockets=[sock])
 
 
@@ -143,7 +151,7 @@ def serve(settings: Settings, workers: int = 1, progress: bool = True) -> None:
         share_cores(1)
 
         uvicorn.run(create_app(settings, progress=progress), host=settings.host, port=settings.port,
-                    log_level="warning", access_log=False)
+                    log_level="warning", access_log=False, timeout_keep_alive=KEEP_ALIVE_S)
         return
     # The supervising parent imports none of the service (torch, the API): the workers it spawns
     # import it themselves, so importing it here would only delay them.
