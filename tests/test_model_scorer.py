@@ -414,6 +414,17 @@ def test_submitted_inputs_are_batched_while_a_batch_runs_and_resolve_their_futur
     with pytest.raises(ValueError):
         b.submit(-1).result(5)
     assert b(5) == 50  # a blocking caller still runs its own batch
+    # a waiter that gave up (its future cancelled) leaves the runner serving the others
+    running.clear()
+    release.clear()
+    held = b.submit(0)
+    assert running.wait(5)
+    gone = b.submit(6)
+    assert gone.cancel()
+    kept = b.submit(7)
+    release.set()
+    assert held.result(5) == 0 and kept.result(5) == 70 and gone.cancelled()
+    assert b.submit(8).result(5) == 80
 
 
 def test_a_replaced_scorer_is_freed_without_the_cyclic_collector() -> None:

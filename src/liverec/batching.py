@@ -113,7 +113,9 @@ class MicroBatcher(Generic[X, Y]):
                 self.items += len(batch)
                 self._cond.notify_all()
             for s in batch:
-                if s.future is not None:
+                # a future its waiter cancelled (the client went away) is left as it is: the
+                # batch ran all the same
+                if s.future is not None and s.future.set_running_or_notify_cancel():
                     if s.error is not None:
                         s.future.set_exception(s.error)
                     else:
