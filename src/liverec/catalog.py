@@ -114,6 +114,17 @@ class CategoryMatrix:
         object.__setattr__(self, "_tables", TableMemo(lambda table: np.array([get(i, -1) for i in table.tolist()], dtype=np.int64)))
         object.__setattr__(self, "_columns", TableMemo(lambda table: [np.flatnonzero(c) for c in self.of_table(table).T]))
 
+    @staticmethod
+    def of_items(items: Sequence[Item]) -> CategoryMatrix:
+        """The membership of ``items`` (rows in their order, columns in name order)."""
+        names = sorted({c for item in items for c in item.categories})
+        col = {c: g for g, c in enumerate(names)}
+        member = np.zeros((len(items), len(names)), dtype=bool)
+        for r, item in enumerate(items):
+            for c in item.categories:
+                member[r, col[c]] = True
+        return CategoryMatrix({item.item_id: r for r, item in enumerate(items)}, col, names, member)
+
     def in_table(self, table: np.ndarray, category: int) -> np.ndarray:
         """The positions in ``table`` (a scorer's id table) of the items in column ``category``,
         ascending; kept per table object, like :meth:`of_table`'s lookup."""
@@ -224,13 +235,7 @@ class CatalogIndex:
         with self._lock:
             items = list(self._items.get(app, {}).values())
             version = self._versions.get(app, 0)
-        names = sorted({c for item in items for c in item.categories})
-        col = {c: g for g, c in enumerate(names)}
-        member = np.zeros((len(items), len(names)), dtype=bool)
-        for r, item in enumerate(items):
-            for c in item.categories:
-                member[r, col[c]] = True
-        built = CategoryMatrix({item.item_id: r for r, item in enumerate(items)}, col, names, member)
+        built = CategoryMatrix.of_items(items)
         with self._lock:
             if self._versions.get(app, 0) == version:  # no item changed while it was built
                 self._matrices[app] = built

@@ -334,21 +334,10 @@ class Adjustments:
 def membership(app: str, item_ids: Sequence[str], item_of: Callable[[str, str], Item | None],
                categories: CategoryMatrix | None = None) -> tuple[np.ndarray, list[str], Mapping[str, int]]:
     """(K, G) category membership of ``item_ids``, the category names and their columns: the
-    app's :class:`~liverec.catalog.CategoryMatrix` when given, else read off the items."""
-    if categories is not None:
-        return categories.of(item_ids), categories.names, categories.col
-    col: dict[str, int] = {}
-    rows: list[tuple[str, ...]] = []
-    for item_id in item_ids:
-        item = item_of(app, item_id)
-        cats = item.categories if item is not None else ()
-        for c in cats:
-            col.setdefault(c, len(col))
-        rows.append(cats)
-    member = np.zeros((len(item_ids), len(col)), dtype=bool)
-    for r, cats in enumerate(rows):
-        member[r, [col[c] for c in cats]] = True
-    return member, list(col), col
+    app's :class:`~liverec.catalog.CategoryMatrix` when given, else one of the items themselves."""
+    if categories is None:
+        categories = CategoryMatrix.of_items([item for item in (item_of(app, i) for i in item_ids) if item is not None])
+    return categories.of(item_ids), categories.names, categories.col
 
 
 def adjust(
