@@ -111,7 +111,11 @@ def test_order_counts_and_dead_letters(tmp_path, broker):
         keys.append(user)
     values[100] = b"{not json"
     values[2000] = orjson.dumps({"user_id": "u1", "item_id": "x", "type": "viewed"})
-    values[2500] = orjson.dumps({"events": [orjson.loads(_event(10_000 + j, "u7")) for j in range(50)]})  # 50 in one message
+    # 50 in one message, stamped between the user's messages before and after it, and keyed by its
+    # user as a producer would: the order checked below holds within one partition only
+    values[2500] = orjson.dumps({"events": [orjson.loads(_event(10_000 + j, "u7", timestamp=1_700_002_500 + j / 100))
+                                            for j in range(50)]})
+    keys[2500] = "u7"
     _produce(broker, topic, values, keys)
     store, source = _source(tmp_path, broker, topic)
     totals = source.run()
