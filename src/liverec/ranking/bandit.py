@@ -32,6 +32,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
+from operator import itemgetter
 from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -125,6 +126,7 @@ class ThompsonBandit:
 
 Key = tuple[str, str, str]  # (app, user, item)
 Waiting = tuple[float, str, int, "tuple[int, ...] | None"]  # (ts shown, impression id, event_seq, features)
+Due = tuple[float, int, Key, str, float, int, "tuple[int, ...] | None"]  # (closes at, tiebreak, key, impression id, *waiting)
 
 
 class RewardTracker:
@@ -160,7 +162,11 @@ class RewardTracker:
         self.max_pending = max_pending
         self.max_recent = max_recent
         self._pending: dict[Key, list[Waiting]] = {}  # key -> (ts shown, impression id, event_seq, features)
-        self._due: list[tuple[float, int, Key, str]] = []  # heap: (closes at, tiebreak, key, impression id)
+        # heap of every impression shown: (closes at, tiebreak, key, impression id, ts shown,
+        # event_seq, features), whole, so that a snapshot copies this list and ``_open`` alone
+        # (``_pending``'s lists change in place); entries of impressions decided early stay
+        # until popped, and ``_open`` tells them apart
+        self._due: list[Due] = []
         self._tiebreak = itertools.count()
         self._open: dict[str, Key] = {}
         self._recent: RecentIndex[Key, tuple[float, float]] = RecentIndex(max_recent)  # key -> (seq, (ts, reward))
@@ -185,7 +191,8 @@ class RewardTracker:
                         self._reward(key, self._decide(imp.timestamp, first[0], first[1]), feats)
                         continue
                 self._pending.setdefault(key, []).append((imp.timestamp, imp.impression_id, after, feats))
-                heapq.heappush(self._due, (imp.timestamp + self.window_s + self.grace_s, next(self._tiebreak), key, imp.impression_id))
+                heapq.heappush(self._due, (imp.timestamp + self.window_s + self.grace_s, next(self._tiebreak), key, imp.impression_id,
+                                           imp.timestamp, after, feats))
                 self._open[imp.impression_id] = key
             while len(self._open) > self.max_pending and self._due:
                 self._close_first()
@@ -194,7 +201,7 @@ class RewardTracker:
         return reward if feedback_at <= shown_at + self.window_s else 0.5
 
     def _close_first(self) -> None:
-        _, _, key, imp_id = heapq.heappop(self._due)
+        _, _, key, imp_id, *_ = heapq.heappop(self._due)
         if self._open.pop(imp_id, None) is None:
             return  # already rewarded by feedback
         waiting = self._pending.get(key)
@@ -268,13 +275,14 @@ class RewardTracker:
             self.rewards = {1.0: 0, 0.0: 0, 0.5: 0}
 
     def copy(self) -> dict[str, Any]:
-        """What the fold holds, copied (the caller keeps events and impressions out meanwhile);
-        :func:`encode_rewards` turns it into plain data after the locks are released."""
+        """What the fold holds, copied (the caller keeps events and impressions out meanwhile):
+        three flat copies, whose entries never change, so the locks are held for milliseconds;
+        :func:`encode_rewards` turns it into plain data after they are released."""
         with self._lock:
             return {
-                "pending": {key: list(waiting) for key, waiting in self._pending.items()},
                 "due": list(self._due),
-                "recent": copy_recent(self._recent),
+                "open": set(self._open),
+                "recent": self._recent.frozen(),
                 "position": self.position,
                 "undecidable": self.undecidable,
                 "rewards": dict(self.rewards),
@@ -284,15 +292,17 @@ class RewardTracker:
         """Replace the fold with :func:`encode_rewards`'s data."""
         pending: dict[Key, list[Waiting]] = {}
         opened: dict[str, Key] = {}
-        due: list[tuple[float, int, Key, str]] = []
-        for app, user, item, waiting in data["pending"]:
-            key = (app, user, item)
-            pending[key] = [(float(w[0]), str(w[1]), int(w[2]), tuple(int(v) for v in w[4]) if len(w) > 4 and w[4] else None)
-                            for w in waiting]
-            for ts, imp, _, tie, *_ in waiting:
-                opened[imp] = key
-                # closes when :meth:`shown` said it would (the same sum, so the same float)
-                due.append((float(ts) + self.window_s + self.grace_s, int(tie), key, str(imp)))
+        due: list[Due] = []
+        p = data["pending"]
+        keys: dict[Key, Key] = {}  # one tuple per key, shared by its impressions
+        for app, user, item, ts, imp, after, tie, feats in zip(p["app"], p["user"], p["item"], p["shown_at"], p["impression"],
+                                                                p["after"], p["tie"], p["features"], strict=True):
+            key = keys.setdefault((app, user, item), (app, user, item))
+            feats = tuple(feats) if feats else None
+            pending.setdefault(key, []).append((ts, imp, after, feats))
+            opened[imp] = key
+            # closes when :meth:`shown` said it would (the same sum, so the same float)
+            due.append((ts + self.window_s + self.grace_s, tie, key, imp, ts, after, feats))
         heapq.heapify(due)
         recent: RecentIndex[Key, tuple[float, float]] = load_recent(
             self.max_recent, data["recent"], lambda k: (k[0], k[1], k[2]), lambda v: (float(v[0]), float(v[1])))
@@ -346,21 +356,16 @@ class RewardTracker:
 
 
 # ---- snapshots of the folds ----------------------------------------------------------------------
-def copy_recent(index: RecentIndex) -> tuple[list, dict, int]:
-    """A copy of a recent index that :func:`recent_entries` reads after the locks are released."""
-    return list(index._order), {key: list(entries) for key, entries in index._by_key.items()}, index.horizon
-
-
-def recent_entries(copied: tuple[list, dict, int], key_out: Callable[[Any], list], value_out: Callable[[Any], Any]) -> dict[str, Any]:
-    """A copied recent index as plain data: its entries in log order and its horizon."""
-    order, by_key, horizon = copied
-    cursor: dict[Hashable, int] = {}
-    entries = []
-    for seq, key in order:
-        k = cursor.get(key, 0)
-        cursor[key] = k + 1
-        entries.append([seq, key_out(key), value_out(by_key[key][k][1])])
-    return {"entries": entries, "horizon": horizon}
+def recent_entries(frozen: tuple[list, int], value_out: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """A recent index's :meth:`~liverec.ranking.recent.RecentIndex.frozen` copy as plain data:
+    its (seq, key, value) entries in log order and its horizon. Keys and values of tuples of
+    strings and numbers are JSON as they are (no object made per entry: a pass that makes
+    hundreds of thousands of them pays for the collector's passes over every fold);
+    ``value_out`` turns any other value into such."""
+    order, horizon = frozen
+    if value_out is not None:
+        order = [(seq, key, value_out(value)) for seq, key, value in order]
+    return {"entries": order, "horizon": horizon}
 
 
 def load_recent(limit: int, data: Mapping[str, Any], key_in: Callable[[Any], Hashable], value_in: Callable[[Any], Any]) -> RecentIndex:
@@ -372,15 +377,26 @@ def load_recent(limit: int, data: Mapping[str, Any], key_in: Callable[[Any], Has
     return index
 
 
-def encode_rewards(copied: Mapping[str, Any]) -> dict[str, Any]:
-    """:meth:`RewardTracker.copy` as plain data (JSON: lists, strings and numbers)."""
-    # the closing queue is rebuilt from the waiting impressions: only each one's tiebreak is kept
-    # (entries of impressions already decided are skipped when popped, so they are left out)
-    ties = {imp: tie for _, tie, _, imp in copied["due"]}
+def waiting_rows(copied: Mapping[str, Any]) -> list[Due]:
+    """The closing-queue entries of :meth:`RewardTracker.copy` still waiting, in the order they
+    were shown (their tiebreaks): entries of impressions decided early are left out."""
+    opened = copied["open"]
+    rows = [d for d in copied["due"] if d[3] in opened]
+    rows.sort(key=itemgetter(1))
+    return rows
+
+
+def encode_rewards(copied: Mapping[str, Any], rows: list[Due] | None = None) -> dict[str, Any]:
+    """:meth:`RewardTracker.copy` as plain data (JSON: lists, strings and numbers); ``rows``:
+    its :func:`waiting_rows`, when the caller has them already."""
+    rows = waiting_rows(copied) if rows is None else rows
+    # the waiting impressions in columns (one list per field, no list per impression); the
+    # closing queue is rebuilt from them, each with its tiebreak
     return {
-        "pending": [[*key, [[w[0], w[1], w[2], ties[w[1]], list(w[3]) if w[3] else None] for w in waiting]]
-                    for key, waiting in copied["pending"].items()],
-        "recent": recent_entries(copied["recent"], list, list),
+        "pending": {"app": [d[2][0] for d in rows], "user": [d[2][1] for d in rows], "item": [d[2][2] for d in rows],
+                    "shown_at": [d[4] for d in rows], "impression": [d[3] for d in rows], "after": [d[5] for d in rows],
+                    "tie": [d[1] for d in rows], "features": [d[6] for d in rows]},
+        "recent": recent_entries(copied["recent"]),
         "position": copied["position"],
         "undecidable": copied["undecidable"],
         "rewards": [[r, n] for r, n in copied["rewards"].items()],

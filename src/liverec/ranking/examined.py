@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..events import DEFAULT_TYPES, TARGETED, UNDOES, Event
-from .bandit import copy_recent, load_recent, recent_entries
+from .bandit import load_recent, recent_entries
 from .recent import RecentIndex
 
 # Events that show the user read down to their item: every type that reacts to an item rather
@@ -201,7 +201,7 @@ class Examined:
         with self._lock:
             readers = [(user, [(s.items, s.key, set(s.reacted), s.read_to, s.base) for s in r.slates], list(r.passed), r.complete)
                        for user, r in self._readers.items()]
-            return {"readers": readers, "recent": copy_recent(self._recent), "position": self.position,
+            return {"readers": readers, "recent": self._recent.frozen(), "position": self.position,
                     "unplaced": self.unplaced}
 
     def load(self, data: Mapping[str, Any]) -> None:
@@ -277,5 +277,5 @@ def encode_examined(copied: Mapping[str, Any]) -> dict[str, Any]:
                  for items, key, reacted, read_to, base in slates],
                 [_passed_out(p) for p in passed], complete]
                for user, slates, passed, complete in copied["readers"]]
-    return {"readers": readers, "recent": recent_entries(copied["recent"], list, _event_out),
+    return {"readers": readers, "recent": recent_entries(copied["recent"], _event_out),
             "position": copied["position"], "unplaced": copied["unplaced"]}

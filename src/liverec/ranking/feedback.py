@@ -332,12 +332,13 @@ class Adjustments:
 
 
 def membership(app: str, item_ids: Sequence[str], item_of: Callable[[str, str], Item | None],
-               categories: CategoryMatrix | None = None) -> tuple[np.ndarray, list[str], Mapping[str, int]]:
+               categories: CategoryMatrix | None = None, rows: np.ndarray | None = None) -> tuple[np.ndarray, list[str], Mapping[str, int]]:
     """(K, G) category membership of ``item_ids``, the category names and their columns: the
-    app's :class:`~liverec.catalog.CategoryMatrix` when given, else one of the items themselves."""
+    app's :class:`~liverec.catalog.CategoryMatrix` when given (``rows``: its rows of ``item_ids``,
+    when the caller has them already), else one of the items themselves."""
     if categories is None:
         categories = CategoryMatrix.of_items([item for item in (item_of(app, i) for i in item_ids) if item is not None])
-    return categories.of(item_ids), categories.names, categories.col
+    return categories.of(item_ids) if rows is None else rows, categories.names, categories.col
 
 
 def adjust(
@@ -350,10 +351,12 @@ def adjust(
     item_of: Callable[[str, str], Item | None],
     summary: Summary | None = None,
     categories: CategoryMatrix | None = None,
+    member: np.ndarray | None = None,
 ) -> Adjustments:
     """Compute the feedback adjustments of the candidates ``item_ids`` for this user
     (``summary``: :func:`summarise` of the same user, when the caller has it already;
-    ``categories``: the app's category membership, else read off the items)."""
+    ``categories``: the app's category membership, else read off the items; ``member``: its
+    (K, G) rows of ``item_ids``, when the caller has them already)."""
     k = len(item_ids)
     out = Adjustments(item_ids, np.zeros(k, dtype=np.float64))
     if state is None or k == 0:
@@ -404,7 +407,7 @@ def adjust(
     demoted, boosted = summary.demoted, summary.boosted
     if not (scoped or demoted or boosted):
         return out
-    member, names, col_of = membership(app, item_ids, item_of, categories)  # (K, G)
+    member, names, col_of = membership(app, item_ids, item_of, categories, member)  # (K, G)
     values: list[dict[str, set[str]]] | None = None  # other scopes than category: read off the items
     for s in scoped:
         w = cfg.scoped_dislike if s.type == Feedback.DISLIKE else cfg.scoped_skip

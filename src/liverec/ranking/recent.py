@@ -26,14 +26,16 @@ class RecentIndex(Generic[K, V]):
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._by_key: dict[K, list[tuple[int, V]]] = {}
-        self._order: deque[tuple[int, K]] = deque()
+        # every entry in log order, value included: a snapshot copies this deque alone, the
+        # by-key lists (which change in place) are derived from it
+        self._order: deque[tuple[int, K, V]] = deque()
         self.horizon = 0
 
     def add(self, seq: int, key: K, value: V) -> None:
         self._by_key.setdefault(key, []).append((seq, value))
-        self._order.append((seq, key))
+        self._order.append((seq, key, value))
         while len(self._order) > self.limit:
-            old, old_key = self._order.popleft()
+            old, old_key, _ = self._order.popleft()
             entries = self._by_key[old_key]
             del entries[0]  # the key's oldest is this one: both are in log order
             if not entries:
@@ -51,8 +53,13 @@ class RecentIndex(Generic[K, V]):
         what was dropped at the limit is unknown either way."""
         removed = sum(len(self._by_key.pop(k, ())) for k in keys)
         if removed:
-            self._order = deque((seq, k) for seq, k in self._order if k not in keys)
+            self._order = deque(entry for entry in self._order if entry[1] not in keys)
         return removed
+
+    def frozen(self) -> tuple[list[tuple[int, K, V]], int]:
+        """(entries in log order, horizon): a copy made in one pass over a list, for a snapshot
+        read after the caller's locks are released."""
+        return list(self._order), self.horizon
 
     def clear(self, horizon: int = 0) -> None:
         self._by_key.clear()

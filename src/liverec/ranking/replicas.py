@@ -93,7 +93,7 @@ from ..erasure import UserDeletion
 from ..events import Event
 from ..memory import collector_paused
 from ..store.base import EventLog, Snapshots, StoreUnavailable, user_digest
-from .bandit import encode_rewards
+from .bandit import encode_rewards, waiting_rows
 from .contextual import FEATURES
 from .examined import encode_examined
 from .impressions import ImpressionLog, Shown, assign_rewards, feedback_reward
@@ -101,7 +101,8 @@ from .stages import RankingStages
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = 3  # 2: with the changes feed position (deletions after it void the snapshot); 3: the contextual policy's sums
+SNAPSHOT_FORMAT = 4  # 2: with the changes feed position (deletions after it void the snapshot); 3: the contextual policy's sums;
+# 4: waiting impressions in columns
 SNAPSHOT_APP = "_liverec"  # the service's own records in the store's snapshot role
 SNAPSHOT_NAME = "ranking"
 
@@ -384,15 +385,18 @@ class ImpressionFollower:
                 examined = ranking.examined.copy()
                 held = time.perf_counter() - acquired
         started = time.perf_counter()
-        at_position = sorted(imp for waiting in rewards["pending"].values() for _, imp, after, _ in waiting if after == position)
+        waiting = waiting_rows(rewards)
+        at_position = sorted(d[3] for d in waiting if d[5] == position)
         data = {
             "format": SNAPSHOT_FORMAT, "settings": fold_settings(ranking), "event_seq": position, "change_seq": changes,
             "impression_seq": seq,
             "impression_head": head, "origin": ranking.origin, "at_position": at_position,
             "bandit": [[app, item, sf[0], sf[1]] for (app, item), sf in bandit.items()], "contextual": contextual,
-            "rewards": encode_rewards(rewards), "examined": encode_examined(examined), "created_at": time.time(),
+            "rewards": encode_rewards(rewards, waiting), "examined": encode_examined(examined), "created_at": time.time(),
         }
-        blob = zlib.compress(orjson.dumps(data), 6)
+        # level 1: a quarter of level 6's time for ~10 % more bytes (200,000 waiting impressions:
+        # 0.26 s against 1.05 s on a 2-core AMD EPYC)
+        blob = zlib.compress(orjson.dumps(data), 1)
         self.snapshots.put(SNAPSHOT_APP, SNAPSHOT_NAME, blob)
         self._written = (position, seq)
         return {"event_seq": position, "impression_seq": seq, "bytes": len(blob), "lock_held_s": held,

@@ -366,7 +366,7 @@ class RankingStages:
         return item is not None and summary.turned_against(item.categories)
 
     def _streak_head(self, app: str, ids: list[str], order: np.ndarray, adj: np.ndarray, summary: Summary, cfg: RankingConfig,
-                     size: int, n: int) -> np.ndarray:
+                     size: int, n: int, cm: CategoryMatrix | None, pool_member: np.ndarray | None) -> np.ndarray:
         """What MMR chooses from on a negative streak: something different, among what the user's
         feedback does not argue against (MMR favours the unlike, and a rejected genre is unlike the
         rest): no category they turned against, nothing pushed down as far as a skipped item. The
@@ -374,9 +374,8 @@ class RankingStages:
         head when fewer than ``n`` are left."""
         ok = adj[order] > -cfg.skip_item
         member = None
-        if self.categories is not None:
-            cm = self.categories(app)
-            member = cm.of([ids[k] for k in order])  # (K, G) in ``order``
+        if cm is not None and pool_member is not None:
+            member = pool_member[order]  # (K, G) in ``order``
             cols = [cm.col[c] for c in summary.against if c in cm.col]
             if cols:
                 ok &= ~member[:, cols].any(axis=1)
@@ -392,8 +391,8 @@ class RankingStages:
             head = np.concatenate([head, open_[firsts[firsts >= size]]])
         return head
 
-    def _category_slot(self, app: str, ids: list[str], final: np.ndarray, order: list[int], used: np.ndarray, summary: Summary,
-                       cfg: RankingConfig) -> tuple[int, float, dict] | None:
+    def _category_slot(self, ids: list[str], final: np.ndarray, order: list[int], used: np.ndarray, summary: Summary,
+                       cfg: RankingConfig, cm: CategoryMatrix | None, pool_member: np.ndarray | None) -> tuple[int, float, dict] | None:
         """Thompson sampling over the categories the user has not turned against (none demoted by
         their feedback, none of an item they disliked): the chosen category's best unused candidate.
 
@@ -401,13 +400,10 @@ class RankingStages:
         categories have a candidate. The propensity of the shown item is the probability of every
         category it was the representative of.
         """
-        if self.categories is None:
-            return None
-        cm = self.categories(app)
-        if not cm.names:
+        if cm is None or pool_member is None or not cm.names:
             return None
         free = [k for k in order if not used[k]]
-        member = cm.of([ids[k] for k in free])  # (F, G), best first
+        member = pool_member[free]  # (F, G), best first
         has = member.any(axis=0) & np.array([c not in summary.against for c in cm.names])  # not turned against
         if int(has.sum()) < 2:
             return None
@@ -443,12 +439,15 @@ class RankingStages:
                               ctx.summary, every_category=ctx.explore_categories or ctx.streak)
         if not ids:
             return [], []
-        final, adj = self._final_scores(ctx, ids, raw)
-        order, diversified = self._diversify(ctx, ids, final, adj)
+        cm = self.categories(request.app) if self.categories is not None else None
+        # the pool's (K, G) category membership, looked up once for every stage below
+        member = cm.of(ids) if cm is not None else None
+        final, adj = self._final_scores(ctx, ids, raw, cm, member)
+        order, diversified = self._diversify(ctx, ids, final, adj, cm, member)
         # features only where the learned policy chooses, or is evaluated beside the Thompson slots
         learned = ctx.cfg.explore_policy == "contextual" or ctx.cfg.explore_shadow
-        featurise = self._featuriser(ctx, ids, final, adj, order, scored.user) if ctx.explore and learned else None
-        slate = self._fill_slate(ctx, ids, final, order, featurise)
+        featurise = self._featuriser(ctx, ids, final, adj, order, scored.user, cm, member) if ctx.explore and learned else None
+        slate = self._fill_slate(ctx, ids, final, order, featurise, cm, member)
         slate = self._blocks_last(slate, ids, allow)
         return self._explain(ctx, ids, final, adj, slate, diversified, self.position, featurise)
 
@@ -490,16 +489,17 @@ class RankingStages:
             diversity=max(diversity, cfg.streak_diversity) if streak else diversity,
         )
 
-    def _final_scores(self, ctx: RankContext, ids: list[str], raw: np.ndarray) -> tuple[np.ndarray, Adjustments]:
-        """(K,) model relevance scaled to [0, 1] plus the feedback policy's adjustments."""
+    def _final_scores(self, ctx: RankContext, ids: list[str], raw: np.ndarray, cm: CategoryMatrix | None,
+                      member: np.ndarray | None) -> tuple[np.ndarray, Adjustments]:
+        """(K,) model relevance scaled to [0, 1] plus the feedback policy's adjustments
+        (``cm``: the app's category membership, ``member``: the pool's rows of it)."""
         span = raw.max() - raw.min()
         rel = (raw - raw.min()) / span if span > 0 else np.ones(len(raw))  # (K,) in [0, 1]
-        app = ctx.request.app
-        adj = adjust(app, ctx.state, ids, ctx.now, ctx.cfg, self.space, self.items, ctx.summary,
-                     self.categories(app) if self.categories is not None else None)
+        adj = adjust(ctx.request.app, ctx.state, ids, ctx.now, ctx.cfg, self.space, self.items, ctx.summary, cm, member)
         return rel + adj.total, adj  # (K,)
 
-    def _diversify(self, ctx: RankContext, ids: list[str], final: np.ndarray, adj: Adjustments) -> tuple[np.ndarray, set[int]]:
+    def _diversify(self, ctx: RankContext, ids: list[str], final: np.ndarray, adj: Adjustments, cm: CategoryMatrix | None,
+                   member: np.ndarray | None) -> tuple[np.ndarray, set[int]]:
         """The pool in slate order (MMR over its head when diversity is on) and the pool indices
         that diversity placed (on a streak: the whole slate it chose)."""
         order = np.argsort(-final, kind="stable")
@@ -511,7 +511,7 @@ class RankingStages:
         head = order[: min(len(order), max(10 * n, 100) if ctx.streak else max(4 * n, n + 10))]
         relevance_top = set(order[:n].tolist())  # the slate without diversity (what it changes is marked)
         if ctx.streak:
-            head = self._streak_head(app, ids, order, adj.total, ctx.summary, ctx.cfg, len(head), n)
+            head = self._streak_head(app, ids, order, adj.total, ctx.summary, ctx.cfg, len(head), n, cm, member)
         table = self.space.table(app)
         head_ids = [ids[k] for k in head]
         sim = self.space.similarity(app, head_ids, head_ids, table)  # (M, M)
@@ -522,7 +522,7 @@ class RankingStages:
         return np.asarray(chosen + rest, dtype=np.int64), diversified
 
     def _featuriser(self, ctx: RankContext, ids: list[str], final: np.ndarray, adj: Adjustments, order: np.ndarray,
-                    user: np.ndarray | None) -> Featurise:
+                    user: np.ndarray | None, cm: CategoryMatrix | None, pool_member: np.ndarray | None) -> Featurise:
         """The contextual policy's features (:data:`liverec.ranking.contextual.FEATURES`) of pool
         candidates at a slate position, as the integers they are logged as."""
         app, cfg, summary = ctx.request.app, ctx.cfg, ctx.summary
@@ -533,8 +533,7 @@ class RankingStages:
         if table is not None and (table.source != "model" or table.matrix.shape[1] != len(user)):
             table = None  # the cosine needs the model's own item vectors
         unit_user = user / max(float(np.linalg.norm(user)), 1e-12) if table is not None else None  # (D,)
-        cm = self.categories(app) if self.categories is not None else None
-        if cm is not None and cm.names:  # the user's feedback per category, over the app's categories
+        if cm is not None and cm.names and pool_member is not None:  # the user's feedback per category, over the app's categories
             pos_g = np.tanh(np.array([summary.positive.get(c, 0.0) for c in cm.names]) / 2.0)  # (G,)
             neg_g = np.tanh(np.array([summary.negative.get(c, 0.0) for c in cm.names]) / 2.0)  # (G,)
             against_g = np.array([c in summary.against for c in cm.names], dtype=np.float64)  # (G,)
@@ -547,9 +546,8 @@ class RankingStages:
             x[:, 1] = rel[ks]
             x[:, 2] = adj.total[ks]
             x[:, 3] = np.minimum(rank_of[ks], cfg.explore_pool) / cfg.explore_pool
-            cand = [ids[k] for k in ks]
             if cm is not None:
-                member = cm.of(cand).astype(np.float64)  # (K', G)
+                member = pool_member[ks].astype(np.float64)  # (K', G)
                 n_cats = np.maximum(member.sum(axis=1), 1.0)
                 x[:, 4] = member @ pos_g / n_cats
                 x[:, 5] = member @ neg_g / n_cats
@@ -601,7 +599,8 @@ class RankingStages:
         return remaining[choice], float(dist[choice]), info
 
     def _fill_slate(self, ctx: RankContext, ids: list[str], final: np.ndarray, order: np.ndarray,
-                    featurise: Featurise | None = None) -> list[Slot]:
+                    featurise: Featurise | None, cm: CategoryMatrix | None,
+                    member: np.ndarray | None) -> list[Slot]:
         """The slate's (pool index, propensity, exploration info) in order: the ranked order,
         with the configured positions filled by exploration (Thompson over categories, then the
         app's item policy)."""
@@ -618,7 +617,7 @@ class RankingStages:
         qpos = 0
         for p in range(n):
             if p == category_slot:
-                picked = self._category_slot(ctx.request.app, ids, final, queue, used, ctx.summary, cfg)
+                picked = self._category_slot(ids, final, queue, used, ctx.summary, cfg, cm, member)
                 if picked is not None:
                     used[picked[0]] = True
                     slate.append(picked)
