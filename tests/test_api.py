@@ -174,6 +174,11 @@ def test_health_and_metrics(client):
     text = client.get("/metrics").text
     assert "liverec_events_accepted 1.0" in text
     assert 'liverec_http_request_seconds_bucket{le="0.005",method="POST",route="/v1/events"}' in text
+    import gc
+    gc.collect(2)  # a full pass, timed by the process's monitor
+    passes = {line.split()[0]: float(line.split()[1]) for line in client.get("/metrics").text.splitlines()
+              if line.startswith(("liverec_gc_passes_total", "liverec_gc_pause_seconds_total"))}
+    assert passes['liverec_gc_passes_total{generation="2"}'] >= 1 and passes['liverec_gc_pause_seconds_total{generation="2"}'] > 0
     assert client.get("/docs").status_code == 200
     assert "/v1/events" in client.get("/openapi.json").json()["paths"]
 

@@ -6,8 +6,10 @@ import time
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..auth import ADMIN
+from ..memory import CollectorPauses
 from ..service import Service
 from ..streams.progress import LagCollector, StreamProgress
 from .auth import public, requires
@@ -35,6 +37,25 @@ class Metrics:
         Gauge("liverec_users", "Users with online state", registry=self.registry).set_function(lambda: service.state.count())
         # as the stream consumers last reported it to the store (they may run on other machines)
         self.registry.register(LagCollector(StreamProgress(service.store.snapshots).read))
+        self.registry.register(PauseCollector(CollectorPauses.install()))
+
+
+class PauseCollector:
+    """The cyclic garbage collector's passes in this process, per generation."""
+
+    def __init__(self, pauses: CollectorPauses) -> None:
+        self.pauses = pauses
+
+    def collect(self):
+        count = CounterMetricFamily("liverec_gc_passes", "Cyclic garbage collector passes", labels=["generation"])
+        seconds = CounterMetricFamily("liverec_gc_pause_seconds", "Seconds the collector's passes held the interpreter",
+                                      labels=["generation"])
+        longest = GaugeMetricFamily("liverec_gc_pause_longest_seconds", "The longest pass since start", labels=["generation"])
+        for g in range(3):
+            count.add_metric([str(g)], self.pauses.count[g])
+            seconds.add_metric([str(g)], self.pauses.seconds[g])
+            longest.add_metric([str(g)], self.pauses.longest[g])
+        return [count, seconds, longest]
 
 
 @router.get("/v1/health", response_model=Health)
