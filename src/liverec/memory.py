@@ -30,6 +30,15 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+def freeze_long_lived() -> None:
+    """Move every object alive now out of the cyclic collector's walks (``gc.freeze``), after a
+    full pass: what a process built at start-up lives as long as it does, and each full pass
+    would walk it again (300,000 objects after a worker's start: ~0.2 s with the interpreter
+    held, on a 2-core AMD EPYC). Refcounting still frees them."""
+    gc.collect()
+    gc.freeze()
+
+
 class CollectorPauses:
     """Times the cyclic collector's passes in this process (``gc.callbacks``): how many per
     generation, the seconds they held the interpreter, the longest; a pass of at least

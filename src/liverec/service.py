@@ -14,7 +14,6 @@ module only runs the two paths.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -27,6 +26,7 @@ from .catalog import CatalogIndex, parse_item, parse_items
 from .config import Settings
 from .erasure import DescribesUsers, ForgetsUsers, Refolds, UserDeletion
 from .events import Event, EventRules, EventValidationError, FieldError, parse_batch
+from .memory import freeze_long_lived
 from .recommend.cooccurrence import CooccurrenceScorer
 from .recommend.pipeline import Pipeline, RecommendRequest
 from .recommend.scoring import FollowsCatalog
@@ -166,8 +166,7 @@ class Service:
         self.follower.catch_up(force=True)
         # Millions of long-lived objects now exist; keep the cyclic collector from re-walking them
         # on every full collection (those pauses show up as request-latency tails).
-        gc.collect()
-        gc.freeze()
+        freeze_long_lived()
         for component in self.components:
             component.start()
         self.ready = True

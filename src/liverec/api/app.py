@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import ui
 from ..config import Settings
+from ..memory import freeze_long_lived
 from ..runtime.compose import build_service
 from ..runtime.follower import ARRIVED
 from ..runtime.readiness import WorkerRegistry
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None,
 
         def warm() -> None:  # readiness says when the background start-up work is done too
             app.state.service.wait_warm()
+            freeze_long_lived()  # the sentence encoder and models it loaded: out of the collector's walks
             app.state.workers.ready(warm=True)
 
         threading.Thread(target=warm, name="liverec-warm", daemon=True).start()

@@ -161,7 +161,9 @@ class RewardTracker:
         self.types = types
         self.max_pending = max_pending
         self.max_recent = max_recent
-        self._pending: dict[Key, list[Waiting]] = {}  # key -> (ts shown, impression id, event_seq, features)
+        # key -> its waiting impressions; tuples, replaced on change: made of numbers and strings
+        # alone, the collector stops tracking them, and a full pass does not walk 200,000 of them
+        self._pending: dict[Key, tuple[Waiting, ...]] = {}
         # heap of every impression shown: (closes at, tiebreak, key, impression id, ts shown,
         # event_seq, features), whole, so that a snapshot copies this list and ``_open`` alone
         # (``_pending``'s lists change in place); entries of impressions decided early stay
@@ -190,7 +192,7 @@ class RewardTracker:
                     if first is not None:
                         self._reward(key, self._decide(imp.timestamp, first[0], first[1]), feats)
                         continue
-                self._pending.setdefault(key, []).append((imp.timestamp, imp.impression_id, after, feats))
+                self._pending[key] = self._pending.get(key, ()) + ((imp.timestamp, imp.impression_id, after, feats),)
                 heapq.heappush(self._due, (imp.timestamp + self.window_s + self.grace_s, next(self._tiebreak), key, imp.impression_id,
                                            imp.timestamp, after, feats))
                 self._open[imp.impression_id] = key
@@ -208,8 +210,10 @@ class RewardTracker:
         feats = None
         if waiting:
             feats = next((w[3] for w in waiting if w[1] == imp_id), None)
-            waiting[:] = [w for w in waiting if w[1] != imp_id]
-            if not waiting:
+            rest = tuple(w for w in waiting if w[1] != imp_id)
+            if rest:
+                self._pending[key] = rest
+            else:
                 del self._pending[key]
         self._reward(key, 0.5, feats)
 
@@ -236,7 +240,7 @@ class RewardTracker:
                     continue
                 # an impression read from another process that had seen more of the log than this
                 # one has is not decided by events it was shown after
-                later = [w for w in waiting if w[2] >= seq]
+                later = tuple(w for w in waiting if w[2] >= seq)
                 for shown_at, imp_id, after, feats in waiting:
                     if after < seq:
                         del self._open[imp_id]
@@ -290,7 +294,7 @@ class RewardTracker:
 
     def load(self, data: Mapping[str, Any]) -> None:
         """Replace the fold with :func:`encode_rewards`'s data."""
-        pending: dict[Key, list[Waiting]] = {}
+        pending: dict[Key, tuple[Waiting, ...]] = {}
         opened: dict[str, Key] = {}
         due: list[Due] = []
         p = data["pending"]
@@ -299,7 +303,7 @@ class RewardTracker:
                                                                 p["after"], p["tie"], p["features"], strict=True):
             key = keys.setdefault((app, user, item), (app, user, item))
             feats = tuple(feats) if feats else None
-            pending.setdefault(key, []).append((ts, imp, after, feats))
+            pending[key] = pending.get(key, ()) + ((ts, imp, after, feats),)
             opened[imp] = key
             # closes when :meth:`shown` said it would (the same sum, so the same float)
             due.append((ts + self.window_s + self.grace_s, tie, key, imp, ts, after, feats))

@@ -4,7 +4,7 @@ late-arriving impressions from feedback already folded (rewards, items read past
 >>> index = RecentIndex(limit=2)
 >>> index.add(1, "u", "a"); index.add(2, "v", "b"); index.add(3, "u", "c")
 >>> index.get("u"), index.horizon
-([(3, 'c')], 1)
+(((3, 'c'),), 1)
 """
 
 from __future__ import annotations
@@ -25,25 +25,28 @@ class RecentIndex(Generic[K, V]):
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._by_key: dict[K, list[tuple[int, V]]] = {}
+        # key -> its entries; tuples, replaced on change (a key holds a few): of numbers and
+        # strings alone, the collector stops tracking them
+        self._by_key: dict[K, tuple[tuple[int, V], ...]] = {}
         # every entry in log order, value included: a snapshot copies this deque alone, the
         # by-key lists (which change in place) are derived from it
         self._order: deque[tuple[int, K, V]] = deque()
         self.horizon = 0
 
     def add(self, seq: int, key: K, value: V) -> None:
-        self._by_key.setdefault(key, []).append((seq, value))
+        self._by_key[key] = self._by_key.get(key, ()) + ((seq, value),)
         self._order.append((seq, key, value))
         while len(self._order) > self.limit:
             old, old_key, _ = self._order.popleft()
-            entries = self._by_key[old_key]
-            del entries[0]  # the key's oldest is this one: both are in log order
-            if not entries:
+            entries = self._by_key[old_key]  # the key's oldest is this one: both are in log order
+            if len(entries) > 1:
+                self._by_key[old_key] = entries[1:]
+            else:
                 del self._by_key[old_key]
             self.horizon = old
 
-    def get(self, key: K) -> list[tuple[int, V]]:
-        return self._by_key.get(key, [])
+    def get(self, key: K) -> tuple[tuple[int, V], ...]:
+        return self._by_key.get(key, ())
 
     def keys(self) -> list[K]:
         return list(self._by_key)
