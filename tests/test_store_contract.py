@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from dataclasses import replace
 
@@ -248,3 +250,43 @@ def test_concurrent_appends_commit_in_seq_order(backend, tmp_path):
     if backend == "postgresql":
         store.drop()
     store.close()
+
+
+def test_a_connect_beside_an_append_waiting_for_the_lock_neither_waits_nor_deadlocks():
+    """A worker starting (or reconnecting) beside one whose append holds the events table and
+    waits for the append lock: the schema exists, so the connect runs no DDL and takes no lock
+    (``CREATE INDEX IF NOT EXISTS`` under the append lock waited for that table: a deadlock)."""
+    reason = _postgres_available()
+    if reason:
+        pytest.skip(reason)
+    import psycopg
+
+    from liverec.store.postgres import APPEND_LOCK, SCHEMA, applied, connect
+
+    url = f"{PG_URL}?schema=t_{uuid.uuid4().hex[:12]}"
+    store = open_store(url)
+    holder = psycopg.connect(PG_URL, autocommit=True)
+    try:
+        assert applied(holder, store.schema, SCHEMA)
+        assert not applied(holder, store.schema, SCHEMA + "CREATE INDEX IF NOT EXISTS events_new ON events (ts);")
+        with holder.transaction():
+            holder.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+            # an append: its statement holds the table while it waits for the lock held above
+            waiting = threading.Thread(target=lambda: store.events.append([ev(1)]), daemon=True)
+            waiting.start()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not holder.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()[0]:
+                time.sleep(0.02)
+            done: list = []
+            connecting = threading.Thread(target=lambda: done.append(connect(url, SCHEMA)), daemon=True)
+            connecting.start()
+            connecting.join(3)
+            assert done, "the connect waited behind the append"
+            done[0][0].close()
+        waiting.join(5)
+        assert store.events.count() == 1
+    finally:
+        holder.close()
+        store.drop()
+        store.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -126,17 +127,43 @@ def _schema_and_dsn(url: str) -> tuple[str, str]:
     return schema, dsn
 
 
+_DDL_RELATION = re.compile(r"CREATE (?:UNIQUE )?(?:TABLE|INDEX) IF NOT EXISTS (\w+)", re.IGNORECASE)
+_DDL_ALTER = re.compile(r"ALTER TABLE (\w+) ([^;]*)", re.IGNORECASE)
+_DDL_COLUMN = re.compile(r"ADD COLUMN IF NOT EXISTS (\w+)", re.IGNORECASE)
+
+
+def applied(conn: psycopg.Connection, schema: str, ddl: str) -> bool:
+    """Whether every table, index and column ``ddl`` creates (``CREATE TABLE / INDEX IF NOT
+    EXISTS``, ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``) is in ``schema`` already: read from
+    the catalog, taking no lock."""
+    relations = set(_DDL_RELATION.findall(ddl))
+    columns = {(table, column) for table, rest in _DDL_ALTER.findall(ddl) for column in _DDL_COLUMN.findall(rest)}
+    present = {r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s", (schema,))}
+    if not relations <= present:
+        return False
+    if not columns:
+        return True
+    have = {(r[0], r[1]) for r in conn.execute(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = %s", (schema,))}
+    return columns <= have
+
+
 def connect(url: str, ddl: str) -> tuple[psycopg.Connection, str]:
     """An autocommit connection whose ``search_path`` is the URL's schema, after creating the schema
     (if absent) and running ``ddl`` (``CREATE ... IF NOT EXISTS`` statements; empty: neither, a
     plain connection to the schema).
 
     Both run under the advisory lock: PostgreSQL's ``IF NOT EXISTS`` does not make concurrent
-    creation safe, and several workers start at once.
+    creation safe, and several workers start at once. They run only when something of ``ddl`` is
+    missing: ``CREATE INDEX IF NOT EXISTS`` on an existing index still waits for a share lock on
+    its table, and did so holding the append lock while an append of another worker held the
+    table and waited for the append lock (a deadlock, one of them failed: seen when a worker
+    started, or reconnected after an outage, beside another one taking events).
     """
     schema, dsn = _schema_and_dsn(url)
     conn = psycopg.connect(dsn, autocommit=True)
-    if ddl:
+    if ddl and not applied(conn, schema, ddl):
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
