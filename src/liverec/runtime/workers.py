@@ -35,7 +35,6 @@ from .readiness import SETTINGS_ENV, WorkerRegistry
 # connection whose timer ran out meanwhile, requests already sent on them included (78 failed
 # requests in a 30-minute soak, in bursts); proxies and clients keep connections ~60 s.
 KEEP_ALIVE_S = 65
-MMAP_THRESHOLD = 4 * 1024 * 1024  # bytes: blocks this large or larger come from (and go back to) the kernel
 
 
 def share_cores(workers: int) -> None:
@@ -115,11 +114,6 @@ class Supervisor:
         # glibc gives each thread that allocates an arena of its own, up to 8 per core, each holding
         # on to what was freed in it: two per worker, unless the environment says otherwise.
         os.environ.setdefault("MALLOC_ARENA_MAX", "2")
-        # glibc serves a block of at least the mmap threshold from fresh pages it returns when
-        # freed, but raises that threshold to the size of each such block freed (up to 32 MB): a
-        # worker that copies a catalog-sized matrix at each item upsert then carves every later
-        # one out of its heaps, which keep the pages. A fixed threshold turns the raising off.
-        os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
         processes = [self._spawn(k) for k in range(self.workers)]
         ever_ready: set[int] = set()
         status = 0
