@@ -269,6 +269,8 @@ def test_a_connect_beside_an_append_waiting_for_the_lock_neither_waits_nor_deadl
     try:
         assert applied(holder, store.schema, SCHEMA)
         assert not applied(holder, store.schema, SCHEMA + "CREATE INDEX IF NOT EXISTS events_new ON events (ts);")
+        assert not applied(holder, store.schema, SCHEMA + "ALTER TABLE events ADD COLUMN IF NOT EXISTS extra TEXT;")
+        assert not applied(holder, store.schema, SCHEMA + "CREATE SEQUENCE IF NOT EXISTS other;")  # not understood: run
         with holder.transaction():
             holder.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
             # an append: its statement holds the table while it waits for the lock held above

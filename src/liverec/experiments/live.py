@@ -33,7 +33,7 @@ from ..ranking.config import RankingConfig
 from ..ranking.impressions import ImpressionLog
 from ..ranking.stages import RankingStages
 from ..recommend.pipeline import Pipeline, Recommendation, RecommendRequest
-from ..store.base import Change, EventLog, ExperimentRecord, Experiments
+from ..store.base import Change, EventLog, ExperimentRecord, Experiments, StoreUnavailable
 from .interleave import team_draft
 from .metrics import ExperimentFold
 from .spec import NOT_PER_VARIANT, Experiment, Variant, check, unit_hash, variant_name
@@ -125,6 +125,8 @@ class LiveExperiments:
         while not self._stopping.wait(self.interval_s):
             try:
                 self.refresh()
+            except StoreUnavailable as exc:  # PostgreSQL away: the next poll tries again
+                log.warning("reading experiment impressions: %s", exc)
             except Exception:  # noqa: BLE001 - a read-out's fold must not stop; the next poll tries again
                 log.exception("reading experiment impressions failed")
 

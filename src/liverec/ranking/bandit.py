@@ -165,9 +165,8 @@ class RewardTracker:
         # alone, the collector stops tracking them, and a full pass does not walk 200,000 of them
         self._pending: dict[Key, tuple[Waiting, ...]] = {}
         # heap of every impression shown: (closes at, tiebreak, key, impression id, ts shown,
-        # event_seq, features), whole, so that a snapshot copies this list and ``_open`` alone
-        # (``_pending``'s lists change in place); entries of impressions decided early stay
-        # until popped, and ``_open`` tells them apart
+        # event_seq, features), whole, so that a snapshot copies this list and ``_open`` alone;
+        # entries of impressions decided early stay until popped, and ``_open`` tells them apart
         self._due: list[Due] = []
         self._tiebreak = itertools.count()
         self._open: dict[str, Key] = {}

@@ -135,7 +135,12 @@ _DDL_COLUMN = re.compile(r"ADD COLUMN IF NOT EXISTS (\w+)", re.IGNORECASE)
 def applied(conn: psycopg.Connection, schema: str, ddl: str) -> bool:
     """Whether every table, index and column ``ddl`` creates (``CREATE TABLE / INDEX IF NOT
     EXISTS``, ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``) is in ``schema`` already: read from
-    the catalog, taking no lock."""
+    the catalog, taking no lock. ``False`` for DDL of any other statement (it is run)."""
+    for statement in filter(None, (part.strip() for part in ddl.split(";"))):
+        altered = _DDL_ALTER.match(statement)
+        if not (_DDL_RELATION.match(statement) or (altered and all(
+                _DDL_COLUMN.match(clause.strip()) for clause in altered.group(2).split(",")))):
+            return False
     relations = set(_DDL_RELATION.findall(ddl))
     columns = {(table, column) for table, rest in _DDL_ALTER.findall(ddl) for column in _DDL_COLUMN.findall(rest)}
     present = {r[0] for r in conn.execute(
