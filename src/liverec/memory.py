@@ -61,6 +61,7 @@ class CollectorPauses:
         self.seconds = [0.0, 0.0, 0.0]
         self.longest = [0.0, 0.0, 0.0]
         self._started = 0.0
+        self._started_cpu = 0.0
 
     @classmethod
     def install(cls, slow_s: float = 0.25) -> CollectorPauses:
@@ -73,7 +74,7 @@ class CollectorPauses:
     def _callback(self, phase: str, info: dict) -> None:
         # runs with the interpreter lock held, as the pass itself: nothing else runs meanwhile
         if phase == "start":
-            self._started = time.perf_counter()
+            self._started, self._started_cpu = time.perf_counter(), time.thread_time()
             return
         took = time.perf_counter() - self._started
         g = info["generation"]
@@ -82,4 +83,6 @@ class CollectorPauses:
         if took > self.longest[g]:
             self.longest[g] = took
         if took >= self.slow_s:
-            log.warning("garbage collection of generation %d held the interpreter %.0f ms", g, took * 1e3)
+            # the thread's CPU time tells the pass's own work from the wait for a core
+            log.warning("garbage collection of generation %d held the interpreter %.0f ms (%.0f ms of CPU, %d collected)",
+                        g, took * 1e3, (time.thread_time() - self._started_cpu) * 1e3, info.get("collected", 0))
