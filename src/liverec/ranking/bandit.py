@@ -389,6 +389,12 @@ def waiting_rows(copied: Mapping[str, Any]) -> list[Due]:
     return rows
 
 
+def shown_at_position(rows: list[Due], position: int) -> list[str]:
+    """The ids of the waiting impressions among ``rows`` (:func:`waiting_rows`) shown at event
+    log position ``position``, sorted."""
+    return sorted(d[3] for d in rows if d[5] == position)
+
+
 def encode_rewards(copied: Mapping[str, Any], rows: list[Due] | None = None) -> dict[str, Any]:
     """:meth:`RewardTracker.copy` as plain data (JSON: lists, strings and numbers); ``rows``:
     its :func:`waiting_rows`, when the caller has them already."""

@@ -93,7 +93,7 @@ from ..erasure import UserDeletion
 from ..events import Event
 from ..memory import collector_paused
 from ..store.base import EventLog, Snapshots, StoreUnavailable, user_digest
-from .bandit import encode_rewards, waiting_rows
+from .bandit import encode_rewards, shown_at_position, waiting_rows
 from .contextual import FEATURES
 from .examined import encode_examined
 from .impressions import ImpressionLog, Shown, assign_rewards, feedback_reward
@@ -386,7 +386,7 @@ class ImpressionFollower:
                 held = time.perf_counter() - acquired
         started = time.perf_counter()
         waiting = waiting_rows(rewards)
-        at_position = sorted(d[3] for d in waiting if d[5] == position)
+        at_position = shown_at_position(waiting, position)
         data = {
             "format": SNAPSHOT_FORMAT, "settings": fold_settings(ranking), "event_seq": position, "change_seq": changes,
             "impression_seq": seq,
