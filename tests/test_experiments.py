@@ -303,6 +303,8 @@ def test_workers_over_one_store_serve_and_count_alike_and_a_restart_refolds_the_
             item = out["items"][rng.randrange(len(out["items"]))]["item_id"]
             (two, one)[k % 2].ingest("default", [{"user_id": f"u{k % 10}", "item_id": item,
                                                   "type": rng.choice(["click", "like", "skip"])}])
+        for w in (one, two):  # a view flushes its own process's queued impressions: both, then compare
+            w.experiments.view("default", exp_id)
         views = [w.experiments.view("default", exp_id) for w in (one, two)]
         assert views[0]["variants"] == views[1]["variants"] and sum(v["impressions"] for v in views[0]["variants"]) == 400
         assert sum(v["ctr"]["value"] * v["impressions"] for v in views[0]["variants"]) > 0
