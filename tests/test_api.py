@@ -179,6 +179,10 @@ def test_health_and_metrics(client):
     passes = {line.split()[0]: float(line.split()[1]) for line in client.get("/metrics").text.splitlines()
               if line.startswith(("liverec_gc_passes_total", "liverec_gc_pause_seconds_total"))}
     assert passes['liverec_gc_passes_total{generation="2"}'] >= 1 and passes['liverec_gc_pause_seconds_total{generation="2"}'] > 0
+    client.app.state.heap.trim()  # what the trimming thread does every heap_trim_s
+    heap = {line.split()[0]: float(line.split()[1]) for line in client.get("/metrics").text.splitlines()
+            if line.startswith("liverec_heap_trim_")}
+    assert heap["liverec_heap_trim_passes_total"] >= 1 and "liverec_heap_trim_returned_bytes_total" in heap
     assert client.get("/docs").status_code == 200
     assert "/v1/events" in client.get("/openapi.json").json()["paths"]
 

@@ -178,6 +178,7 @@ def learn(
     from .config import Settings
     from .evaluation.replay import load_model
     from .learning import LearnerConfig, OnlineLearner, learner_follower
+    from .memory import HeapTrimmer
     from .model.registry import ModelRegistry
     from .model.serving import load_scorer
     from .state import StateStore
@@ -208,6 +209,8 @@ def learn(
     learner = OnlineLearner(app_id, state, lambda: holder["scorer"], lambda sc: holder.__setitem__("scorer", sc),
                             registry, catalog.get, cfg, position=lambda: follower.position, changes=store.events.changes)
     follower = learner_follower(store, app_id, state, catalog, learner)
+    heap = HeapTrimmer(settings.heap_trim_s)  # each update frees a copy of the model and its optimiser
+    heap.start()
     try:
         while True:
             try:
@@ -222,6 +225,7 @@ def learn(
                 break
             time.sleep(interval)
     finally:
+        heap.stop()
         store.close()
 
 

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         10_000, ge=1, description="Events and changes logged since the newest snapshot before another is written "
         "(a shorter tail folds in well under a second at start; encoding every fold again costs seconds of CPU).",
     )
+    heap_trim_s: float = Field(
+        30.0, ge=0, allow_inf_nan=False,
+        description="Seconds between passes that hand memory the allocator holds free back to the system (glibc "
+        "malloc_trim; serving and learner processes); 0 = never.",
+    )
     # NoDecode: the variable is a comma-separated list (LIVEREC_LEARNER=shop,news), not JSON.
     learner: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Apps that run an in-process online learner; none by default."

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import ui
 from ..config import Settings
-from ..memory import freeze_long_lived
+from ..memory import HeapTrimmer, freeze_long_lived
 from ..runtime.compose import build_service
 from ..runtime.follower import ARRIVED
 from ..runtime.readiness import WorkerRegistry
@@ -109,13 +109,16 @@ def create_app(settings: Settings | None = None, service: Service | None = None,
                   description="Real-time, feedback-aware recommendations.")
     app.state.owns_service = service is None
     app.state.service = service or build_service(settings)
-    app.state.metrics = Metrics(app.state.service)
+    app.state.heap = HeapTrimmer(app.state.service.settings.heap_trim_s)
+    app.state.metrics = Metrics(app.state.service, app.state.heap)
     app.state.workers = WorkerRegistry(Path(app.state.service.settings.data_dir) / "run")
     app.state.on_start = []
     app.state.on_stop = []
     app.state.telemetry = Telemetry(app.state.service.counters, types=app.state.service.rules.types)
     app.state.on_start.append(app.state.telemetry.start)
     app.state.on_stop.append(app.state.telemetry.stop)
+    app.state.on_start.append(lambda _: app.state.heap.start())
+    app.state.on_stop.append(lambda _: app.state.heap.stop())
     app.state.auth = auth.build_guard(app.state.service.settings, app.state.service.store)
     app.state.service.follow_changes(app.state.auth)  # keys created or revoked by any process
     app.state.on_start.append(app.state.auth.start)

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..auth import ADMIN
-from ..memory import CollectorPauses
+from ..memory import CollectorPauses, HeapTrimmer
 from ..service import Service
 from ..streams.progress import LagCollector, StreamProgress
 from .auth import public, requires
@@ -24,7 +24,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5
 class Metrics:
     """One registry per app instance (tests create many apps in one process)."""
 
-    def __init__(self, service: Service):
+    def __init__(self, service: Service, heap: HeapTrimmer | None = None):
         self.registry = CollectorRegistry()
         self.requests = Counter("liverec_http_requests", "HTTP requests", ["route", "method", "status"], registry=self.registry)
         self.latency = Histogram(
@@ -38,6 +38,8 @@ class Metrics:
         # as the stream consumers last reported it to the store (they may run on other machines)
         self.registry.register(LagCollector(StreamProgress(service.store.snapshots).read))
         self.registry.register(PauseCollector(CollectorPauses.install()))
+        if heap is not None:
+            self.registry.register(HeapCollector(heap))
 
 
 class PauseCollector:
@@ -56,6 +58,20 @@ class PauseCollector:
             seconds.add_metric([str(g)], self.pauses.seconds[g])
             longest.add_metric([str(g)], self.pauses.longest[g])
         return [count, seconds, longest]
+
+
+class HeapCollector:
+    """What the heap trimmer handed back to the system in this process."""
+
+    def __init__(self, heap: HeapTrimmer) -> None:
+        self.heap = heap
+
+    def collect(self):
+        yield CounterMetricFamily("liverec_heap_trim_passes", "Passes handing free heap memory back to the system",
+                                  value=self.heap.passes)
+        yield CounterMetricFamily("liverec_heap_trim_seconds", "Seconds those passes took", value=self.heap.seconds)
+        yield CounterMetricFamily("liverec_heap_trim_returned_bytes", "Resident bytes those passes handed back",
+                                  value=self.heap.returned)
 
 
 @router.get("/v1/health", response_model=Health)
