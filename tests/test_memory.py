@@ -31,3 +31,28 @@ def test_the_trimming_thread_runs_on_its_interval_and_stops():
         time.sleep(0.01)
     trimmer.stop()
     assert trimmer.passes >= 3
+
+
+def test_a_slow_full_pass_is_logged_with_what_it_walked(caplog):
+    import gc
+    import logging
+
+    from liverec.memory import CollectorPauses
+
+    class Walked:
+        pass
+
+    kept = [Walked() for _ in range(100_000)]
+    pauses = CollectorPauses(slow_s=0.0)  # every pass counts as slow here
+    gc.callbacks.append(pauses._callback)
+    try:
+        with caplog.at_level(logging.WARNING, logger="liverec.memory"):
+            gc.collect(2)
+            gc.collect(2)  # a second slow pass within the minute: no second census
+    finally:
+        gc.callbacks.remove(pauses._callback)
+    lines = [r.getMessage() for r in caplog.records if "generation 2" in r.getMessage()]
+    census = [line for line in lines if "walked:" in line]
+    assert len(lines) >= 2 and len(census) == 1, lines  # one census a minute at most
+    assert "Walked 100000" in census[0], census[0]
+    assert len(kept) == 100_000
