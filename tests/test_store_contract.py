@@ -209,6 +209,53 @@ def test_experiments(store):
                        ("shop", "experiment", "x1"), ("shop", "experiment", "x2")]
 
 
+def test_item_upserts_record_the_event_head_they_committed_after(store):
+    store.events.append([ev(1), ev(2), ev(3)])
+    head = store.events.heads()[0]
+    before = store.events.heads()[1]
+    # an item given twice in one batch: its last version is stored
+    assert store.catalog.upsert([Item("a", "i1", "One"), Item("a", "i2", "Two"), Item("a", "i1", "One v2")]) == 3
+    assert store.catalog.get("a", "i1").title == "One v2"
+    changes = store.events.changes(before)
+    assert {c.key for c in changes} == {"i1", "i2"} and all(c.kind == "item" and c.event_seq == head for c in changes)
+    store.events.append([ev(4)])
+    store.catalog.upsert([Item("a", "i3", "Three")])
+    assert store.events.changes(before)[-1].event_seq == store.events.heads()[0]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_upserts_beside_appends_record_heads_in_commit_order(backend, tmp_path):
+    """Workers append and upsert items at once: the changes feed, in its order, names event heads
+    that never go down, each no higher than the events committed before it (a follower applies
+    a change after exactly the events its head names)."""
+    if backend == "postgresql" and _postgres_available():
+        pytest.skip(_postgres_available())
+    url = f"sqlite:///{tmp_path}/db.sqlite" if backend == "sqlite" else f"{PG_URL}?schema=t_{uuid.uuid4().hex[:12]}"
+    store = open_store(url)
+    writers = [open_store(url) for _ in range(4)]
+
+    def write(w: int) -> None:
+        for k in range(60):
+            if k % 3 == 0:
+                writers[w].catalog.upsert([Item("a", f"w{w}-i{k}", f"item {k}")])
+            else:
+                writers[w].events.append([ev(1000 * w + k, user=f"w{w}", event_id=f"w{w}-{k}")])
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    heads = [c.event_seq for c in store.events.changes(0)]
+    assert len(heads) == 80 and heads == sorted(heads)
+    assert max(heads) <= store.events.heads()[0]
+    for w in writers:
+        w.close()
+    if backend == "postgresql":
+        store.drop()
+    store.close()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_concurrent_appends_commit_in_seq_order(backend, tmp_path):
     """Writers on their own connections (workers) append at once; a reader that sees head H never

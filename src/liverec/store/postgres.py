@@ -363,22 +363,36 @@ class _Catalog(SqlCatalogReads):
 
     def upsert(self, items: Sequence[Item]) -> int:
         now = time.time()
-        rows = [(i.app, i.item_id, i.title, i.text, json.dumps(list(i.categories)), json.dumps(i.attributes), i.updated_at or now)
-                for i in items]
-        with self._s._conn.transaction() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-            with conn.cursor() as cur:
-                cur.executemany(
-                    """INSERT INTO items (app, item_id, title, text, categories, attributes, updated_at)
-                    VALUES (%s, %s, %s, %s, %s::jsonb, %s::jsonb, %s)
-                    ON CONFLICT (app, item_id) DO UPDATE SET title = EXCLUDED.title, text = EXCLUDED.text,
-                        categories = EXCLUDED.categories, attributes = EXCLUDED.attributes, updated_at = EXCLUDED.updated_at""",
-                    rows,
-                )
-                head = _event_head(conn)
-                cur.executemany("INSERT INTO changes (app, kind, key, event_seq) VALUES (%s, 'item', %s, %s)",
-                                [(i.app, i.item_id, head) for i in items])
-        return len(rows)
+        latest: dict[tuple[str, str], tuple] = {}  # an item given twice: its last version (one statement updates a row once)
+        for i in items:
+            latest[(i.app, i.item_id)] = (i.app, i.item_id, i.title, i.text, json.dumps(list(i.categories)),
+                                          json.dumps(i.attributes), i.updated_at or now)
+        columns = [list(c) for c in zip(*latest.values())]
+        if not columns:
+            return 0
+        # One statement, as an append: the CTE takes the append lock and the statement's own commit
+        # releases it, never held across client round trips (an upsert held it for five, and every
+        # append of every worker waited behind it). The change records the event head read after
+        # the lock: a sequence is read outside the snapshot, and the subquery runs per upserted
+        # row, once the lock is held (no append is between its nextval and its commit then).
+        self._s._conn.execute(
+            """WITH append_lock AS (SELECT pg_advisory_xact_lock(%s)),
+            upserted AS (
+                INSERT INTO items (app, item_id, title, text, categories, attributes, updated_at)
+                SELECT a, i, t, x, c::jsonb, at::jsonb, u FROM append_lock, unnest(
+                    %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[])
+                    WITH ORDINALITY AS b(a, i, t, x, c, at, u, n)
+                ORDER BY n
+                ON CONFLICT (app, item_id) DO UPDATE SET title = EXCLUDED.title, text = EXCLUDED.text,
+                    categories = EXCLUDED.categories, attributes = EXCLUDED.attributes, updated_at = EXCLUDED.updated_at
+                RETURNING app, item_id)
+            INSERT INTO changes (app, kind, key, event_seq)
+            SELECT app, 'item', item_id, (SELECT CASE WHEN is_called THEN last_value ELSE 0 END
+                                          FROM events_seq_seq WHERE upserted.item_id IS NOT NULL)
+            FROM upserted""",
+            [APPEND_LOCK, *columns],
+        )
+        return len(items)
 
 
 class _Snapshots(SqlSnapshotReads):
