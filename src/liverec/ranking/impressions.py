@@ -498,6 +498,14 @@ CREATE INDEX IF NOT EXISTS impressions_user ON impressions (app, user_id);
 
 
 IMPRESSION_APPEND_LOCK = 0x6C69766573  # advisory lock key of impression inserts (not the event log's)
+_PG_ARRAY = {"TEXT": "text[]", "INTEGER": "int[]", "BIGINT": "bigint[]"}
+_INSERTED = ("app", "user_id", "item_id", "ts", "record", *_FOLD_COLUMNS)
+_POSTGRES_INSERT = (
+    f"WITH impression_lock AS (SELECT pg_advisory_xact_lock(%s)) INSERT INTO impressions ({', '.join(_INSERTED)}) "
+    f"SELECT {', '.join(f'c{k}' for k in range(len(_INSERTED)))} FROM impression_lock, unnest("
+    + ", ".join(["%s::text[]"] * 3 + ["%s::float8[]", "%s::text[]"] + [f"%s::{_PG_ARRAY[t]}" for t in _FOLD_COLUMNS.values()])
+    + f") WITH ORDINALITY AS b({', '.join(f'c{k}' for k in range(len(_INSERTED)))}, n) ORDER BY n"
+)
 
 
 class PostgresImpressionLog(QueuedImpressionLog):
@@ -517,11 +525,14 @@ class PostgresImpressionLog(QueuedImpressionLog):
         super().__init__()
 
     def _insert(self, sql: str, rows: list[tuple]) -> None:
-        with self._link.transaction() as conn, conn.cursor() as cur:
-            # Serialised across workers: a BIGSERIAL value is taken at insert, not at commit, so
-            # without the lock a reader could pass a seq whose transaction commits after it.
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (IMPRESSION_APPEND_LOCK,))
-            cur.executemany(sql, rows)
+        # Serialised across workers: a BIGSERIAL value is taken at insert, not at commit, so
+        # without the lock a reader could pass a seq whose transaction commits after it. One
+        # statement, the batch as arrays: the CTE takes the lock and the statement's commit
+        # releases it, never held across client round trips; not sent again on a new connection
+        # (impressions have no key a second insert would be ignored by).
+        if not rows:
+            return
+        self._link.execute(_POSTGRES_INSERT, [IMPRESSION_APPEND_LOCK, *[list(c) for c in zip(*rows)]], again=False)
 
     def _fetch(self, sql: str, params: tuple) -> list[tuple]:
         return self._link.execute(sql, params).fetchall()

@@ -220,10 +220,10 @@ class Link:
             log.warning("PostgreSQL schema %s: connection lost (%s)", self.schema, _cause(exc))
         return StoreUnavailable(_cause(exc))
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor:
+    def execute(self, sql: str, params: Sequence[Any] = (), again: bool = True) -> psycopg.Cursor:
         """Run one statement (autocommit); the cursor holds every row already. A statement that
         finds the connection broken (the server restarted since it was last used) runs once more
-        on a new one: only reads and idempotent statements come here."""
+        on a new one (``again``): only reads and idempotent statements may."""
         with self.lock:
             for attempt in (0, 1):
                 conn = self._open()
@@ -231,7 +231,7 @@ class Link:
                     return conn.execute(sql, params)
                 except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                     lost = self._lost(conn, exc)
-                    if attempt or self._conn is not None:  # not a broken connection, or a new one broke too
+                    if attempt or not again or self._conn is not None:  # not a broken connection, or a new one broke too
                         raise lost from exc
             raise AssertionError("unreachable")
 
