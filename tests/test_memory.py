@@ -1,6 +1,10 @@
+import gc
+import logging
+import time
+
 import pytest
 
-from liverec.memory import HeapTrimmer, resident_bytes
+from liverec.memory import CollectorPauses, HeapTrimmer, resident_bytes
 
 
 def test_trimming_hands_back_pages_freed_below_live_blocks():
@@ -25,7 +29,6 @@ def test_the_trimming_thread_runs_on_its_interval_and_stops():
     if not trimmer.available:
         pytest.skip("not glibc")
     trimmer.start()
-    import time
     deadline = time.monotonic() + 5
     while trimmer.passes < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -34,11 +37,6 @@ def test_the_trimming_thread_runs_on_its_interval_and_stops():
 
 
 def test_a_slow_full_pass_is_logged_with_what_it_walked(caplog):
-    import gc
-    import logging
-
-    from liverec.memory import CollectorPauses
-
     class Walked:
         pass
 

@@ -209,6 +209,12 @@ def test_experiments(store):
                        ("shop", "experiment", "x1"), ("shop", "experiment", "x2")]
 
 
+def test_postgres_batch_inserts_name_the_columns_the_reads_expect():
+    from liverec.store import postgres, sql
+
+    assert ", ".join(postgres._EVENT_TYPES) == sql.EVENT_COLUMNS and ", ".join(postgres._ITEM_TYPES) == sql.ITEM_COLUMNS
+
+
 def test_item_upserts_record_the_event_head_they_committed_after(store):
     store.events.append([ev(1), ev(2), ev(3)])
     head = store.events.heads()[0]

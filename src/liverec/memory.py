@@ -179,6 +179,9 @@ def _malloc_trim():
     return trim
 
 
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
 def resident_bytes() -> int:
     """This process's resident set size (Linux ``/proc``; 0 where there is none)."""
     try:
@@ -186,6 +189,3 @@ def resident_bytes() -> int:
             return int(f.read().split()[1]) * _PAGE
     except OSError:
         return 0
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

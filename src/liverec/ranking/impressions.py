@@ -498,14 +498,9 @@ CREATE INDEX IF NOT EXISTS impressions_user ON impressions (app, user_id);
 
 
 IMPRESSION_APPEND_LOCK = 0x6C69766573  # advisory lock key of impression inserts (not the event log's)
-_PG_ARRAY = {"TEXT": "text[]", "INTEGER": "int[]", "BIGINT": "bigint[]"}
-_INSERTED = ("app", "user_id", "item_id", "ts", "record", *_FOLD_COLUMNS)
-_POSTGRES_INSERT = (
-    f"WITH impression_lock AS (SELECT pg_advisory_xact_lock(%s)) INSERT INTO impressions ({', '.join(_INSERTED)}) "
-    f"SELECT {', '.join(f'c{k}' for k in range(len(_INSERTED)))} FROM impression_lock, unnest("
-    + ", ".join(["%s::text[]"] * 3 + ["%s::float8[]", "%s::text[]"] + [f"%s::{_PG_ARRAY[t]}" for t in _FOLD_COLUMNS.values()])
-    + f") WITH ORDINALITY AS b({', '.join(f'c{k}' for k in range(len(_INSERTED)))}, n) ORDER BY n"
-)
+_PG_TYPES = {"TEXT": "text", "INTEGER": "int", "BIGINT": "bigint"}
+_PG_COLUMNS = {"app": "text", "user_id": "text", "item_id": "text", "ts": "float8", "record": "text",
+               **{name: _PG_TYPES[kind] for name, kind in _FOLD_COLUMNS.items()}}
 
 
 class PostgresImpressionLog(QueuedImpressionLog):
@@ -516,23 +511,23 @@ class PostgresImpressionLog(QueuedImpressionLog):
     placeholder = "%s"
 
     def __init__(self, url: str) -> None:
-        from ..store.postgres import Link
+        from ..store.postgres import Link, locked_batch_insert
 
         # reconnects after the server went away (the writer keeps the queue and tries again)
         self._link = Link(url, _POSTGRES_SCHEMA)
         self.schema = self._link.schema
         self.name = f"postgresql schema {self.schema}"
+        self._insert_sql = ("WITH impression_lock AS (SELECT pg_advisory_xact_lock(%s)) "
+                            + locked_batch_insert("impressions", _PG_COLUMNS, "impression_lock"))
         super().__init__()
 
     def _insert(self, sql: str, rows: list[tuple]) -> None:
         # Serialised across workers: a BIGSERIAL value is taken at insert, not at commit, so
         # without the lock a reader could pass a seq whose transaction commits after it. One
-        # statement, the batch as arrays: the CTE takes the lock and the statement's commit
-        # releases it, never held across client round trips; not sent again on a new connection
-        # (impressions have no key a second insert would be ignored by).
-        if not rows:
-            return
-        self._link.execute(_POSTGRES_INSERT, [IMPRESSION_APPEND_LOCK, *[list(c) for c in zip(*rows)]], again=False)
+        # statement (locked_batch_insert); not sent again on a new connection (impressions have
+        # no key a second insert would be ignored by).
+        if rows:
+            self._link.execute(self._insert_sql, [IMPRESSION_APPEND_LOCK, *[list(c) for c in zip(*rows)]], again=False)
 
     def _fetch(self, sql: str, params: tuple) -> list[tuple]:
         return self._link.execute(sql, params).fetchall()

@@ -17,17 +17,16 @@ import re
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import parse_qs, urlparse, urlunparse
 
 import psycopg
 
 from ..events import Event
-from .base import DeletionRecord, StoreUnavailable, user_digest
-from .sql import DELETION_COLUMNS, EXPERIMENT_COLUMNS, SqlDeletionReads, SqlExperimentReads
-from .base import ApiKey, AppendResult, ExperimentRecord, Item
-from .sql import (EVENT_COLUMNS, KEY_COLUMNS, KEY_TOUCH, SqlCatalogReads, SqlEventReads, SqlKeyReads, SqlSnapshotReads,
-                  accepted_events, key_row)
+from .base import ApiKey, AppendResult, DeletionRecord, ExperimentRecord, Item, StoreUnavailable, user_digest
+from .sql import (DELETION_COLUMNS, EVENT_COLUMNS, EXPERIMENT_COLUMNS, KEY_COLUMNS, KEY_TOUCH, SqlCatalogReads,
+                  SqlDeletionReads, SqlEventReads, SqlExperimentReads, SqlKeyReads, SqlSnapshotReads, accepted_events,
+                  key_row)
 
 APPEND_LOCK = 0x6C69766572  # advisory lock key ("liver")
 log = logging.getLogger(__name__)
@@ -259,6 +258,45 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
 
 
+def locked_batch_insert(table: str, columns: Mapping[str, str], lock: str) -> str:
+    """``INSERT INTO table (columns) SELECT ...`` of a batch passed as one array parameter per
+    column (``%s``, in ``columns``' order; a ``jsonb`` column's as text), rows in batch order,
+    after the CTE ``lock`` (``WITH lock AS (SELECT pg_advisory_xact_lock(%s))``, which callers
+    write before it): in one statement the lock is taken before any row gets its serial number,
+    and the statement's own commit releases it, never held across client round trips. Callers
+    add ``ON CONFLICT`` / ``RETURNING``.
+
+    >>> locked_batch_insert("t", {"a": "text", "c": "jsonb"}, "l")
+    'INSERT INTO t (a, c) SELECT a, c::jsonb FROM l, unnest(%s::text[], %s::text[]) WITH ORDINALITY AS batch(a, c, n) ORDER BY n'
+    """
+    names = ", ".join(columns)
+    values = ", ".join(f"{name}::jsonb" if kind == "jsonb" else name for name, kind in columns.items())
+    arrays = ", ".join(f"%s::{'text' if kind == 'jsonb' else kind}[]" for kind in columns.values())
+    return (f"INSERT INTO {table} ({names}) SELECT {values} FROM {lock}, unnest({arrays}) "
+            f"WITH ORDINALITY AS batch({names}, n) ORDER BY n")
+
+
+_EVENT_TYPES = {"app": "text", "event_id": "text", "user_id": "text", "item_id": "text", "type": "text", "ts": "float8",
+                "value": "float8", "text": "text", "scope": "text", "target": "text", "context": "jsonb"}
+_ITEM_TYPES = {"app": "text", "item_id": "text", "title": "text", "text": "text", "categories": "jsonb",
+               "attributes": "jsonb", "updated_at": "float8"}
+_APPEND = ("WITH append_lock AS (SELECT pg_advisory_xact_lock(%s)) " + locked_batch_insert("events", _EVENT_TYPES, "append_lock")
+           + " ON CONFLICT (app, event_id) DO NOTHING RETURNING seq, app, event_id")
+# the change records the event head read after the lock: a sequence is read outside the
+# statement's snapshot, and the subquery runs per upserted row, once the lock is held (no append
+# is between its nextval and its commit then)
+_UPSERT_ITEMS = (
+    "WITH append_lock AS (SELECT pg_advisory_xact_lock(%s)), upserted AS ("
+    + locked_batch_insert("items", _ITEM_TYPES, "append_lock")
+    + """ ON CONFLICT (app, item_id) DO UPDATE SET title = EXCLUDED.title, text = EXCLUDED.text,
+        categories = EXCLUDED.categories, attributes = EXCLUDED.attributes, updated_at = EXCLUDED.updated_at
+    RETURNING app, item_id)
+    INSERT INTO changes (app, kind, key, event_seq)
+    SELECT app, 'item', item_id, (SELECT CASE WHEN is_called THEN last_value ELSE 0 END
+                                  FROM events_seq_seq WHERE upserted.item_id IS NOT NULL)
+    FROM upserted""")
+
+
 def _event_head(conn: psycopg.Connection) -> int:
     """The highest event seq ever assigned (deleted rows do not lower it)."""
     row = conn.execute(
@@ -317,23 +355,11 @@ class _EventLog(SqlEventReads):
              json.dumps(e.context) if e.context is not None else None)
             for e in events
         ]))
-        # One statement in a transaction of its own: the CTE takes the append lock (commits in seq
-        # order) before any row gets its seq, and the statement's own commit releases it, so it is
-        # never held across client round trips. WITH ORDINALITY keeps batch order: the first of
-        # in-batch duplicates is the one stored. A connection found broken (PostgreSQL restarted
+        # One statement (locked_batch_insert): appends commit in seq order, and batch order is
+        # kept: the first of in-batch duplicates is the one stored. A connection found broken (PostgreSQL restarted
         # since its last use) is reopened and the append runs again: idempotent on (app,
         # event_id), at worst events a lost answer had stored come back as duplicates.
-        rows = self._s._conn.execute(
-            f"""WITH append_lock AS (SELECT pg_advisory_xact_lock(%s))
-            INSERT INTO events ({EVENT_COLUMNS})
-            SELECT a, e, u, i, t, ts, v, x, s, g, c::jsonb FROM append_lock, unnest(
-                %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[],
-                %s::text[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY AS b(a, e, u, i, t, ts, v, x, s, g, c, n)
-            ORDER BY n
-            ON CONFLICT (app, event_id) DO NOTHING
-            RETURNING seq, app, event_id""",
-            [APPEND_LOCK, *[list(c) for c in columns]],
-        ).fetchall()
+        rows = self._s._conn.execute(_APPEND, [APPEND_LOCK, *[list(c) for c in columns]]).fetchall()
         accepted = accepted_events(events, [(app, event_id) for _, app, event_id in sorted(rows)])
         return AppendResult(accepted, len(events) - len(accepted))
 
@@ -370,28 +396,9 @@ class _Catalog(SqlCatalogReads):
         columns = [list(c) for c in zip(*latest.values())]
         if not columns:
             return 0
-        # One statement, as an append: the CTE takes the append lock and the statement's own commit
-        # releases it, never held across client round trips (an upsert held it for five, and every
-        # append of every worker waited behind it). The change records the event head read after
-        # the lock: a sequence is read outside the snapshot, and the subquery runs per upserted
-        # row, once the lock is held (no append is between its nextval and its commit then).
-        self._s._conn.execute(
-            """WITH append_lock AS (SELECT pg_advisory_xact_lock(%s)),
-            upserted AS (
-                INSERT INTO items (app, item_id, title, text, categories, attributes, updated_at)
-                SELECT a, i, t, x, c::jsonb, at::jsonb, u FROM append_lock, unnest(
-                    %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[])
-                    WITH ORDINALITY AS b(a, i, t, x, c, at, u, n)
-                ORDER BY n
-                ON CONFLICT (app, item_id) DO UPDATE SET title = EXCLUDED.title, text = EXCLUDED.text,
-                    categories = EXCLUDED.categories, attributes = EXCLUDED.attributes, updated_at = EXCLUDED.updated_at
-                RETURNING app, item_id)
-            INSERT INTO changes (app, kind, key, event_seq)
-            SELECT app, 'item', item_id, (SELECT CASE WHEN is_called THEN last_value ELSE 0 END
-                                          FROM events_seq_seq WHERE upserted.item_id IS NOT NULL)
-            FROM upserted""",
-            [APPEND_LOCK, *columns],
-        )
+        # one statement, as an append (an upsert held the lock across five round trips, and every
+        # append of every worker waited behind it)
+        self._s._conn.execute(_UPSERT_ITEMS, [APPEND_LOCK, *columns])
         return len(items)
 
 
