@@ -14,9 +14,12 @@ growth is held (the folds) or only kept by the allocator (freed memory glibc has
 2. Runs the phases of --plan in order, each ``CLASS=N``: N requests of one class on random known
    users and items, as the soak sends them (recs, similar, events, feedback, items: an upsert,
    half of them new items) or ``mix`` (the soak's mix, --mix).
-3. After each phase: a full collection, the resident size (``/proc/self/statm``), the requests per
-   second, and the objects the collector tracks; with --trim, one ``malloc_trim`` pass and the
-   resident size after it (what the allocator held free).
+3. After each phase: a full collection (timed: how long a full pass of the cyclic collector holds
+   the interpreter, which every request in flight waits out), the resident size
+   (``/proc/self/statm``), the requests per second, and the objects the collector tracks; with --trim, one ``malloc_trim`` pass and the
+   resident size after it (what the allocator held free); the most common types the collector
+   tracks (``census``); with --tracemalloc, the source lines whose held allocations grew most
+   over the phase (Python's tracemalloc: slower requests, exact attribution).
 
 Prints a table, writes JSON (--out).
 """
@@ -31,6 +34,7 @@ import random
 import shutil
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +47,7 @@ from soak import DEFAULT_MIX, NEGATIVE, POSITIVE  # noqa: E402
 
 from liverec.config import Settings  # noqa: E402
 from liverec.evaluation.report import machine  # noqa: E402
-from liverec.memory import HeapTrimmer, freeze_long_lived, resident_bytes  # noqa: E402
+from liverec.memory import HeapTrimmer, census, freeze_long_lived, resident_bytes  # noqa: E402
 from liverec.runtime.compose import build_service  # noqa: E402
 from liverec.runtime.workers import share_cores  # noqa: E402
 
@@ -99,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--mix", default=DEFAULT_MIX)
     p.add_argument("--workers", type=int, default=2, help="threads as a worker of a server with this many workers")
     p.add_argument("--trim", action="store_true", help="a malloc_trim pass after each phase")
+    p.add_argument("--tracemalloc", type=int, default=0, metavar="N",
+                   help="trace allocations; per phase, the N source lines whose held memory grew most")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
@@ -118,7 +124,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trimmer = HeapTrimmer(interval_s=0)
     requests = Requests(service, users, items, mix, args.seed)
     phases = []
-    print(f"{'phase':>10} {'n':>6} {'MB before':>10} {'after':>8} {'trimmed':>8} {'KB/req':>8} {'req/s':>7} {'tracked':>9}")
+    if args.tracemalloc:
+        tracemalloc.start()
+        traced = tracemalloc.take_snapshot()
+    print(f"{'phase':>10} {'n':>6} {'MB before':>10} {'after':>8} {'trimmed':>8} {'KB/req':>8} {'req/s':>7} "
+          f"{'tracked':>9} {'full pass ms':>12}")
     try:
         for kind, n in plan:
             before = resident_bytes()
@@ -126,17 +136,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for _ in range(n):
                 requests.one(kind)
             seconds = time.perf_counter() - t0
+            gc.collect()  # the garbage of the phase; then a pass that only walks what is held
+            t0 = time.perf_counter()
             gc.collect()
+            full_pass = time.perf_counter() - t0
             after = resident_bytes()
             trimmed = after - trimmer.trim() if args.trim else None
+            growth = []
+            if args.tracemalloc:
+                now = tracemalloc.take_snapshot()
+                growth = [{"where": str(d.traceback[0]), "kb": d.size_diff / 1024, "blocks": d.count_diff}
+                          for d in now.compare_to(traced, "lineno")[:args.tracemalloc]]
+                traced = now
             row = {"phase": kind, "n": n, "rss_before_mb": before / 2**20, "rss_after_mb": after / 2**20,
                    "rss_trimmed_mb": None if trimmed is None else trimmed / 2**20,
                    "kb_per_request": ((trimmed if trimmed is not None else after) - before) / 1024 / n,
-                   "requests_per_s": n / seconds, "tracked_objects": len(gc.get_objects())}
+                   "requests_per_s": n / seconds, "tracked_objects": len(gc.get_objects()),
+                   "full_pass_ms": full_pass * 1e3, "census": census(8), "grew_at": growth}
             phases.append(row)
             print(f"{kind:>10} {n:>6} {row['rss_before_mb']:>10.0f} {row['rss_after_mb']:>8.0f} "
                   f"{'-' if trimmed is None else f'{trimmed / 2**20:.0f}':>8} {row['kb_per_request']:>8.1f} "
-                  f"{row['requests_per_s']:>7.0f} {row['tracked_objects']:>9}", flush=True)
+                  f"{row['requests_per_s']:>7.0f} {row['tracked_objects']:>9} {row['full_pass_ms']:>12.1f}", flush=True)
+            print(f"{'':>10} {row['census']}")
+            for g in growth:
+                print(f"{'':>10} {g['kb']:>+9.0f} KB {g['blocks']:>+8} blocks  {g['where']}")
     finally:
         service.close()
     report = {"benchmark": "memory_probe", "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),

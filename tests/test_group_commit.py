@@ -8,6 +8,7 @@ import time
 from liverec.config import Settings
 from liverec.events import Event
 from liverec.runtime.compose import build_service
+from liverec.state import EVENT_ID
 
 
 def test_concurrent_batches_share_a_transaction_and_keep_their_own_counts(tmp_path):
@@ -43,6 +44,6 @@ def test_concurrent_batches_share_a_transaction_and_keep_their_own_counts(tmp_pa
         # every acknowledged event is already in its user's state
         for t in range(12):
             state = svc.state.get("a", f"u{t}")
-            assert state is not None and {f"t{t}-{k}" for k in range(3)} <= {i.event_id for i in state.sequence}
+            assert state is not None and {f"t{t}-{k}" for k in range(3)} <= {i[EVENT_ID] for i in state.sequence}
     finally:
         svc.close()

@@ -15,6 +15,7 @@ from liverec.runtime import compose, snapshots
 from liverec.runtime.compose import build_service
 from liverec.runtime.snapshots import SNAPSHOT_APP, SNAPSHOT_NAME, SnapshotWriter, write_snapshot
 from liverec.service import Service
+from liverec.state import ITEM
 from liverec.store import open_store
 
 PG_URL = "postgresql://127.0.0.1:5432/test"
@@ -193,7 +194,7 @@ def test_snapshot_plus_tail_equals_the_fold_of_the_whole_log(settings, monkeypat
         # nothing of a deleted user comes back: not their state, not their pairs
         assert restored.state.get("shop", "s0") is None
         assert "i7" not in restored.baseline.matrix("default")[0]  # only the deleted u3 acted on it
-        assert [i.item_id for i in restored.state.get("default", "u3").sequence] == ["i5", "i6"]
+        assert [i[ITEM] for i in restored.state.get("default", "u3").sequence] == ["i5", "i6"]
         assert restored.catalog.get("default", "i1").title == "Item one, renamed"
         assert restored.catalog.get("default", "i9") is not None
         # and the restored process goes on like the others

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol, runtime_checkable
 
 from .events import Event
+from .state import TEXT
 from .store.base import user_digest
 
 
@@ -72,7 +73,7 @@ class UserDeletion:
             if e.text:
                 found.add(e.text)
         if self.state is not None:
-            found.update(i.text for i in self.state.sequence if i.text)
+            found.update(i[TEXT] for i in self.state.sequence if i[TEXT])
         return sorted(found)
 
 

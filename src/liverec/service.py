@@ -31,7 +31,7 @@ from .recommend.cooccurrence import CooccurrenceScorer
 from .recommend.pipeline import Pipeline, RecommendRequest
 from .recommend.scoring import FollowsCatalog
 from .runtime.follower import LogFollower
-from .state import StateStore
+from .state import INTERACTION_FIELDS, StateStore
 from .store import AppendResult, Change, Store
 from .store.base import DeletionRecord, Item, user_digest
 
@@ -540,15 +540,15 @@ class Service:
         sequence = list(state.sequence)
         blocked = {scope: sorted(t) for scope, t in state.blocked.items()}
         history = []
-        for i in sequence[-50:][::-1]:
-            entry: dict[str, Any] = {"item_id": i.item_id, "type": i.type, "timestamp": i.timestamp}
-            if i.value is not None:
-                entry["value"] = i.value
-            if i.text:
-                entry["text"] = i.text
-            if i.event_id:
-                entry["event_id"] = i.event_id
-            item = self.catalog.get(app, i.item_id) if i.item_id else None
+        for item_id, kind, value, timestamp, text, event_id in sequence[-50:][::-1]:
+            entry: dict[str, Any] = {"item_id": item_id, "type": kind, "timestamp": timestamp}
+            if value is not None:
+                entry["value"] = value
+            if text:
+                entry["text"] = text
+            if event_id:
+                entry["event_id"] = event_id
+            item = self.catalog.get(app, item_id) if item_id else None
             if item is not None:
                 entry["title"] = item.title
             history.append(entry)
@@ -568,8 +568,7 @@ def state_summary(state: Any) -> dict[str, Any]:
     return {
         "n_events": state.n_events,
         "last_timestamp": state.last_timestamp,
-        "sequence": [{"item_id": i.item_id, "type": i.type, "value": i.value, "timestamp": i.timestamp, "text": i.text,
-                      "event_id": i.event_id} for i in state.sequence],
+        "sequence": [dict(zip(INTERACTION_FIELDS, i)) for i in state.sequence],
         "consumed": sorted(state.consumed),
         "blocked": {scope: sorted(t) for scope, t in sorted(state.blocked.items())},
         "liked": sorted(state.liked),

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
@@ -34,16 +33,15 @@ from .events import BLOCKS, DEFAULT_TYPES, DISLIKES, LIKE_LIKE, SKIPS, UNBLOCKS,
 DEFAULT_SEQUENCE_LENGTH = 200
 
 
-@dataclass(frozen=True, slots=True)
-class Interaction:
-    """One position of a user's behaviour sequence."""
-
-    item_id: str | None
-    type: str
-    value: float | None
-    timestamp: float
-    text: str | None = None
-    event_id: str | None = None
+# One position of a user's behaviour sequence: an exact tuple (item_id, type, value, timestamp,
+# text, event_id), read through the field indexes below or by unpacking. Not a class: the cyclic
+# collector stops tracking an exact tuple of strings, numbers and None after its first young pass,
+# while an instance of a class stays in every full pass's walk. The sequences are most of what a
+# serving process allocates after its start-up freeze (each event adds one), and a walk of them
+# was 50-75 % of the full passes' 250-360 ms in the soak (benchmarks/memory_probe.py measures it).
+Interaction = tuple[str | None, str, float | None, float, str | None, str | None]
+ITEM, TYPE, VALUE, TIMESTAMP, TEXT, EVENT_ID = range(6)
+INTERACTION_FIELDS = ("item_id", "type", "value", "timestamp", "text", "event_id")
 
 
 _BLOCKED, _LIKED, _DISLIKED, _SKIPPED = 2, 4, 8, 16
@@ -131,9 +129,7 @@ class UserState:
         kind = event.type
         target = event.item_id if event.scope == "item" else event.target
         if spec.in_sequence:
-            self.sequence.append(
-                Interaction(event.item_id, kind, event.value, event.timestamp, event.text, event.event_id)
-            )
+            self.sequence.append((event.item_id, kind, event.value, event.timestamp, event.text, event.event_id))
         if spec.polarity == "positive" and event.item_id is not None:
             self.consumed.add(event.item_id)
         if kind in BLOCKS and target is not None:
@@ -198,9 +194,7 @@ class UserState:
     def to_dict(self) -> dict:
         """A canonical, comparable form (used by tests and snapshots)."""
         return {
-            "sequence": [
-                [i.item_id, i.type, i.value, i.timestamp, i.text, i.event_id] for i in self.sequence
-            ],
+            "sequence": [list(i) for i in self.sequence],
             "consumed": sorted(self.consumed),
             "blocked": {k: sorted(v) for k, v in sorted(self.blocked.items())},
             "liked": dict(sorted(self.liked.items())),
@@ -389,19 +383,19 @@ def export_states(items: Iterable[tuple[tuple[str, str], UserState]]) -> dict[st
                 targets.append(target)
                 times.append(t)
             lengths[name].append(len(feedback))
-    values = [i.value for i in flat]
+    item_ids, kinds, values, timestamps, texts, event_ids = zip(*flat) if flat else ((),) * 6
     columns: dict[str, Any] = {
         "app": apps,
         "user_id": users,
         "n_events": np.array(n_events, dtype=np.int64),
         "last_timestamp": _floats(last_timestamp),
-        "seq_item": [i.item_id for i in flat],
-        "seq_type": [i.type for i in flat],
+        "seq_item": list(item_ids),
+        "seq_type": list(kinds),
         "seq_value": _floats([0.0 if v is None else v for v in values]),
         "seq_has_value": np.array([v is not None for v in values], dtype=np.bool_),
-        "seq_timestamp": _floats([i.timestamp for i in flat]),
-        "seq_text": [i.text for i in flat],
-        "seq_event_id": [i.event_id for i in flat],
+        "seq_timestamp": _floats(list(timestamps)),
+        "seq_text": list(texts),
+        "seq_event_id": list(event_ids),
         "consumed_item": consumed,
         "blocked_scope": blocked_scope,
         "blocked_target": blocked_target,
@@ -424,8 +418,8 @@ def states_from_columns(columns: Mapping[str, Any], max_len: int) -> dict[tuple[
     last_timestamp = columns["last_timestamp"].tolist()
     # Millions of interactions: built in one pass over the columns, then sliced per user.
     values = [v if has else None for v, has in zip(columns["seq_value"].tolist(), columns["seq_has_value"].tolist())]
-    interactions = list(map(Interaction, columns["seq_item"], columns["seq_type"], values,
-                            columns["seq_timestamp"].tolist(), columns["seq_text"], columns["seq_event_id"]))
+    interactions = list(zip(columns["seq_item"], columns["seq_type"], values, columns["seq_timestamp"].tolist(),
+                            columns["seq_text"], columns["seq_event_id"]))
     seq = columns["seq_offsets"].tolist()
     consumed, consumed_at = columns["consumed_item"], columns["consumed_offsets"].tolist()
     blocked_scope, blocked_target, blocked_at = columns["blocked_scope"], columns["blocked_target"], columns["blocked_offsets"].tolist()

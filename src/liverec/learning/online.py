@@ -56,7 +56,7 @@ from ..model.scorer import TransformerScorer
 from ..model.text import HashingEncoder
 from ..model.train import mask_seen
 from ..model.transformer import FeedbackTransformer
-from ..state import StateStore
+from ..state import ITEM, TIMESTAMP, TYPE, VALUE, StateStore
 from ..store.base import Change, Item, StoreUnavailable
 from .finetune import FineTuneConfig, FineTuner, bias_step, init_new_items
 
@@ -104,10 +104,10 @@ def _sequences(states: list, index: dict[str, int], max_len: int) -> Sequences:
     items, types, values, ts = [], [], [], []
     for st in states:
         seq = list(st.sequence)[-(max_len + 1):]
-        items.append([index.get(i.item_id, 0) if i.item_id is not None else 0 for i in seq])
-        types.append([type_id(i.type) for i in seq])
-        values.append([np.nan if i.value is None else i.value for i in seq])
-        ts.append([i.timestamp for i in seq])
+        items.append([index.get(i[ITEM], 0) if i[ITEM] is not None else 0 for i in seq])
+        types.append([type_id(i[TYPE]) for i in seq])
+        values.append([np.nan if i[VALUE] is None else i[VALUE] for i in seq])
+        ts.append([i[TIMESTAMP] for i in seq])
     return Sequences.from_lists(items, types, values, ts) if states else Sequences.from_lists([[]])
 
 
@@ -273,7 +273,7 @@ class OnlineLearner:
         if not acting:
             return None
         model, item_ids = current.export()  # a copy with the rows of the items it serves from their text
-        new_ids = sorted({i.item_id for s in acting for i in s.sequence if i.item_id and i.item_id not in current.index})
+        new_ids = sorted({i[ITEM] for s in acting for i in s.sequence if i[ITEM] and i[ITEM] not in current.index})
         model, item_ids, n_new = self._grow(current, model, item_ids, new_ids)
         index = {item: k + 1 for k, item in enumerate(item_ids)}
         seqs = _sequences(acting, index, max_len)

@@ -42,7 +42,7 @@ from liverec.model.text import TextEncoder, TextVectorMemo
 from liverec.model.transformer import FeedbackTransformer, ModelConfig
 from liverec.recommend.retrieval import AnnConfig, ItemIndex
 from liverec.recommend.scoring import Scored
-from liverec.state import UserState
+from liverec.state import ITEM, TEXT, TIMESTAMP, TYPE, VALUE, UserState
 
 
 class TransformerScorer:
@@ -401,12 +401,12 @@ class TransformerScorer:
         if state is None:
             z = np.zeros(0, np.int64)
             return z, z, z, z, None, z
-        seq = [i for i in state.sequence if i.item_id is None or i.item_id in self.index or i.text]
+        seq = [i for i in state.sequence if i[ITEM] is None or i[ITEM] in self.index or i[TEXT]]
         seq = seq[-self.model.cfg.max_len:]
-        items = np.array([self.index.get(i.item_id, 0) if i.item_id is not None else 0 for i in seq], np.int64)
-        types = np.array([type_id(i.type) for i in seq], np.int64)
-        values = value_bucket(np.array([np.nan if i.value is None else i.value for i in seq], np.float64)).astype(np.int64)
-        ts = np.array([i.timestamp for i in seq], np.float64)
+        items = np.array([self.index.get(i[ITEM], 0) if i[ITEM] is not None else 0 for i in seq], np.int64)
+        types = np.array([type_id(i[TYPE]) for i in seq], np.int64)
+        values = value_bucket(np.array([np.nan if i[VALUE] is None else i[VALUE] for i in seq], np.float64)).astype(np.int64)
+        ts = np.array([i[TIMESTAMP] for i in seq], np.float64)
         gaps = np.full(len(seq), -1.0)
         nxt = np.zeros(len(seq))
         if len(seq) > 1:
@@ -417,11 +417,11 @@ class TransformerScorer:
         # a request gap longer than any seen in training reads as the longest seen
         next_gaps = np.minimum(gap_bucket(nxt).astype(np.int64), self.model.cfg.request_gap_max)
         text = None
-        if self.model.cfg.text_dim and any(i.text for i in seq):
+        if self.model.cfg.text_dim and any(i[TEXT] for i in seq):
             text = np.zeros((len(seq), self.model.cfg.text_dim), np.float32)
             for k, i in enumerate(seq):
-                if i.text:
-                    v = self._event_text(i.text)
+                if i[TEXT]:
+                    v = self._event_text(i[TEXT])
                     if v is not None:
                         text[k] = v
         return items, types, values, gap_bucket(gaps).astype(np.int64), text, next_gaps

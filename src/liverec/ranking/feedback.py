@@ -41,7 +41,7 @@ import numpy as np
 
 from ..catalog import CategoryMatrix
 from ..events import CLICKS, DISLIKES, LIKE_LIKE, SKIPS, Feedback, TypeSpec
-from ..state import Interaction, UserState
+from ..state import ITEM, TIMESTAMP, TYPE, Interaction, UserState
 from ..store.base import Item
 from .config import RankingConfig
 from .examined import Passed
@@ -84,12 +84,12 @@ def signals(state: UserState, now: float, cfg: RankingConfig, passed: Sequence[P
     seq = state.sequence
     n = len(seq)
     latest: dict[tuple[str, str], tuple[str, str | None, int]] = {}  # (kind, item) -> (type, id, pos)
-    for pos, inter in enumerate(seq):  # oldest -> newest
-        if inter.item_id is None:
+    for pos, (item_id, etype, _, _, _, event_id) in enumerate(seq):  # oldest -> newest
+        if item_id is None:
             continue
-        kind = KIND_OF.get(inter.type)
+        kind = KIND_OF.get(etype)
         if kind is not None:
-            latest[(kind, inter.item_id)] = (inter.type, inter.event_id, pos)
+            latest[(kind, item_id)] = (etype, event_id, pos)
 
     def newer(pos: int) -> int:  # events after position ``pos`` (an event trimmed from the sequence: all of them)
         return n - 1 - pos if pos >= 0 else n
@@ -104,7 +104,7 @@ def signals(state: UserState, now: float, cfg: RankingConfig, passed: Sequence[P
         later_negative = max(latest.get((k, item), ("", None, -1))[2] for k in NEGATIVE_KINDS)
         if later_negative > pos:  # clicked, then skipped or disliked: the negative stands
             continue
-        t = seq[pos].timestamp
+        t = seq[pos][TIMESTAMP]
         out.append(Signal(Feedback.CLICK, "item", item, t, cfg.decay(now - t) * cfg.recency(newer(pos)), etype, eid, pos))
     for kind, table in ((Feedback.DISLIKE, state.disliked), (Feedback.SKIP, state.skipped)):
         for (scope, target), t in table.items():
@@ -118,7 +118,7 @@ def signals(state: UserState, now: float, cfg: RankingConfig, passed: Sequence[P
     out = out[: cfg.max_signals]
     if passed and cfg.max_passed > 0 and (cfg.passed_item > 0 or cfg.passed_mass > 0):
         told = {item for _, item in latest} | set(state.liked)
-        times = [inter.timestamp for inter in seq]
+        times = [inter[TIMESTAMP] for inter in seq]
         recent: list[Signal] = []
         for p in reversed(passed):  # newest first
             if p.item_id in told:
@@ -176,7 +176,7 @@ def stale_after_streak(app: str, state: UserState | None, types: Mapping[str, Ty
         if end - begin >= cfg.streak_negatives:
             hits: dict[str, int] = {}
             for inter in seq[begin:end]:
-                item = item_of(app, inter.item_id) if inter.item_id is not None else None
+                item = item_of(app, inter[ITEM]) if inter[ITEM] is not None else None
                 for c in item.categories if item is not None else ():
                     hits[c] = hits.get(c, 0) + 1
             need = min(2, end - begin)
@@ -186,7 +186,7 @@ def stale_after_streak(app: str, state: UserState | None, types: Mapping[str, Ty
 
 
 def _polarity(inter: Interaction, types: Mapping[str, TypeSpec]) -> str | None:
-    spec = types.get(inter.type)
+    spec = types.get(inter[TYPE])
     return spec.polarity if spec is not None else None
 
 
@@ -267,13 +267,13 @@ def recent_positives(state: UserState, k: int) -> list[tuple[str, float]]:
     """The ``k`` newest (item, time) the user liked or clicked (and did not skip or dislike since)."""
     out: dict[str, float] = dict(state.liked)
     negative: set[str] = set()
-    for inter in reversed(state.sequence):  # newest first
-        if inter.item_id is None or inter.item_id in out or inter.item_id in negative:
+    for item_id, kind, _, timestamp, _, _ in reversed(state.sequence):  # newest first
+        if item_id is None or item_id in out or item_id in negative:
             continue
-        if inter.type in CLICKS:
-            out[inter.item_id] = inter.timestamp
-        elif inter.type in NEGATIVE_FEEDBACK:
-            negative.add(inter.item_id)
+        if kind in CLICKS:
+            out[item_id] = timestamp
+        elif kind in NEGATIVE_FEEDBACK:
+            negative.add(item_id)
         if len(out) >= k + len(state.liked):
             break
     return sorted(out.items(), key=lambda kv: -kv[1])[:k]

@@ -84,15 +84,15 @@ def explain_history(
         return out
     hist: list[tuple[str, str, str | None, float]] = []  # (item, type, event_id, weight)
     seen: set[str] = set()
-    for inter in reversed(state.sequence):
-        spec = types.get(inter.type)
-        if inter.item_id is None or spec is None or spec.polarity != "positive" or inter.item_id in seen:
+    for item_id, kind, value, _, _, event_id in reversed(state.sequence):
+        spec = types.get(kind)
+        if item_id is None or spec is None or spec.polarity != "positive" or item_id in seen:
             continue
-        seen.add(inter.item_id)
+        seen.add(item_id)
         w = max(spec.weight, 1.0) / 5.0 * (0.95 ** len(hist))
-        if spec.rated and inter.value is not None:
-            w *= inter.value / 5.0
-        hist.append((inter.item_id, inter.type, inter.event_id, w))
+        if spec.rated and value is not None:
+            w *= value / 5.0
+        hist.append((item_id, kind, event_id, w))
         if len(hist) >= recent:
             break
     if not hist:

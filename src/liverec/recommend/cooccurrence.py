@@ -415,11 +415,11 @@ class CooccurrenceScorer:
             scores = np.zeros(size, dtype=np.float64)
             used = 0
             if state is not None:
-                for interaction in reversed(state.sequence):
-                    spec = self.types.get(interaction.type)
-                    if spec is None or spec.polarity != "positive" or interaction.item_id is None or spec.weight <= 0:
+                for item_id, kind, _, _, _, _ in reversed(state.sequence):
+                    spec = self.types.get(kind)
+                    if spec is None or spec.polarity != "positive" or item_id is None or spec.weight <= 0:
                         continue
-                    j = model.index.get(interaction.item_id)
+                    j = model.index.get(item_id)
                     if j is None:
                         continue
                     total = model.total[j]

@@ -31,7 +31,7 @@ from ..recommend.pipeline import Pipeline, Policy
 from ..recommend.retrieval import AnnConfig
 from ..recommend.scoring import Scorer
 from ..service import Component, Service
-from ..state import StateStore
+from ..state import TEXT, StateStore
 from ..store import Store, open_store
 from .models import ModelServer, TrainedModels
 from .snapshots import SnapshotWriter, restore
@@ -48,8 +48,8 @@ def _texts_of(state: StateStore) -> Callable[[str], Iterable[str]]:
             if a != app:
                 continue
             for interaction in user.sequence:
-                if interaction.text and interaction.text not in seen:
-                    seen.add(interaction.text)
+                if interaction[TEXT]:
+                    seen.add(interaction[TEXT])
         return sorted(seen)
 
     return texts
