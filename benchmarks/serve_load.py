@@ -83,17 +83,30 @@ class HTTPError(Exception):
 
 
 class Connection:
-    """One keep-alive connection; reopened transparently after the server closed it."""
+    """One keep-alive connection; reopened transparently after the server closed it. Says how
+    old the open connection is, how many responses it carried and when it last finished one
+    (a failed request tells a stale connection from a fresh one)."""
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.host_header = f"Host: {host}:{port}\r\n"
+        self.opened_at = self.last_done = 0.0  # time.monotonic()
+        self.served = 0
+
+    def history(self) -> dict[str, float | int]:
+        """Of the connection a request is about to use: its age, responses carried, idle time."""
+        now = time.monotonic()
+        if self.writer is None:
+            return {"conn_age_s": 0.0, "conn_served": 0, "conn_idle_s": 0.0}
+        return {"conn_age_s": round(now - self.opened_at, 3), "conn_served": self.served,
+                "conn_idle_s": round(now - (self.last_done or self.opened_at), 3)}
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            self.opened_at, self.last_done, self.served = time.monotonic(), 0.0, 0
         head = f"{method} {path} HTTP/1.1\r\n{self.host_header}"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
@@ -103,6 +116,8 @@ class Connection:
         except BaseException:
             self.close()  # a half-read response leaves the stream unusable
             raise
+        self.served += 1
+        self.last_done = time.monotonic()
         if not keep:
             self.close()
         return status, payload
@@ -657,7 +672,8 @@ def git_commit(path: Path) -> dict[str, Any]:
 def log_problems(log: Path, limit: int = 20) -> dict[str, Any]:
     """Tracebacks and error lines the server wrote during the run."""
     lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-    bad = [ln for ln in lines if "Traceback" in ln or "ERROR" in ln or "Error:" in ln or "Exception" in ln]
+    bad = [ln for ln in lines if "Traceback" in ln or "ERROR" in ln or "Error:" in ln or "Exception" in ln
+           or "WARNING" in ln]
     return {"tracebacks": sum("Traceback" in ln for ln in lines), "error_lines": len(bad), "examples": bad[:limit]}
 
 

@@ -200,6 +200,7 @@ async def open_loop(spec: dict[str, Any], progress: Any, stop_flag: Any) -> dict
         nonlocal failure_count
         kind, method, path, body, key = request(k)
         conn = await pool.get()
+        history = conn.history()
         status: int | str
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
@@ -219,7 +220,7 @@ async def open_loop(spec: dict[str, Any], progress: Any, stop_flag: Any) -> dict
                 acked_items.append(key)  # type: ignore[arg-type]
             return
         text = payload[:300].decode("utf-8", "replace")
-        record = {"t": round(slot, 3), "done": round(done, 3), "kind": kind, "status": status, "body": text}
+        record = {"t": round(slot, 3), "done": round(done, 3), "kind": kind, "status": status, "body": text, **history}
         if status == 503:
             try:
                 record["detail"] = json.loads(payload)["detail"]

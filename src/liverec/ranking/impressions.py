@@ -511,7 +511,7 @@ class PostgresImpressionLog(QueuedImpressionLog):
     placeholder = "%s"
 
     def __init__(self, url: str) -> None:
-        from ..store.postgres import Link, locked_batch_insert
+        from ..store.postgres import Link, batch_rows, locked_batch_insert
 
         # reconnects after the server went away (the writer keeps the queue and tries again)
         self._link = Link(url, _POSTGRES_SCHEMA)
@@ -519,6 +519,7 @@ class PostgresImpressionLog(QueuedImpressionLog):
         self.name = f"postgresql schema {self.schema}"
         self._insert_sql = ("WITH impression_lock AS (SELECT pg_advisory_xact_lock(%s)) "
                             + locked_batch_insert("impressions", _PG_COLUMNS, "impression_lock"))
+        self._batch_rows = batch_rows
         super().__init__()
 
     def _insert(self, sql: str, rows: list[tuple]) -> None:
@@ -527,7 +528,7 @@ class PostgresImpressionLog(QueuedImpressionLog):
         # statement (locked_batch_insert); not sent again on a new connection (impressions have
         # no key a second insert would be ignored by).
         if rows:
-            self._link.execute(self._insert_sql, [IMPRESSION_APPEND_LOCK, *[list(c) for c in zip(*rows)]], again=False)
+            self._link.execute(self._insert_sql, [IMPRESSION_APPEND_LOCK, self._batch_rows(rows)], again=False)
 
     def _fetch(self, sql: str, params: tuple) -> list[tuple]:
         return self._link.execute(sql, params).fetchall()
