@@ -33,6 +33,7 @@ import heapq
 import itertools
 import threading
 from operator import itemgetter
+from sys import intern
 from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -125,8 +126,9 @@ class ThompsonBandit:
 
 
 Key = tuple[str, str, str]  # (app, user, item)
-Waiting = tuple[float, str, int, "tuple[int, ...] | None"]  # (ts shown, impression id, event_seq, features)
-Due = tuple[float, int, Key, str, float, int, "tuple[int, ...] | None"]  # (closes at, tiebreak, key, impression id, *waiting)
+# (ts shown, tiebreak, key, impression id, event_seq, features): closes at ts shown + window + grace,
+# the same offset for every entry, so the queue is ordered by the time shown (no closing time kept)
+Due = tuple[float, int, Key, str, int, "tuple[int, ...] | None"]
 
 
 class RewardTracker:
@@ -163,13 +165,15 @@ class RewardTracker:
         self.max_recent = max_recent
         # key -> its waiting impressions; tuples, replaced on change: made of numbers and strings
         # alone, the collector stops tracking them, and a full pass does not walk 200,000 of them
-        self._pending: dict[Key, tuple[Waiting, ...]] = {}
-        # heap of every impression shown: (closes at, tiebreak, key, impression id, ts shown,
-        # event_seq, features), whole, so that a snapshot copies this list and ``_open`` alone;
-        # entries of impressions decided early stay until popped, and ``_open`` tells them apart
+        self._pending: dict[Key, tuple[Due, ...]] = {}
+        # heap of every impression shown (``Due``), whole, so that a snapshot copies this list and
+        # ``_open`` alone; entries of impressions decided early stay until popped, and ``_open``
+        # tells them apart. Keys and their strings are interned: one object per distinct (app,
+        # user, item) however many impressions wait on it (those read from the impression log
+        # arrive as new strings each), a third of what a waiting impression held.
         self._due: list[Due] = []
         self._tiebreak = itertools.count()
-        self._open: dict[str, Key] = {}
+        self._open: set[str] = set()  # ids of the impressions still waiting
         self._recent: RecentIndex[Key, tuple[float, float]] = RecentIndex(max_recent)  # key -> (seq, (ts, reward))
         self.position = 0  # the last event position observed
         self.undecidable = 0  # impressions read after their feedback had left the recent index
@@ -181,7 +185,7 @@ class RewardTracker:
         ``event_seq``): each one waits for feedback, unless feedback on it was already observed."""
         with self._lock:
             for imp in impressions:
-                key = (imp.app, imp.user_id, imp.item_id)
+                key = self._key(imp.app, imp.user_id, imp.item_id)
                 after = self.position if imp.event_seq is None else imp.event_seq
                 feats = tuple(imp.features) if imp.features else None
                 if after < self.position:  # read late: its feedback may have been observed already
@@ -191,29 +195,31 @@ class RewardTracker:
                     if first is not None:
                         self._reward(key, self._decide(imp.timestamp, first[0], first[1]), feats)
                         continue
-                self._pending[key] = self._pending.get(key, ()) + ((imp.timestamp, imp.impression_id, after, feats),)
-                heapq.heappush(self._due, (imp.timestamp + self.window_s + self.grace_s, next(self._tiebreak), key, imp.impression_id,
-                                           imp.timestamp, after, feats))
-                self._open[imp.impression_id] = key
+                entry = (imp.timestamp, next(self._tiebreak), key, imp.impression_id, after, feats)
+                self._pending[key] = self._pending.get(key, ()) + (entry,)
+                heapq.heappush(self._due, entry)
+                self._open.add(imp.impression_id)
             while len(self._open) > self.max_pending and self._due:
                 self._close_first()
+
+    @staticmethod
+    def _key(app: str, user_id: str, item_id: str) -> Key:
+        return intern(app), intern(user_id), intern(item_id)
 
     def _decide(self, shown_at: float, feedback_at: float, reward: float) -> float:
         return reward if feedback_at <= shown_at + self.window_s else 0.5
 
     def _close_first(self) -> None:
-        _, _, key, imp_id, *_ = heapq.heappop(self._due)
-        if self._open.pop(imp_id, None) is None:
+        entry = heapq.heappop(self._due)
+        _, _, key, imp_id, _, feats = entry
+        if imp_id not in self._open:
             return  # already rewarded by feedback
-        waiting = self._pending.get(key)
-        feats = None
-        if waiting:
-            feats = next((w[3] for w in waiting if w[1] == imp_id), None)
-            rest = tuple(w for w in waiting if w[1] != imp_id)
-            if rest:
-                self._pending[key] = rest
-            else:
-                del self._pending[key]
+        self._open.remove(imp_id)
+        rest = tuple(w for w in self._pending.get(key, ()) if w is not entry)
+        if rest:
+            self._pending[key] = rest
+        else:
+            self._pending.pop(key, None)
         self._reward(key, 0.5, feats)
 
     def _reward(self, key: Key, r: float, features: tuple[int, ...] | None = None) -> None:
@@ -232,17 +238,17 @@ class RewardTracker:
                 r = feedback_reward(e, self.types)
                 if r is None:
                     continue
-                key = (e.app, e.user_id, str(e.item_id))
+                key = self._key(e.app, e.user_id, str(e.item_id))
                 self._remember(seq, key, e.timestamp, r)
                 waiting = self._pending.get(key)
                 if waiting is None:
                     continue
                 # an impression read from another process that had seen more of the log than this
                 # one has is not decided by events it was shown after
-                later = tuple(w for w in waiting if w[2] >= seq)
-                for shown_at, imp_id, after, feats in waiting:
+                later = tuple(w for w in waiting if w[4] >= seq)
+                for shown_at, _, _, imp_id, after, feats in waiting:
                     if after < seq:
-                        del self._open[imp_id]
+                        self._open.remove(imp_id)
                         self._reward(key, self._decide(shown_at, e.timestamp, r), feats)
                 if later:
                     self._pending[key] = later
@@ -257,7 +263,7 @@ class RewardTracker:
     def expire(self, now: float) -> None:
         """Close every impression whose window and grace ended before ``now`` with reward 0.5."""
         with self._lock:
-            while self._due and self._due[0][0] < now:
+            while self._due and self._due[0][0] + self.window_s + self.grace_s < now:
                 self._close_first()
 
     def advance(self, position: int) -> None:
@@ -293,19 +299,18 @@ class RewardTracker:
 
     def load(self, data: Mapping[str, Any]) -> None:
         """Replace the fold with :func:`encode_rewards`'s data."""
-        pending: dict[Key, tuple[Waiting, ...]] = {}
-        opened: dict[str, Key] = {}
+        pending: dict[Key, tuple[Due, ...]] = {}
+        opened: set[str] = set()
         due: list[Due] = []
         p = data["pending"]
-        keys: dict[Key, Key] = {}  # one tuple per key, shared by its impressions
         for app, user, item, ts, imp, after, tie, feats in zip(p["app"], p["user"], p["item"], p["shown_at"], p["impression"],
                                                                 p["after"], p["tie"], p["features"], strict=True):
-            key = keys.setdefault((app, user, item), (app, user, item))
+            key = self._key(app, user, item)
             feats = tuple(feats) if feats else None
-            pending[key] = pending.get(key, ()) + ((ts, imp, after, feats),)
-            opened[imp] = key
-            # closes when :meth:`shown` said it would (the same sum, so the same float)
-            due.append((ts + self.window_s + self.grace_s, tie, key, imp, ts, after, feats))
+            entry = (ts, tie, key, imp, after, feats)
+            pending[key] = pending.get(key, ()) + (entry,)
+            opened.add(imp)
+            due.append(entry)
         heapq.heapify(due)
         recent: RecentIndex[Key, tuple[float, float]] = load_recent(
             self.max_recent, data["recent"], lambda k: (k[0], k[1], k[2]), lambda v: (float(v[0]), float(v[1])))
@@ -331,8 +336,9 @@ class RewardTracker:
             keys = [k for k in self._pending if k[0] == app and matches(k[1])]
             dropped = 0
             for key in keys:
-                for _, imp_id, _, _ in self._pending.pop(key):
-                    if self._open.pop(imp_id, None) is not None:  # its closing entry is skipped when popped
+                for _, _, _, imp_id, _, _ in self._pending.pop(key):
+                    if imp_id in self._open:  # its closing entry is skipped when popped
+                        self._open.remove(imp_id)
                         dropped += 1
             self._recent.discard({k for k in self._recent.keys() if k[0] == app and matches(k[1])})
             return dropped
@@ -346,7 +352,7 @@ class RewardTracker:
         """The user's impressions waiting for feedback: (item, time shown, impression id)."""
         with self._lock:
             return sorted((key[2], ts, imp) for key, waiting in self._pending.items()
-                          if key[0] == app and key[1] == user_id for ts, imp, _, _ in waiting)
+                          if key[0] == app and key[1] == user_id for ts, _, _, imp, _, _ in waiting)
 
     def pending(self) -> int:
         """Impressions still waiting for feedback."""
@@ -392,7 +398,7 @@ def waiting_rows(copied: Mapping[str, Any]) -> list[Due]:
 def shown_at_position(rows: list[Due], position: int) -> list[str]:
     """The ids of the waiting impressions among ``rows`` (:func:`waiting_rows`) shown at event
     log position ``position``, sorted."""
-    return sorted(d[3] for d in rows if d[5] == position)
+    return sorted(d[3] for d in rows if d[4] == position)
 
 
 def encode_rewards(copied: Mapping[str, Any], rows: list[Due] | None = None) -> dict[str, Any]:
@@ -403,8 +409,8 @@ def encode_rewards(copied: Mapping[str, Any], rows: list[Due] | None = None) -> 
     # closing queue is rebuilt from them, each with its tiebreak
     return {
         "pending": {"app": [d[2][0] for d in rows], "user": [d[2][1] for d in rows], "item": [d[2][2] for d in rows],
-                    "shown_at": [d[4] for d in rows], "impression": [d[3] for d in rows], "after": [d[5] for d in rows],
-                    "tie": [d[1] for d in rows], "features": [d[6] for d in rows]},
+                    "shown_at": [d[0] for d in rows], "impression": [d[3] for d in rows], "after": [d[4] for d in rows],
+                    "tie": [d[1] for d in rows], "features": [d[5] for d in rows]},
         "recent": recent_entries(copied["recent"]),
         "position": copied["position"],
         "undecidable": copied["undecidable"],

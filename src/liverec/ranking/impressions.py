@@ -36,6 +36,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from sys import intern
 from typing import Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
 import orjson
@@ -341,8 +342,10 @@ class QueuedImpressionLog(ABC):
                f"ORDER BY seq LIMIT {p}")
         with self._lock:
             rows = self._fetch(sql, (*params, limit))
+        # the strings interned: the folds keep thousands of these, and each row arrives with its own
         return [(int(r[0]), Shown.of(Impression.from_dict(orjson.loads(r[10]))) if r[1] is None else
-                 Shown(r[1], r[2], r[3], r[4], r[5], int(r[6]), float(r[7]), None if r[8] is None else int(r[8]), r[9],
+                 Shown(r[1], intern(r[2]), intern(r[3]), intern(r[4]), intern(r[5]), int(r[6]), float(r[7]),
+                       None if r[8] is None else int(r[8]), r[9] if r[9] is None else intern(r[9]),
                        tuple(int(v) for v in r[11].split(",")) if r[11] else None))
                 for r in rows]
 
