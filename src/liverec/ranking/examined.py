@@ -59,6 +59,12 @@ class _Slate:
     base: tuple[Passed, ...] = ()  # what the user had passed over when this slate was served
 
 
+# What the fold keeps of a reaction or undo: (type, item_id, target, timestamp, event_id). An
+# exact tuple, not the event: 100,000 of them are kept, and the collector stops tracking tuples of
+# strings and numbers (an event object stays in every full pass's walk).
+Reaction = tuple[str, "str | None", "str | None", float, str]
+
+
 @dataclass
 class _Reader:
     slates: list[_Slate]  # the latest few, in key order: the last one is current
@@ -82,7 +88,7 @@ class Examined:
         self.keep = keep
         self.max_recent = max_recent
         self._readers: OrderedDict[tuple[str, str], _Reader] = OrderedDict()  # least recently served first
-        self._recent: RecentIndex[tuple[str, str], Event] = RecentIndex(max_recent)  # user -> (seq, reaction or undo)
+        self._recent: RecentIndex[tuple[str, str], Reaction] = RecentIndex(max_recent)  # user -> (seq, reaction or undo)
         self.position = 0  # the last event position observed
         self.unplaced = 0  # slates read too late to be put in their place (their reactions stay where they were applied)
         self._local = itertools.count()
@@ -151,34 +157,36 @@ class Examined:
                 if not ((e.type in UNDOES and e.target) or (e.item_id is not None and e.type in self.reactions)):
                     continue
                 user = (e.app, e.user_id)
-                self._remember(seq, user, e)
+                reaction = (e.type, e.item_id, e.target, e.timestamp, e.event_id)
+                self._remember(seq, user, reaction)
                 reader = self._readers.get(user)
                 if reader is not None:
-                    self._apply(reader.slates[-1], reader.passed, e)
+                    self._apply(reader.slates[-1], reader.passed, reaction)
             if len(seqs):
                 self.position = max(self.position, seqs[-1])
 
-    def _apply(self, slate: _Slate, passed: deque[Passed], e: Event) -> None:
-        if e.type in UNDOES and e.target:
-            kept = [p for p in passed if p.event_id != e.target]
+    def _apply(self, slate: _Slate, passed: deque[Passed], reaction: Reaction) -> None:
+        kind, item_id, target, timestamp, event_id = reaction
+        if kind in UNDOES and target:
+            kept = [p for p in passed if p.event_id != target]
             if len(kept) != len(passed):
                 passed.clear()
                 passed.extend(kept)
             return
         try:
-            p = slate.items.index(e.item_id)  # type: ignore[arg-type]
+            p = slate.items.index(item_id)  # type: ignore[arg-type]
         except ValueError:
             return  # not about this slate: says nothing about reading order
-        slate.reacted.add(e.item_id)  # type: ignore[arg-type]
+        slate.reacted.add(item_id)  # type: ignore[arg-type]
         if p <= slate.read_to:
             return
         for above in slate.items[max(slate.read_to, 0):p]:
             if above not in slate.reacted:
-                passed.append(Passed(above, e.timestamp, e.event_id))
+                passed.append(Passed(above, timestamp, event_id))
         slate.read_to = p
 
-    def _remember(self, seq: int, user: tuple[str, str], e: Event) -> None:
-        self._recent.add(seq, user, e)
+    def _remember(self, seq: int, user: tuple[str, str], reaction: Reaction) -> None:
+        self._recent.add(seq, user, reaction)
 
     def advance(self, position: int) -> None:
         """Every event up to ``position`` has been observed (a rebuild that read them elsewhere)."""
@@ -213,8 +221,8 @@ class Examined:
                         tuple(Passed(*p) for p in base))
                  for items, key, reacted, read_to, base in slates],
                 deque((Passed(*p) for p in passed), maxlen=self.per_user), bool(complete))
-        recent: RecentIndex[tuple[str, str], Event] = load_recent(
-            self.max_recent, data["recent"], lambda k: (k[0], k[1]), lambda v: Event(*v))
+        recent: RecentIndex[tuple[str, str], Reaction] = load_recent(
+            self.max_recent, data["recent"], lambda k: (k[0], k[1]), lambda v: (v[0], v[1], v[2], float(v[3]), v[4]))
         with self._lock:
             self._readers, self._recent = readers, recent
             self.position = int(data["position"])
@@ -266,10 +274,6 @@ def _passed_out(p: Passed) -> list:
     return [p.item_id, p.timestamp, p.event_id]
 
 
-def _event_out(e: Event) -> list:
-    return [e.app, e.event_id, e.user_id, e.type, e.timestamp, e.item_id, e.value, e.text, e.scope, e.target, e.context]
-
-
 def encode_examined(copied: Mapping[str, Any]) -> dict[str, Any]:
     """:meth:`Examined.copy` as plain data (JSON: lists, strings and numbers)."""
     readers = [[user[0], user[1],
@@ -277,5 +281,5 @@ def encode_examined(copied: Mapping[str, Any]) -> dict[str, Any]:
                  for items, key, reacted, read_to, base in slates],
                 [_passed_out(p) for p in passed], complete]
                for user, slates, passed, complete in copied["readers"]]
-    return {"readers": readers, "recent": recent_entries(copied["recent"], _event_out),
+    return {"readers": readers, "recent": recent_entries(copied["recent"]),
             "position": copied["position"], "unplaced": copied["unplaced"]}

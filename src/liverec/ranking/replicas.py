@@ -101,8 +101,8 @@ from .stages import RankingStages
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = 4  # 2: with the changes feed position (deletions after it void the snapshot); 3: the contextual policy's sums;
-# 4: waiting impressions in columns
+SNAPSHOT_FORMAT = 5  # 2: with the changes feed position (deletions after it void the snapshot); 3: the contextual policy's sums;
+# 4: waiting impressions in columns; 5: recent reactions as (type, item, target, ts, event id)
 SNAPSHOT_APP = "_liverec"  # the service's own records in the store's snapshot role
 SNAPSHOT_NAME = "ranking"
 
