@@ -40,7 +40,7 @@ def ev(eid: str, etype: str, item: str | None, t: float, target: str | None = No
 
 
 def passed_ids(ex: Examined) -> list[str]:
-    return [p.item_id for p in ex.passed("default", "u")]
+    return [item_id for item_id, _, _ in ex.passed("default", "u")]
 
 
 def test_a_reaction_marks_the_items_above_it_and_nothing_below():

@@ -219,7 +219,7 @@ def test_a_slate_read_after_the_reactions_to_it_is_read_as_if_it_came_first():
     late.observe(events, [11, 12, 13])  # applied to the older slate: nothing in it is reacted to
     late.served("a", "u", newer, (10, 2.0, "r2"))  # another worker's, read late
     assert late.readings() == in_order.readings()
-    assert [p.item_id for p in late.passed("a", "u")] == ["e", "f"]
+    assert [p[0] for p in late.passed("a", "u")] == ["e", "f"]
     # a slate older than the current one, read late, takes the reactions between the two
     late2 = Examined()
     late2.served("a", "u", newer, (10, 2.0, "r2"))
@@ -229,7 +229,7 @@ def test_a_slate_read_after_the_reactions_to_it_is_read_as_if_it_came_first():
     expect.served("a", "u", older, (0, 1.0, "r1"))
     expect.observe([_e("e0", "c", 9.0)], [5])
     expect.served("a", "u", newer, (10, 2.0, "r2"))
-    assert late2.readings() == expect.readings() and [p.item_id for p in late2.passed("a", "u")] == ["a", "b"]
+    assert late2.readings() == expect.readings() and [p[0] for p in late2.passed("a", "u")] == ["a", "b"]
 
 
 # ---- the impression log, read by position -------------------------------------------------------------

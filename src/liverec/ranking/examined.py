@@ -41,13 +41,9 @@ READ_TO = frozenset(DEFAULT_TYPES) - TARGETED
 SlateKey = tuple[int, float, str]  # (event log position served at, time served, request id): their order
 
 
-@dataclass(frozen=True, slots=True)
-class Passed:
-    """An item the user read past at ``timestamp``, as event ``event_id`` (the reaction below it) showed."""
-
-    item_id: str
-    timestamp: float
-    event_id: str | None = None
+# An item the user read past: (item_id, timestamp, event_id of the reaction below it that showed
+# it). An exact tuple, as ``Reaction``: up to ``per_user`` of them for each of ``max_users`` users.
+Passed = tuple[str, float, "str | None"]
 
 
 @dataclass
@@ -168,7 +164,7 @@ class Examined:
     def _apply(self, slate: _Slate, passed: deque[Passed], reaction: Reaction) -> None:
         kind, item_id, target, timestamp, event_id = reaction
         if kind in UNDOES and target:
-            kept = [p for p in passed if p.event_id != target]
+            kept = [p for p in passed if p[2] != target]
             if len(kept) != len(passed):
                 passed.clear()
                 passed.extend(kept)
@@ -182,7 +178,7 @@ class Examined:
             return
         for above in slate.items[max(slate.read_to, 0):p]:
             if above not in slate.reacted:
-                passed.append(Passed(above, timestamp, event_id))
+                passed.append((above, timestamp, event_id))
         slate.read_to = p
 
     def _remember(self, seq: int, user: tuple[str, str], reaction: Reaction) -> None:
@@ -218,9 +214,9 @@ class Examined:
         for app, user, slates, passed, complete in data["readers"]:
             readers[(app, user)] = _Reader(
                 [_Slate(list(items), (int(key[0]), float(key[1]), str(key[2])), set(reacted), int(read_to),
-                        tuple(Passed(*p) for p in base))
+                        tuple((p[0], float(p[1]), p[2]) for p in base))
                  for items, key, reacted, read_to, base in slates],
-                deque((Passed(*p) for p in passed), maxlen=self.per_user), bool(complete))
+                deque(((p[0], float(p[1]), p[2]) for p in passed), maxlen=self.per_user), bool(complete))
         recent: RecentIndex[tuple[str, str], Reaction] = load_recent(
             self.max_recent, data["recent"], lambda k: (k[0], k[1]), lambda v: (v[0], v[1], v[2], float(v[3]), v[4]))
         with self._lock:
@@ -271,7 +267,7 @@ class Examined:
 
 
 def _passed_out(p: Passed) -> list:
-    return [p.item_id, p.timestamp, p.event_id]
+    return list(p)
 
 
 def encode_examined(copied: Mapping[str, Any]) -> dict[str, Any]:

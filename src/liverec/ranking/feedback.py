@@ -120,12 +120,12 @@ def signals(state: UserState, now: float, cfg: RankingConfig, passed: Sequence[P
         told = {item for _, item in latest} | set(state.liked)
         times = [inter[TIMESTAMP] for inter in seq]
         recent: list[Signal] = []
-        for p in reversed(passed):  # newest first
-            if p.item_id in told:
+        for item_id, timestamp, _ in reversed(passed):  # newest first
+            if item_id in told:
                 continue  # the user said something about the item itself
-            told.add(p.item_id)
-            w = cfg.decay(now - p.timestamp) * cfg.recency(n - bisect_right(times, p.timestamp))
-            recent.append(Signal("passed", "item", p.item_id, p.timestamp, w, "passed"))
+            told.add(item_id)
+            w = cfg.decay(now - timestamp) * cfg.recency(n - bisect_right(times, timestamp))
+            recent.append(Signal("passed", "item", item_id, timestamp, w, "passed"))
             if len(recent) >= cfg.max_passed:
                 break
         out += recent
