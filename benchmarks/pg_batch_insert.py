@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def slate(k: int) -> list[tuple]:
         batch = [Impression(f"r{k}:{pos}", f"r{k}", "default", f"u{k % 500}", f"i{(k + pos) % 3000}", pos, now + k, 0.1,
                             False, "rank", event_seq=k, origin="bench") for pos in range(10)]
-        return [(i.app, i.user_id, i.item_id, i.timestamp, json.dumps(i.to_dict(), separators=(",", ":")),
+        return [(i.app, i.user_id, i.item_id, i.timestamp, json.dumps(i.to_dict(), separators=(",", ":")),  # built the same way for every version compared
                  i.impression_id, i.request_id, i.position, i.event_seq, i.origin, None, i.experiment, i.variant)
                 for i in batch]
 
