@@ -49,6 +49,7 @@ import multiprocessing as mp
 import os
 import queue
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -674,7 +675,14 @@ def log_problems(log: Path, limit: int = 20) -> dict[str, Any]:
     lines = log.read_text(errors="replace").splitlines() if log.exists() else []
     bad = [ln for ln in lines if "Traceback" in ln or "ERROR" in ln or "Error:" in ln or "Exception" in ln
            or "WARNING" in ln]
-    return {"tracebacks": sum("Traceback" in ln for ln in lines), "error_lines": len(bad), "examples": bad[:limit]}
+    # the collector monitor's line for a pass of 250 ms or more (liverec.memory.CollectorPauses)
+    passes = [float(m.group(1)) for ln in lines if (m := SLOW_PASS.search(ln))]
+    return {"tracebacks": sum("Traceback" in ln for ln in lines), "error_lines": len(bad), "examples": bad[:limit],
+            "slow_collector_passes": {"count": len(passes), "longest_ms": max(passes, default=0.0),
+                                      "examples": [ln for ln in lines if SLOW_PASS.search(ln)][:limit]}}
+
+
+SLOW_PASS = re.compile(r"garbage collection of generation \d held the interpreter (\d+) ms")
 
 
 def table(report: dict[str, Any]) -> str:
