@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 
@@ -53,6 +54,26 @@ def test_impressions_round_trip_in_order(url, tmp_path):
             log.append([imp(10)])
         again = open_impressions(url, tmp_path)  # durable: a restarted worker reads what was written
         assert list(again.scan()) == shown
+        again.close()
+
+
+def test_numpy_numbers_in_an_impression_are_logged_as_numbers(url, tmp_path):
+    """The ranking computes propensities and scores with NumPy: a record holding its scalars is
+    written (as plain numbers) and reads back equal, in every log."""
+    import numpy as np
+
+    log = open_impressions(url, tmp_path)
+    shown = dataclasses.replace(imp(1), propensity=np.float64(0.25), pool_propensities=[np.float32(0.75), np.float64(0.25)],
+                                pool_scores=[np.float64(0.9), 0.1])
+    assert json.loads(shown.to_json())["pool_propensities"] == [0.75, 0.25]
+    log.append([shown])
+    [read] = list(log.scan())
+    assert read == shown
+    log.close()
+    if not url.endswith(":memory:"):  # what the writer thread stored: plain numbers
+        again = open_impressions(url, tmp_path)
+        [read] = list(again.scan())
+        assert read == shown and type(read.propensity) is float and type(read.pool_propensities[0]) is float
         again.close()
 
 
