@@ -266,16 +266,12 @@ class Examined:
             return {user: (list(r.slates[-1].items), list(r.passed)) for user, r in self._readers.items()}
 
 
-def _passed_out(p: Passed) -> list:
-    return list(p)
-
-
 def encode_examined(copied: Mapping[str, Any]) -> dict[str, Any]:
     """:meth:`Examined.copy` as plain data (JSON: lists, strings and numbers)."""
     readers = [[user[0], user[1],
-                [[items, list(key), sorted(reacted), read_to, [_passed_out(p) for p in base]]
+                [[items, list(key), sorted(reacted), read_to, [list(p) for p in base]]
                  for items, key, reacted, read_to, base in slates],
-                [_passed_out(p) for p in passed], complete]
+                [list(p) for p in passed], complete]
                for user, slates, passed, complete in copied["readers"]]
     return {"readers": readers, "recent": recent_entries(copied["recent"]),
             "position": copied["position"], "unplaced": copied["unplaced"]}

@@ -36,13 +36,13 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from sys import intern
 from typing import Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
 import orjson
 
 from ..events import DEFAULT_TYPES, Event, TypeSpec
 from ..store.base import StoreUnavailable
+from ..store.sql import batch_rows
 from ..store.sqlite import compact as compact_sqlite
 
 log = logging.getLogger(__name__)
@@ -347,10 +347,8 @@ class QueuedImpressionLog(ABC):
                f"ORDER BY seq LIMIT {p}")
         with self._lock:
             rows = self._fetch(sql, (*params, limit))
-        # the strings interned: the folds keep thousands of these, and each row arrives with its own
         return [(int(r[0]), Shown.of(Impression.from_dict(orjson.loads(r[10]))) if r[1] is None else
-                 Shown(r[1], intern(r[2]), intern(r[3]), intern(r[4]), intern(r[5]), int(r[6]), float(r[7]),
-                       None if r[8] is None else int(r[8]), r[9] if r[9] is None else intern(r[9]),
+                 Shown(r[1], r[2], r[3], r[4], r[5], int(r[6]), float(r[7]), None if r[8] is None else int(r[8]), r[9],
                        tuple(int(v) for v in r[11].split(",")) if r[11] else None))
                 for r in rows]
 
@@ -519,7 +517,7 @@ class PostgresImpressionLog(QueuedImpressionLog):
     placeholder = "%s"
 
     def __init__(self, url: str) -> None:
-        from ..store.postgres import Link, batch_rows, locked_batch_insert
+        from ..store.postgres import Link, locked_batch_insert
 
         # reconnects after the server went away (the writer keeps the queue and tries again)
         self._link = Link(url, _POSTGRES_SCHEMA)
@@ -527,7 +525,6 @@ class PostgresImpressionLog(QueuedImpressionLog):
         self.name = f"postgresql schema {self.schema}"
         self._insert_sql = ("WITH impression_lock AS (SELECT pg_advisory_xact_lock(%s)) "
                             + locked_batch_insert("impressions", _PG_COLUMNS, "impression_lock"))
-        self._batch_rows = batch_rows
         super().__init__()
 
     def _insert(self, sql: str, rows: list[tuple]) -> None:
@@ -536,7 +533,7 @@ class PostgresImpressionLog(QueuedImpressionLog):
         # statement (locked_batch_insert); not sent again on a new connection (impressions have
         # no key a second insert would be ignored by).
         if rows:
-            self._link.execute(self._insert_sql, [IMPRESSION_APPEND_LOCK, self._batch_rows(rows)], again=False)
+            self._link.execute(self._insert_sql, [IMPRESSION_APPEND_LOCK, batch_rows(rows)], again=False)
 
     def _fetch(self, sql: str, params: tuple) -> list[tuple]:
         return self._link.execute(sql, params).fetchall()

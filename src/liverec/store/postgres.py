@@ -17,17 +17,16 @@ import re
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import parse_qs, urlparse, urlunparse
 
-import orjson
 import psycopg
 
 from ..events import Event
 from .base import ApiKey, AppendResult, DeletionRecord, ExperimentRecord, Item, StoreUnavailable, user_digest
 from .sql import (DELETION_COLUMNS, EVENT_COLUMNS, EXPERIMENT_COLUMNS, KEY_COLUMNS, KEY_TOUCH, SqlCatalogReads,
                   SqlDeletionReads, SqlEventReads, SqlExperimentReads, SqlKeyReads, SqlSnapshotReads, accepted_events,
-                  key_row)
+                  batch_rows, key_row)
 
 APPEND_LOCK = 0x6C69766572  # advisory lock key ("liver")
 log = logging.getLogger(__name__)
@@ -261,7 +260,7 @@ def _cause(exc: BaseException) -> str:
 
 def locked_batch_insert(table: str, columns: Mapping[str, str], lock: str) -> str:
     """``INSERT INTO table (columns) SELECT ...`` of a batch passed as one parameter (``%s``):
-    :func:`batch_rows`' JSON array of rows, each a JSON array of the values in ``columns``' order
+    :func:`liverec.store.sql.batch_rows`' JSON array of rows, each a JSON array of the values in ``columns``' order
     (a ``jsonb`` column's as text), inserted in batch order, after the CTE ``lock`` (``WITH lock
     AS (SELECT pg_advisory_xact_lock(%s))``, which callers write before it): in one statement the
     lock is taken before any row gets its serial number, and the statement's own commit releases
@@ -279,15 +278,6 @@ def locked_batch_insert(table: str, columns: Mapping[str, str], lock: str) -> st
     values = ", ".join(f"r->>{k}" if kind == "text" else f"(r->>{k})::{kind}" for k, kind in enumerate(columns.values()))
     return (f"INSERT INTO {table} ({names}) SELECT {values} FROM {lock}, json_array_elements(%s::json) "
             f"WITH ORDINALITY AS batch(r, n) ORDER BY n")
-
-
-def batch_rows(rows: Iterable[Sequence[Any]]) -> str:
-    """The batch parameter of :func:`locked_batch_insert`: its rows as one JSON text.
-
-    >>> batch_rows([("a", 1.5, None), ("b", 2, "x")])
-    '[["a",1.5,null],["b",2,"x"]]'
-    """
-    return orjson.dumps(list(rows), option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 _EVENT_TYPES = {"app": "text", "event_id": "text", "user_id": "text", "item_id": "text", "type": "text", "ts": "float8",

@@ -8,7 +8,9 @@ driver returns JSON columns, and the column that keeps catalog insertion order. 
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+
+import orjson
 
 from ..events import Event
 from .base import ApiKey, Change, ExperimentRecord, Item
@@ -36,6 +38,16 @@ def run(store: SqlBackend, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         sql = sql.replace("?", store.placeholder)
     with store._read_lock:
         return store._read_conn.execute(sql, params).fetchall()
+
+
+def batch_rows(rows: Iterable[Sequence[Any]]) -> str:
+    """A batch as one JSON text of rows (PostgreSQL's one-statement inserts take their batch so,
+    :func:`liverec.store.postgres.locked_batch_insert`); NumPy numbers as numbers.
+
+    >>> batch_rows([("a", 1.5, None), ("b", 2, "x")])
+    '[["a",1.5,null],["b",2,"x"]]'
+    """
+    return orjson.dumps(list(rows), option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def accepted_events(events: Sequence[Event], inserted: Sequence[tuple[str, str]]) -> list[Event]:
