@@ -200,7 +200,7 @@ def catalog_info(service: Service, app: str, top: int = 8) -> dict[str, Any]:
     }
 
 
-def get_telemetry(request: Request) -> Telemetry:
+async def get_telemetry(request: Request) -> Telemetry:
     return request.app.state.telemetry
 
 
