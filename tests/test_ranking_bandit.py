@@ -88,3 +88,22 @@ def test_reward_scheme_from_the_log(tmp_path):
     rewards = {imp.item_id: r for imp, r in assign_rewards(log.scan("a"), events, window_s=60.0, now=1000.0)}
     assert rewards == {"good": 1.0, "bad": 0.0, "quiet": 0.5}  # "open" is still inside its window
     log.close()
+
+
+def test_one_distribution_per_posterior_and_exact_for_exchangeable_arms() -> None:
+    cfg = RankingConfig(explore_draws=256, explore_epsilon=0.1)
+    bandit = ThompsonBandit(seed=0)
+    alpha, beta = np.array([9.0, 1.0, 1.0]), np.array([1.0, 9.0, 1.0])
+    p = bandit.argmax_distribution(alpha, beta, cfg)
+    assert p.sum() == pytest.approx(1.0) and p[0] > 0.8 and p.min() >= 0.1 / 3
+    assert bandit.argmax_distribution(alpha.copy(), beta.copy(), cfg) is p  # the same posteriors: no new draws
+    with pytest.raises(ValueError):
+        p[0] = 0.0  # shared, so read-only
+    other = bandit.argmax_distribution(np.array([1.0, 9.0, 1.0]), np.array([9.0, 1.0, 1.0]), cfg)
+    assert other[1] > 0.8  # other posteriors: another estimate
+    assert bandit.argmax_distribution(alpha, beta, RankingConfig(explore_draws=256, explore_epsilon=0.5)) is not p
+    # arms alike in every parameter win equally often: exactly uniform, not an estimate of it
+    assert bandit.argmax_distribution(np.full(7, 2.0), np.full(7, 3.0), cfg).tolist() == [1 / 7] * 7
+    for k in range(ThompsonBandit.MAX_DISTRIBUTIONS + 10):  # bounded
+        bandit.argmax_distribution(np.array([1.0 + k, 2.0]), np.array([2.0, 1.0]), cfg)
+    assert len(bandit._distributions) <= ThompsonBandit.MAX_DISTRIBUTIONS
