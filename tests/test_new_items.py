@@ -178,3 +178,31 @@ def test_a_learned_version_keeps_the_items_added_from_text(data_dir, one_torch_t
         assert newer is not served and newer.model.cfg.n_items == N_ITEMS + 1 and newer.index["news"] == N_ITEMS + 1
     finally:
         svc.close()
+
+
+def test_an_upserted_text_is_encoded_once_for_every_process(data_dir, one_torch_thread, monkeypatch):
+    """Two processes over one store (two workers): the one that takes the upsert encodes the new
+    item's text and shares the vector; the other places the item from it without encoding."""
+    settings = Settings(data_dir=data_dir, snapshot_interval_s=0)
+    services = [build_service(settings), build_service(settings)]
+    encoded: list[list[str]] = [[], []]
+    try:
+        for k, svc in enumerate(services):
+            svc.start()
+            svc.wait_warm(30)
+            encoder = svc.pipeline.scorer.by_app["default"].text_encoder
+            monkeypatch.setattr(encoder, "encode", lambda texts, k=k, f=encoder.encode: encoded[k].extend(texts) or f(texts))
+        writer, reader = services
+        writer.put_item("default", "news", NEWS)
+        reader.follower.catch_up()
+        assert len(encoded[0]) == 1 and "rocket planet" in encoded[0][0] and encoded[1] == []
+        vectors = [s.pipeline.scorer.by_app["default"].item_embeddings("default") for s in services]
+        rows = [dict(zip(ids, range(len(ids))))["news"] for ids, _ in vectors]
+        np.testing.assert_array_equal(vectors[0][1][rows[0]], vectors[1][1][rows[1]])
+        # a text first seen by the reader (the same item, new text, upserted there) goes the other way
+        reader.put_item("default", "news", {**NEWS, "text": "A horror story: ghost blood haunted scream"})
+        writer.follower.catch_up()
+        assert len(encoded[0]) == 1 and len(encoded[1]) == 1
+    finally:
+        for svc in services:
+            svc.close()

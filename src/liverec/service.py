@@ -363,6 +363,10 @@ class Service:
         self._store_items([parse_item(raw, app=app, item_id=item_id)])
 
     def _store_items(self, items: list) -> int:
+        scorer = self.pipeline.scorer
+        if isinstance(scorer, FollowsCatalog):
+            for app in dict.fromkeys(i.app for i in items):
+                scorer.prepare_items(app, [i for i in items if i.app == app])
         written = self.store.catalog.upsert(items)
         self.follower.catch_up(force=True)
         return written

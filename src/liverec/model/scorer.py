@@ -447,10 +447,8 @@ class TransformerScorer:
         """
         if not self.can_add_items:
             raise ValueError("this model has no text features (or no text encoder): cannot add text-only items")
-        wanted = {str(i): t for i, t in zip(item_ids, texts) if t}  # an id given twice: its last text
+        wanted, new, changed = self._to_place(item_ids, texts)
         base = self.model.cfg.n_items
-        new = [i for i in wanted if i not in self.index]
-        changed = [i for i in wanted if self.index.get(i, 0) > base and self._added_texts[self.index[i] - base - 1] != wanted[i]]
         if not new and not changed:
             return self
         vectors = self._text_vectors([wanted[i] for i in new + changed])  # (K, text_dim)
@@ -478,6 +476,23 @@ class TransformerScorer:
             grown._added_vectors[self.index[item] - base - 1] = vectors[k + j]
         grown._extend_indexes(self)
         return grown
+
+    def _to_place(self, item_ids: Sequence[str], texts: Sequence[str]) -> tuple[dict[str, str], list[str], list[str]]:
+        """(item -> text, the items new here, the added items whose text changed): what
+        :meth:`add_items` places from text."""
+        wanted = {str(i): t for i, t in zip(item_ids, texts) if t}  # an id given twice: its last text
+        base = self.model.cfg.n_items
+        new = [i for i in wanted if i not in self.index]
+        changed = [i for i in wanted if self.index.get(i, 0) > base and self._added_texts[self.index[i] - base - 1] != wanted[i]]
+        return wanted, new, changed
+
+    def texts_to_place(self, item_ids: Sequence[str], texts: Sequence[str]) -> list[str]:
+        """The texts :meth:`add_items` would need vectors of for these items (none for the
+        model's own items, nor for added items whose text is unchanged)."""
+        if not self.can_add_items:
+            return []
+        wanted, new, changed = self._to_place(item_ids, texts)
+        return list(dict.fromkeys(wanted[i] for i in new + changed))
 
     def _text_vectors(self, texts: list[str]) -> np.ndarray:
         """(K, text_dim) vectors of item texts: those the scorer's text memo knows, or the

@@ -28,7 +28,7 @@ from liverec.catalog import encoder_text
 from liverec.events import Event
 from liverec.model.registry import ModelRegistry
 from liverec.model.scorer import TransformerScorer
-from liverec.model.text import TextEncoder, encoder_named
+from liverec.model.text import SharedTextVectors, TextEncoder, encoder_named
 from liverec.recommend.retrieval import AnnConfig
 from liverec.recommend.scoring import Scored
 from liverec.state import UserState
@@ -44,9 +44,11 @@ class PromotedModels:
 
     name = "transformer"
 
-    def __init__(self, catalog: Callable[[str], Iterable[Item]] | None = None) -> None:
+    def __init__(self, catalog: Callable[[str], Iterable[Item]] | None = None,
+                 shared_texts: SharedTextVectors | None = None) -> None:
         self.by_app: dict[str, TransformerScorer] = {}
         self.catalog = catalog
+        self.shared_texts = shared_texts  # item text vectors encoded once for every process
         # apps whose served scorer holds every catalog item with text: upserts extend it as they
         # are folded (the others get the whole catalog when follow_catalog is called)
         self._following: set[str] = set()
@@ -96,7 +98,34 @@ class PromotedModels:
             scorer = self.by_app.get(app)
             if scorer is None or app not in self._following or not scorer.can_add_items:
                 return
-            self.by_app[app] = scorer.add_items([i.item_id for i in items], [encoder_text(i) for i in items])
+            ids, texts = [i.item_id for i in items], [encoder_text(i) for i in items]
+            memo = scorer.text_vectors
+            if self.shared_texts is not None and memo is not None and len(items) < self.SHARED_BATCH:
+                todo = memo.missing(scorer.texts_to_place(ids, texts))
+                if todo:  # encoded by the process that took the upsert (see prepare_items)
+                    memo.remember(self.shared_texts.get(memo.encoder, todo))
+            self.by_app[app] = scorer.add_items(ids, texts)
+
+    # a batch this large is placed from the on-disk cache and encoded in batches, not shared
+    SHARED_BATCH = 256
+
+    def prepare_items(self, app: str, items: Sequence[Item]) -> None:
+        """Before an upsert of ``items`` commits (in the request that takes it): encode the texts
+        the served scorer will place them by, and share the vectors, so that the processes
+        folding the upsert read them rather than each encoding them again."""
+        scorer = self.by_app.get(app)
+        memo = scorer.text_vectors if scorer is not None else None
+        if (self.shared_texts is None or scorer is None or memo is None or app not in self._following
+                or not scorer.can_add_items or len(items) >= self.SHARED_BATCH):
+            return
+        todo = memo.missing(scorer.texts_to_place([i.item_id for i in items], [encoder_text(i) for i in items]))
+        if not todo:
+            return
+        memo.remember(self.shared_texts.get(memo.encoder, todo))  # the same text upserted before
+        todo = memo.missing(todo)
+        if todo:
+            memo.add(todo)
+            self.shared_texts.put(memo.encoder, {t: v for t in todo if (v := memo.get(t)) is not None})
 
     def _with_catalog(self, app: str, scorer: TransformerScorer) -> TransformerScorer:
         if self.catalog is None or not scorer.can_add_items:

@@ -126,3 +126,7 @@ class FollowsCatalog(Protocol):
 
     def items_changed(self, app: str, items: Sequence[Item]) -> None:
         """Items upserted (new, or changed), folded from the log in commit order."""
+
+    def prepare_items(self, app: str, items: Sequence[Item]) -> None:
+        """Items about to be upserted by this process (before the upsert commits): work every
+        process's :meth:`items_changed` would repeat can be done once here and shared."""

@@ -24,6 +24,7 @@ from ..experiments.live import LiveExperiments
 from ..learning import LearnerConfig, Learners
 from ..model.registry import ModelRegistry
 from ..model.serving import PromotedModels
+from ..model.text import SharedTextVectors
 from ..ranking import build_ranking, open_impressions, read_settings
 from ..ranking.replicas import ImpressionFollower
 from ..recommend.cooccurrence import CooccurrenceScorer
@@ -77,7 +78,8 @@ def build_service(settings: Settings, store: Store | None = None, scorer: Scorer
     elif settings.scorer in ("auto", "transformer"):
         # apps without a promoted model get nothing: the baseline answers; catalog items a version
         # was not trained on are served from their text
-        router = PromotedModels(catalog=catalog.items)
+        # item texts are encoded once, by the process that takes the upsert (SharedTextVectors)
+        router = PromotedModels(catalog=catalog.items, shared_texts=SharedTextVectors(store.snapshots))
         main = router
 
     # The ranking stages read the pipeline's scorer when they run (it is swapped while serving);
