@@ -29,6 +29,9 @@ time, with the online learner publishing versions and PostgreSQL restarted mid-r
    by id); RSS drift of each process (mean of the last window against the first after
    --warmup-min); p99 drift per class (first against last third of the run after warm-up; the
    outage lies in the middle third); a verdict per target. JSON (--out) and a PNG beside it.
+   A failed request is one answered with anything but 200 (a 503 with its body during the outage
+   excepted), one that timed out (--max-connections busy: a request waits for a connection, then
+   has 30 s), or one still waiting for a connection 35 s after the last was sent.
 
 --minutes shortens a trial; --no-outage skips the restart (it disturbs everyone using the
 shared server for the outage's length).
@@ -250,10 +253,12 @@ async def open_loop(spec: dict[str, Any], progress: Any, stop_flag: Any) -> dict
             last_tick = now
     if tasks:
         await asyncio.wait(tasks, timeout=REQUEST_TIMEOUT_S + 5)
+    # still queued in this client for a connection (a server far behind): never answered, so failed
+    unanswered = len(tasks)
     for conn, _ in pool.idle:
         conn.close()
     return {"sent": k, "connections_opened": pool.opened, "acked_events": acked_events, "acked_items": acked_items,
-            "refused": refused, "failures": failures, "failure_count": failure_count,
+            "refused": refused, "failures": failures, "failure_count": failure_count, "unanswered": unanswered,
             "lat": {str(w): v for w, v in win.lat.items()}, "status": {str(w): v for w, v in win.status.items()},
             "per_s": {str(s): v for s, v in win.per_s.items()},
             "done_per_w": {str(w): n for w, n in win.done_per_w.items()}}
@@ -466,7 +471,7 @@ def summarise(gen: dict[str, Any], samples: list[dict[str, Any]], versions: list
     all_lat = {kind: [x for w in gen["lat"].values() for x in w.get(kind, [])] for kind in CLASSES}
     total_ok = sum(len(v) for v in all_lat.values())
     elapsed = args.minutes * 60
-    failures = gen["failure_count"] + len(outside)
+    failures = gen["failure_count"] + len(outside) + gen.get("unanswered", 0)
     return {
         "start_epoch": start,
         "windows": windows,
@@ -475,6 +480,7 @@ def summarise(gen: dict[str, Any], samples: list[dict[str, Any]], versions: list
                     "offered_rps": round(gen["sent"] / elapsed, 1), "connections_opened": gen["connections_opened"],
                     "latency_ms": {k: latency_summary([x / 1000.0 for x in v]) for k, v in all_lat.items() if v}},
         "failures": {"count": failures, "non_503": gen["failure_count"], "503_outside_outage_or_without_body": len(outside),
+                     "unanswered_at_end": gen.get("unanswered", 0),
                      "examples": (gen["failures"] + outside)[:20]},
         "outage": {**outage, "refused_503": len(inside),
                    "refused_by_class": {k: sum(r["kind"] == k for r in inside) for k in CLASSES},
