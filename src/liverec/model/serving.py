@@ -99,11 +99,7 @@ class PromotedModels:
             if scorer is None or app not in self._following or not scorer.can_add_items:
                 return
             ids, texts = [i.item_id for i in items], [encoder_text(i) for i in items]
-            memo = scorer.text_vectors
-            if self.shared_texts is not None and memo is not None and len(items) < self.SHARED_BATCH:
-                todo = memo.missing(scorer.texts_to_place(ids, texts))
-                if todo:  # encoded by the process that took the upsert (see prepare_items)
-                    memo.remember(self.shared_texts.get(memo.encoder, todo))
+            self._read_shared(scorer, ids, texts)  # encoded by the process that took the upsert
             self.by_app[app] = scorer.add_items(ids, texts)
 
     # a batch this large is placed from the on-disk cache and encoded in batches, not shared
@@ -114,18 +110,25 @@ class PromotedModels:
         the served scorer will place them by, and share the vectors, so that the processes
         folding the upsert read them rather than each encoding them again."""
         scorer = self.by_app.get(app)
-        memo = scorer.text_vectors if scorer is not None else None
-        if (self.shared_texts is None or scorer is None or memo is None or app not in self._following
-                or not scorer.can_add_items or len(items) >= self.SHARED_BATCH):
+        if scorer is None or app not in self._following:
             return
-        todo = memo.missing(scorer.texts_to_place([i.item_id for i in items], [encoder_text(i) for i in items]))
-        if not todo:
-            return
-        memo.remember(self.shared_texts.get(memo.encoder, todo))  # the same text upserted before
-        todo = memo.missing(todo)
+        todo = self._read_shared(scorer, [i.item_id for i in items], [encoder_text(i) for i in items])
         if todo:
+            memo = scorer.text_vectors
+            assert memo is not None and self.shared_texts is not None  # _read_shared found none else
             memo.add(todo)
             self.shared_texts.put(memo.encoder, {t: v for t in todo if (v := memo.get(t)) is not None})
+
+    def _read_shared(self, scorer: TransformerScorer, ids: list[str], texts: list[str]) -> list[str]:
+        """Put the shared vectors of the texts ``scorer`` needs to place these items into its
+        text memo; returns the texts still without a vector (none when nothing is shared)."""
+        memo = scorer.text_vectors
+        if self.shared_texts is None or memo is None or not scorer.can_add_items or len(ids) >= self.SHARED_BATCH:
+            return []
+        todo = memo.missing(scorer.texts_to_place(ids, texts))
+        if todo:
+            memo.remember(self.shared_texts.get(memo.encoder, todo))
+        return memo.missing(todo)
 
     def _with_catalog(self, app: str, scorer: TransformerScorer) -> TransformerScorer:
         if self.catalog is None or not scorer.can_add_items:
